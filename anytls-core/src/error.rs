@@ -1,0 +1,171 @@
+//! Error types, one enum per layer of the wire format.
+//!
+//! All of them are `Clone + PartialEq` so that state machines can keep a sticky copy
+//! and tests can compare them, and `#[non_exhaustive]` so that new cases are not a
+//! breaking change.
+
+use crate::frame::Command;
+
+/// The frame layer: bytes that cannot be framed or a frame that cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A received frame announces more data than the receiver allows for its command.
+    #[error("{cmd:?} frame announces {len} data bytes, more than the limit of {max}")]
+    TooLarge {
+        /// The command of the offending frame.
+        cmd: Command,
+        /// The announced data length.
+        len: usize,
+        /// The configured limit for this command.
+        max: usize,
+    },
+    /// A frame to be sent carries more than 65535 data bytes (only PSH and Waste
+    /// are split automatically).
+    #[error("{cmd:?} frame data of {len} bytes does not fit the 16-bit length field")]
+    DataTooLong {
+        /// The command of the frame that was to be encoded.
+        cmd: Command,
+        /// The data length that was asked for.
+        len: usize,
+    },
+}
+
+/// The SOCKS-style destination address codec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddrError {
+    /// The address type byte is not 0x01 (IPv4), 0x03 (domain) or 0x04 (IPv6).
+    #[error("unknown address type 0x{0:02x}")]
+    BadAddressType(u8),
+    /// The input ends before the address does; `needed` is the total length the
+    /// address needs, as far as it can be told from the bytes seen.
+    #[error("address truncated: have {have} bytes, need at least {needed}")]
+    Truncated {
+        /// Bytes available.
+        have: usize,
+        /// Bytes needed (a lower bound while the domain length byte is missing).
+        needed: usize,
+    },
+    /// A domain name longer than the 255 bytes its length byte can express.
+    #[error("domain name of {0} bytes is longer than 255")]
+    DomainTooLong(usize),
+    /// A domain name that is not valid UTF-8.
+    #[error("domain name is not valid UTF-8")]
+    DomainNotUtf8,
+}
+
+/// The authentication preamble.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The password hash matches no configured user.
+    #[error("unknown password")]
+    UnknownPassword,
+}
+
+/// The settings text codec (`key=value` lines).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A key contains `=` or `\n`, or a value contains `\n`, so it cannot be encoded
+    /// without changing its meaning.
+    #[error("settings entry {0:?} cannot be encoded (key with '=' or newline in key/value)")]
+    Unencodable(String),
+    /// The encoded text would not fit one frame.
+    #[error("settings text of {0} bytes does not fit one frame")]
+    TooLong(usize),
+}
+
+/// Parsing or strictly validating a padding scheme.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PaddingError {
+    /// The text holds no `key=value` line at all.
+    #[error("padding scheme has no key=value line")]
+    Empty,
+    /// The `stop` key is absent.
+    #[error("padding scheme has no stop= line")]
+    MissingStop,
+    /// The `stop` value is not a decimal integer.
+    #[error("padding scheme stop value {0:?} is not an integer")]
+    BadStop(String),
+    /// The text is longer than the limit (8192 bytes strict, 65535 lenient).
+    #[error("padding scheme of {len} bytes exceeds {max}")]
+    TooLong {
+        /// Length of the text.
+        len: usize,
+        /// The limit that applied.
+        max: usize,
+    },
+    /// Strict rules: a line without `=` (this includes a trailing newline).
+    #[error("line {0} has no '='")]
+    LineWithoutEquals(usize),
+    /// Strict rules: a key appears twice.
+    #[error("duplicate key {0:?}")]
+    DuplicateKey(String),
+    /// Strict rules: `stop` outside 1..=256.
+    #[error("stop={0} is outside 1..=256")]
+    StopOutOfRange(i64),
+    /// Strict rules: a key that is neither `stop` nor a canonical packet number below 256.
+    #[error("key {0:?} is not stop or a canonical packet number below 256")]
+    BadKey(String),
+    /// Strict rules: more than 16 items on a line.
+    #[error("line {key:?} has {count} items, more than 16")]
+    TooManyItems {
+        /// The packet key.
+        key: String,
+        /// Number of items.
+        count: usize,
+    },
+    /// Strict rules: an item that is neither `c` nor `min-max` with `0 < min <= max <= 65535`.
+    #[error("line {key:?} has an invalid item {item:?}")]
+    BadItem {
+        /// The packet key.
+        key: String,
+        /// The offending item text.
+        item: String,
+    },
+    /// Strict rules: the maxima of one line add up to more than 128 KiB.
+    #[error("line {key:?} allows {sum} bytes, more than 131072")]
+    LineTooLarge {
+        /// The packet key.
+        key: String,
+        /// Sum of the maxima.
+        sum: u64,
+    },
+    /// Strict rules: the maxima of all lines add up to more than 1 MiB.
+    #[error("scheme allows {0} bytes in all, more than 1048576")]
+    SchemeTooLarge(u64),
+}
+
+/// The UDP-over-TCP (sing UoT) codec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UotError {
+    /// An address inside the request or a datagram is malformed.
+    #[error("UoT address: {0}")]
+    Addr(#[from] AddrError),
+    /// The `is_connect` byte is neither 0 nor 1.
+    #[error("UoT request connect flag 0x{0:02x} is neither 0 nor 1")]
+    BadConnectFlag(u8),
+    /// A datagram address type outside the UoT table (0 IPv4, 1 IPv6, 2 domain).
+    #[error("UoT datagram address type 0x{0:02x} is unknown")]
+    BadAddressType(u8),
+    /// The input ends before the item does.
+    #[error("UoT item truncated: have {have} bytes, need at least {needed}")]
+    Truncated {
+        /// Bytes available.
+        have: usize,
+        /// Bytes needed (a lower bound).
+        needed: usize,
+    },
+    /// A datagram longer than the configured (or 65535-byte) limit.
+    #[error("UoT datagram of {len} bytes exceeds the limit of {max}")]
+    DatagramTooLarge {
+        /// The datagram's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
