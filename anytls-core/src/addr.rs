@@ -138,9 +138,13 @@ impl SocksAddr {
         };
         let (host, port) = addr[1..].split_at(total - 3);
         let host = if atyp == t4 {
-            Host::Ipv4(Ipv4Addr::from(<[u8; 4]>::try_from(host).unwrap_or_default()))
+            Host::Ipv4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(host).unwrap_or_default(),
+            ))
         } else if atyp == t6 {
-            Host::Ipv6(Ipv6Addr::from(<[u8; 16]>::try_from(host).unwrap_or_default()))
+            Host::Ipv6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(host).unwrap_or_default(),
+            ))
         } else {
             let name = std::str::from_utf8(&host[1..]).map_err(|_| AddrError::DomainNotUtf8)?;
             Host::Domain(name.to_owned())

@@ -60,7 +60,10 @@ pub struct Authenticator {
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
-            .field("users", &self.users.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "users",
+                &self.users.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -407,7 +407,10 @@ mod tests {
             "0200000001000568656c6c6f"
         );
         assert_eq!(enc(&Frame::empty(Command::Fin, sid(1))), "03000000010000");
-        assert_eq!(enc(&Frame::empty(Command::SynAck, sid(2))), "07000000020000");
+        assert_eq!(
+            enc(&Frame::empty(Command::SynAck, sid(2))),
+            "07000000020000"
+        );
         let msg = b"dial tcp 127.0.0.1:9: connect: connection refused";
         assert_eq!(msg.len(), 49);
         assert_eq!(

@@ -9,8 +9,8 @@ use rand_core::RngCore;
 
 use crate::addr::{AddrTable, SocksAddr};
 use crate::auth::{AuthVerdict, Authenticator, PasswordHash, encode_preamble};
-use crate::frame::{FrameDecoder, FrameLimits, MAX_FRAME_DATA};
 use crate::frame::HEADER_LEN;
+use crate::frame::{FrameDecoder, FrameLimits, MAX_FRAME_DATA};
 use crate::padding::{Item, PaddingScheme, Record, Shaper, validate_strict_text};
 use crate::settings::StringMap;
 use crate::uot::{UotRequest, decode_datagram, encode_datagram};
@@ -139,9 +139,8 @@ pub fn check_plan(scheme: &PaddingScheme, pkt: u32, len: usize, plan: &[Record])
                 r.len()
             };
             assert!(
-                sizes
-                    .iter()
-                    .any(|&(min, max)| drawn >= min as usize && (drawn < max as usize || drawn == min as usize)),
+                sizes.iter().any(|&(min, max)| drawn >= min as usize
+                    && (drawn < max as usize || drawn == min as usize)),
                 "record {r:?} matches no size of packet {pkt}"
             );
             assert!(r.payload == 0 || usize::from(p) + HEADER_LEN + r.payload == r.len());
@@ -205,7 +204,13 @@ pub fn preamble(data: &[u8]) {
     }
     match (verdict, split) {
         (AuthVerdict::NeedMore { .. }, None) => {}
-        (AuthVerdict::Accepted { user, consumed }, Some(AuthVerdict::Accepted { user: u2, consumed: c2 })) => {
+        (
+            AuthVerdict::Accepted { user, consumed },
+            Some(AuthVerdict::Accepted {
+                user: u2,
+                consumed: c2,
+            }),
+        ) => {
             assert_eq!((user, consumed), (u2, c2));
         }
         (AuthVerdict::Rejected { .. }, Some(AuthVerdict::Rejected { replay, .. })) => {
@@ -221,7 +226,8 @@ pub fn address(data: &[u8]) {
     for table in [AddrTable::Socks, AddrTable::Uot] {
         if let Ok((a, n)) = SocksAddr::decode_with(table, data) {
             let mut v = Vec::new();
-            a.encode_with(table, &mut v).expect("decoded address re-encodes");
+            a.encode_with(table, &mut v)
+                .expect("decoded address re-encodes");
             assert_eq!(&v[..], &data[..n]);
             let _ = a.normalized().to_string();
         }

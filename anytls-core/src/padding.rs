@@ -384,7 +384,12 @@ impl Shaper {
     /// each to be written and flushed as its own TLS record. The records' payload
     /// sizes add up to `len`. An unshaped write is one record holding everything
     /// (which the TLS layer may still split if it is large).
-    pub fn plan(&mut self, scheme: &PaddingScheme, len: usize, rng: &mut impl RngCore) -> Vec<Record> {
+    pub fn plan(
+        &mut self,
+        scheme: &PaddingScheme,
+        len: usize,
+        rng: &mut impl RngCore,
+    ) -> Vec<Record> {
         let whole = Record {
             payload: len,
             padding: None,
@@ -462,7 +467,11 @@ mod tests {
     struct Queue(Vec<u32>);
     impl RngCore for Queue {
         fn next_u32(&mut self) -> u32 {
-            if self.0.is_empty() { 0 } else { self.0.remove(0) }
+            if self.0.is_empty() {
+                0
+            } else {
+                self.0.remove(0)
+            }
         }
         fn next_u64(&mut self) -> u64 {
             u64::from(self.next_u32())
@@ -489,7 +498,10 @@ mod tests {
         s.validate_strict().unwrap();
         let nl = PaddingScheme::parse(format!("{DEFAULT_SCHEME}\n").into_bytes()).unwrap();
         assert_eq!(nl.md5_hex(), "305fc37916c150b282ecb61e9ee141d7");
-        assert_eq!(nl.validate_strict(), Err(PaddingError::LineWithoutEquals(10)));
+        assert_eq!(
+            nl.validate_strict(),
+            Err(PaddingError::LineWithoutEquals(10))
+        );
     }
 
     #[test]
@@ -504,7 +516,10 @@ mod tests {
     fn lenient_parsing_follows_the_reference() {
         assert_eq!(PaddingScheme::parse(&b""[..]), Err(PaddingError::Empty));
         assert_eq!(PaddingScheme::parse(&b"x"[..]), Err(PaddingError::Empty));
-        assert_eq!(PaddingScheme::parse(&b"1=5-5"[..]), Err(PaddingError::MissingStop));
+        assert_eq!(
+            PaddingScheme::parse(&b"1=5-5"[..]),
+            Err(PaddingError::MissingStop)
+        );
         assert_eq!(
             PaddingScheme::parse(&b"stop=x"[..]),
             Err(PaddingError::BadStop("x".into()))
@@ -595,7 +610,9 @@ mod tests {
             validate_strict_text(total.as_bytes()),
             Err(PaddingError::SchemeTooLarge(17 * 65535))
         );
-        assert!(validate_strict_text("stop=3\n0=900-1400\n1=900-1400\n2=900-1400".as_bytes()).is_ok());
+        assert!(
+            validate_strict_text("stop=3\n0=900-1400\n1=900-1400\n2=900-1400".as_bytes()).is_ok()
+        );
     }
 
     #[test]
@@ -608,7 +625,11 @@ mod tests {
         assert_eq!(s.preamble_padding_len(&mut Queue(vec![])), 0);
         let s = PaddingScheme::parse(&b"stop=1\n0=x,10-20"[..]).unwrap();
         assert_eq!(s.preamble_padding_len(&mut Queue(vec![9])), 19);
-        assert_eq!(s.preamble_padding_len(&mut Queue(vec![10])), 10, "max exclusive");
+        assert_eq!(
+            s.preamble_padding_len(&mut Queue(vec![10])),
+            10,
+            "max exclusive"
+        );
     }
 
     fn encode(plan: &[Record], payload: &[u8]) -> Vec<Vec<u8>> {
