@@ -169,3 +169,77 @@ pub enum UotError {
         max: usize,
     },
 }
+
+/// The peer broke a rule of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The client opened a stream before sending Settings with data.
+    #[error("client did not send its settings")]
+    SynBeforeSettings,
+    /// Bytes that cannot be framed (a control frame over its cap).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A stream operation that cannot be done (now).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// Nothing to read yet, or the send buffers are full: wait for
+    /// `StreamReadable` / `StreamWritable`.
+    #[error("operation would block")]
+    Blocked,
+    /// No such stream (never opened, or already gone).
+    #[error("unknown stream {0}")]
+    UnknownStream(u32),
+    /// The stream is closed: the peer sent FIN (writes), or it was finished
+    /// locally.
+    #[error("stream closed")]
+    Closed,
+    /// The server refused the stream (SYNACK with an error message).
+    #[error("remote: {0}")]
+    Refused(String),
+    /// The session allows no more concurrent streams.
+    #[error("too many streams on this session")]
+    TooManyStreams,
+    /// The session is closed or closing.
+    #[error("session closed")]
+    SessionClosed,
+    /// The destination cannot be encoded.
+    #[error("bad destination: {0}")]
+    BadAddress(#[from] AddrError),
+    /// Only a client opens streams; only a server accepts them.
+    #[error("operation not available in this session role")]
+    WrongRole,
+    /// Stream ids are used up on this session (after 2^32 - 1 streams).
+    #[error("stream ids exhausted")]
+    IdsExhausted,
+}
+
+/// Why a session ended. Carried by the last event, `Event::Closed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The preamble was wrong (server).
+    #[error("authentication failed")]
+    AuthFailed,
+    /// The preamble or the client's Settings did not arrive in time (server).
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// An Alert with a reason arrived.
+    #[error("alert from peer: {0}")]
+    Alert(String),
+    /// Nothing arrived within the timeout after a HeartRequest.
+    #[error("no answer to heartbeat: session dead")]
+    HeartbeatTimeout,
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    PeerEof,
+    /// The owner closed the session.
+    #[error("session closed locally")]
+    LocallyClosed,
+}

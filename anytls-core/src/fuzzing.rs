@@ -255,7 +255,8 @@ mod tests {
     #[test]
     fn replay_fuzz_corpus() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 5] = [
+        type Body = fn(&[u8]);
+        let targets: [(&str, Body); 5] = [
             ("frame_decoder", super::frame_decoder),
             ("padding_scheme", super::padding_scheme),
             ("settings", super::settings),

@@ -33,10 +33,13 @@
 
 pub mod addr;
 pub mod auth;
+pub mod config;
 pub mod error;
 pub mod frame;
 pub mod padding;
+pub mod session;
 pub mod settings;
+mod stream;
 pub mod uot;
 
 #[cfg(any(test, feature = "_fuzz"))]
@@ -45,7 +48,12 @@ pub mod fuzzing;
 
 pub use addr::{Host, SocksAddr};
 pub use auth::{AuthVerdict, Authenticator, PasswordHash, UserId};
-pub use error::{AddrError, AuthError, FrameError, PaddingError, SettingsError, UotError};
+pub use config::{ClientConfig, ServerConfig, SessionLimits};
+pub use error::{
+    AddrError, AuthError, FrameError, PaddingError, ProtocolError, SessionError, SettingsError,
+    StreamError, UotError,
+};
 pub use frame::{Command, Frame, FrameDecoder, FrameHeader, FrameLimits, StreamId};
 pub use padding::{PaddingScheme, Record, Shaper};
+pub use session::{Event, Session, SessionSeq, SessionStats, Transmit};
 pub use settings::StringMap;

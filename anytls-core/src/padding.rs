@@ -258,7 +258,7 @@ pub fn validate_strict_text(raw: &[u8]) -> Result<(), PaddingError> {
             stop = Some(v);
             continue;
         }
-        if !canonical_packet_number(key).is_some_and(|k| k < 256) {
+        if canonical_packet_number(key).is_none_or(|k| k >= 256) {
             return Err(PaddingError::BadKey(text(key)));
         }
         let items: Vec<&[u8]> = value.split(|&b| b == b',').collect();

@@ -1,0 +1,122 @@
+//! Session configuration: limits, timeouts and identities.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::{Authenticator, PasswordHash};
+use crate::frame::FrameLimits;
+use crate::padding::PaddingScheme;
+
+/// Caps on what one session may buffer. AnyTLS has no flow control, so these
+/// are the only backpressure: a full receive buffer stops the session reading
+/// (`wants_read() == false`); a full send buffer makes writes return `Blocked`.
+///
+/// Receive caps are soft by at most one frame (65535 bytes): a frame is
+/// accepted whole, then reading pauses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Received bytes buffered per stream before the session stops reading.
+    pub stream_recv_buffer: usize,
+    /// Received bytes buffered over all streams before the session stops reading.
+    pub session_recv_buffer: usize,
+    /// Bytes queued for sending per stream before writes return `Blocked`.
+    pub stream_send_buffer: usize,
+    /// Bytes queued for sending over all streams before writes return `Blocked`.
+    pub session_send_buffer: usize,
+    /// Encoded control frames (answers, SYNACKs, FINs) queued before the session
+    /// stops reading, so a peer cannot grow them by never reading its side.
+    pub control_queue: usize,
+    /// Concurrently open streams. A server refuses extra SYNs (SYNACK error to
+    /// v2 clients, then FIN) and keeps the session.
+    pub max_streams: usize,
+    /// Caps on received control frame data.
+    pub frames: FrameLimits,
+    /// Largest write (TLS plaintext handed over at once) once shaping is over.
+    pub max_write: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            stream_recv_buffer: 256 * 1024,
+            session_recv_buffer: 2 * 1024 * 1024,
+            stream_send_buffer: 256 * 1024,
+            session_send_buffer: 1024 * 1024,
+            control_queue: 64 * 1024,
+            max_streams: 1024,
+            frames: FrameLimits::default(),
+            max_write: 64 * 1024,
+        }
+    }
+}
+
+/// Configuration of client sessions.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// SHA-256 of the password.
+    pub password: PasswordHash,
+    /// Value of the `client=` setting. sing-box sends an empty one by default.
+    pub client_name: String,
+    /// How long a new stream may wait for its SYNACK (v2 servers) before the
+    /// session is probed with a HeartRequest. The stream is not failed by this.
+    pub stream_open_timeout: Duration,
+    /// How long to wait for any frame after a HeartRequest (a heartbeat or a
+    /// probe) before declaring the session dead. `None`: never. Only applied when
+    /// the server announced v2; v1 servers do not answer heartbeats.
+    pub heartbeat_timeout: Option<Duration>,
+    /// Buffer caps.
+    pub limits: SessionLimits,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("password", &self.password)
+            .field("client_name", &self.client_name)
+            .field("stream_open_timeout", &self.stream_open_timeout)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    /// Defaults for a password: `client=anytls-rs/<version>`, 3 s stream-open
+    /// watchdog (the reference's value), 10 s heartbeat response timeout.
+    pub fn new(password: &str) -> ClientConfig {
+        ClientConfig {
+            password: PasswordHash::of(password),
+            client_name: concat!("anytls-rs/", env!("CARGO_PKG_VERSION")).to_owned(),
+            stream_open_timeout: Duration::from_secs(3),
+            heartbeat_timeout: Some(Duration::from_secs(10)),
+            limits: SessionLimits::default(),
+        }
+    }
+}
+
+/// Configuration of server sessions.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The users.
+    pub users: Authenticator,
+    /// The scheme clients are told to use (sent when their MD5 differs).
+    pub padding: Arc<PaddingScheme>,
+    /// Time from the session's start (after TLS) until the preamble and the
+    /// client's Settings must have arrived.
+    pub handshake_timeout: Duration,
+    /// Buffer caps.
+    pub limits: SessionLimits,
+}
+
+impl ServerConfig {
+    /// Defaults for a set of users: default padding scheme, 10 s handshake timeout.
+    pub fn new(users: Authenticator) -> ServerConfig {
+        ServerConfig {
+            users,
+            padding: Arc::new(PaddingScheme::default_scheme()),
+            handshake_timeout: Duration::from_secs(10),
+            limits: SessionLimits::default(),
+        }
+    }
+}

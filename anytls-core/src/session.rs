@@ -1,0 +1,1168 @@
+//! One AnyTLS session (one TLS connection) as a deterministic state machine, in
+//! the client or the server role.
+//!
+//! # Driving a session
+//!
+//! * Feed received TLS plaintext with [`Session::handle_input`] (only while
+//!   [`Session::wants_read`]), the end of the connection with
+//!   [`Session::handle_eof`], and expired deadlines with
+//!   [`Session::handle_timeout`].
+//! * After every input or command, drain in this order: [`Session::poll_transmit`]
+//!   until `None` (each [`Transmit`] is ONE TLS write: write it, flush it, clear
+//!   the buffer, never merge or split two), then [`Session::poll_event`] until
+//!   `None`, then re-arm one timer at [`Session::poll_timeout`].
+//! * [`Event::Closed`] is always the last event; then [`Session::is_closed`] is
+//!   true and the connection should be dropped.
+//!
+//! A client session must be given its first stream (if it has one) with
+//! [`Session::open_stream`] before the first `poll_transmit`, so that Settings,
+//! SYN and the destination go out as one shaped write ("packet 1"), as the
+//! reference client does. A session created without a stream (a pre-warmed pool
+//! session) sends its Settings alone, which every server accepts.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use tracing::{debug, warn};
+
+use crate::addr::{MAX_ENCODED_LEN, SocksAddr};
+use crate::auth::{AuthVerdict, UserId, encode_preamble};
+use crate::config::{ClientConfig, ServerConfig, SessionLimits};
+use crate::error::{AddrError, ProtocolError, SessionError, StreamError};
+use crate::frame::{
+    Command, Frame, FrameDecoder, FrameHeader, MAX_FRAME_DATA, StreamId, encode_frame,
+};
+use crate::padding::{PaddingScheme, Record, Shaper};
+use crate::settings::{ClientSettings, PROTOCOL_VERSION, ReceivedClientSettings, StringMap};
+use crate::stream::{Phase, Stream};
+
+/// The Alert text a server sends when a SYN arrives before Settings.
+pub const ALERT_NO_SETTINGS: &str = "client did not send its settings";
+/// Data taken from one stream per round-robin turn when assembling a write.
+const CHUNK: usize = 16 * 1024;
+
+/// Sequence number of a client session, from the pool's counter.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct SessionSeq(pub u64);
+
+/// One TLS write: `len` bytes were appended to the caller's buffer. Write them
+/// and flush before polling the next transmit.
+#[must_use]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Transmit {
+    /// Number of bytes appended.
+    pub len: usize,
+}
+
+/// Something the owner of a session must know about.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// Server: the preamble matched this user.
+    Authenticated {
+        /// The user.
+        user: UserId,
+    },
+    /// Server: the preamble was wrong. `replay` holds every byte received, to be
+    /// handed to a fallback server together with the rest of the connection.
+    /// `Closed` follows.
+    AuthRejected {
+        /// The bytes to replay.
+        replay: Bytes,
+    },
+    /// Client: Settings went out; the session can carry streams and heartbeats.
+    /// Server: the client's Settings arrived.
+    Established {
+        /// The peer's version as known now (a client learns it later, see
+        /// [`Event::PeerVersion`]).
+        peer_version: u8,
+    },
+    /// Client: ServerSettings announced the server's version.
+    PeerVersion {
+        /// The version.
+        version: u8,
+    },
+    /// Server: a new stream with its destination. Answer with
+    /// [`Session::accept_stream`].
+    StreamOpened {
+        /// The stream.
+        id: StreamId,
+        /// Where the client wants to go (IP literals in domain form are parsed).
+        dest: SocksAddr,
+    },
+    /// Client: the server connected the stream (SYNACK without error).
+    StreamConnected {
+        /// The stream.
+        id: StreamId,
+    },
+    /// The stream was refused: a client got a SYNACK with this error, or a
+    /// server refused it itself (bad address, stream cap). The stream is gone.
+    StreamRefused {
+        /// The stream.
+        id: StreamId,
+        /// The server's message.
+        reason: String,
+    },
+    /// The stream has data (or its EOF) to read.
+    StreamReadable {
+        /// The stream.
+        id: StreamId,
+    },
+    /// A write that returned `Blocked` may be retried.
+    StreamWritable {
+        /// The stream.
+        id: StreamId,
+    },
+    /// The peer closed the stream (FIN). Reads end with EOF after the data
+    /// already received; writes fail. Call [`Session::finish`] to release it.
+    StreamFinished {
+        /// The stream.
+        id: StreamId,
+    },
+    /// A HeartResponse answered our oldest outstanding HeartRequest.
+    HeartbeatAck {
+        /// Time from the request to the response.
+        rtt: Duration,
+    },
+    /// Client: the server sent a new padding scheme; later sessions of this
+    /// client should start with it.
+    PaddingSchemeUpdated(Arc<PaddingScheme>),
+    /// The session is over. Always the last event.
+    Closed {
+        /// Why.
+        reason: SessionError,
+    },
+}
+
+/// Counters of one session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// TLS plaintext bytes handed in.
+    pub bytes_received: u64,
+    /// TLS plaintext bytes handed out in transmits.
+    pub bytes_sent: u64,
+    /// Transmits handed out.
+    pub transmits: u64,
+    /// Streams opened (client) or accepted from SYNs (server).
+    pub streams_opened: u64,
+    /// Streams a server refused (bad address, cap, owner's error).
+    pub streams_refused: u64,
+    /// HeartRequests sent.
+    pub heartbeats_sent: u64,
+}
+
+struct ClientRole {
+    cfg: Arc<ClientConfig>,
+    seq: SessionSeq,
+    padding: Arc<PaddingScheme>,
+    shaper: Shaper,
+    preamble: Option<Bytes>,
+    next_id: u32,
+    settings_flushed: bool,
+}
+
+struct ServerRole {
+    cfg: Arc<ServerConfig>,
+    padding_md5: String,
+    user: Option<UserId>,
+    settings_received: bool,
+}
+
+enum Role {
+    Client(Box<ClientRole>),
+    Server(Box<ServerRole>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Server: waiting for the preamble.
+    Auth,
+    /// Frames flow.
+    Open,
+    /// Flushing control frames (an Alert), then closing with the reason.
+    Draining(SessionError),
+    Closed,
+}
+
+struct ShapedWrite {
+    data: Bytes,
+    offset: usize,
+    records: VecDeque<Record>,
+}
+
+/// An AnyTLS session. See the [module docs](self) for how to drive it.
+pub struct Session {
+    role: Role,
+    limits: SessionLimits,
+    state: State,
+    now: Instant,
+    rng: ChaCha8Rng,
+    recv_buf: BytesMut,
+    decoder: FrameDecoder,
+    streams: BTreeMap<StreamId, Stream>,
+    /// Received bytes buffered in all streams.
+    recv_total: usize,
+    /// Bytes queued in all streams' send queues.
+    send_total: usize,
+    /// A stream whose receive buffer went over its cap: input is paused until
+    /// it drains below.
+    blocked_on: Option<StreamId>,
+    /// Streams with data or a FIN to send, in round-robin order.
+    ready: VecDeque<StreamId>,
+    /// Encoded control frames, sent before any data.
+    control: BytesMut,
+    current: Option<ShapedWrite>,
+    events: VecDeque<Event>,
+    peer_version: u8,
+    handshake_deadline: Option<Instant>,
+    /// Any received frame clears it; expiry closes the session.
+    liveness_deadline: Option<Instant>,
+    /// When the oldest unanswered HeartRequest was sent (for the RTT).
+    heartbeat_sent_at: Option<Instant>,
+    open_deadlines: BTreeSet<(Instant, StreamId)>,
+    stats: SessionStats,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &if self.is_client() { "client" } else { "server" })
+            .field("state", &self.state)
+            .field("peer_version", &self.peer_version)
+            .field("streams", &self.streams.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Session {
+    fn new(role: Role, limits: SessionLimits, state: State, seed: [u8; 32], now: Instant) -> Self {
+        Session {
+            role,
+            decoder: FrameDecoder::new(limits.frames),
+            limits,
+            state,
+            now,
+            rng: ChaCha8Rng::from_seed(seed),
+            recv_buf: BytesMut::new(),
+            streams: BTreeMap::new(),
+            recv_total: 0,
+            send_total: 0,
+            blocked_on: None,
+            ready: VecDeque::new(),
+            control: BytesMut::new(),
+            current: None,
+            events: VecDeque::new(),
+            peer_version: 1,
+            handshake_deadline: None,
+            liveness_deadline: None,
+            heartbeat_sent_at: None,
+            open_deadlines: BTreeSet::new(),
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// A client session on a freshly established TLS connection. `padding` is
+    /// the client's current scheme (the default one, or the last one a server
+    /// sent); `seed` seeds the padding RNG and must come from a cryptographic
+    /// source. The preamble and the Settings frame are queued at once.
+    pub fn client(
+        cfg: Arc<ClientConfig>,
+        seq: SessionSeq,
+        padding: Arc<PaddingScheme>,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Session {
+        let limits = cfg.limits.clone();
+        let mut s = Session::new(
+            Role::Client(Box::new(ClientRole {
+                cfg: cfg.clone(),
+                seq,
+                padding: padding.clone(),
+                shaper: Shaper::new(),
+                preamble: None,
+                next_id: 1,
+                settings_flushed: false,
+            })),
+            limits,
+            State::Open,
+            seed,
+            now,
+        );
+        let pad = padding.preamble_padding_len(&mut s.rng);
+        let mut pre = BytesMut::with_capacity(34 + usize::from(pad));
+        encode_preamble(&cfg.password, pad, &mut pre);
+        let settings = ClientSettings {
+            version: PROTOCOL_VERSION,
+            client: cfg.client_name.clone(),
+            padding_md5: padding.md5_hex(),
+        };
+        // The client name is configured; a name with a newline would corrupt
+        // the text, so it is dropped rather than sent.
+        let text = settings.encode().unwrap_or_else(|_| {
+            ClientSettings {
+                client: String::new(),
+                ..settings
+            }
+            .encode()
+            .unwrap_or_default()
+        });
+        s.push_control(Command::Settings, StreamId::SESSION, &text);
+        if let Role::Client(c) = &mut s.role {
+            c.preamble = Some(pre.freeze());
+        }
+        s
+    }
+
+    /// A server session on a freshly accepted TLS connection. The handshake
+    /// deadline starts now.
+    pub fn server(cfg: Arc<ServerConfig>, seed: [u8; 32], now: Instant) -> Session {
+        let limits = cfg.limits.clone();
+        let deadline = now + cfg.handshake_timeout;
+        let mut s = Session::new(
+            Role::Server(Box::new(ServerRole {
+                padding_md5: cfg.padding.md5_hex(),
+                cfg,
+                user: None,
+                settings_received: false,
+            })),
+            limits,
+            State::Auth,
+            seed,
+            now,
+        );
+        s.handshake_deadline = Some(deadline);
+        s
+    }
+
+    // ----- getters -----
+
+    /// Whether this is a client session.
+    pub fn is_client(&self) -> bool {
+        matches!(self.role, Role::Client(_))
+    }
+
+    /// The client session's sequence number (0 for a server).
+    pub fn seq(&self) -> SessionSeq {
+        match &self.role {
+            Role::Client(c) => c.seq,
+            Role::Server(_) => SessionSeq(0),
+        }
+    }
+
+    /// Server: the authenticated user.
+    pub fn user(&self) -> Option<UserId> {
+        match &self.role {
+            Role::Server(s) => s.user,
+            Role::Client(_) => None,
+        }
+    }
+
+    /// Client: the padding scheme this session uses now.
+    pub fn padding_scheme(&self) -> Option<&Arc<PaddingScheme>> {
+        match &self.role {
+            Role::Client(c) => Some(&c.padding),
+            Role::Server(_) => None,
+        }
+    }
+
+    /// The peer's protocol version as known so far (1 until shown otherwise).
+    pub fn peer_version(&self) -> u8 {
+        self.peer_version
+    }
+
+    /// Number of streams the session holds (open, or not yet released).
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Whether the session is over (after `Event::Closed`).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether the owner should read from the connection. False while receive
+    /// buffers or the control queue are full, and once the session is closing.
+    pub fn wants_read(&self) -> bool {
+        matches!(self.state, State::Auth | State::Open) && !self.input_paused()
+    }
+
+    /// The earliest deadline, if any. After `handle_timeout(now)` it is later
+    /// than `now` or `None`.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if matches!(self.state, State::Closed) {
+            return None;
+        }
+        [
+            self.handshake_deadline,
+            self.liveness_deadline,
+            self.open_deadlines.first().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ----- inputs -----
+
+    fn advance_clock(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    /// Received TLS plaintext. Errors close the session (`Event::Closed`).
+    pub fn handle_input(&mut self, now: Instant, data: BytesMut) {
+        self.advance_clock(now);
+        if !matches!(self.state, State::Auth | State::Open) || data.is_empty() {
+            return;
+        }
+        self.stats.bytes_received += data.len() as u64;
+        if self.recv_buf.is_empty() {
+            self.recv_buf = data;
+        } else {
+            self.recv_buf.extend_from_slice(&data);
+        }
+        self.process_input();
+    }
+
+    /// The peer closed the connection.
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.advance_clock(now);
+        if matches!(self.state, State::Auth | State::Open) {
+            self.close_with(SessionError::PeerEof);
+        }
+    }
+
+    /// Deadlines up to `now` expire. Calling it early does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance_clock(now);
+        let now = self.now;
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        if self.handshake_deadline.is_some_and(|t| t <= now) {
+            self.handshake_deadline = None;
+            if self.state == State::Auth && !self.recv_buf.is_empty() {
+                let replay = self.recv_buf.split().freeze();
+                self.events.push_back(Event::AuthRejected { replay });
+            }
+            debug!("session handshake timed out");
+            self.close_with(SessionError::HandshakeTimeout);
+            return;
+        }
+        if self.liveness_deadline.is_some_and(|t| t <= now) {
+            debug!("no frame since heartbeat: closing session");
+            self.close_with(SessionError::HeartbeatTimeout);
+            return;
+        }
+        while let Some(&(t, id)) = self.open_deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.open_deadlines.pop_first();
+            let waiting = self.streams.get_mut(&id).is_some_and(|s| {
+                s.open_deadline = None;
+                s.phase == Phase::Opening
+            });
+            if waiting && self.peer_version >= 2 && self.liveness_deadline.is_none() {
+                debug!(stream = id.0, "SYNACK is slow: probing the session with a heartbeat");
+                let timeout = match &self.role {
+                    Role::Client(c) => c.cfg.heartbeat_timeout.unwrap_or(c.cfg.stream_open_timeout),
+                    Role::Server(_) => continue,
+                };
+                self.queue_heartbeat(now, Some(timeout));
+            }
+        }
+    }
+
+    // ----- commands -----
+
+    /// Client: opens a stream to `dest`. Queues SYN and the destination; data can
+    /// be written at once.
+    pub fn open_stream(&mut self, now: Instant, dest: &SocksAddr) -> Result<StreamId, StreamError> {
+        self.advance_clock(now);
+        if self.state != State::Open {
+            return Err(StreamError::SessionClosed);
+        }
+        if self.streams.len() >= self.limits.max_streams {
+            return Err(StreamError::TooManyStreams);
+        }
+        let Role::Client(c) = &mut self.role else {
+            return Err(StreamError::WrongRole);
+        };
+        if c.next_id == 0 {
+            return Err(StreamError::IdsExhausted);
+        }
+        let mut addr = Vec::with_capacity(dest.encoded_len());
+        dest.encode(&mut addr)?;
+        let id = StreamId(c.next_id);
+        c.next_id = c.next_id.wrapping_add(1);
+        let deadline = self.now + c.cfg.stream_open_timeout;
+        let mut stream = Stream::new(Phase::Opening);
+        stream.open_deadline = Some(deadline);
+        self.open_deadlines.insert((deadline, id));
+        self.streams.insert(id, stream);
+        self.push_control(Command::Syn, id, &[]);
+        self.push_control(Command::Psh, id, &addr);
+        self.stats.streams_opened += 1;
+        Ok(id)
+    }
+
+    /// Server: the owner's verdict on a stream from `Event::StreamOpened`.
+    /// `Ok` sends a success SYNACK (v2 clients); `Err(message)` sends SYNACK with
+    /// the message (v2 clients), then FIN, and forgets the stream.
+    pub fn accept_stream(&mut self, id: StreamId, result: Result<(), String>) -> Result<(), StreamError> {
+        if !matches!(self.role, Role::Server(_)) {
+            return Err(StreamError::WrongRole);
+        }
+        if self.state != State::Open {
+            return Err(StreamError::SessionClosed);
+        }
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream(id.0))?;
+        if stream.phase != Phase::AwaitingAccept {
+            return Err(StreamError::Closed);
+        }
+        match result {
+            Ok(()) => {
+                stream.phase = Phase::Open;
+                if self.peer_version >= 2 {
+                    self.push_control(Command::SynAck, id, &[]);
+                }
+            }
+            Err(msg) => self.refuse(id, &msg, false),
+        }
+        Ok(())
+    }
+
+    /// Queues data on a stream. Returns `Blocked` when the stream's or the
+    /// session's send buffer is full; `Event::StreamWritable` follows when there
+    /// is room again.
+    pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<(), StreamError> {
+        if self.state != State::Open {
+            return Err(StreamError::SessionClosed);
+        }
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream(id.0))?;
+        if stream.local_fin || stream.peer_fin {
+            return Err(StreamError::Closed);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if stream.send.len() >= self.limits.stream_send_buffer
+            || self.send_total >= self.limits.session_send_buffer
+        {
+            stream.write_blocked = true;
+            return Err(StreamError::Blocked);
+        }
+        self.send_total += data.len();
+        stream.send.push(data);
+        if !stream.queued {
+            stream.queued = true;
+            self.ready.push_back(id);
+        }
+        Ok(())
+    }
+
+    /// Reads the next chunk of a stream: `Ok(Some(data))`, `Ok(None)` at EOF
+    /// (the peer sent FIN and everything before it was read), or
+    /// `Err(Blocked)` until `Event::StreamReadable`.
+    pub fn read(&mut self, id: StreamId) -> Result<Option<Bytes>, StreamError> {
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream(id.0))?;
+        if stream.local_fin {
+            return Err(StreamError::Closed);
+        }
+        if matches!(stream.phase, Phase::AwaitingAddress) {
+            return Err(StreamError::Blocked);
+        }
+        match stream.recv.pop() {
+            Some(b) => {
+                self.recv_total -= b.len();
+                self.resume_input();
+                Ok(Some(b))
+            }
+            None if stream.peer_fin => Ok(None),
+            None => {
+                stream.readable_signaled = false;
+                Err(StreamError::Blocked)
+            }
+        }
+    }
+
+    /// Bytes ready to read on a stream.
+    pub fn readable_len(&self, id: StreamId) -> usize {
+        self.streams.get(&id).map_or(0, |s| s.recv.len())
+    }
+
+    /// Closes a stream (FIN is a full close in AnyTLS). Queued data still goes
+    /// out, then FIN; data received from now on is dropped. After the peer's
+    /// FIN this just releases the stream (no FIN is echoed).
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream(id.0))?;
+        if stream.peer_fin || self.state != State::Open {
+            self.remove_stream(id);
+            return Ok(());
+        }
+        if stream.local_fin {
+            return Ok(());
+        }
+        stream.local_fin = true;
+        self.recv_total -= stream.recv.clear();
+        if let Some(t) = stream.open_deadline.take() {
+            self.open_deadlines.remove(&(t, id));
+        }
+        if !stream.queued {
+            stream.queued = true;
+            self.ready.push_back(id);
+        }
+        self.resume_input();
+        Ok(())
+    }
+
+    /// Sends a HeartRequest (sid 0). With `timeout`, and if the peer speaks v2,
+    /// the session is closed with `HeartbeatTimeout` when no frame at all
+    /// arrives within it.
+    pub fn send_heartbeat(&mut self, now: Instant, timeout: Option<Duration>) {
+        self.advance_clock(now);
+        if self.state == State::Open {
+            self.queue_heartbeat(self.now, timeout);
+        }
+    }
+
+    /// Closes the session at once: no FINs, nothing more is sent.
+    pub fn close(&mut self, now: Instant) {
+        self.advance_clock(now);
+        if self.state != State::Closed {
+            self.close_with(SessionError::LocallyClosed);
+        }
+    }
+
+    // ----- output -----
+
+    /// The next TLS write, appended to `buf` (normally empty). Returns `None`
+    /// when there is nothing to send.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit> {
+        self.advance_clock(now);
+        let start = buf.len();
+        self.fill_transmit(buf);
+        let len = buf.len() - start;
+        // A drained control queue may let paused input continue.
+        self.resume_input();
+        if len == 0 {
+            if let State::Draining(reason) = &self.state {
+                let reason = reason.clone();
+                self.close_with(reason);
+            }
+            return None;
+        }
+        self.stats.bytes_sent += len as u64;
+        self.stats.transmits += 1;
+        Some(Transmit { len })
+    }
+
+    fn fill_transmit(&mut self, buf: &mut BytesMut) {
+        if matches!(self.state, State::Closed | State::Auth) {
+            return;
+        }
+        if let Role::Client(c) = &mut self.role {
+            // Packet 0: the preamble, alone.
+            if let Some(pre) = c.preamble.take() {
+                buf.extend_from_slice(&pre);
+                return;
+            }
+        }
+        if let Some(cur) = &mut self.current {
+            if let Some(rec) = cur.records.pop_front() {
+                let mut payload = &cur.data[cur.offset..];
+                rec.encode(&mut payload, buf);
+                cur.offset += rec.payload;
+                return;
+            }
+            self.current = None;
+        }
+        let data_allowed = self.state == State::Open;
+        let shaping = match &self.role {
+            Role::Client(c) => !c.shaper.is_done(),
+            Role::Server(_) => false,
+        };
+        if !shaping {
+            buf.extend_from_slice(&self.control.split());
+            if data_allowed {
+                let budget = self.limits.max_write;
+                self.gather_data(buf, budget);
+            }
+            return;
+        }
+        // While shaping, control frames and data never share a write, so that
+        // packet 1 is exactly Settings + SYN + destination, as in the reference.
+        let mut write = BytesMut::new();
+        if !self.control.is_empty() {
+            write = self.control.split();
+        } else if data_allowed {
+            let budget = self.limits.max_write;
+            self.gather_data(&mut write, budget);
+        }
+        if write.is_empty() {
+            return;
+        }
+        let Role::Client(c) = &mut self.role else {
+            return;
+        };
+        if !c.settings_flushed {
+            c.settings_flushed = true;
+            self.events.push_back(Event::Established {
+                peer_version: self.peer_version,
+            });
+        }
+        let plan = c.shaper.plan(&c.padding, write.len(), &mut self.rng);
+        let mut cur = ShapedWrite {
+            data: write.freeze(),
+            offset: 0,
+            records: plan.into(),
+        };
+        if let Some(rec) = cur.records.pop_front() {
+            let mut payload = &cur.data[..];
+            rec.encode(&mut payload, buf);
+            cur.offset = rec.payload;
+        }
+        self.current = Some(cur);
+    }
+
+    /// Appends PSH and FIN frames from ready streams, round robin, until `out`
+    /// holds about `budget` bytes.
+    fn gather_data(&mut self, out: &mut BytesMut, budget: usize) {
+        let start = out.len();
+        let mut freed = false;
+        while out.len() - start < budget {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let room = (budget - (out.len() - start)).clamp(1, CHUNK);
+            if let Some(chunk) = s.send.pop_up_to(room) {
+                debug_assert!(chunk.len() <= MAX_FRAME_DATA);
+                FrameHeader {
+                    cmd: Command::Psh,
+                    stream_id: id,
+                    len: chunk.len() as u16,
+                }
+                .encode(out);
+                out.put_slice(&chunk);
+                self.send_total -= chunk.len();
+                freed = true;
+            }
+            if s.send.is_empty() && s.local_fin {
+                FrameHeader {
+                    cmd: Command::Fin,
+                    stream_id: id,
+                    len: 0,
+                }
+                .encode(out);
+                self.remove_stream(id);
+                continue;
+            }
+            if s.has_output() {
+                self.ready.push_back(id);
+            } else {
+                s.queued = false;
+            }
+        }
+        if freed {
+            self.signal_writable();
+        }
+    }
+
+    fn signal_writable(&mut self) {
+        if self.send_total >= self.limits.session_send_buffer {
+            return;
+        }
+        let cap = self.limits.stream_send_buffer;
+        for (id, s) in &mut self.streams {
+            if s.write_blocked && s.send.len() < cap {
+                s.write_blocked = false;
+                self.events.push_back(Event::StreamWritable { id: *id });
+            }
+        }
+    }
+
+    // ----- internals -----
+
+    fn push_control(&mut self, cmd: Command, id: StreamId, data: &[u8]) {
+        // Callers pass at most MAX_FRAME_DATA bytes.
+        let _ = encode_frame(&mut self.control, cmd, id, data);
+    }
+
+    fn queue_heartbeat(&mut self, now: Instant, timeout: Option<Duration>) {
+        self.push_control(Command::HeartRequest, StreamId::SESSION, &[]);
+        self.stats.heartbeats_sent += 1;
+        if self.heartbeat_sent_at.is_none() {
+            self.heartbeat_sent_at = Some(now);
+        }
+        if let Some(t) = timeout.filter(|_| self.peer_version >= 2) {
+            if self.liveness_deadline.is_none() {
+                self.liveness_deadline = Some(now + t);
+            }
+        }
+    }
+
+    fn input_paused(&self) -> bool {
+        self.recv_total >= self.limits.session_recv_buffer
+            || self.control.len() >= self.limits.control_queue
+            || self.blocked_on.is_some_and(|id| {
+                self.streams
+                    .get(&id)
+                    .is_some_and(|s| s.recv.len() >= self.limits.stream_recv_buffer)
+            })
+    }
+
+    fn resume_input(&mut self) {
+        if !self.recv_buf.is_empty() && !self.input_paused() {
+            self.process_input();
+        }
+    }
+
+    fn process_input(&mut self) {
+        loop {
+            if self.input_paused() {
+                return;
+            }
+            match self.state {
+                State::Auth => {
+                    if !self.authenticate() {
+                        return;
+                    }
+                }
+                State::Open => match self.decoder.decode(&mut self.recv_buf) {
+                    Ok(Some(frame)) => self.handle_frame(frame),
+                    Ok(None) => return,
+                    Err(e) => {
+                        debug!("undecodable input: {e}");
+                        self.close_with(ProtocolError::Frame(e).into());
+                        return;
+                    }
+                },
+                State::Draining(_) | State::Closed => {
+                    self.recv_buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Server: checks the preamble. Returns whether frames may follow.
+    fn authenticate(&mut self) -> bool {
+        let Role::Server(srv) = &mut self.role else {
+            return false;
+        };
+        match srv.cfg.users.verify(&mut self.recv_buf) {
+            AuthVerdict::Accepted { user, .. } => {
+                srv.user = Some(user);
+                self.state = State::Open;
+                self.events.push_back(Event::Authenticated { user });
+                true
+            }
+            AuthVerdict::NeedMore { .. } => false,
+            AuthVerdict::Rejected { replay, .. } => {
+                debug!("preamble rejected");
+                self.events.push_back(Event::AuthRejected { replay });
+                self.close_with(SessionError::AuthFailed);
+                false
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame) {
+        // Any frame shows the peer is alive.
+        self.liveness_deadline = None;
+        let Frame {
+            cmd,
+            stream_id: id,
+            data,
+        } = frame;
+        match cmd {
+            Command::Psh => self.on_psh(id, data),
+            Command::Syn => self.on_syn(id),
+            Command::Fin => self.on_fin(id),
+            Command::Settings if !data.is_empty() => self.on_settings(&data),
+            Command::Alert if !data.is_empty() => {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                warn!("alert from peer: {text}");
+                self.close_with(SessionError::Alert(text));
+            }
+            Command::UpdatePaddingScheme if !data.is_empty() => self.on_padding_update(data),
+            Command::SynAck => self.on_synack(id, &data),
+            Command::HeartRequest => self.push_control(Command::HeartResponse, id, &[]),
+            Command::HeartResponse => {
+                if let Some(sent) = self.heartbeat_sent_at.take() {
+                    let rtt = self.now.saturating_duration_since(sent);
+                    self.events.push_back(Event::HeartbeatAck { rtt });
+                }
+            }
+            Command::ServerSettings if !data.is_empty() => {
+                if let Role::Client(_) = self.role {
+                    if let Some(v) = crate::settings::server_version(&StringMap::parse(&data)) {
+                        self.peer_version = v;
+                        self.events.push_back(Event::PeerVersion { version: v });
+                    }
+                }
+            }
+            // Waste, unknown commands, empty Settings/Alert/Update/ServerSettings:
+            // the data (if any) is consumed and ignored.
+            _ => {}
+        }
+    }
+
+    fn on_psh(&mut self, id: StreamId, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.local_fin || s.peer_fin {
+            return;
+        }
+        self.recv_total += data.len();
+        s.recv.push(data);
+        if s.recv.len() >= self.limits.stream_recv_buffer {
+            self.blocked_on = Some(id);
+        }
+        if s.phase == Phase::AwaitingAddress {
+            self.parse_destination(id);
+        } else {
+            self.signal_readable(id);
+        }
+    }
+
+    fn signal_readable(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            if !s.readable_signaled && s.phase != Phase::AwaitingAddress {
+                s.readable_signaled = true;
+                self.events.push_back(Event::StreamReadable { id });
+            }
+        }
+    }
+
+    fn on_syn(&mut self, id: StreamId) {
+        let Role::Server(srv) = &self.role else {
+            // Clients never accept streams; the rewrite ignores such SYNs too.
+            return;
+        };
+        if !srv.settings_received {
+            debug!("SYN before Settings: alert and close");
+            self.push_control(Command::Alert, StreamId::SESSION, ALERT_NO_SETTINGS.as_bytes());
+            self.state = State::Draining(ProtocolError::SynBeforeSettings.into());
+            self.recv_buf.clear();
+            return;
+        }
+        if self.streams.contains_key(&id) {
+            return;
+        }
+        self.stats.streams_opened += 1;
+        if self.streams.len() >= self.limits.max_streams {
+            debug!(stream = id.0, "stream cap reached: refusing");
+            self.stats.streams_refused += 1;
+            if self.peer_version >= 2 {
+                self.push_control(Command::SynAck, id, b"too many streams");
+            }
+            self.push_control(Command::Fin, id, &[]);
+            return;
+        }
+        self.streams.insert(id, Stream::new(Phase::AwaitingAddress));
+    }
+
+    fn parse_destination(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let head = s.recv.peek(MAX_ENCODED_LEN);
+        match SocksAddr::decode(&head) {
+            Ok((dest, n)) => {
+                s.recv.skip(n);
+                self.recv_total -= n;
+                s.phase = Phase::AwaitingAccept;
+                let has_data = !s.recv.is_empty();
+                self.events.push_back(Event::StreamOpened {
+                    id,
+                    dest: dest.normalized(),
+                });
+                if has_data {
+                    self.signal_readable(id);
+                }
+            }
+            Err(AddrError::Truncated { .. }) => {}
+            Err(e) => self.refuse(id, &format!("bad destination: {e}"), true),
+        }
+    }
+
+    /// Server: refuses a stream: SYNACK with the message (v2), FIN, forget it.
+    fn refuse(&mut self, id: StreamId, msg: &str, notify_owner: bool) {
+        self.stats.streams_refused += 1;
+        if self.peer_version >= 2 {
+            let mut end = msg.len().min(self.limits.frames.max_synack_message.min(MAX_FRAME_DATA));
+            while !msg.is_char_boundary(end) {
+                end -= 1;
+            }
+            // An empty message would read as success.
+            let text = if end == 0 { "refused" } else { &msg[..end] };
+            self.push_control(Command::SynAck, id, text.as_bytes());
+        }
+        self.push_control(Command::Fin, id, &[]);
+        self.remove_stream(id);
+        if notify_owner {
+            self.events.push_back(Event::StreamRefused {
+                id,
+                reason: msg.to_owned(),
+            });
+        }
+    }
+
+    fn on_fin(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.local_fin || s.phase == Phase::AwaitingAddress {
+            // Both sides are done, or the owner never saw the stream.
+            self.remove_stream(id);
+            return;
+        }
+        s.peer_fin = true;
+        self.send_total -= s.send.clear();
+        if let Some(t) = s.open_deadline.take() {
+            self.open_deadlines.remove(&(t, id));
+        }
+        self.events.push_back(Event::StreamFinished { id });
+        self.signal_readable(id);
+    }
+
+    fn on_settings(&mut self, data: &[u8]) {
+        let Role::Server(srv) = &mut self.role else {
+            return;
+        };
+        let received = ReceivedClientSettings::from_map(&StringMap::parse(data));
+        let first = !srv.settings_received;
+        srv.settings_received = true;
+        self.handshake_deadline = None;
+        let update = received
+            .needs_padding_update(&srv.padding_md5)
+            .then(|| srv.cfg.padding.raw().clone());
+        if let Some(raw) = update {
+            self.push_control(Command::UpdatePaddingScheme, StreamId::SESSION, &raw);
+        }
+        if received.is_v2() {
+            self.peer_version = PROTOCOL_VERSION;
+            let text = crate::settings::server_settings_text();
+            self.push_control(Command::ServerSettings, StreamId::SESSION, &text);
+        }
+        if first {
+            self.events.push_back(Event::Established {
+                peer_version: self.peer_version,
+            });
+        }
+    }
+
+    fn on_padding_update(&mut self, data: Bytes) {
+        let Role::Client(c) = &mut self.role else {
+            return;
+        };
+        match PaddingScheme::parse(data) {
+            Ok(scheme) => {
+                if scheme.validate_strict().is_err() {
+                    debug!("server's padding scheme fails the strict rules; using it anyway");
+                }
+                let scheme = Arc::new(scheme);
+                c.padding = scheme.clone();
+                self.events.push_back(Event::PaddingSchemeUpdated(scheme));
+            }
+            Err(e) => warn!("ignoring invalid padding scheme from server: {e}"),
+        }
+    }
+
+    fn on_synack(&mut self, id: StreamId, data: &[u8]) {
+        if !self.is_client() {
+            return;
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if let Some(t) = s.open_deadline.take() {
+            self.open_deadlines.remove(&(t, id));
+        }
+        if data.is_empty() {
+            if s.phase == Phase::Opening {
+                s.phase = Phase::Open;
+                self.events.push_back(Event::StreamConnected { id });
+            }
+            return;
+        }
+        let reason = String::from_utf8_lossy(data).into_owned();
+        debug!(stream = id.0, "stream refused by server: {reason}");
+        if !s.local_fin {
+            // The reference client closes the stream, which sends FIN.
+            self.push_control(Command::Fin, id, &[]);
+        }
+        self.remove_stream(id);
+        self.events.push_back(Event::StreamRefused { id, reason });
+    }
+
+    fn remove_stream(&mut self, id: StreamId) {
+        if let Some(mut s) = self.streams.remove(&id) {
+            self.recv_total -= s.recv.clear();
+            self.send_total -= s.send.clear();
+            if let Some(t) = s.open_deadline {
+                self.open_deadlines.remove(&(t, id));
+            }
+            if self.blocked_on == Some(id) {
+                self.blocked_on = None;
+            }
+        }
+    }
+
+    fn close_with(&mut self, reason: SessionError) {
+        debug!("session closed: {reason}");
+        self.state = State::Closed;
+        self.streams.clear();
+        self.ready.clear();
+        self.recv_total = 0;
+        self.send_total = 0;
+        self.recv_buf = BytesMut::new();
+        self.control = BytesMut::new();
+        self.current = None;
+        self.open_deadlines.clear();
+        self.handshake_deadline = None;
+        self.liveness_deadline = None;
+        if let Role::Client(c) = &mut self.role {
+            c.preamble = None;
+        }
+        self.events.push_back(Event::Closed { reason });
+    }
+}
