@@ -481,7 +481,10 @@ impl Session {
                 s.phase == Phase::Opening
             });
             if waiting && self.peer_version >= 2 && self.liveness_deadline.is_none() {
-                debug!(stream = id.0, "SYNACK is slow: probing the session with a heartbeat");
+                debug!(
+                    stream = id.0,
+                    "SYNACK is slow: probing the session with a heartbeat"
+                );
                 let timeout = match &self.role {
                     Role::Client(c) => c.cfg.heartbeat_timeout.unwrap_or(c.cfg.stream_open_timeout),
                     Role::Server(_) => continue,
@@ -527,7 +530,11 @@ impl Session {
     /// Server: the owner's verdict on a stream from `Event::StreamOpened`.
     /// `Ok` sends a success SYNACK (v2 clients); `Err(message)` sends SYNACK with
     /// the message (v2 clients), then FIN, and forgets the stream.
-    pub fn accept_stream(&mut self, id: StreamId, result: Result<(), String>) -> Result<(), StreamError> {
+    pub fn accept_stream(
+        &mut self,
+        id: StreamId,
+        result: Result<(), String>,
+    ) -> Result<(), StreamError> {
         if !matches!(self.role, Role::Server(_)) {
             return Err(StreamError::WrongRole);
         }
@@ -979,7 +986,11 @@ impl Session {
         };
         if !srv.settings_received {
             debug!("SYN before Settings: alert and close");
-            self.push_control(Command::Alert, StreamId::SESSION, ALERT_NO_SETTINGS.as_bytes());
+            self.push_control(
+                Command::Alert,
+                StreamId::SESSION,
+                ALERT_NO_SETTINGS.as_bytes(),
+            );
             self.state = State::Draining(ProtocolError::SynBeforeSettings.into());
             self.recv_buf.clear();
             return;
@@ -1028,7 +1039,9 @@ impl Session {
     fn refuse(&mut self, id: StreamId, msg: &str, notify_owner: bool) {
         self.stats.streams_refused += 1;
         if self.peer_version >= 2 {
-            let mut end = msg.len().min(self.limits.frames.max_synack_message.min(MAX_FRAME_DATA));
+            let mut end = msg
+                .len()
+                .min(self.limits.frames.max_synack_message.min(MAX_FRAME_DATA));
             while !msg.is_char_boundary(end) {
                 end -= 1;
             }
