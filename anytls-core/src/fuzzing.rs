@@ -4,14 +4,21 @@
 //!
 //! Not part of the stable API.
 
-use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
 use rand_core::RngCore;
 
 use crate::addr::{AddrTable, SocksAddr};
 use crate::auth::{AuthVerdict, Authenticator, PasswordHash, encode_preamble};
+use crate::config::{ClientConfig, ServerConfig, SessionLimits};
 use crate::frame::HEADER_LEN;
+use crate::frame::{Command, StreamId, encode_frame};
 use crate::frame::{FrameDecoder, FrameLimits, MAX_FRAME_DATA};
 use crate::padding::{Item, PaddingScheme, Record, Shaper, validate_strict_text};
+use crate::session::{Event, Session, SessionSeq};
+use crate::settings::ClientSettings;
 use crate::settings::StringMap;
 use crate::uot::{UotRequest, decode_datagram, encode_datagram};
 
@@ -247,6 +254,191 @@ pub fn address(data: &[u8]) {
     }
 }
 
+/// Small limits so that fuzzing reaches the caps.
+fn fuzz_limits(flags: u8) -> SessionLimits {
+    let mut l = SessionLimits::default();
+    if flags & 0x10 != 0 {
+        l.stream_recv_buffer = 4096;
+        l.session_recv_buffer = 16 * 1024;
+        l.stream_send_buffer = 4096;
+        l.session_send_buffer = 16 * 1024;
+        l.control_queue = 1024;
+        l.max_streams = 8;
+    }
+    l
+}
+
+/// Drives a session with input cut from `data`, acting as a busy owner: it
+/// accepts or refuses streams, reads, writes, finishes, sends heartbeats and lets
+/// time pass. Asserts the memory caps and the event contract throughout.
+fn drive_session(s: &mut Session, input: &[u8], ctl: &[u8], epoch: Instant) {
+    let mut now = epoch;
+    let mut out = BytesMut::new();
+    let mut closed = false;
+    let mut ctl = ctl.iter().copied().cycle();
+    let mut rest = input;
+    let max_input = 4096;
+    let mut opened: Vec<StreamId> = Vec::new();
+    for round in 0..2048 {
+        // Output, then events.
+        for _ in 0..10_000 {
+            out.clear();
+            if s.poll_transmit(now, &mut out).is_none() {
+                break;
+            }
+        }
+        while let Some(ev) = s.poll_event() {
+            assert!(!closed, "event after Closed: {ev:?}");
+            match ev {
+                Event::Closed { .. } => closed = true,
+                Event::StreamOpened { id, .. } => {
+                    let verdict = if ctl.next().unwrap_or(0) & 3 == 0 {
+                        Err("refused by fuzz owner".into())
+                    } else {
+                        Ok(())
+                    };
+                    let _ = s.accept_stream(id, verdict);
+                    opened.push(id);
+                }
+                Event::StreamReadable { id } => {
+                    if ctl.next().unwrap_or(0) & 7 != 0 {
+                        for _ in 0..64 {
+                            match s.read(id) {
+                                Ok(Some(_)) => {}
+                                Ok(None) => {
+                                    let _ = s.finish(id);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        s.assert_invariants(max_input);
+        if closed {
+            assert!(s.is_closed());
+            return;
+        }
+        let op = ctl.next().unwrap_or(0);
+        match op % 8 {
+            0 => {
+                let dt = Duration::from_millis(u64::from(ctl.next().unwrap_or(0)) * 40);
+                now += dt;
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                    assert!(s.poll_timeout().is_none_or(|t| t > now));
+                }
+            }
+            1 => {
+                if let Some(&id) = opened.get(usize::from(op >> 3) % opened.len().max(1)) {
+                    static FILL: [u8; 2048] = [0x5a; 2048];
+                    let n = usize::from(ctl.next().unwrap_or(0)) * 8;
+                    let _ = s.write(id, Bytes::from_static(&FILL[..n]));
+                }
+            }
+            2 => {
+                if let Some(&id) = opened.get(usize::from(op >> 3) % opened.len().max(1)) {
+                    let _ = s.finish(id);
+                }
+            }
+            3 => s.send_heartbeat(now, Some(Duration::from_secs(1))),
+            4 if s.is_client() => {
+                if let Ok(id) = s.open_stream(now, &SocksAddr::domain("fuzz.example", 80)) {
+                    opened.push(id);
+                }
+            }
+            5 => {
+                // Read every known stream (owner catching up).
+                for &id in &opened {
+                    while let Ok(Some(_)) = s.read(id) {}
+                }
+            }
+            _ => {
+                if rest.is_empty() {
+                    if round > 64 {
+                        s.handle_eof(now);
+                    }
+                    continue;
+                }
+                if !s.wants_read() {
+                    continue;
+                }
+                let n = (usize::from(op) * 37 % max_input).max(1).min(rest.len());
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                s.handle_input(now, BytesMut::from(chunk));
+            }
+        }
+    }
+}
+
+fn split_input(data: &[u8]) -> (u8, &[u8], &[u8]) {
+    let flags = data.first().copied().unwrap_or(0);
+    let data = data.get(1..).unwrap_or(&[]);
+    let ctl_len = (usize::from(flags & 0x0f) * 4).min(data.len());
+    let (ctl, input) = data.split_at(ctl_len);
+    (
+        flags,
+        if ctl.is_empty() { &[1, 6, 6, 0] } else { ctl },
+        input,
+    )
+}
+
+/// A server session fed a (mostly) valid preamble and Settings, then arbitrary
+/// frames; the owner acts on events. Never panics, stays within its caps.
+pub fn server_session(data: &[u8], epoch: Instant) {
+    let (flags, ctl, input) = split_input(data);
+    let mut cfg = ServerConfig::new(crate::auth::Authenticator::single("letmein"));
+    cfg.limits = fuzz_limits(flags);
+    let mut s = Session::server(Arc::new(cfg), [1; 32], epoch);
+    let mut wire = Vec::new();
+    if flags & 0x20 == 0 {
+        encode_preamble(
+            &PasswordHash::of("letmein"),
+            u16::from(flags >> 6) * 3,
+            &mut wire,
+        );
+        if flags & 0x40 == 0 {
+            let text = ClientSettings {
+                version: 2,
+                client: "fuzz".into(),
+                padding_md5: if flags & 0x80 == 0 {
+                    crate::padding::PaddingScheme::default_scheme().md5_hex()
+                } else {
+                    String::new()
+                },
+            }
+            .encode()
+            .unwrap_or_default();
+            let _ = encode_frame(&mut wire, Command::Settings, StreamId::SESSION, &text);
+        }
+    }
+    wire.extend_from_slice(input);
+    drive_session(&mut s, &wire, ctl, epoch);
+}
+
+/// A client session fed arbitrary server bytes while its owner opens streams,
+/// writes, reads and sends heartbeats. Never panics, stays within its caps.
+pub fn client_session(data: &[u8], epoch: Instant) {
+    let (flags, ctl, input) = split_input(data);
+    let mut cfg = ClientConfig::new("letmein");
+    cfg.limits = fuzz_limits(flags);
+    let mut s = Session::client(
+        Arc::new(cfg),
+        SessionSeq(1),
+        Arc::new(PaddingScheme::default_scheme()),
+        [2; 32],
+        epoch,
+    );
+    if flags & 0x20 == 0 {
+        let _ = s.open_stream(epoch, &SocksAddr::domain("example.com", 443));
+    }
+    drive_session(&mut s, input, ctl, epoch);
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -255,13 +447,19 @@ mod tests {
     #[test]
     fn replay_fuzz_corpus() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-        type Body = fn(&[u8]);
-        let targets: [(&str, Body); 5] = [
-            ("frame_decoder", super::frame_decoder),
-            ("padding_scheme", super::padding_scheme),
-            ("settings", super::settings),
-            ("preamble", super::preamble),
-            ("address", super::address),
+        #[allow(clippy::disallowed_methods)]
+        let epoch = std::time::Instant::now();
+        let server = |d: &[u8]| super::server_session(d, epoch);
+        let client = |d: &[u8]| super::client_session(d, epoch);
+        type Body<'a> = &'a dyn Fn(&[u8]);
+        let targets: [(&str, Body); 7] = [
+            ("frame_decoder", &super::frame_decoder),
+            ("padding_scheme", &super::padding_scheme),
+            ("settings", &super::settings),
+            ("preamble", &super::preamble),
+            ("address", &super::address),
+            ("server_session", &server),
+            ("client_session", &client),
         ];
         for (name, body) in targets {
             let dir = root.join(name);

@@ -1160,6 +1160,34 @@ impl Session {
         }
     }
 
+    /// Checks internal accounting and memory caps (fuzzing and tests).
+    /// `max_input` is the largest chunk ever passed to `handle_input`.
+    #[cfg(any(test, feature = "_fuzz"))]
+    pub(crate) fn assert_invariants(&self, max_input: usize) {
+        use crate::frame::HEADER_LEN;
+        let l = &self.limits;
+        let recv: usize = self.streams.values().map(|s| s.recv.len()).sum();
+        let send: usize = self.streams.values().map(|s| s.send.len()).sum();
+        assert_eq!(recv, self.recv_total, "receive accounting");
+        assert_eq!(send, self.send_total, "send accounting");
+        assert!(self.streams.len() <= l.max_streams, "stream cap");
+        // Caps are soft by one frame.
+        assert!(self.recv_total <= l.session_recv_buffer + MAX_FRAME_DATA);
+        for s in self.streams.values() {
+            assert!(s.recv.len() <= l.stream_recv_buffer + MAX_FRAME_DATA);
+        }
+        // One frame processed past the cap can add at most a padding scheme and
+        // a ServerSettings (server) or one small answer.
+        assert!(self.control.len() <= l.control_queue + l.frames.max_padding_scheme + 64);
+        // Unprocessed input: at most a partial frame plus the last chunk handed in
+        // (or, before authentication, the preamble plus one chunk).
+        assert!(self.recv_buf.len() <= HEADER_LEN + MAX_FRAME_DATA + 34 + max_input);
+        if self.state == State::Closed {
+            assert!(self.streams.is_empty() && self.control.is_empty());
+            assert!(self.poll_timeout().is_none());
+        }
+    }
+
     fn close_with(&mut self, reason: SessionError) {
         debug!("session closed: {reason}");
         self.state = State::Closed;
