@@ -300,17 +300,15 @@ fn drive_session(s: &mut Session, input: &[u8], ctl: &[u8], epoch: Instant) {
                     let _ = s.accept_stream(id, verdict);
                     opened.push(id);
                 }
-                Event::StreamReadable { id } => {
-                    if ctl.next().unwrap_or(0) & 7 != 0 {
-                        for _ in 0..64 {
-                            match s.read(id) {
-                                Ok(Some(_)) => {}
-                                Ok(None) => {
-                                    let _ = s.finish(id);
-                                    break;
-                                }
-                                Err(_) => break,
+                Event::StreamReadable { id } if ctl.next().unwrap_or(0) & 7 != 0 => {
+                    for _ in 0..64 {
+                        match s.read(id) {
+                            Ok(Some(_)) => {}
+                            Ok(None) => {
+                                let _ = s.finish(id);
+                                break;
                             }
+                            Err(_) => break,
                         }
                     }
                 }
