@@ -318,7 +318,7 @@ impl Record {
         self.payload + self.padding.map_or(0, |p| HEADER_LEN + usize::from(p))
     }
 
-    /// Whether the record is empty (never true in a plan).
+    /// Whether the record is empty (only in the plan of an empty write).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
