@@ -37,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod frame;
 pub mod padding;
+pub mod pool;
 pub mod session;
 pub mod settings;
 mod stream;
@@ -55,5 +56,6 @@ pub use error::{
 };
 pub use frame::{Command, Frame, FrameDecoder, FrameHeader, FrameLimits, StreamId};
 pub use padding::{PaddingScheme, Record, Shaper};
+pub use pool::{Checkout, CloseReason, Pool, PoolAction, PoolConfig, PoolConfigError, PoolStats};
 pub use session::{Event, Session, SessionSeq, SessionStats, Transmit};
 pub use settings::StringMap;
