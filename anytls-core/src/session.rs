@@ -529,7 +529,8 @@ impl Session {
 
     /// Server: the owner's verdict on a stream from `Event::StreamOpened`.
     /// `Ok` sends a success SYNACK (v2 clients); `Err(message)` sends SYNACK with
-    /// the message (v2 clients), then FIN, and forgets the stream.
+    /// the message (v2 clients), then FIN (unless the client already sent FIN),
+    /// and forgets the stream.
     pub fn accept_stream(
         &mut self,
         id: StreamId,
@@ -1049,7 +1050,10 @@ impl Session {
             let text = if end == 0 { "refused" } else { &msg[..end] };
             self.push_control(Command::SynAck, id, text.as_bytes());
         }
-        self.push_control(Command::Fin, id, &[]);
+        // A FIN from the client is never answered with a FIN (4.3).
+        if !self.streams.get(&id).is_some_and(|s| s.peer_fin) {
+            self.push_control(Command::Fin, id, &[]);
+        }
         self.remove_stream(id);
         if notify_owner {
             self.events.push_back(Event::StreamRefused {
@@ -1139,8 +1143,9 @@ impl Session {
         }
         let reason = String::from_utf8_lossy(data).into_owned();
         debug!(stream = id.0, "stream refused by server: {reason}");
-        if !s.local_fin {
-            // The reference client closes the stream, which sends FIN.
+        if !s.local_fin && !s.peer_fin {
+            // The reference client closes the stream, which sends FIN (unless
+            // the server's FIN already ended it: FIN is never answered, 4.3).
             self.push_control(Command::Fin, id, &[]);
         }
         self.remove_stream(id);
