@@ -61,9 +61,10 @@ pub struct ClientConfig {
     /// How long a new stream may wait for its SYNACK (v2 servers) before the
     /// session is probed with a HeartRequest. The stream is not failed by this.
     pub stream_open_timeout: Duration,
-    /// How long to wait for any frame after a HeartRequest (a heartbeat or a
-    /// probe) before declaring the session dead. `None`: never. Only applied when
-    /// the server announced v2; v1 servers do not answer heartbeats.
+    /// How long to wait for any frame after a HeartRequest before declaring the
+    /// session dead. Only applied when the server announced v2 (v1 servers do not
+    /// answer heartbeats). `None`: owner-requested heartbeats have no deadline;
+    /// the probe sent for a slow SYNACK then waits `stream_open_timeout`.
     pub heartbeat_timeout: Option<Duration>,
     /// Buffer caps.
     pub limits: SessionLimits,

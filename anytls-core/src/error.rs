@@ -243,3 +243,33 @@ pub enum SessionError {
     #[error("session closed locally")]
     LocallyClosed,
 }
+
+impl From<SessionError> for std::io::Error {
+    fn from(e: SessionError) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            SessionError::PeerEof => ErrorKind::UnexpectedEof,
+            SessionError::LocallyClosed => ErrorKind::NotConnected,
+            SessionError::AuthFailed => ErrorKind::PermissionDenied,
+            SessionError::HandshakeTimeout | SessionError::HeartbeatTimeout => ErrorKind::TimedOut,
+            SessionError::Alert(_) => ErrorKind::ConnectionAborted,
+            _ => ErrorKind::InvalidData,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+impl From<StreamError> for std::io::Error {
+    fn from(e: StreamError) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            StreamError::Blocked => ErrorKind::WouldBlock,
+            StreamError::Refused(_) => ErrorKind::ConnectionRefused,
+            StreamError::Closed | StreamError::UnknownStream(_) => ErrorKind::BrokenPipe,
+            StreamError::SessionClosed => ErrorKind::NotConnected,
+            StreamError::BadAddress(_) => ErrorKind::InvalidInput,
+            _ => ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}

@@ -292,15 +292,17 @@ impl FrameLimits {
 }
 
 impl Default for FrameLimits {
-    /// Generous caps that still bound what one control frame can make us hold:
-    /// 4 KiB of settings, alert and SYNACK text, 16 KiB of padding scheme
-    /// (the strict rules allow 8 KiB; the lenient reference has no cap).
+    /// Client Settings text is capped at 4 KiB (a real one is under 100 bytes).
+    /// The other control texts may use the whole frame: the reference accepts
+    /// any size, and refusing a large padding scheme or SYNACK message would
+    /// kill sessions that every Go client keeps. Memory stays bounded either
+    /// way: one frame is at most 64 KiB.
     fn default() -> Self {
         FrameLimits {
             max_settings: 4096,
-            max_alert: 4096,
-            max_padding_scheme: 16 * 1024,
-            max_synack_message: 4096,
+            max_alert: MAX_FRAME_DATA,
+            max_padding_scheme: MAX_FRAME_DATA,
+            max_synack_message: MAX_FRAME_DATA,
         }
     }
 }
@@ -476,7 +478,7 @@ mod tests {
     fn oversized_control_frame_is_refused_at_the_header() {
         let mut b = BytesMut::new();
         FrameHeader {
-            cmd: Command::Alert,
+            cmd: Command::Settings,
             stream_id: sid(0),
             len: 5000,
         }
@@ -486,7 +488,7 @@ mod tests {
         assert_eq!(
             err,
             FrameError::TooLarge {
-                cmd: Command::Alert,
+                cmd: Command::Settings,
                 len: 5000,
                 max: 4096
             }

@@ -101,7 +101,9 @@ pub enum Event {
         id: StreamId,
     },
     /// The stream was refused: a client got a SYNACK with this error, or a
-    /// server refused it itself (bad address, stream cap). The stream is gone.
+    /// server refused a stream whose destination does not parse. The stream is
+    /// gone. (SYNs over the stream cap are refused before the owner ever sees
+    /// them, so they raise no event; see `SessionStats::streams_refused`.)
     StreamRefused {
         /// The stream.
         id: StreamId,
@@ -444,6 +446,12 @@ impl Session {
     /// The peer closed the connection.
     pub fn handle_eof(&mut self, now: Instant) {
         self.advance_clock(now);
+        if self.state == State::Auth && !self.recv_buf.is_empty() {
+            // A probe that half-closes after its request still gets the
+            // fallback's answer, as from a plain web server.
+            let replay = self.recv_buf.split().freeze();
+            self.events.push_back(Event::AuthRejected { replay });
+        }
         if matches!(self.state, State::Auth | State::Open) {
             self.close_with(SessionError::PeerEof);
         }
@@ -552,8 +560,12 @@ impl Session {
         match result {
             Ok(()) => {
                 stream.phase = Phase::Open;
+                let writable = std::mem::take(&mut stream.write_blocked);
                 if self.peer_version >= 2 {
                     self.push_control(Command::SynAck, id, &[]);
+                }
+                if writable {
+                    self.events.push_back(Event::StreamWritable { id });
                 }
             }
             Err(msg) => self.refuse(id, &msg, false),
@@ -577,6 +589,11 @@ impl Session {
         }
         if data.is_empty() {
             return Ok(());
+        }
+        if matches!(stream.phase, Phase::AwaitingAddress | Phase::AwaitingAccept) {
+            // Server: no data before the SYNACK (`StreamWritable` follows accept).
+            stream.write_blocked = true;
+            return Err(StreamError::Blocked);
         }
         if stream.send.len() >= self.limits.stream_send_buffer
             || self.send_total >= self.limits.session_send_buffer
