@@ -1,0 +1,398 @@
+//! The AnyTLS server: TLS accept, authentication, streams handed to a handler,
+//! fallback for failed authentication, graceful shutdown.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anytls_core::{Authenticator, Event, PaddingScheme, SessionLimits, SocksAddr, StreamId};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
+use crate::tls::{Identity, TlsError, server_config};
+
+/// Server settings.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Users: name and password.
+    pub users: Vec<(String, String)>,
+    /// Certificate and key.
+    pub identity: Identity,
+    /// ALPN protocols to accept.
+    pub alpn: Vec<String>,
+    /// The padding scheme clients are told to use.
+    pub padding: PaddingScheme,
+    /// Where connections that fail authentication go (with every byte they
+    /// sent), e.g. a local web server. `None`: close them.
+    pub fallback: Option<SocketAddr>,
+    /// TLS handshake time limit.
+    pub tls_handshake_timeout: Duration,
+    /// Preamble plus client Settings time limit, after TLS.
+    pub handshake_timeout: Duration,
+    /// Outbound connect time limit of the built-in relay.
+    pub connect_timeout: Duration,
+    /// Per-session buffer caps.
+    pub limits: SessionLimits,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field(
+                "users",
+                &self.users.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("identity", &self.identity)
+            .field("padding", &self.padding)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConfig {
+    /// Defaults: one user `default`, default padding scheme, no fallback.
+    pub fn new(password: impl Into<String>, identity: Identity) -> ServerConfig {
+        ServerConfig {
+            users: vec![("default".into(), password.into())],
+            identity,
+            alpn: Vec::new(),
+            padding: PaddingScheme::default_scheme(),
+            fallback: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            limits: SessionLimits::default(),
+        }
+    }
+}
+
+/// A new stream and its destination, waiting for the handler's verdict.
+/// Dropping it without a verdict refuses the stream.
+pub struct IncomingStream {
+    conn: Arc<Conn>,
+    id: StreamId,
+    dest: SocksAddr,
+    user: Arc<str>,
+    decided: bool,
+}
+
+impl fmt::Debug for IncomingStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingStream")
+            .field("id", &self.id.0)
+            .field("dest", &self.dest)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl IncomingStream {
+    /// Where the client wants to go.
+    pub fn destination(&self) -> &SocksAddr {
+        &self.dest
+    }
+
+    /// The authenticated user's name.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Accepts the stream (SYNACK success for v2 clients).
+    pub fn accept(mut self) -> AnyTlsStream {
+        self.decided = true;
+        let mut g = self.conn.lock();
+        let _ = g.session.accept_stream(self.id, Ok(()));
+        g.kick();
+        drop(g);
+        AnyTlsStream::new(self.conn.clone(), self.id)
+    }
+
+    /// Refuses the stream with a message (SYNACK error for v2 clients, then FIN).
+    pub fn reject(mut self, message: &str) {
+        self.decided = true;
+        self.refuse(message);
+    }
+
+    fn refuse(&self, message: &str) {
+        let mut g = self.conn.lock();
+        let _ = g.session.accept_stream(self.id, Err(message.to_owned()));
+        g.kick();
+    }
+}
+
+impl Drop for IncomingStream {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.refuse("refused");
+        }
+    }
+}
+
+/// The built-in handler: dial the destination over TCP and relay both ways.
+pub async fn relay_tcp(req: IncomingStream, connect_timeout: Duration) {
+    let dest = req.destination().clone();
+    let target = match &dest.host {
+        anytls_core::Host::Domain(d) => format!("{d}:{}", dest.port),
+        _ => dest.to_string(),
+    };
+    let dialed = tokio::time::timeout(connect_timeout, TcpStream::connect(&target)).await;
+    let mut tcp = match dialed {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            tracing::debug!("dial tcp {target}: {e}");
+            req.reject(&format!("dial tcp {target}: {e}"));
+            return;
+        }
+        Err(_) => {
+            req.reject(&format!("dial tcp {target}: i/o timeout"));
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut stream = req.accept();
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+}
+
+type Registry = Arc<std::sync::Mutex<Vec<std::sync::Weak<Conn>>>>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stops a running server.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    /// Stops accepting connections; open sessions are closed after the grace
+    /// period given to [`Server::serve_with`] (or at once with a zero grace).
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(true);
+    }
+}
+
+/// A bound AnyTLS server.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    core: Arc<anytls_core::ServerConfig>,
+    cfg: ServerConfig,
+    shutdown: Arc<watch::Sender<bool>>,
+    active: Arc<AtomicUsize>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.listener.local_addr().ok())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds the listening socket.
+    pub async fn bind(
+        addr: impl tokio::net::ToSocketAddrs,
+        cfg: ServerConfig,
+    ) -> io::Result<Server> {
+        let tls = server_config(&cfg.identity, &cfg.alpn).map_err(io::Error::other)?;
+        let mut users = Authenticator::default();
+        for (name, pw) in &cfg.users {
+            users.add_user(name.clone(), anytls_core::PasswordHash::of(pw));
+        }
+        let mut core = anytls_core::ServerConfig::new(users);
+        core.padding = Arc::new(cfg.padding.clone());
+        core.handshake_timeout = cfg.handshake_timeout;
+        core.limits = cfg.limits.clone();
+        if let Err(e) = cfg.padding.validate_strict() {
+            tracing::warn!("padding scheme fails the strict rules of newer clients: {e}");
+        }
+        Ok(Server {
+            listener: TcpListener::bind(addr).await?,
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            core: Arc::new(core),
+            cfg,
+            shutdown: Arc::new(watch::channel(false).0),
+            active: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that stops [`serve`](Self::serve).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            tx: self.shutdown.clone(),
+        }
+    }
+
+    /// Sessions open now.
+    pub fn active_sessions(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Serves with the built-in TCP relay until shut down.
+    pub async fn serve(self) -> io::Result<()> {
+        let timeout = self.cfg.connect_timeout;
+        self.serve_with(Duration::from_secs(5), move |req| relay_tcp(req, timeout))
+            .await
+    }
+
+    /// Serves, handing every stream to `handler`, until shut down; then waits up
+    /// to `grace` for sessions to finish before closing them.
+    pub async fn serve_with<H, F>(self, grace: Duration, handler: H) -> io::Result<()>
+    where
+        H: Fn(IncomingStream) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let mut stop = self.shutdown.subscribe();
+        let conns: Registry = Arc::default();
+        loop {
+            tokio::select! {
+                res = self.listener.accept() => {
+                    let (tcp, peer) = match res {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off a little, keep serving.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    tokio::spawn(serve_connection(
+                        tcp,
+                        peer,
+                        self.acceptor.clone(),
+                        self.core.clone(),
+                        self.cfg.clone(),
+                        handler.clone(),
+                        self.active.clone(),
+                        conns.clone(),
+                    ));
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        drop(self.listener);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let open: Vec<Arc<Conn>> = lock(&conns)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for c in open {
+            c.close();
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<H, F>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    core: Arc<anytls_core::ServerConfig>,
+    cfg: ServerConfig,
+    handler: Arc<H>,
+    active: Arc<AtomicUsize>,
+    registry: Registry,
+) where
+    H: Fn(IncomingStream) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(cfg.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let mut seed = [0u8; 32];
+    let _ = getrandom::fill(&mut seed);
+    let session = anytls_core::Session::server(core.clone(), seed, Instant::now());
+    let conn = Conn::new(session);
+    {
+        let mut r = lock(&registry);
+        r.retain(|c| c.strong_count() > 0);
+        r.push(Arc::downgrade(&conn));
+    }
+    active.fetch_add(1, Ordering::Relaxed);
+    let user: Arc<std::sync::Mutex<Arc<str>>> = Arc::new(std::sync::Mutex::new(Arc::from("")));
+    let acceptor_task = {
+        let conn = conn.clone();
+        let user = user.clone();
+        tokio::spawn(async move {
+            while let Some((id, dest)) = conn.next_incoming().await {
+                let user = lock(&user).clone();
+                tracing::debug!(%peer, stream = id.0, %dest, "new stream");
+                let req = IncomingStream {
+                    conn: conn.clone(),
+                    id,
+                    dest,
+                    user,
+                    decided: false,
+                };
+                tokio::spawn(handler(req));
+            }
+        })
+    };
+    let users = core.users.clone();
+    let end = drive(conn, tls, move |ev| {
+        if let Event::Authenticated { user: id } = ev {
+            let name = users.user_name(*id).unwrap_or("");
+            tracing::debug!(%peer, user = name, "authenticated");
+            *lock(&user) = Arc::from(name);
+        }
+    })
+    .await;
+    active.fetch_sub(1, Ordering::Relaxed);
+    acceptor_task.abort();
+    match end {
+        DriveEnd::Closed(reason) => tracing::debug!(%peer, "session ended: {reason}"),
+        DriveEnd::Fallback { mut tls, replay } => match cfg.fallback {
+            Some(addr) => {
+                tracing::debug!(%peer, "authentication failed: handing over to fallback {addr}");
+                let relay = async {
+                    let mut fb = TcpStream::connect(addr).await?;
+                    fb.write_all(&replay).await?;
+                    tokio::io::copy_bidirectional(&mut tls, &mut fb).await?;
+                    io::Result::Ok(())
+                };
+                if let Err(e) = relay.await {
+                    tracing::debug!(%peer, "fallback relay ended: {e}");
+                }
+            }
+            None => {
+                tracing::debug!(%peer, "authentication failed: closing");
+            }
+        },
+    }
+}
+
+impl From<TlsError> for io::Error {
+    fn from(e: TlsError) -> Self {
+        io::Error::other(e)
+    }
+}

@@ -1,0 +1,62 @@
+//! A first end-to-end check on 127.0.0.1: echo through client -> server -> target.
+
+use std::time::Duration;
+
+use anytls_tokio::{Client, ClientConfig, Identity, Server, ServerConfig, SocksAddr, Verification};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+async fn echo_target() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_1k_and_reuse() {
+    let target = echo_target().await;
+    let id = Identity::self_signed(&["localhost".into()]).unwrap();
+    let pin = id.leaf_sha256().unwrap();
+    let server = Server::bind("127.0.0.1:0", ServerConfig::new("pw", id))
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve());
+    let mut cfg = ClientConfig::new(addr.to_string(), "pw");
+    cfg.sni = Some("localhost".into());
+    cfg.verification = Verification::Pin(pin);
+    let client = Client::new(cfg).unwrap();
+    for round in 0..3 {
+        let mut s = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.connect(SocksAddr::from(target)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let data: Vec<u8> = (0..1024u32).map(|i| (i * 7 + round) as u8).collect();
+        s.write_all(&data).await.unwrap();
+        let mut back = vec![0u8; data.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, data);
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = client.stats();
+    assert_eq!(st.dials, 1, "one session reused: {st:?}");
+    assert_eq!(st.reused, 2);
+}
