@@ -6,7 +6,7 @@
 //! any runtime (see the `anytls-tokio` and `anytls-smol` crates) or from a
 //! hand-written event loop.
 //!
-//! This release holds the wire layer:
+//! ## Layers
 //!
 //! * [`frame`]: the 7-byte frame header, [`Command`], an incremental zero-copy
 //!   [`FrameDecoder`] and encoders that split data at 65535 bytes;
@@ -17,14 +17,73 @@
 //!   reference parser's quirks;
 //! * [`padding`]: padding schemes (lenient parse, strict validation, MD5) and the
 //!   record [`Shaper`] that turns one write into TLS-record-sized chunks;
-//! * [`uot`]: the UDP-over-TCP request and datagram codecs.
+//! * [`uot`]: the UDP-over-TCP request and datagram codecs;
+//! * [`session`]: one AnyTLS session (one TLS connection) in the client or the
+//!   server role, with its streams, limits and timers ([`Session`]);
+//! * [`pool`]: the client's idle-session pool policy ([`Pool`]): idle timeout,
+//!   `min_idle_session`, `ensure_idle_session`, heartbeats, lifetimes.
 //!
-//! ## Driving contract for the shaper
+//! ## Driving contract
 //!
-//! * Each [`padding::Record`] of a plan MUST reach the peer as its own TLS record:
-//!   write it, then flush, before writing the next. Never merge or split records.
-//! * The RNG passed to the shaper SHOULD be seeded from a cryptographic source per
-//!   session; the core never seeds one itself.
+//! * Time comes in as `now: Instant` on every call that cares; a `now` earlier
+//!   than one seen before is treated as the latest one.
+//! * After every input (`handle_*`) or command, the owner MUST drain outputs:
+//!   `poll_transmit` until `None`, then `poll_event` until `None`, then re-arm
+//!   one timer at `poll_timeout`. After `handle_timeout(now)`, `poll_timeout` is
+//!   later than `now` or `None`.
+//! * Each [`Transmit`] (and each [`padding::Record`] of a plan) MUST reach the
+//!   peer as its own TLS write, flushed before the next one: never merge or split
+//!   them, or the padding shapes are lost.
+//! * Seeds for the padding RNG and pool jitter SHOULD come from a cryptographic
+//!   source; the core never seeds anything itself.
+//! * Every buffer has a cap ([`SessionLimits`]); a full receive buffer turns
+//!   [`Session::wants_read`] false, and the owner SHOULD stop reading the
+//!   connection until it turns true again.
+//!
+//! ## Example: a client and a server session in memory
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//!
+//! use anytls_core::{
+//!     Authenticator, ClientConfig, Event, PaddingScheme, ServerConfig, Session, SessionSeq,
+//!     SocksAddr,
+//! };
+//! use bytes::{Bytes, BytesMut};
+//!
+//! let now = Instant::now(); // an adapter reads the clock; the core never does
+//! let mut client = Session::client(
+//!     Arc::new(ClientConfig::new("pw")),
+//!     SessionSeq(1),
+//!     Arc::new(PaddingScheme::default_scheme()),
+//!     [1; 32], // seed: from the OS RNG in real use
+//!     now,
+//! );
+//! let mut server = Session::server(
+//!     Arc::new(ServerConfig::new(Authenticator::single("pw"))),
+//!     [2; 32],
+//!     now,
+//! );
+//! let id = client.open_stream(now, &SocksAddr::domain("example.com", 443)).unwrap();
+//! client.write(id, Bytes::from_static(b"hello")).unwrap();
+//!
+//! // An adapter writes each transmit to TLS; here it goes straight to the server.
+//! let mut buf = BytesMut::new();
+//! while client.poll_transmit(now, &mut buf).is_some() {
+//!     server.handle_input(now, buf.split());
+//! }
+//! let mut opened = None;
+//! while let Some(ev) = server.poll_event() {
+//!     if let Event::StreamOpened { id, dest } = ev {
+//!         opened = Some((id, dest));
+//!     }
+//! }
+//! let (sid, dest) = opened.unwrap();
+//! assert_eq!(dest.to_string(), "example.com:443");
+//! server.accept_stream(sid, Ok(())).unwrap(); // queues SYNACK for v2 clients
+//! assert_eq!(&server.read(sid).unwrap().unwrap()[..], b"hello");
+//! ```
 //!
 //! [AnyTLS]: https://github.com/anytls/anytls-go
 
