@@ -5,6 +5,12 @@
 //!   [`Client::connect`] returns an [`AnyTlsStream`] (`AsyncRead + AsyncWrite`).
 //! * [`Server`]: accepts TLS, authenticates, and hands each stream to a handler
 //!   (by default [`relay_tcp`], which dials the destination and relays).
+//! * [`socks5`]: a local SOCKS5 server in front of a [`Client`] (and a SOCKS5
+//!   client helper).
+//! * [`config`]: sing-box JSON options, Go durations and `anytls://` URIs,
+//!   converted to [`ClientConfig`] / [`ServerConfig`].
+//!
+//! The `anytls` program (`src/bin/anytls.rs`) puts these together.
 //!
 //! One task per TLS connection drives its `Session`; the pool policy runs in its
 //! own task. All protocol logic lives in `anytls-core`.
@@ -12,8 +18,10 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod config;
 mod conn;
 mod server;
+pub mod socks5;
 pub mod tls;
 
 pub use anytls_core as core;

@@ -1,0 +1,409 @@
+//! `anytls`: AnyTLS server, client (a local SOCKS5 proxy) and a self-contained
+//! demo. The pieces live in the library (`anytls_tokio::{config, socks5}`);
+//! this file parses flags, merges them over a config file and runs.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anytls_tokio::config::{
+    self, AnytlsUri, InboundOptions, OutboundOptions, User, parse_go_duration,
+};
+use anytls_tokio::socks5::{Socks5Config, serve_socks5_with};
+use anytls_tokio::tls::{hex32, parse_pin};
+use anytls_tokio::{Client, Server, Verification};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+#[path = "anytls/demo.rs"]
+mod demo;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+const AFTER_HELP: &str = "Logging: RUST_LOG (default info), e.g. RUST_LOG=debug, or \
+RUST_LOG=info,anytls_core::pool=debug for the pool's maintenance decisions.";
+
+#[derive(Parser)]
+#[command(name = "anytls", version, about = "AnyTLS proxy: server, client (local SOCKS5) and a demo", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run an AnyTLS server.
+    Server(ServerArgs),
+    /// Run a local SOCKS5 proxy that tunnels through an AnyTLS server.
+    Client(ClientArgs),
+    /// Show everything working on 127.0.0.1: latency cold/warm/reused, pool
+    /// statistics, throughput. Needs no files; takes a few seconds.
+    Demo(demo::DemoArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_go_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// sing-box JSON: an `anytls` inbound, or a whole config (the first anytls
+    /// inbound is used). Flags override its values.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address [default: 0.0.0.0:8443].
+    #[arg(short, long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Password (replaces the config's users). Without any, one is generated.
+    #[arg(short, long, env = "ANYTLS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Certificate chain (PEM). Without one, a self-signed certificate is made.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name for the self-signed certificate, and the host/SNI of the printed URI.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Padding scheme file (used byte for byte).
+    #[arg(long, value_name = "FILE")]
+    padding_scheme: Option<PathBuf>,
+    /// Where connections that fail authentication go, e.g. a web server.
+    #[arg(long, value_name = "ADDR")]
+    fallback: Option<String>,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// sing-box JSON: an `anytls` outbound, or a whole config (the first anytls
+    /// outbound is used). Flags override its values.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(
+        value_name = "URI",
+        help = "anytls://[password@]host[:port]/?sni=NAME&insecure=1 (instead of --server and --password)"
+    )]
+    uri: Option<String>,
+    /// Server HOST:PORT (or an anytls:// URI).
+    #[arg(short, long, value_name = "HOST:PORT")]
+    server: Option<String>,
+    /// Password.
+    #[arg(short, long, env = "ANYTLS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// TLS server name (an IP address sends no SNI).
+    #[arg(long, value_name = "NAME")]
+    sni: Option<String>,
+    /// Accept any server certificate.
+    #[arg(long, conflicts_with_all = ["pin", "ca"])]
+    insecure: bool,
+    /// Accept only the certificate with this SHA-256 (64 hex digits).
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca")]
+    pin: Option<String>,
+    /// Trust the CA certificates of this PEM file (instead of the built-in
+    /// Mozilla roots).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Local SOCKS5 listen address [default: 127.0.0.1:1080].
+    #[arg(short, long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Pool maintenance interval [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    idle_session_check_interval: Option<Duration>,
+    /// Idle sessions older than this are closed [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    idle_session_timeout: Option<Duration>,
+    /// The newest N idle sessions survive the idle sweep [default: 0].
+    #[arg(long, value_name = "N")]
+    min_idle_session: Option<usize>,
+    /// Keep N sessions pre-warmed and idle [default: 0].
+    #[arg(long, value_name = "N")]
+    ensure_idle_session: Option<usize>,
+    /// At most N pre-warm dials per check (0 = no cap).
+    #[arg(long, value_name = "N")]
+    ensure_idle_session_create_rate: Option<usize>,
+    /// Heartbeat interval on every session (0s = off) [default: off].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    heartbeat: Option<Duration>,
+    /// Close a session whose heartbeat is not answered in time (0s = never) [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    heartbeat_timeout: Option<Duration>,
+    /// Close sessions older than this (0s = never).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    max_connection_lifetime: Option<Duration>,
+    /// Wait this long for the server's verdict on a destination before the
+    /// SOCKS5 reply, so that refused destinations get a failure reply (costs up
+    /// to this much on protocols where the client speaks first).
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "0s")]
+    socks_verdict_wait: Duration,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("anytls: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Server(a) => run_server(a).await,
+            Cmd::Client(a) => run_client(a).await,
+            Cmd::Demo(a) => demo::run(a).await,
+        }
+    });
+    // Relay tasks may still hold sockets; do not wait for them.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    if let Err(e) = res {
+        eprintln!("anytls: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
+    let mut opts = match &a.config {
+        Some(p) => config::load_server_file(p)?,
+        None => InboundOptions::default(),
+    };
+    if let Some(l) = a.listen {
+        opts.listen = Some(l.ip().to_string());
+        opts.listen_port = Some(l.port());
+    }
+    if let (Some(c), Some(k)) = (a.cert, a.key) {
+        let tls = opts.tls_mut();
+        tls.certificate.clear();
+        tls.key.clear();
+        tls.certificate_path = Some(c);
+        tls.key_path = Some(k);
+    }
+    if let Some(n) = a.server_name {
+        opts.tls_mut().server_name = Some(n);
+    }
+    if let Some(p) = a.padding_scheme {
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        opts.padding_scheme = vec![text];
+    }
+    if let Some(f) = a.fallback {
+        opts.fallback = Some(f);
+    }
+    let mut generated = false;
+    if let Some(pw) = a.password {
+        opts.users = vec![user("default", pw)];
+    } else if opts.users.is_empty() {
+        opts.users = vec![user("default", config::generate_password()?)];
+        generated = true;
+    }
+    let setup = opts.to_server_setup()?;
+    let pin = setup.config.identity.leaf_sha256();
+    let server = Server::bind(setup.listen, setup.config.clone()).await?;
+    let addr = server.local_addr()?;
+    tracing::info!(
+        "anytls server listening on {addr} ({} user(s), fallback {})",
+        setup.config.users.len(),
+        setup
+            .config
+            .fallback
+            .map_or("none".to_owned(), |f| f.to_string())
+    );
+    // What a user needs to connect: on stdout, not in the logs.
+    if generated {
+        println!("generated password: {}", setup.config.users[0].1);
+    }
+    if let Some(names) = &setup.self_signed {
+        println!("self-signed certificate for {}", names.join(", "));
+        if let Some(pin) = pin {
+            println!("certificate SHA-256 pin: {}", hex32(&pin));
+        }
+    }
+    let host = match (&setup.server_name, addr.ip().is_unspecified()) {
+        (Some(n), _) => n.clone(),
+        (None, false) => addr.ip().to_string(),
+        (None, true) => {
+            tracing::info!(
+                "listening on all interfaces: put this server's public address in place of 127.0.0.1 below"
+            );
+            "127.0.0.1".to_owned()
+        }
+    };
+    let sni = setup
+        .server_name
+        .clone()
+        .or_else(|| setup.self_signed.as_ref().and_then(|n| n.first().cloned()));
+    for (name, password) in &setup.config.users {
+        let uri = AnytlsUri {
+            password: Some(password.clone()),
+            host: host.clone(),
+            port: addr.port(),
+            sni: sni.clone(),
+            insecure: setup.self_signed.is_some(),
+            ..AnytlsUri::default()
+        };
+        let who = if setup.config.users.len() > 1 {
+            format!(" ({name})")
+        } else {
+            String::new()
+        };
+        println!("share URI{who}: {uri}");
+        if let (Some(_), Some(pin)) = (&setup.self_signed, pin) {
+            let mut cmd = format!(
+                "anytls client --server {} --password {} --pin {}",
+                config::join_host_port(&host, addr.port()),
+                shell_quote(password),
+                hex32(&pin)
+            );
+            if let Some(s) = &sni {
+                cmd.push_str(&format!(" --sni {}", shell_quote(s)));
+            }
+            println!("pinned client{who}: {cmd}");
+        }
+    }
+
+    let handle = server.shutdown_handle();
+    let mut serve = tokio::spawn(server.serve());
+    tokio::select! {
+        r = &mut serve => return Ok(r??),
+        _ = shutdown_signal() => {}
+    }
+    tracing::info!(
+        "shutting down: no new connections; open sessions get up to 5 s (Ctrl-C again to quit now)"
+    );
+    handle.shutdown();
+    tokio::select! {
+        r = serve => r??,
+        _ = shutdown_signal() => tracing::warn!("second signal: quitting now"),
+    }
+    Ok(())
+}
+
+fn user(name: &str, password: String) -> User {
+    User {
+        name: name.to_owned(),
+        password,
+    }
+}
+
+/// Quotes for a POSIX shell when needed.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:/=@%+,".contains(&c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
+    let mut opts = match &a.config {
+        Some(p) => config::load_client_file(p)?,
+        None => OutboundOptions::default(),
+    };
+    // Config file < URI < flags.
+    let is_uri = |s: &str| s.to_ascii_lowercase().starts_with("anytls://");
+    let (uri, server) = match a.server {
+        Some(s) if is_uri(&s) => {
+            if a.uri.is_some() {
+                return Err("give the anytls:// URI only once".into());
+            }
+            (Some(s), None)
+        }
+        s => (a.uri, s),
+    };
+    if let Some(u) = uri {
+        opts.apply_uri(&AnytlsUri::parse(&u)?);
+    }
+    if let Some(s) = server {
+        let (host, port) = config::split_host_port(&s)
+            .ok_or_else(|| format!("--server {s:?}: expected HOST:PORT or an anytls:// URI"))?;
+        opts.server = Some(host);
+        opts.server_port = Some(port);
+    }
+    if let Some(p) = a.password {
+        opts.password = Some(p);
+    }
+    if let Some(s) = a.sni {
+        opts.tls_mut().server_name = Some(s);
+    }
+    if a.insecure {
+        opts.set_verification(Verification::Insecure);
+    } else if let Some(p) = a.pin {
+        opts.set_verification(Verification::Pin(parse_pin(&p)?));
+    } else if let Some(ca) = a.ca {
+        opts.set_verification(Verification::CaFile(ca));
+    }
+    macro_rules! set {
+        ($($field:ident),*) => { $( if a.$field.is_some() { opts.$field = a.$field; } )* };
+    }
+    set!(
+        idle_session_check_interval,
+        idle_session_timeout,
+        min_idle_session,
+        ensure_idle_session,
+        ensure_idle_session_create_rate,
+        heartbeat,
+        heartbeat_timeout,
+        max_connection_lifetime
+    );
+    let setup = opts.to_client_setup()?;
+    let listen = a
+        .listen
+        .or(setup.socks_listen)
+        .unwrap_or(config::DEFAULT_SOCKS_LISTEN);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("SOCKS5 listen {listen}: {e}"))?;
+    let client = Client::new(setup.config.clone())?;
+    let local = listener.local_addr()?;
+    println!("SOCKS5 proxy listening on {local}");
+    let p = &setup.config.pool;
+    tracing::info!(
+        "SOCKS5 on {local} -> anytls server {} ({:?}; ensure_idle_session {}, min_idle_session {}, heartbeat {})",
+        setup.config.server,
+        setup.config.verification,
+        p.ensure_idle,
+        p.min_idle,
+        p.heartbeat
+            .map_or("off".to_owned(), config::format_go_duration),
+    );
+    let socks_cfg = Socks5Config {
+        verdict_wait: a.socks_verdict_wait,
+        ..Socks5Config::default()
+    };
+    tokio::select! {
+        r = serve_socks5_with(listener, client.clone(), socks_cfg) => r?,
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    tracing::info!("pool statistics: {:?}", client.stats());
+    client.close();
+    Ok(())
+}

@@ -1,0 +1,662 @@
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn go_durations() {
+    let ok = [
+        ("0", Duration::ZERO),
+        ("-0", Duration::ZERO),
+        ("+0", Duration::ZERO),
+        ("0s", Duration::ZERO),
+        ("30s", Duration::from_secs(30)),
+        ("1m30s", Duration::from_secs(90)),
+        ("1h", Duration::from_secs(3600)),
+        ("500ms", ms(500)),
+        ("1.5h", Duration::from_secs(5400)),
+        ("1.5s", ms(1500)),
+        (".5s", ms(500)),
+        ("5.s", Duration::from_secs(5)),
+        ("2h45m", Duration::from_secs(2 * 3600 + 45 * 60)),
+        ("1h2m3s4ms5us6ns", Duration::new(3723, 4_005_006)),
+        ("100us", Duration::from_micros(100)),
+        ("100µs", Duration::from_micros(100)),
+        ("100μs", Duration::from_micros(100)),
+        ("7ns", Duration::from_nanos(7)),
+        ("1d", Duration::from_secs(86400)),
+        // Exact, not floating point: 0.1 + 0.2 of a second.
+        ("0.1s0.2s", ms(300)),
+        ("1.000000001s", Duration::new(1, 1)),
+        // Below a nanosecond is cut off, as in Go.
+        ("1.0000000019s", Duration::new(1, 1)),
+        (
+            "0.3333333333333333333333333333333h",
+            Duration::new(1199, 999_999_999),
+        ),
+        (
+            "2562047h47m16.854775807s",
+            Duration::from_nanos(i64::MAX as u64),
+        ),
+    ];
+    for (s, want) in ok {
+        assert_eq!(parse_go_duration(s), Ok(want), "{s}");
+    }
+    for s in [
+        "",
+        "s",
+        "1",
+        "30",
+        ".s",
+        "1x",
+        "1sec",
+        "-1s",
+        "1s-",
+        "1.2.3s",
+        " 1s",
+        "1 s",
+        "2562047h47m16.854775808s",
+        "99999999999999999999h",
+    ] {
+        assert!(parse_go_duration(s).is_err(), "{s:?} should fail");
+    }
+    let e = parse_go_duration("10").unwrap_err();
+    assert!(e.to_string().contains("missing unit"), "{e}");
+}
+
+#[test]
+fn go_duration_format_round_trips() {
+    let cases = [
+        (Duration::ZERO, "0s"),
+        (Duration::from_secs(30), "30s"),
+        (Duration::from_secs(90), "1m30s"),
+        (Duration::from_secs(3600), "1h0m0s"),
+        (Duration::from_secs(5400), "1h30m0s"),
+        (ms(500), "500ms"),
+        (ms(1500), "1.5s"),
+        (Duration::from_micros(1500), "1.5ms"),
+        (Duration::from_nanos(1500), "1.5µs"),
+        (Duration::from_nanos(7), "7ns"),
+        (Duration::new(3723, 4_005_006), "1h2m3.004005006s"),
+    ];
+    for (d, s) in cases {
+        assert_eq!(format_go_duration(d), s);
+        assert_eq!(parse_go_duration(s), Ok(d));
+    }
+    for n in [
+        1u64,
+        999,
+        1_000,
+        123_456_789,
+        59_999_999_999,
+        86_400_000_000_001,
+    ] {
+        let d = Duration::from_nanos(n);
+        assert_eq!(parse_go_duration(&format_go_duration(d)), Ok(d), "{n}");
+    }
+}
+
+#[test]
+fn uri_parse_basic_and_default_port() {
+    let u =
+        AnytlsUri::parse("anytls://secret@example.com/?sni=cdn.example.com&insecure=1").unwrap();
+    assert_eq!(u.password.as_deref(), Some("secret"));
+    assert_eq!(u.host, "example.com");
+    assert_eq!(u.port, 443);
+    assert_eq!(u.sni.as_deref(), Some("cdn.example.com"));
+    assert!(u.insecure);
+    assert_eq!(u.server(), "example.com:443");
+
+    let u = AnytlsUri::parse("anytls://example.com:8443").unwrap();
+    assert_eq!(u.password, None);
+    assert_eq!((u.host.as_str(), u.port), ("example.com", 8443));
+    assert!(!u.insecure);
+    assert_eq!(u.to_string(), "anytls://example.com:8443/");
+
+    let u = AnytlsUri::parse("ANYTLS://pw@h:1?insecure=0#My%20Server").unwrap();
+    assert_eq!(u.name.as_deref(), Some("My Server"));
+    assert!(!u.insecure);
+}
+
+#[test]
+fn uri_percent_encoding() {
+    let u = AnytlsUri::parse("anytls://p%40ss%3Aw%2Frd%25%20x+y@1.2.3.4:8443/?sni=a%2Eb").unwrap();
+    // '+' in the userinfo is a plus; in the query it would be a space.
+    assert_eq!(u.password.as_deref(), Some("p@ss:w/rd% x+y"));
+    assert_eq!(u.sni.as_deref(), Some("a.b"));
+    let s = u.to_string();
+    assert_eq!(
+        s,
+        "anytls://p%40ss%3Aw%2Frd%25%20x%2By@1.2.3.4:8443/?sni=a.b"
+    );
+    assert_eq!(AnytlsUri::parse(&s).unwrap(), u);
+
+    let q = AnytlsUri::parse("anytls://x@h/?sni=a+b&foo=1%262").unwrap();
+    assert_eq!(q.sni.as_deref(), Some("a b"));
+    assert_eq!(q.extra, vec![("foo".to_owned(), "1&2".to_owned())]);
+
+    // Non-ASCII passwords survive as UTF-8.
+    let u = AnytlsUri {
+        password: Some("пароль密码 &=?#".into()),
+        host: "example.com".into(),
+        port: 443,
+        ..AnytlsUri::default()
+    };
+    assert_eq!(AnytlsUri::parse(&u.to_string()).unwrap(), u);
+
+    for bad in ["anytls://p%4@h", "anytls://p%zz@h", "anytls://%ff%fe@h"] {
+        assert!(AnytlsUri::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn uri_ipv6_hosts() {
+    let u = AnytlsUri::parse("anytls://pw@[2001:db8::1]:8443/?sni=example.com").unwrap();
+    assert_eq!(u.host, "2001:db8::1");
+    assert_eq!(u.port, 8443);
+    assert_eq!(u.server(), "[2001:db8::1]:8443");
+    assert_eq!(
+        u.to_string(),
+        "anytls://pw@[2001:db8::1]:8443/?sni=example.com"
+    );
+    let d = AnytlsUri::parse("anytls://pw@[::1]").unwrap();
+    assert_eq!((d.host.as_str(), d.port), ("::1", 443));
+    assert_eq!(d.to_string(), "anytls://pw@[::1]:443/");
+    for bad in [
+        "anytls://pw@::1:443",
+        "anytls://pw@[::1",
+        "anytls://pw@[::1]x",
+        "anytls://pw@[nothex]:1",
+    ] {
+        assert!(AnytlsUri::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn uri_round_trips_and_errors() {
+    let pin = [0x5au8; 32];
+    let cases = [
+        AnytlsUri {
+            password: Some("pw".into()),
+            host: "example.com".into(),
+            port: 443,
+            sni: Some("example.com".into()),
+            insecure: true,
+            ..AnytlsUri::default()
+        },
+        AnytlsUri {
+            password: Some("a b/c?d#e@f".into()),
+            host: "fe80::1".into(),
+            port: 1,
+            sni: Some("127.0.0.1".into()),
+            pin: Some(pin),
+            name: Some("home #1".into()),
+            extra: vec![("x y".into(), "z&w".into())],
+            ..AnytlsUri::default()
+        },
+        AnytlsUri {
+            host: "10.0.0.1".into(),
+            port: 65535,
+            ..AnytlsUri::default()
+        },
+    ];
+    for u in cases {
+        let s = u.to_string();
+        assert_eq!(AnytlsUri::parse(&s).unwrap(), u, "{s}");
+    }
+    for bad in [
+        "http://pw@h:1",
+        "anytls://",
+        "anytls://pw@",
+        "anytls://pw@:443",
+        "anytls://pw@h:0",
+        "anytls://pw@h:65536",
+        "anytls://pw@h:x",
+        "anytls://pw@h/path",
+        "anytls://pw@h/?insecure=maybe",
+        "anytls://pw@h/?pin=1234",
+    ] {
+        assert!(AnytlsUri::parse(bad).is_err(), "{bad}");
+    }
+    // Debug never shows the password.
+    let u = AnytlsUri::parse("anytls://hunter2@h").unwrap();
+    assert!(!format!("{u:?}").contains("hunter2"));
+}
+
+#[test]
+fn uri_into_outbound() {
+    let mut o = OutboundOptions::default();
+    o.apply_uri(&AnytlsUri::parse("anytls://pw@[::1]:9443/?sni=localhost&insecure=1").unwrap());
+    let c = o.to_client_setup().unwrap().config;
+    assert_eq!(c.server, "[::1]:9443");
+    assert_eq!(c.password, "pw");
+    assert_eq!(c.sni.as_deref(), Some("localhost"));
+    assert_eq!(c.verification, Verification::Insecure);
+    // A pin wins over insecure.
+    let pin = "ab".repeat(32);
+    o.apply_uri(&AnytlsUri::parse(&format!("anytls://pw@h?insecure=1&pin={pin}")).unwrap());
+    let c = o.to_client_setup().unwrap().config;
+    assert_eq!(c.verification, Verification::Pin([0xab; 32]));
+    assert_eq!(c.server, "h:443");
+}
+
+/// The sing-box outbound of ANYTLS.md 9.1 with every option.
+const OUTBOUND: &str = r#"{
+  "type": "anytls",
+  "tag": "anytls-out",
+  "server": "example.com",
+  "server_port": 443,
+  "password": "8JCsPssfgS8tiRwiMlhARg==",
+  "idle_session_check_interval": "30s",
+  "idle_session_timeout": "1m30s",
+  "min_idle_session": 5,
+  "client_metadata": "sing-box",
+  "tls": {
+    "enabled": true,
+    "server_name": "cdn.example.com",
+    "alpn": ["h2", "http/1.1"]
+  },
+  "ensure_idle_session": 2,
+  "ensure_idle_session_create_rate": 1,
+  "heartbeat": "15s",
+  "heartbeat_timeout": "5s",
+  "max_connection_lifetime": "1h",
+  "connection_lifetime_jitter": "10m",
+  "connect_timeout": "5s",
+  "listen": "127.0.0.1",
+  "listen_port": 1081
+}"#;
+
+#[test]
+fn outbound_full() {
+    let o = parse_client_json(OUTBOUND).unwrap();
+    let s = o.to_client_setup().unwrap();
+    let c = &s.config;
+    assert_eq!(s.tag.as_deref(), Some("anytls-out"));
+    assert_eq!(s.socks_listen, Some("127.0.0.1:1081".parse().unwrap()));
+    assert_eq!(c.server, "example.com:443");
+    assert_eq!(c.password, "8JCsPssfgS8tiRwiMlhARg==");
+    assert_eq!(c.sni.as_deref(), Some("cdn.example.com"));
+    assert_eq!(c.alpn, vec!["h2", "http/1.1"]);
+    assert_eq!(c.verification, Verification::WebPki);
+    assert_eq!(c.client_name, "sing-box");
+    assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    let p = &c.pool;
+    assert_eq!(p.check_interval, Duration::from_secs(30));
+    assert_eq!(p.idle_timeout, Duration::from_secs(90));
+    assert_eq!(p.min_idle, 5);
+    assert_eq!(p.ensure_idle, 2);
+    assert_eq!(p.ensure_create_rate, 1);
+    assert_eq!(p.heartbeat, Some(Duration::from_secs(15)));
+    assert_eq!(p.heartbeat_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(p.max_session_lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(p.lifetime_jitter, Duration::from_secs(600));
+    // Never print the password.
+    assert!(!format!("{o:?}").contains("8JCs"));
+    assert!(!format!("{c:?}").contains("8JCs"));
+}
+
+#[test]
+fn outbound_minimal_defaults() {
+    let o = parse_client_json(
+        r#"{"type":"anytls","server":"1.2.3.4","server_port":8443,"password":"pw",
+            "tls":{"enabled":true,"insecure":true}}"#,
+    )
+    .unwrap();
+    let s = o.to_client_setup().unwrap();
+    assert_eq!(s.socks_listen, None);
+    let c = s.config;
+    assert_eq!(c.server, "1.2.3.4:8443");
+    assert_eq!(c.sni, None);
+    assert_eq!(c.verification, Verification::Insecure);
+    assert_eq!(c.pool, crate::PoolConfig::default());
+    // Zero means default for the idle durations and "off" for the optional ones.
+    let o = parse_client_json(
+        r#"{"server":"h","server_port":1,"password":"pw","idle_session_timeout":"0s",
+            "heartbeat":"0s","max_connection_lifetime":"0"}"#,
+    )
+    .unwrap();
+    let p = o.to_client_setup().unwrap().config.pool;
+    assert_eq!(p.idle_timeout, Duration::from_secs(30));
+    assert_eq!(p.heartbeat, None);
+    assert_eq!(p.max_session_lifetime, None);
+    // Only listen_port: the address defaults to 127.0.0.1.
+    let o =
+        parse_client_json(r#"{"server":"h","server_port":1,"password":"pw","listen_port":2080}"#)
+            .unwrap();
+    assert_eq!(
+        o.to_client_setup().unwrap().socks_listen,
+        Some("127.0.0.1:2080".parse().unwrap())
+    );
+}
+
+#[test]
+fn outbound_tls_variants() {
+    let base =
+        |tls: &str| format!(r#"{{"server":"h","server_port":443,"password":"pw","tls":{tls}}}"#);
+    let pin = "cd".repeat(32);
+    let o = parse_client_json(&base(&format!(r#"{{"pin_sha256":"{pin}"}}"#))).unwrap();
+    assert_eq!(
+        o.to_client_setup().unwrap().config.verification,
+        Verification::Pin([0xcd; 32])
+    );
+    let o = parse_client_json(&base(r#"{"certificate_path":"/etc/ca.pem","alpn":"h2"}"#)).unwrap();
+    let c = o.to_client_setup().unwrap().config;
+    assert_eq!(c.verification, Verification::CaFile("/etc/ca.pem".into()));
+    assert_eq!(c.alpn, vec!["h2"]);
+
+    // Inline certificate, as a list of lines: written to a file of roots.
+    let id = Identity::self_signed(&["localhost".into()]).unwrap();
+    let (pem, _) = id.to_pem();
+    let lines: Vec<&str> = pem.lines().collect();
+    let o = parse_client_json(&base(&format!(
+        r#"{{"certificate":{}}}"#,
+        serde_json::to_string(&lines).unwrap()
+    )))
+    .unwrap();
+    let Verification::CaFile(path) = o.to_client_setup().unwrap().config.verification else {
+        panic!("inline certificate should become a CA file");
+    };
+    let back = crate::tls::load_certs(&path).unwrap();
+    assert_eq!(back, id.certs);
+    // And as one string.
+    let o = parse_client_json(&base(&format!(
+        r#"{{"certificate":{}}}"#,
+        serde_json::to_string(&pem).unwrap()
+    )))
+    .unwrap();
+    assert!(matches!(
+        o.to_client_setup().unwrap().config.verification,
+        Verification::CaFile(_)
+    ));
+
+    for (tls, needle) in [
+        (r#"{"enabled":false}"#.to_owned(), "tls.enabled"),
+        (
+            r#"{"insecure":true,"certificate_path":"/x"}"#.to_owned(),
+            "choose one",
+        ),
+        (r#"{"pin_sha256":"00"}"#.to_owned(), "64 hex"),
+        (r#"{"certificate":"not pem"}"#.to_owned(), "tls.certificate"),
+    ] {
+        let e = parse_client_json(&base(&tls))
+            .unwrap()
+            .to_client_setup()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{tls}: {e}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_named() {
+    let e =
+        parse_client_json(r#"{"server":"h","server_port":1,"password":"p","tcp_fast_open":true}"#)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("unknown field `tcp_fast_open`"), "{e}");
+    assert!(e.contains("line 1"), "{e}");
+    let e = parse_client_json(r#"{"server":"h","tls":{"enabled":true,"utls":{}}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `utls`"), "{e}");
+    let e = parse_server_json(r#"{"listen_port":1,"sniff":true}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `sniff`"), "{e}");
+    let e = parse_server_json(r#"{"users":[{"name":"a","password":"b","uuid":"c"}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `uuid`"), "{e}");
+    // Inside a whole config: the entry's position is named too.
+    let e = parse_client_json(
+        r#"{"outbounds":[{"type":"direct"},{"type":"anytls","server":"h","bogus":1}]}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("outbounds[1]") && e.contains("unknown field `bogus`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_are_named() {
+    let e = parse_client_json(r#"{"heartbeat":"15"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid duration \"15\""), "{e}");
+    let e = parse_client_json(r#"{"heartbeat":15}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid type"), "{e}");
+    let e = parse_client_json(r#"{"server_port":70000}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("70000"), "{e}");
+    let missing = |json: &str| {
+        parse_client_json(json)
+            .unwrap()
+            .to_client_setup()
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(missing(r#"{"server_port":1,"password":"p"}"#).contains("server"));
+    assert!(missing(r#"{"server":"h","password":"p"}"#).contains("server_port"));
+    assert!(missing(r#"{"server":"h","server_port":1}"#).contains("password"));
+    assert!(
+        missing(r#"{"type":"vmess","server":"h","server_port":1,"password":"p"}"#).contains("type")
+    );
+    let e = missing(r#"{"server":"h","server_port":1,"password":"p","heartbeat":"10ms"}"#);
+    assert!(e.contains("heartbeat"), "{e}");
+}
+
+/// A whole sing-box client config: the anytls outbound and the socks inbound.
+#[test]
+fn whole_singbox_client_config() {
+    let text = r#"{
+      "log": {"level": "info"},
+      "inbounds": [
+        {"type": "tun", "tag": "tun-in"},
+        {"type": "mixed", "tag": "mixed-in", "listen": "127.0.0.1", "listen_port": 2080, "sniff": true}
+      ],
+      "outbounds": [
+        {"type": "direct", "tag": "direct"},
+        {"type": "anytls", "tag": "proxy", "server": "example.com", "server_port": 443,
+         "password": "pw", "tls": {"enabled": true, "server_name": "example.com"}},
+        {"type": "anytls", "tag": "second", "server": "other", "server_port": 1, "password": "x"}
+      ],
+      "route": {"final": "proxy"}
+    }"#;
+    let s = parse_client_json(text).unwrap().to_client_setup().unwrap();
+    assert_eq!(s.tag.as_deref(), Some("proxy"));
+    assert_eq!(s.config.server, "example.com:443");
+    assert_eq!(s.socks_listen, Some("127.0.0.1:2080".parse().unwrap()));
+    let e = parse_client_json(r#"{"outbounds":[{"type":"direct"}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no entry of type \"anytls\""), "{e}");
+    assert!(parse_client_json("[1]").is_err());
+    assert!(parse_client_json("{").is_err());
+}
+
+/// The sing-box inbound of ANYTLS.md 9.1, padding scheme as list of lines.
+const INBOUND: &str = r#"{
+  "type": "anytls",
+  "tag": "anytls-in",
+  "listen": "127.0.0.1",
+  "listen_port": 8443,
+  "users": [
+    {"name": "alice", "password": "pw-a"},
+    {"name": "bob", "password": "pw-b"}
+  ],
+  "padding_scheme": [
+    "stop=8",
+    "0=30-30",
+    "1=100-400",
+    "2=400-500,c,500-1000,c,500-1000,c,500-1000,c,500-1000",
+    "3=9-9,500-1000",
+    "4=500-1000",
+    "5=500-1000",
+    "6=500-1000",
+    "7=500-1000"
+  ],
+  "tls": {
+    "enabled": true,
+    "server_name": "example.com",
+    "alpn": "h2"
+  },
+  "fallback": "127.0.0.1:80"
+}"#;
+
+#[test]
+fn inbound_full() {
+    let s = parse_server_json(INBOUND)
+        .unwrap()
+        .to_server_setup()
+        .unwrap();
+    assert_eq!(s.listen, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(
+        s.self_signed,
+        Some(vec!["example.com".to_owned(), "127.0.0.1".to_owned()])
+    );
+    assert_eq!(s.server_name.as_deref(), Some("example.com"));
+    let c = &s.config;
+    assert_eq!(
+        c.users,
+        vec![
+            ("alice".to_owned(), "pw-a".to_owned()),
+            ("bob".to_owned(), "pw-b".to_owned())
+        ]
+    );
+    // The lines join to the default scheme exactly (same MD5 as 6.3).
+    assert_eq!(
+        c.padding.raw().as_ref(),
+        anytls_core::padding::DEFAULT_SCHEME.as_bytes()
+    );
+    assert_eq!(c.alpn, vec!["h2"]);
+    assert_eq!(c.fallback, Some("127.0.0.1:80".parse().unwrap()));
+    assert!(!format!("{:?}", parse_server_json(INBOUND).unwrap()).contains("pw-a"));
+}
+
+#[test]
+fn inbound_certificates_and_errors() {
+    let id = Identity::self_signed(&["example.com".into()]).unwrap();
+    let (cert, key) = id.to_pem();
+    let dir = std::env::temp_dir().join(format!("anytls-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("c.pem"), &cert).unwrap();
+    std::fs::write(dir.join("k.pem"), &key).unwrap();
+    let users = r#""users":[{"password":"pw"}]"#;
+    let text = format!(
+        r#"{{{users},"tls":{{"certificate_path":{:?},"key_path":{:?}}}}}"#,
+        dir.join("c.pem"),
+        dir.join("k.pem")
+    );
+    let s = parse_server_json(&text).unwrap().to_server_setup().unwrap();
+    assert_eq!(s.self_signed, None);
+    assert_eq!(s.config.identity.leaf_sha256(), id.leaf_sha256());
+    assert_eq!(s.listen, "0.0.0.0:8443".parse().unwrap());
+    // Inline, as lists of lines.
+    let lines = |t: &str| serde_json::to_string(&t.lines().collect::<Vec<_>>()).unwrap();
+    let text = format!(
+        r#"{{{users},"tls":{{"certificate":{},"key":{}}}}}"#,
+        lines(&cert),
+        lines(&key)
+    );
+    let s = parse_server_json(&text).unwrap().to_server_setup().unwrap();
+    assert_eq!(s.config.identity.leaf_sha256(), id.leaf_sha256());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    for (json, needle) in [
+        (r#"{"listen_port":1}"#.to_owned(), "users"),
+        (
+            r#"{"users":[{"password":""}]}"#.to_owned(),
+            "empty password",
+        ),
+        (format!(r#"{{{users},"listen":"localhost"}}"#), "listen"),
+        (
+            format!(r#"{{{users},"padding_scheme":["stop=x"]}}"#),
+            "padding_scheme",
+        ),
+        (
+            format!(r#"{{{users},"tls":{{"enabled":false}}}}"#),
+            "tls.enabled",
+        ),
+        (
+            format!(r#"{{{users},"tls":{{"key_path":"/k"}}}}"#),
+            "go together",
+        ),
+        (format!(r#"{{{users},"type":"vless"}}"#), "type"),
+    ] {
+        let e = match parse_server_json(&json) {
+            Ok(o) => o.to_server_setup().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(needle), "{json}: {e}");
+    }
+}
+
+#[test]
+fn whole_singbox_server_config() {
+    let text = r#"{
+      "inbounds": [
+        {"type": "vless", "tag": "x"},
+        {"type": "anytls", "listen": "::", "listen_port": 443, "users": [{"name": "u", "password": "p"}],
+         "padding_scheme": "stop=1\n0=10-20"}
+      ],
+      "outbounds": [{"type": "direct"}]
+    }"#;
+    let s = parse_server_json(text).unwrap().to_server_setup().unwrap();
+    assert_eq!(s.listen, "[::]:443".parse().unwrap());
+    assert_eq!(s.config.padding.raw().as_ref(), b"stop=1\n0=10-20");
+    assert!(parse_server_json(r#"{"outbounds":[]}"#).is_err());
+}
+
+#[test]
+fn generated_passwords_are_url_safe() {
+    let a = generate_password().unwrap();
+    let b = generate_password().unwrap();
+    assert_eq!(a.len(), 24);
+    assert_ne!(a, b);
+    assert!(
+        a.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
+    assert_eq!(percent_encode(&a), a);
+}
+
+#[test]
+fn self_signed_names_cover_listen_ip() {
+    let l: SocketAddr = "10.1.2.3:443".parse().unwrap();
+    assert_eq!(self_signed_names(None, l), vec!["localhost", "10.1.2.3"]);
+    let any: SocketAddr = "0.0.0.0:443".parse().unwrap();
+    assert_eq!(
+        self_signed_names(Some("example.com"), any),
+        vec!["example.com"]
+    );
+}
+
+#[test]
+fn host_port_split() {
+    assert_eq!(
+        split_host_port("example.com:443"),
+        Some(("example.com".into(), 443))
+    );
+    assert_eq!(split_host_port("[::1]:8443"), Some(("::1".into(), 8443)));
+    assert_eq!(split_host_port("1.2.3.4:1"), Some(("1.2.3.4".into(), 1)));
+    for bad in [
+        "example.com",
+        "::1:443",
+        "[::1]",
+        ":443",
+        "h:0",
+        "h:x",
+        "[::1:443",
+    ] {
+        assert_eq!(split_host_port(bad), None, "{bad}");
+    }
+    assert_eq!(join_host_port("::1", 443), "[::1]:443");
+    assert_eq!(join_host_port("h", 1), "h:1");
+}

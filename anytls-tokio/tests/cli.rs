@@ -1,0 +1,272 @@
+//! The `anytls` program, run as a process: the demo, config errors, and a
+//! server plus client carrying SOCKS5 traffic on 127.0.0.1. Every wait is
+//! bounded; children are killed if a test fails.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_anytls");
+
+/// A child process that is killed when dropped.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<(bool, String)>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run anytls");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (is_out, r) in [
+            (true, Box::new(out) as Box<dyn Read + Send>),
+            (false, Box::new(err)),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send((is_out, line)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stdout line starting with `prefix` (the rest of it), within `limit`.
+    fn wait_stdout(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((is_out, line)) => {
+                    self.seen.push(line.clone());
+                    if is_out {
+                        if let Some(rest) = line.strip_prefix(prefix) {
+                            return rest.trim().to_owned();
+                        }
+                    }
+                }
+                Err(_) => panic!(
+                    "no line {prefix:?} within {limit:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {limit:?}; output:\n{}",
+                self.seen.join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything printed so far (after exit: everything), stdout and stderr.
+    fn drain(&mut self) -> (String, String) {
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Ok((is_out, line)) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            let s = if is_out { &mut out } else { &mut err };
+            s.push_str(&line);
+            s.push('\n');
+        }
+        (out, err)
+    }
+
+    #[cfg(unix)]
+    fn interrupt(&self) {
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn demo_reports_latency_throughput_and_pool() {
+    let mut p = Proc::spawn(&["demo"]);
+    let st = p.wait_exit(Duration::from_secs(120));
+    let (out, err) = p.drain();
+    assert!(
+        st.success(),
+        "demo failed: {st}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    for needle in [
+        "latency",
+        "cold",
+        "warm",
+        "reused",
+        "throughput",
+        "MiB/s",
+        "pool statistics",
+        "heartbeats",
+        "connection refused",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+    }
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("anytls-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let client = temp_file(
+        "client.json",
+        r#"{"type":"anytls","server":"127.0.0.1","server_port":1,"password":"p","bogus_option":1}"#,
+    );
+    let server = temp_file(
+        "server.json",
+        r#"{"inbounds":[{"type":"anytls","users":[{"password":"p"}],"tls":{"enabled":true,"acme":{}}}]}"#,
+    );
+    for (cmd, path, field) in [
+        ("client", &client, "bogus_option"),
+        ("server", &server, "acme"),
+    ] {
+        let mut p = Proc::spawn(&[cmd, "-c", path.to_str().unwrap()]);
+        let st = p.wait_exit(Duration::from_secs(20));
+        let (_, err) = p.drain();
+        assert!(!st.success(), "{cmd} accepted a bad config");
+        assert!(
+            err.contains(&format!("unknown field `{field}`")) && err.contains("json"),
+            "{cmd}: {err}"
+        );
+    }
+    // A bad duration flag names the value.
+    let mut p = Proc::spawn(&["client", "--heartbeat", "30", "--server", "h:1"]);
+    let st = p.wait_exit(Duration::from_secs(20));
+    let (_, err) = p.drain();
+    assert!(!st.success());
+    assert!(err.contains("invalid duration \"30\""), "{err}");
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for c in ["server", "client", "demo", "RUST_LOG"] {
+        assert!(text.contains(c), "{text}");
+    }
+}
+
+/// `anytls server` makes a password and a self-signed certificate and prints a
+/// share URI; `anytls client URI` serves SOCKS5; bytes go through; both stop
+/// cleanly on Ctrl-C.
+#[cfg(unix)]
+#[test]
+fn server_and_client_processes_carry_socks5_traffic() {
+    use anytls_tokio::config::AnytlsUri;
+
+    let mut server = Proc::spawn(&["server", "--listen", "127.0.0.1:0"]);
+    let password = server.wait_stdout("generated password:", Duration::from_secs(20));
+    let pin = server.wait_stdout("certificate SHA-256 pin:", Duration::from_secs(20));
+    let uri = server.wait_stdout("share URI:", Duration::from_secs(20));
+    let parsed = AnytlsUri::parse(&uri).unwrap();
+    assert_eq!(parsed.password.as_deref(), Some(password.as_str()));
+    assert_eq!(parsed.host, "127.0.0.1");
+    assert!(parsed.insecure);
+    assert_eq!(pin.len(), 64);
+
+    // One client from the URI, one with --server/--password/--pin.
+    let server_addr = parsed.server();
+    let mut c1 = Proc::spawn(&["client", &uri, "--listen", "127.0.0.1:0"]);
+    let mut c2 = Proc::spawn(&[
+        "client",
+        "--server",
+        &server_addr,
+        "--password",
+        &password,
+        "--pin",
+        &pin,
+        "--sni",
+        "localhost",
+        "--listen",
+        "127.0.0.1:0",
+        "--ensure-idle-session",
+        "1",
+        "--heartbeat",
+        "1s",
+    ]);
+    let socks1 = c1.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
+    let socks2 = c2.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        for (i, socks) in [&socks1, &socks2, &socks1].into_iter().enumerate() {
+            let step = async {
+                let mut s = anytls_tokio::socks5::socks5_connect(socks.as_str(), target)
+                    .await
+                    .unwrap();
+                let data: Vec<u8> = (0..1024u32).map(|k| (k as u8) ^ (i as u8)).collect();
+                s.write_all(&data).await.unwrap();
+                let mut back = vec![0u8; data.len()];
+                s.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, data);
+            };
+            tokio::time::timeout(Duration::from_secs(20), step)
+                .await
+                .expect("echo through the CLI timed out");
+        }
+    });
+
+    for p in [&mut c1, &mut c2, &mut server] {
+        p.interrupt();
+        let st = p.wait_exit(Duration::from_secs(20));
+        assert!(st.success(), "exit {st}; output:\n{}", p.seen.join("\n"));
+    }
+}
