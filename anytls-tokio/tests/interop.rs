@@ -96,6 +96,100 @@ async fn echo_target() -> SocketAddr {
     addr
 }
 
+/// A bulk target: reads a request `b'D' | u64 n` (send n pattern bytes, then
+/// close) or `b'U' | u64 n` (read n bytes, answer with their u64 checksum).
+async fn bulk_target() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut req = [0u8; 9];
+                if s.read_exact(&mut req).await.is_err() {
+                    return;
+                }
+                let n = u64::from_be_bytes(req[1..].try_into().unwrap()) as usize;
+                if req[0] == b'D' {
+                    let data = pattern(n, 7);
+                    let _ = s.write_all(&data).await;
+                    let _ = s.shutdown().await;
+                } else {
+                    let mut sum = Checksum::default();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut left = n;
+                    while left > 0 {
+                        let Ok(k) = s.read(&mut buf[..left.min(64 * 1024)]).await else {
+                            return;
+                        };
+                        if k == 0 {
+                            return;
+                        }
+                        sum.update(&buf[..k]);
+                        left -= k;
+                    }
+                    let _ = s.write_all(&sum.0.to_be_bytes()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Order-sensitive checksum (FNV-1a, 64-bit).
+#[derive(Default)]
+struct Checksum(u64);
+
+impl Checksum {
+    fn update(&mut self, data: &[u8]) {
+        if self.0 == 0 {
+            self.0 = 0xcbf2_9ce4_8422_2325;
+        }
+        for &b in data {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Downloads and uploads `n` bytes through `open()` streams, verifying every byte.
+async fn bulk<S, F, Fut>(open: F, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let mut req = vec![b'D'];
+    req.extend_from_slice(&(n as u64).to_be_bytes());
+    let mut s = open().await;
+    s.write_all(&req).await.unwrap();
+    let mut got = vec![0u8; n];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut got))
+        .await
+        .expect("download timed out")
+        .unwrap();
+    assert!(got == pattern(n, 7), "download of {n} bytes corrupted");
+    drop(s);
+    let mut s = open().await;
+    req[0] = b'U';
+    s.write_all(&req).await.unwrap();
+    let data = pattern(n, 9);
+    let mut want = Checksum::default();
+    want.update(&data);
+    let (_, sum) = tokio::time::timeout(LIMIT, async {
+        let (mut r, mut w) = tokio::io::split(s);
+        tokio::join!(async { w.write_all(&data).await.unwrap() }, async {
+            let mut sum = [0u8; 8];
+            r.read_exact(&mut sum).await.unwrap();
+            u64::from_be_bytes(sum)
+        })
+    })
+    .await
+    .expect("upload timed out");
+    assert_eq!(sum, want.0, "upload of {n} bytes corrupted");
+}
+
 /// A listener that accepts and drains (anytls-server's `--forward` target).
 async fn sink() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -188,10 +282,11 @@ fn template(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn our_client(port: u16) -> Client {
+fn our_client(port: u16, disable_reuse: bool) -> Client {
     let mut cfg = ClientConfig::new(format!("127.0.0.1:{port}"), PASSWORD);
     cfg.sni = Some("localhost".into());
     cfg.verification = Verification::Insecure;
+    cfg.pool.disable_reuse = disable_reuse;
     Client::new(cfg).unwrap()
 }
 
@@ -206,9 +301,20 @@ async fn our_server(id: Identity) -> (u16, anytls_tokio::ShutdownHandle) {
 }
 
 /// Our client through their server: several sizes, sequential (session reuse).
-async fn client_against(port: u16, sizes: &[usize]) {
+/// Echoes stay small: with no flow control in AnyTLS, an echo larger than the
+/// buffers on the path can stall peers that stop reading while they write
+/// (shoes does, even against itself); bulk transfers go one way at a time.
+///
+/// `fresh_sessions`: a new session per stream, for a server that refuses a
+/// second stream on a session whose first stream it closed (see README).
+async fn client_against(
+    port: u16,
+    sizes: &[usize],
+    bulk_bytes: Option<usize>,
+    fresh_sessions: bool,
+) {
     let target = echo_target().await;
-    let client = our_client(port);
+    let client = our_client(port, fresh_sessions);
     for (i, &n) in sizes.iter().enumerate() {
         let s = tokio::time::timeout(LIMIT, client.connect(SocksAddr::from(target)))
             .await
@@ -218,11 +324,19 @@ async fn client_against(port: u16, sizes: &[usize]) {
         assert_eq!(echo_through(s, &data).await, data, "{n} bytes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if let Some(n) = bulk_bytes {
+        let t = bulk_target().await;
+        bulk(
+            || async { client.connect(SocksAddr::from(t)).await.unwrap() },
+            n,
+        )
+        .await;
+    }
     client.close();
 }
 
 /// Their client (SOCKS5 on `lport`) through our server.
-async fn their_client_through(lport: u16, sizes: &[usize]) {
+async fn their_client_through(lport: u16, sizes: &[usize], bulk_bytes: Option<usize>) {
     let target = echo_target().await;
     for (i, &n) in sizes.iter().enumerate() {
         let s = tokio::time::timeout(LIMIT, socks5_connect(lport, target))
@@ -230,6 +344,10 @@ async fn their_client_through(lport: u16, sizes: &[usize]) {
             .unwrap();
         let data = pattern(n, i as u8 + 100);
         assert_eq!(echo_through(s, &data).await, data, "{n} bytes");
+    }
+    if let Some(n) = bulk_bytes {
+        let t = bulk_target().await;
+        bulk(|| socks5_connect(lport, t), n).await;
     }
 }
 
@@ -250,7 +368,7 @@ async fn our_client_with_shoes_server() {
     std::fs::write(&yaml, cfg).unwrap();
     let mut p = spawn(Command::new(shoes).arg("--no-reload").arg(&yaml));
     wait_listening(port, &mut p).await;
-    client_against(port, &[1024, 1 << 20, 16 << 20, 100]).await;
+    client_against(port, &[1024, 1 << 20, 100], Some(32 << 20), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +388,7 @@ async fn shoes_client_with_our_server() {
     std::fs::write(&yaml, cfg).unwrap();
     let mut p = spawn(Command::new(shoes).arg("--no-reload").arg(&yaml));
     wait_listening(lport, &mut p).await;
-    their_client_through(lport, &[1024, 1 << 20, 16 << 20]).await;
+    their_client_through(lport, &[1024, 1 << 20], Some(32 << 20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,7 +413,9 @@ async fn our_client_with_anytls_server() {
     );
     wait_listening(port, &mut p).await;
     // It closes a stream whose inbound queue passes 1 MiB: stay below that.
-    client_against(port, &[1024, 256 * 1024, 100]).await;
+    // It expects a FIN in answer to its own FIN (which the spec forbids) and
+    // refuses further streams on that session without one.
+    client_against(port, &[1024, 256 * 1024, 100], Some(512 * 1024), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,5 +434,5 @@ async fn anytls_client_with_our_server() {
             .args(["--sni", "localhost", "--insecure", "--log", "warn"]),
     );
     wait_listening(lport, &mut p).await;
-    their_client_through(lport, &[1024, 256 * 1024, 100]).await;
+    their_client_through(lport, &[1024, 256 * 1024, 100], Some(512 * 1024)).await;
 }
