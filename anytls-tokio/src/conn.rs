@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) incoming: VecDeque<(StreamId, SocksAddr)>,
     incoming_waker: Option<Waker>,
     closed: Option<SessionError>,
+    /// Events already dispatched to the handles, for the driver's observer.
+    observed: Vec<Event>,
     dirty: bool,
     driver_waker: Option<Waker>,
 }
@@ -56,6 +58,7 @@ impl Conn {
                 incoming: VecDeque::new(),
                 incoming_waker: None,
                 closed: None,
+                observed: Vec::new(),
                 dirty: false,
                 driver_waker: None,
             }),
@@ -104,6 +107,7 @@ impl Conn {
     pub(crate) fn close(&self) {
         let mut g = self.lock();
         g.session.close(Instant::now());
+        g.drain_events();
         g.kick();
     }
 
@@ -121,6 +125,21 @@ impl Shared {
         self.dirty = true;
         if let Some(w) = self.driver_waker.take() {
             w.wake();
+        }
+    }
+
+    /// Dispatches the session's new events to the stream handles at once (so a
+    /// handle that sees the session closed also sees why) and keeps them for
+    /// the driver's observer.
+    pub(crate) fn drain_events(&mut self) {
+        let mut any = false;
+        while let Some(ev) = self.session.poll_event() {
+            self.dispatch(&ev);
+            self.observed.push(ev);
+            any = true;
+        }
+        if any {
+            self.kick();
         }
     }
 
@@ -228,10 +247,8 @@ where
                     }
                 }
             }
-            while let Some(ev) = g.session.poll_event() {
-                g.dispatch(&ev);
-                events.push(ev);
-            }
+            g.drain_events();
+            events.append(&mut g.observed);
             g.dirty = false;
             (
                 g.session.poll_timeout(),
@@ -260,8 +277,10 @@ where
                 wr = Some(w);
                 if let Err(e) = r {
                     tracing::debug!("TLS write failed: {e}");
+                    let mut g = conn.lock();
+                    end_on_error(&mut g.session, &e);
+                    g.drain_events();
                     io_error = Some(e);
-                    conn.lock().session.close(Instant::now());
                 }
             }
             res = rd.read_buf(&mut inb), if wants_read && !closed => {
@@ -275,14 +294,17 @@ where
                     }
                     Err(e) => {
                         tracing::debug!("TLS read failed: {e}");
+                        end_on_error(&mut g.session, &e);
                         io_error = Some(e);
-                        g.session.close(Instant::now());
                     }
                 }
+                g.drain_events();
             }
             _ = wakeup(&conn) => {}
             _ = &mut sleep, if timeout.is_some() => {
-                conn.lock().session.handle_timeout(Instant::now());
+                let mut g = conn.lock();
+                g.session.handle_timeout(Instant::now());
+                g.drain_events();
             }
         }
     }
@@ -290,17 +312,34 @@ where
     if let Some(e) = io_error {
         tracing::debug!("connection ended after I/O error: {e}");
     }
-    if let (Some(replay), Some(w)) = (fallback, wr.take()) {
-        return DriveEnd::Fallback {
-            tls: rd.unsplit(w),
-            replay,
-        };
+    if let Some(replay) = fallback {
+        if let Some(w) = wr.take() {
+            return DriveEnd::Fallback {
+                tls: rd.unsplit(w),
+                replay,
+            };
+        }
     }
     if let Some(mut w) = wr {
         // close_notify, best effort.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), w.shutdown()).await;
     }
     DriveEnd::Closed(reason)
+}
+
+/// Ends the session after a TLS read or write error. A connection the peer
+/// closed or reset (no close_notify) ends as `PeerEof`; anything else as a
+/// local close.
+fn end_on_error(session: &mut Session, e: &io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    ) {
+        session.handle_eof(Instant::now());
+    } else {
+        session.close(Instant::now());
+    }
 }
 
 /// Resolves when a stream handle (or anything else) kicked the driver.
@@ -380,13 +419,14 @@ impl AnyTlsStream {
         let mut g = self.conn.lock();
         let was_reading = g.session.wants_read();
         let res = g.session.read(self.id);
+        if !was_reading {
+            // Paused input may have resumed and been processed: let the
+            // driver act on its output.
+            g.drain_events();
+            g.kick();
+        }
         match res {
-            Ok(Some(b)) => {
-                if !was_reading && g.session.wants_read() {
-                    g.kick();
-                }
-                Poll::Ready(Ok(Some(b)))
-            }
+            Ok(Some(b)) => Poll::Ready(Ok(Some(b))),
             Ok(None) => {
                 self.eof = true;
                 Poll::Ready(Ok(None))
@@ -395,7 +435,10 @@ impl AnyTlsStream {
                 g.read_wakers.insert(self.id, cx.waker().clone());
                 Poll::Pending
             }
-            Err(e) => Poll::Ready(Err(Self::stream_error(&g, self.id, e))),
+            Err(e) => {
+                g.drain_events();
+                Poll::Ready(Err(Self::stream_error(&g, self.id, e)))
+            }
         }
     }
 
@@ -418,7 +461,10 @@ impl AnyTlsStream {
                 g.write_wakers.insert(self.id, cx.waker().clone());
                 Poll::Pending
             }
-            Err(e) => Poll::Ready(Err(Self::stream_error(&g, self.id, e))),
+            Err(e) => {
+                g.drain_events();
+                Poll::Ready(Err(Self::stream_error(&g, self.id, e)))
+            }
         }
     }
 

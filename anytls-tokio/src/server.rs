@@ -166,13 +166,20 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Stops a running server.
+/// Stops a running server, and observes it once [`Server::serve`] owns it.
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     tx: Arc<watch::Sender<bool>>,
+    active: Arc<AtomicUsize>,
 }
 
 impl ShutdownHandle {
+    /// Sessions open now (TLS established, not yet ended), as
+    /// [`Server::active_sessions`].
+    pub fn active_sessions(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting connections; open sessions are closed after the grace
     /// period given to [`Server::serve_with`] (or at once with a zero grace).
     pub fn shutdown(&self) {
@@ -236,6 +243,7 @@ impl Server {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             tx: self.shutdown.clone(),
+            active: self.active.clone(),
         }
     }
 
@@ -386,6 +394,9 @@ async fn serve_connection<H, F>(
             }
             None => {
                 tracing::debug!(%peer, "authentication failed: closing");
+                // A clean TLS close (close_notify), as Go's tls.Conn.Close in
+                // the reference; no AnyTLS byte is sent.
+                let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
             }
         },
     }
