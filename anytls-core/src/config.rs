@@ -106,6 +106,14 @@ pub struct ServerConfig {
     /// Time from the session's start (after TLS) until the preamble and the
     /// client's Settings must have arrived.
     pub handshake_timeout: Duration,
+    /// Decide authentication on the first input, as the Go servers do: when it
+    /// holds fewer than the 32 bytes of the password hash, reject at once
+    /// instead of waiting for more. An adapter that hands over whole TLS records
+    /// (the first record of every real client carries at least the hash) should
+    /// turn this on, so that a probe sending a short request reaches the
+    /// fallback at once, like any other wrong preamble, and timing reveals
+    /// nothing. Off by default (a preamble split anywhere is accepted).
+    pub decide_on_first_input: bool,
     /// Buffer caps.
     pub limits: SessionLimits,
 }
@@ -117,6 +125,7 @@ impl ServerConfig {
             users,
             padding: Arc::new(PaddingScheme::default_scheme()),
             handshake_timeout: Duration::from_secs(10),
+            decide_on_first_input: false,
             limits: SessionLimits::default(),
         }
     }

@@ -301,3 +301,37 @@ fn handshake_deadline_closes_a_silent_client() {
     );
     assert_eq!(p.elapsed(), Duration::from_secs(10));
 }
+
+#[test]
+fn short_first_read_is_decided_at_once_when_configured() {
+    use anytls_core::Session;
+    use std::sync::Arc;
+    let now = epoch();
+    let mut cfg = server_config();
+    cfg.decide_on_first_input = true;
+    let cfg = Arc::new(cfg);
+    // A probe shorter than the hash: rejected on its first read, every byte replayed.
+    let mut s = Session::server(cfg.clone(), [1; 32], now);
+    s.handle_input(now, bytes::BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+    assert_eq!(
+        s.poll_event(),
+        Some(Event::AuthRejected {
+            replay: Bytes::from_static(b"GET / HTTP/1.1\r\n")
+        })
+    );
+    assert_eq!(
+        s.poll_event(),
+        Some(Event::Closed {
+            reason: SessionError::AuthFailed
+        })
+    );
+    // A real preamble in one record is accepted, even when later bytes trickle.
+    let mut s = Session::server(cfg, [1; 32], now);
+    let mut pre = bytes::BytesMut::new();
+    anytls_core::auth::encode_preamble(&anytls_core::PasswordHash::of(PASSWORD), 30, &mut pre);
+    let tail = pre.split_off(40);
+    s.handle_input(now, pre);
+    s.handle_input(now, tail);
+    assert!(matches!(s.poll_event(), Some(Event::Authenticated { .. })));
+    assert!(!s.is_closed());
+}

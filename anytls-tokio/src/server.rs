@@ -220,6 +220,8 @@ impl Server {
         let mut core = anytls_core::ServerConfig::new(users);
         core.padding = Arc::new(cfg.padding.clone());
         core.handshake_timeout = cfg.handshake_timeout;
+        // rustls hands over whole records: decide as the Go servers do.
+        core.decide_on_first_input = true;
         core.limits = cfg.limits.clone();
         if let Err(e) = cfg.padding.validate_strict() {
             tracing::warn!("padding scheme fails the strict rules of newer clients: {e}");

@@ -753,8 +753,8 @@ async fn failed_authentication_goes_to_the_fallback() {
     let (id, pin) = identity();
     let mut cfg = ServerConfig::new(PASSWORD, id);
     cfg.fallback = Some(fb_addr);
-    // A request shorter than the 32-byte hash is only decided at this deadline.
-    cfg.handshake_timeout = Duration::from_secs(2);
+    // A long deadline: every request must be decided by its first read.
+    cfg.handshake_timeout = Duration::from_secs(30);
     let srv = start_server("127.0.0.1:0".parse().unwrap(), cfg).await;
 
     for req in [
@@ -778,14 +778,13 @@ async fn failed_authentication_goes_to_the_fallback() {
             req.len(),
             start.elapsed()
         );
-        if req.len() >= 32 {
-            // Decided on the hash, not by the deadline.
-            assert!(
-                start.elapsed() < Duration::from_millis(1500),
-                "{:?}",
-                start.elapsed()
-            );
-        }
+        // Decided on the first read whatever its length, not by the deadline:
+        // timing does not tell a short probe from a wrong password.
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
     }
     srv.handle.shutdown();
 }
