@@ -434,11 +434,23 @@ impl Session {
         if !matches!(self.state, State::Auth | State::Open) || data.is_empty() {
             return;
         }
+        let first = self.stats.bytes_received == 0;
         self.stats.bytes_received += data.len() as u64;
         if self.recv_buf.is_empty() {
             self.recv_buf = data;
         } else {
             self.recv_buf.extend_from_slice(&data);
+        }
+        if first && self.state == State::Auth && self.recv_buf.len() < crate::auth::HASH_LEN {
+            if let Role::Server(srv) = &self.role {
+                if srv.cfg.decide_on_first_input {
+                    debug!("first read shorter than the password hash: rejected");
+                    let replay = self.recv_buf.split().freeze();
+                    self.events.push_back(Event::AuthRejected { replay });
+                    self.close_with(SessionError::AuthFailed);
+                    return;
+                }
+            }
         }
         self.process_input();
     }
@@ -1090,12 +1102,20 @@ impl Session {
             return;
         }
         s.peer_fin = true;
-        self.send_total -= s.send.clear();
+        // Writes now fail: no StreamWritable for this stream.
+        s.write_blocked = false;
+        let freed = s.send.clear();
+        self.send_total -= freed;
         if let Some(t) = s.open_deadline.take() {
             self.open_deadlines.remove(&(t, id));
         }
         self.events.push_back(Event::StreamFinished { id });
         self.signal_readable(id);
+        if freed > 0 {
+            // The dropped queue may make room for streams blocked on the
+            // session's send cap.
+            self.signal_writable();
+        }
     }
 
     fn on_settings(&mut self, data: &[u8]) {
@@ -1172,12 +1192,17 @@ impl Session {
     fn remove_stream(&mut self, id: StreamId) {
         if let Some(mut s) = self.streams.remove(&id) {
             self.recv_total -= s.recv.clear();
-            self.send_total -= s.send.clear();
+            let freed = s.send.clear();
+            self.send_total -= freed;
             if let Some(t) = s.open_deadline {
                 self.open_deadlines.remove(&(t, id));
             }
             if self.blocked_on == Some(id) {
                 self.blocked_on = None;
+            }
+            if freed > 0 {
+                // Room on the session's send cap for blocked streams.
+                self.signal_writable();
             }
         }
     }
