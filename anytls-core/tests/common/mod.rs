@@ -463,3 +463,23 @@ pub fn frames_of(bytes: &[u8]) -> Vec<anytls_core::Frame> {
     }
     out
 }
+
+impl Pair {
+    /// The earliest time something is due: a delivery its receiver takes now,
+    /// or a session deadline (what `step` would jump to).
+    pub fn next_due(&self) -> Option<Instant> {
+        [
+            self.c2s
+                .next_delivery()
+                .filter(|_| self.server.wants_read()),
+            self.s2c
+                .next_delivery()
+                .filter(|_| self.client.wants_read()),
+            self.client.poll_timeout(),
+            self.server.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
