@@ -197,6 +197,13 @@ struct ShapedWrite {
     records: VecDeque<Record>,
 }
 
+fn stream_mut(
+    streams: &mut BTreeMap<StreamId, Stream>,
+    id: StreamId,
+) -> Result<&mut Stream, StreamError> {
+    streams.get_mut(&id).ok_or(StreamError::UnknownStream(id.0))
+}
+
 /// An AnyTLS session. See the [module docs](self) for how to drive it.
 pub struct Session {
     role: Role,
@@ -562,10 +569,7 @@ impl Session {
         if self.state != State::Open {
             return Err(StreamError::SessionClosed);
         }
-        let stream = self
-            .streams
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream(id.0))?;
+        let stream = stream_mut(&mut self.streams, id)?;
         if stream.phase != Phase::AwaitingAccept {
             return Err(StreamError::Closed);
         }
@@ -592,10 +596,7 @@ impl Session {
         if self.state != State::Open {
             return Err(StreamError::SessionClosed);
         }
-        let stream = self
-            .streams
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream(id.0))?;
+        let stream = stream_mut(&mut self.streams, id)?;
         if stream.local_fin || stream.peer_fin {
             return Err(StreamError::Closed);
         }
@@ -626,10 +627,7 @@ impl Session {
     /// (the peer sent FIN and everything before it was read), or
     /// `Err(Blocked)` until `Event::StreamReadable`.
     pub fn read(&mut self, id: StreamId) -> Result<Option<Bytes>, StreamError> {
-        let stream = self
-            .streams
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream(id.0))?;
+        let stream = stream_mut(&mut self.streams, id)?;
         if stream.local_fin {
             return Err(StreamError::Closed);
         }
@@ -659,10 +657,7 @@ impl Session {
     /// out, then FIN; data received from now on is dropped. After the peer's
     /// FIN this just releases the stream (no FIN is echoed).
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
-        let stream = self
-            .streams
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream(id.0))?;
+        let stream = stream_mut(&mut self.streams, id)?;
         if stream.peer_fin || self.state != State::Open {
             self.remove_stream(id);
             return Ok(());

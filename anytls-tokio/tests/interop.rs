@@ -79,63 +79,61 @@ async fn wait_listening(port: u16, child: &mut Proc) {
     panic!("peer never listened on {port}");
 }
 
-async fn echo_target() -> SocketAddr {
+/// Serves every connection accepted on a fresh 127.0.0.1 port with `handler`.
+async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(handler(s));
         }
     });
     addr
 }
 
+async fn echo_target() -> SocketAddr {
+    serve(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
 /// A bulk target: reads a request `b'D' | u64 n` (send n pattern bytes, then
 /// close) or `b'U' | u64 n` (read n bytes, answer with their u64 checksum).
 async fn bulk_target() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut req = [0u8; 9];
-                if s.read_exact(&mut req).await.is_err() {
+    serve(|mut s| async move {
+        let mut req = [0u8; 9];
+        if s.read_exact(&mut req).await.is_err() {
+            return;
+        }
+        let n = u64::from_be_bytes(req[1..].try_into().unwrap()) as usize;
+        if req[0] == b'D' {
+            let data = pattern(n, 7);
+            let _ = s.write_all(&data).await;
+            let _ = s.shutdown().await;
+        } else {
+            let mut sum = Checksum::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = n;
+            while left > 0 {
+                let Ok(k) = s.read(&mut buf[..left.min(64 * 1024)]).await else {
+                    return;
+                };
+                if k == 0 {
                     return;
                 }
-                let n = u64::from_be_bytes(req[1..].try_into().unwrap()) as usize;
-                if req[0] == b'D' {
-                    let data = pattern(n, 7);
-                    let _ = s.write_all(&data).await;
-                    let _ = s.shutdown().await;
-                } else {
-                    let mut sum = Checksum::default();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut left = n;
-                    while left > 0 {
-                        let Ok(k) = s.read(&mut buf[..left.min(64 * 1024)]).await else {
-                            return;
-                        };
-                        if k == 0 {
-                            return;
-                        }
-                        sum.update(&buf[..k]);
-                        left -= k;
-                    }
-                    let _ = s.write_all(&sum.0.to_be_bytes()).await;
-                }
-            });
+                sum.update(&buf[..k]);
+                left -= k;
+            }
+            let _ = s.write_all(&sum.0.to_be_bytes()).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Order-sensitive checksum (FNV-1a, 64-bit).
@@ -192,24 +190,15 @@ where
 
 /// A listener that accepts and drains (anytls-server's `--forward` target).
 async fn sink() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
+    serve(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
