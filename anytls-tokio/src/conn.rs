@@ -32,6 +32,10 @@ pub(crate) struct Shared {
     read_wakers: HashMap<StreamId, Waker>,
     write_wakers: HashMap<StreamId, Waker>,
     refused: HashMap<StreamId, String>,
+    /// Client: streams the server accepted with a SYNACK.
+    connected: std::collections::HashSet<StreamId>,
+    /// Client: tasks waiting in `AnyTlsStream::established`.
+    open_wakers: HashMap<StreamId, Waker>,
     /// Server: streams whose destination arrived, not yet taken by the owner.
     pub(crate) incoming: VecDeque<(StreamId, SocksAddr)>,
     incoming_waker: Option<Waker>,
@@ -55,6 +59,8 @@ impl Conn {
                 read_wakers: HashMap::new(),
                 write_wakers: HashMap::new(),
                 refused: HashMap::new(),
+                connected: std::collections::HashSet::new(),
+                open_wakers: HashMap::new(),
                 incoming: VecDeque::new(),
                 incoming_waker: None,
                 closed: None,
@@ -151,13 +157,25 @@ impl Shared {
         };
         match ev {
             Event::StreamReadable { id } | Event::StreamFinished { id } => {
-                wake(&mut self.read_wakers, id)
+                wake(&mut self.read_wakers, id);
+                wake(&mut self.open_wakers, id);
             }
             Event::StreamWritable { id } => wake(&mut self.write_wakers, id),
+            Event::StreamConnected { id } => {
+                self.connected.insert(*id);
+                wake(&mut self.open_wakers, id);
+            }
+            Event::PeerVersion { .. } => {
+                // Waiters decide again with the server's version known.
+                for (_, w) in self.open_wakers.drain() {
+                    w.wake();
+                }
+            }
             Event::StreamRefused { id, reason } => {
                 self.refused.insert(*id, reason.clone());
                 wake(&mut self.read_wakers, id);
                 wake(&mut self.write_wakers, id);
+                wake(&mut self.open_wakers, id);
             }
             Event::StreamOpened { id, dest } => {
                 self.incoming.push_back((*id, dest.clone()));
@@ -167,7 +185,8 @@ impl Shared {
             }
             Event::Closed { reason } => {
                 self.closed = Some(reason.clone());
-                for (_, w) in self.read_wakers.drain().chain(self.write_wakers.drain()) {
+                let all = self.read_wakers.drain().chain(self.write_wakers.drain());
+                for (_, w) in all.chain(self.open_wakers.drain()) {
                     w.wake();
                 }
                 if let Some(w) = self.incoming_waker.take() {
@@ -408,6 +427,41 @@ impl AnyTlsStream {
         e.into()
     }
 
+    /// Waits for the server's verdict on this (client) stream: `Ok` once a v2
+    /// server sent a SYNACK without error, or once the stream has data or its
+    /// EOF to read; the server's refusal (`ConnectionRefused` with its message)
+    /// or the session's end as an error. A v1 server never sends a SYNACK: when
+    /// the session has heard from the server and it did not announce v2, this
+    /// resolves at once. Against a v1 server that has sent nothing yet it waits
+    /// for data, so callers bound it with a timeout.
+    pub async fn established(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_established(cx)).await
+    }
+
+    /// Poll form of [`established`](Self::established).
+    pub fn poll_established(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.pending.is_empty() || self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        let mut g = self.conn.lock();
+        if g.connected.contains(&self.id) {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(reason) = g.refused.get(&self.id) {
+            return Poll::Ready(Err(StreamError::Refused(reason.clone()).into()));
+        }
+        if let Some(reason) = &g.closed {
+            return Poll::Ready(Err(reason.clone().into()));
+        }
+        let s = &g.session;
+        let v1_answered = s.peer_version() < 2 && s.stats().bytes_received > 0;
+        if v1_answered || s.readable_len(self.id) > 0 {
+            return Poll::Ready(Ok(()));
+        }
+        g.open_wakers.insert(self.id, cx.waker().clone());
+        Poll::Pending
+    }
+
     /// Next chunk of stream data; `None` at EOF.
     pub fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         if !self.pending.is_empty() {
@@ -477,6 +531,8 @@ impl AnyTlsStream {
             g.read_wakers.remove(&self.id);
             g.write_wakers.remove(&self.id);
             g.refused.remove(&self.id);
+            g.connected.remove(&self.id);
+            g.open_wakers.remove(&self.id);
             g.kick();
             drop(g);
             if let Some(f) = self.on_close.take() {

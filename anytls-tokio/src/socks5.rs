@@ -9,19 +9,18 @@
 //! # Replies and the server's verdict
 //!
 //! An AnyTLS v2 server answers a new stream with SYNACK (success or an error
-//! text); v1 servers answer nothing and close refused streams. The stream
-//! handle does not expose a successful SYNACK yet, so the listener can learn
-//! of failures only from the stream itself. [`Socks5Config::verdict_wait`]
-//! chooses:
+//! text); v1 servers answer nothing and close refused streams.
+//! [`Socks5Config::verdict_wait`] chooses when to reply:
 //!
 //! * zero (the default): reply "succeeded" as soon as the stream is opened,
 //!   as Clash/mihomo do. A refused destination shows as a connection that closes
 //!   at once. Fastest: no wait before the application's first bytes.
-//! * a duration: wait up to that long for the first bytes, a refusal or an
-//!   end from the server before replying; a refusal becomes the matching RFC
-//!   1928 failure reply (`connection refused`, `host unreachable`, ...). Costs
-//!   up to that long on connections whose server side speaks second (HTTP,
-//!   TLS), so keep it short.
+//! * a duration: wait up to that long for the server's SYNACK
+//!   ([`AnyTlsStream::established`](crate::AnyTlsStream::established)) before
+//!   replying; a refusal becomes the matching RFC 1928 failure reply
+//!   (`connection refused`, `host unreachable`, ...), no verdict in time counts
+//!   as success. Costs one round trip to the server plus its dial time on every
+//!   connection to a v2 server, nothing more.
 //!
 //! # Closing
 //!
@@ -449,36 +448,9 @@ where
     if !early.is_empty() {
         remote.write_all(&early).await?;
     }
-    let mut first = Vec::new();
-    if !cfg.verdict_wait.is_zero() {
-        let mut buf = vec![0u8; 16 * 1024];
-        match tokio::time::timeout(cfg.verdict_wait, remote.read(&mut buf)).await {
-            Err(_) => {} // no verdict in time: assume success
-            Ok(Ok(0)) => {
-                tracing::debug!(%dest, "stream ended before any data; replying failure");
-                local
-                    .write_all(&wire::encode_reply(Reply::GeneralFailure, None))
-                    .await?;
-                return Ok(());
-            }
-            Ok(Ok(n)) => {
-                buf.truncate(n);
-                first = buf;
-            }
-            Ok(Err(e)) => {
-                let reply = Reply::for_error(&e);
-                tracing::debug!(%dest, "refused: {e}; replying {reply}");
-                local.write_all(&wire::encode_reply(reply, None)).await?;
-                return Err(e.into());
-            }
-        }
-    }
     local
         .write_all(&wire::encode_reply(Reply::Succeeded, None))
         .await?;
-    if !first.is_empty() {
-        local.write_all(&first).await?;
-    }
     relay(local, remote).await?;
     Ok(())
 }
@@ -530,13 +502,22 @@ pub async fn serve_socks5_with(
         let client = client.clone();
         let cfg = cfg.clone();
         tokio::spawn(async move {
+            let wait = cfg.verdict_wait;
             let res = handle_connection(tcp, &cfg, |dest| async move {
                 // A failure here is about the session to the AnyTLS server,
                 // not the destination: a general failure, whatever its kind.
-                client
+                let mut stream = client
                     .connect(dest)
                     .await
-                    .map_err(|e| io::Error::other(format!("AnyTLS session: {e}")))
+                    .map_err(|e| io::Error::other(format!("AnyTLS session: {e}")))?;
+                if !wait.is_zero() {
+                    // The server's SYNACK: a refusal becomes the matching
+                    // reply; no verdict in time counts as success.
+                    if let Ok(Err(e)) = tokio::time::timeout(wait, stream.established()).await {
+                        return Err(e);
+                    }
+                }
+                Ok(stream)
             })
             .await;
             if let Err(e) = res {

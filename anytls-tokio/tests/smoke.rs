@@ -60,3 +60,38 @@ async fn echo_1k_and_reuse() {
     assert_eq!(st.dials, 1, "one session reused: {st:?}");
     assert_eq!(st.reused, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn established_reports_the_servers_verdict() {
+    let target = echo_target().await;
+    // A port with nothing listening: the server's dial is refused.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let id = Identity::self_signed(&["localhost".into()]).unwrap();
+    let pin = id.leaf_sha256().unwrap();
+    let server = Server::bind("127.0.0.1:0", ServerConfig::new("pw", id))
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve());
+    let mut cfg = ClientConfig::new(addr.to_string(), "pw");
+    cfg.sni = Some("localhost".into());
+    cfg.verification = Verification::Pin(pin);
+    let client = Client::new(cfg).unwrap();
+    let limit = Duration::from_secs(5);
+    let mut ok = client.connect(SocksAddr::from(target)).await.unwrap();
+    tokio::time::timeout(limit, ok.established())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(ok);
+    let mut refused = client.connect(SocksAddr::from(closed)).await.unwrap();
+    let err = tokio::time::timeout(limit, refused.established())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(err.to_string().contains("dial tcp"), "{err}");
+}

@@ -132,9 +132,9 @@ struct ClientArgs {
     /// Close sessions older than this (0s = never).
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     max_connection_lifetime: Option<Duration>,
-    /// Wait this long for the server's verdict on a destination before the
-    /// SOCKS5 reply, so that refused destinations get a failure reply (costs up
-    /// to this much on protocols where the client speaks first).
+    /// Wait this long for the server's verdict (SYNACK) on a destination before
+    /// the SOCKS5 reply, so that refused destinations get a failure reply
+    /// (costs one round trip to the server and its dial time; 0s = reply at once).
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "0s")]
     socks_verdict_wait: Duration,
 }
