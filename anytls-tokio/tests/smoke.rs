@@ -95,3 +95,21 @@ async fn established_reports_the_servers_verdict() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     assert!(err.to_string().contains("dial tcp"), "{err}");
 }
+
+#[test]
+fn secrets_stay_out_of_debug() {
+    let secret = "hunter2-very-secret";
+    let client = ClientConfig::new("127.0.0.1:1", secret);
+    let id = Identity::self_signed(&["localhost".into()]).unwrap();
+    let server = ServerConfig::new(secret, id);
+    let uri: anytls_tokio::config::AnytlsUri = format!("anytls://{secret}@127.0.0.1:8443/?sni=a")
+        .parse()
+        .unwrap();
+    for dbg in [
+        format!("{client:?}"),
+        format!("{server:?}"),
+        format!("{uri:?}"),
+    ] {
+        assert!(!dbg.contains(secret), "{dbg}");
+    }
+}
