@@ -895,7 +895,14 @@ impl Session {
                 }
                 State::Open => match self.decoder.decode(&mut self.recv_buf) {
                     Ok(Some(frame)) => self.handle_frame(frame),
-                    Ok(None) => return,
+                    Ok(None) => {
+                        if self.recv_buf.is_empty() {
+                            // Let go of the owner's read block: an idle session
+                            // must not pin it (frames keep their own views).
+                            self.recv_buf = BytesMut::new();
+                        }
+                        return;
+                    }
                     Err(e) => {
                         debug!("undecodable input: {e}");
                         self.close_with(ProtocolError::Frame(e).into());

@@ -22,8 +22,10 @@ use anytls_core::{Event, Session, SessionError, SocksAddr, StreamError, StreamId
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
 
-/// TLS plaintext read at once.
+/// Most TLS plaintext read at once.
 const READ_CHUNK: usize = 64 * 1024;
+/// Read buffer of a quiet connection: an idle session pins no more than this.
+const MIN_READ: usize = 4 * 1024;
 /// Transmits handed to one write batch (each is still its own TLS write).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
@@ -222,7 +224,9 @@ where
     let (mut rd, wr) = tokio::io::split(tls);
     let mut wr: Option<WriteHalf<S>> = Some(wr);
     let mut write_fut: Option<WriteFut<S>> = None;
-    let mut inb = BytesMut::with_capacity(READ_CHUNK);
+    // Grows to READ_CHUNK while reads fill it, shrinks back when they don't.
+    let mut read_size = MIN_READ;
+    let mut inb = BytesMut::with_capacity(read_size);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365);
     let sleep = tokio::time::sleep_until(far);
@@ -307,9 +311,15 @@ where
                 match res {
                     Ok(0) => g.session.handle_eof(Instant::now()),
                     Ok(_) => {
+                        let filled = inb.len() >= read_size;
                         let data = inb.split();
                         g.session.handle_input(Instant::now(), data);
-                        inb.reserve(READ_CHUNK);
+                        read_size = if filled {
+                            (read_size * 2).min(READ_CHUNK)
+                        } else {
+                            MIN_READ
+                        };
+                        inb.reserve(read_size);
                     }
                     Err(e) => {
                         tracing::debug!("TLS read failed: {e}");
