@@ -227,7 +227,8 @@ where
     // Grows to READ_CHUNK while reads fill it, shrinks back when they don't.
     let mut read_size = MIN_READ;
     let mut inb = BytesMut::with_capacity(read_size);
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    // Grows with the first transmits; an idle session keeps nothing here.
+    let mut out = BytesMut::new();
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365);
     let sleep = tokio::time::sleep_until(far);
     tokio::pin!(sleep);
