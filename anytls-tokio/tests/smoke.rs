@@ -23,9 +23,8 @@ async fn echo_target() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_1k_and_reuse() {
-    let target = echo_target().await;
+/// Our server (self-signed, relaying to TCP) and a client pinned to it.
+async fn server_and_client() -> Client {
     let id = Identity::self_signed(&["localhost".into()]).unwrap();
     let pin = id.leaf_sha256().unwrap();
     let server = Server::bind("127.0.0.1:0", ServerConfig::new("pw", id))
@@ -36,7 +35,13 @@ async fn echo_1k_and_reuse() {
     let mut cfg = ClientConfig::new(addr.to_string(), "pw");
     cfg.sni = Some("localhost".into());
     cfg.verification = Verification::Pin(pin);
-    let client = Client::new(cfg).unwrap();
+    Client::new(cfg).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_1k_and_reuse() {
+    let target = echo_target().await;
+    let client = server_and_client().await;
     for round in 0..3 {
         let mut s = tokio::time::timeout(
             Duration::from_secs(5),
@@ -69,17 +74,7 @@ async fn established_reports_the_servers_verdict() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap()
     };
-    let id = Identity::self_signed(&["localhost".into()]).unwrap();
-    let pin = id.leaf_sha256().unwrap();
-    let server = Server::bind("127.0.0.1:0", ServerConfig::new("pw", id))
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.serve());
-    let mut cfg = ClientConfig::new(addr.to_string(), "pw");
-    cfg.sni = Some("localhost".into());
-    cfg.verification = Verification::Pin(pin);
-    let client = Client::new(cfg).unwrap();
+    let client = server_and_client().await;
     let limit = Duration::from_secs(5);
     let mut ok = client.connect(SocksAddr::from(target)).await.unwrap();
     tokio::time::timeout(limit, ok.established())

@@ -358,19 +358,7 @@ impl Pair {
         if progress {
             return true;
         }
-        let next = [
-            self.c2s
-                .next_delivery()
-                .filter(|_| self.server.wants_read()),
-            self.s2c
-                .next_delivery()
-                .filter(|_| self.client.wants_read()),
-            self.client.poll_timeout(),
-            self.server.poll_timeout(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let next = self.next_due();
         let Some(next) = next else {
             return false;
         };
