@@ -2,7 +2,8 @@
 //! `anytls-core`.
 //!
 //! * [`Client`]: a pool of AnyTLS sessions to one server;
-//!   [`Client::connect`] returns an [`AnyTlsStream`] (`AsyncRead + AsyncWrite`).
+//!   [`Client::connect`] returns an [`AnyTlsStream`] (tokio's and futures'
+//!   `AsyncRead + AsyncWrite`).
 //! * [`Server`]: accepts TLS, authenticates, and hands each stream to a handler
 //!   (by default [`relay_tcp`], which dials the destination and relays).
 //! * [`socks5`]: a local SOCKS5 server in front of a [`Client`] (and a SOCKS5
@@ -12,22 +13,101 @@
 //!
 //! The `anytls` program (`src/bin/anytls.rs`) puts these together.
 //!
-//! One task per TLS connection drives its `Session`; the pool policy runs in its
-//! own task. All protocol logic lives in `anytls-core`.
+//! The client and server are written once, for any runtime, in `anytls-io`;
+//! this crate supplies tokio ([`Tokio`]) and names the types for it.
+//! `anytls-smol` does the same for smol, with the same names. All protocol
+//! logic lives in `anytls-core`.
 
 #![warn(missing_docs)]
 
-mod client;
-pub mod config;
-mod conn;
-mod server;
-pub mod socks5;
-pub mod tls;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Instant;
 
-pub use anytls_core as core;
-pub use anytls_core::pool::{PoolConfig, PoolStats};
-pub use anytls_core::{Host, SocksAddr};
-pub use client::{Client, ClientConfig, ClientError};
-pub use conn::AnyTlsStream;
-pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp};
-pub use tls::{Identity, TlsError, Verification};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+pub use anytls_io::core;
+pub use anytls_io::{
+    AnyTlsStream, ClientConfig, ClientError, Host, Identity, PoolConfig, PoolStats, ServerConfig,
+    ShutdownHandle, SocksAddr, TlsError, Verification, config, tls,
+};
+
+/// The tokio runtime, for `anytls-io`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tokio;
+
+impl anytls_io::Runtime for Tokio {
+    type Tcp = Compat<tokio::net::TcpStream>;
+    type Listener = tokio::net::TcpListener;
+    type Timer = Pin<Box<tokio::time::Sleep>>;
+
+    fn spawn<F>(fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(fut);
+    }
+
+    fn timer(deadline: Instant) -> Self::Timer {
+        Box::pin(tokio::time::sleep_until(deadline.into()))
+    }
+
+    fn reset_timer(timer: &mut Self::Timer, deadline: Instant) {
+        timer.as_mut().reset(deadline.into());
+    }
+
+    async fn connect(addr: &str) -> io::Result<Self::Tcp> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp.compat())
+    }
+
+    async fn bind(addr: SocketAddr) -> io::Result<Self::Listener> {
+        tokio::net::TcpListener::bind(addr).await
+    }
+
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Tcp, SocketAddr)> {
+        let (tcp, peer) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        Ok((tcp.compat(), peer))
+    }
+
+    fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr> {
+        listener.local_addr()
+    }
+}
+
+/// An AnyTLS client on tokio. See [`anytls_io::Client`].
+pub type Client = anytls_io::Client<Tokio>;
+/// An AnyTLS server on tokio. See [`anytls_io::Server`].
+pub type Server = anytls_io::Server<Tokio>;
+/// A new stream on a tokio server. See [`anytls_io::IncomingStream`].
+pub type IncomingStream = anytls_io::IncomingStream<Tokio>;
+
+/// The built-in handler: dial the destination over TCP and relay both ways.
+pub async fn relay_tcp(req: IncomingStream, connect_timeout: std::time::Duration) {
+    anytls_io::relay_tcp(req, connect_timeout).await
+}
+
+pub mod socks5 {
+    //! A local SOCKS5 server in front of a [`Client`](crate::Client); see
+    //! [`anytls_io::socks5`].
+    pub use anytls_io::socks5::*;
+
+    use anytls_io::SocksAddr;
+    use tokio::net::{TcpStream, ToSocketAddrs};
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+
+    /// Connects to `dest` through the SOCKS5 proxy at `proxy`.
+    pub async fn socks5_connect(
+        proxy: impl ToSocketAddrs,
+        dest: impl Into<SocksAddr>,
+    ) -> Result<TcpStream, Socks5Error> {
+        let mut tcp = TcpStream::connect(proxy).await?;
+        tcp.set_nodelay(true)?;
+        connect_handshake(&mut (&mut tcp).compat(), &dest.into()).await?;
+        Ok(tcp)
+    }
+}

@@ -4,19 +4,20 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::marker::PhantomData;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anytls_core::{Authenticator, Event, PaddingScheme, SessionLimits, SocksAddr, StreamId};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
+use futures_lite::AsyncWriteExt;
 
 use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
+use crate::relay::relay;
+use crate::runtime::{Runtime, Switch, lock, sleep_until, timeout};
 use crate::tls::{Identity, TlsError, server_config};
+use crate::tls_io::TlsIo;
 
 /// Server settings.
 #[derive(Clone)]
@@ -75,15 +76,16 @@ impl ServerConfig {
 
 /// A new stream and its destination, waiting for the handler's verdict.
 /// Dropping it without a verdict refuses the stream.
-pub struct IncomingStream {
+pub struct IncomingStream<R> {
     conn: Arc<Conn>,
     id: StreamId,
     dest: SocksAddr,
     user: Arc<str>,
     decided: bool,
+    _runtime: PhantomData<fn() -> R>,
 }
 
-impl fmt::Debug for IncomingStream {
+impl<R> fmt::Debug for IncomingStream<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IncomingStream")
             .field("id", &self.id.0)
@@ -93,7 +95,7 @@ impl fmt::Debug for IncomingStream {
     }
 }
 
-impl IncomingStream {
+impl<R> IncomingStream<R> {
     /// Where the client wants to go.
     pub fn destination(&self) -> &SocksAddr {
         &self.dest
@@ -127,7 +129,7 @@ impl IncomingStream {
     }
 }
 
-impl Drop for IncomingStream {
+impl<R> Drop for IncomingStream<R> {
     fn drop(&mut self) {
         if !self.decided {
             self.refuse("refused");
@@ -136,41 +138,45 @@ impl Drop for IncomingStream {
 }
 
 /// The built-in handler: dial the destination over TCP and relay both ways.
-pub async fn relay_tcp(req: IncomingStream, connect_timeout: Duration) {
+pub async fn relay_tcp<R: Runtime>(req: IncomingStream<R>, connect_timeout: Duration) {
     let dest = req.destination().clone();
     let target = match &dest.host {
         anytls_core::Host::Domain(d) => format!("{d}:{}", dest.port),
         _ => dest.to_string(),
     };
-    let dialed = tokio::time::timeout(connect_timeout, TcpStream::connect(&target)).await;
+    let dialed = timeout::<R, _>(connect_timeout, R::connect(&target)).await;
     let mut tcp = match dialed {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
+        Some(Ok(tcp)) => tcp,
+        Some(Err(e)) => {
             tracing::debug!("dial tcp {target}: {e}");
             req.reject(&format!("dial tcp {target}: {e}"));
             return;
         }
-        Err(_) => {
+        None => {
             req.reject(&format!("dial tcp {target}: i/o timeout"));
             return;
         }
     };
-    let _ = tcp.set_nodelay(true);
     let mut stream = req.accept();
-    let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+    let _ = relay(&mut stream, &mut tcp).await;
 }
 
 type Registry = Arc<std::sync::Mutex<Vec<std::sync::Weak<Conn>>>>;
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Stops a running server, and observes it once [`Server::serve`] owns it.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    stop: Arc<Switch>,
+    active: Arc<AtomicUsize>,
 }
 
-/// Stops a running server, and observes it once [`Server::serve`] owns it.
-#[derive(Clone, Debug)]
-pub struct ShutdownHandle {
-    tx: Arc<watch::Sender<bool>>,
-    active: Arc<AtomicUsize>,
+impl fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownHandle")
+            .field("stopped", &self.stop.is_set())
+            .field("active_sessions", &self.active_sessions())
+            .finish()
+    }
 }
 
 impl ShutdownHandle {
@@ -183,35 +189,36 @@ impl ShutdownHandle {
     /// Stops accepting connections; open sessions are closed after the grace
     /// period given to [`Server::serve_with`] (or at once with a zero grace).
     pub fn shutdown(&self) {
-        let _ = self.tx.send(true);
+        self.stop.set();
     }
 }
 
-/// A bound AnyTLS server.
-pub struct Server {
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
+/// A bound AnyTLS server on runtime `R`.
+pub struct Server<R: Runtime> {
+    listener: R::Listener,
+    tls: Arc<rustls::ServerConfig>,
     core: Arc<anytls_core::ServerConfig>,
     cfg: ServerConfig,
-    shutdown: Arc<watch::Sender<bool>>,
+    shutdown: Arc<Switch>,
     active: Arc<AtomicUsize>,
 }
 
-impl fmt::Debug for Server {
+impl<R: Runtime> fmt::Debug for Server<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.listener.local_addr().ok())
+            .field("local_addr", &R::local_addr(&self.listener).ok())
             .field("cfg", &self.cfg)
             .finish()
     }
 }
 
-impl Server {
-    /// Binds the listening socket.
-    pub async fn bind(
-        addr: impl tokio::net::ToSocketAddrs,
-        cfg: ServerConfig,
-    ) -> io::Result<Server> {
+impl<R: Runtime> Server<R> {
+    /// Binds the listening socket (to the first address `addr` resolves to).
+    pub async fn bind(addr: impl ToSocketAddrs, cfg: ServerConfig) -> io::Result<Server<R>> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind to"))?;
         let tls = server_config(&cfg.identity, &cfg.alpn).map_err(io::Error::other)?;
         let mut users = Authenticator::default();
         for (name, pw) in &cfg.users {
@@ -227,24 +234,24 @@ impl Server {
             tracing::warn!("padding scheme fails the strict rules of newer clients: {e}");
         }
         Ok(Server {
-            listener: TcpListener::bind(addr).await?,
-            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            listener: R::bind(addr).await?,
+            tls: Arc::new(tls),
             core: Arc::new(core),
             cfg,
-            shutdown: Arc::new(watch::channel(false).0),
+            shutdown: Arc::default(),
             active: Arc::new(AtomicUsize::new(0)),
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        R::local_addr(&self.listener)
     }
 
     /// A handle that stops [`serve`](Self::serve).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            tx: self.shutdown.clone(),
+            stop: self.shutdown.clone(),
             active: self.active.clone(),
         }
     }
@@ -256,8 +263,8 @@ impl Server {
 
     /// Serves with the built-in TCP relay until shut down.
     pub async fn serve(self) -> io::Result<()> {
-        let timeout = self.cfg.connect_timeout;
-        self.serve_with(Duration::from_secs(5), move |req| relay_tcp(req, timeout))
+        let limit = self.cfg.connect_timeout;
+        self.serve_with(Duration::from_secs(5), move |req| relay_tcp(req, limit))
             .await
     }
 
@@ -265,42 +272,43 @@ impl Server {
     /// to `grace` for sessions to finish before closing them.
     pub async fn serve_with<H, F>(self, grace: Duration, handler: H) -> io::Result<()>
     where
-        H: Fn(IncomingStream) -> F + Send + Sync + 'static,
+        H: Fn(IncomingStream<R>) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let mut stop = self.shutdown.subscribe();
         let conns: Registry = Arc::default();
-        loop {
-            tokio::select! {
-                res = self.listener.accept() => {
-                    let (tcp, peer) = match res {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // EMFILE and friends: back off a little, keep serving.
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    tokio::spawn(serve_connection(
-                        tcp,
-                        peer,
-                        self.acceptor.clone(),
-                        self.core.clone(),
-                        self.cfg.clone(),
-                        handler.clone(),
-                        self.active.clone(),
-                        conns.clone(),
-                    ));
+        while !self.shutdown.is_set() {
+            let accepted =
+                futures_lite::future::or(async { Some(R::accept(&self.listener).await) }, async {
+                    self.shutdown.wait().await;
+                    None
+                })
+                .await;
+            let Some(res) = accepted else { break };
+            let (tcp, peer) = match res {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off a little, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    sleep_until::<R>(Instant::now() + Duration::from_millis(50)).await;
+                    continue;
                 }
-                _ = stop.changed() => break,
-            }
+            };
+            R::spawn(serve_connection(
+                tcp,
+                peer,
+                self.tls.clone(),
+                self.core.clone(),
+                self.cfg.clone(),
+                handler.clone(),
+                self.active.clone(),
+                conns.clone(),
+            ));
         }
         drop(self.listener);
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let deadline = Instant::now() + grace;
+        while self.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            sleep_until::<R>(Instant::now() + Duration::from_millis(20)).await;
         }
         let open: Vec<Arc<Conn>> = lock(&conns)
             .iter()
@@ -314,27 +322,33 @@ impl Server {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn serve_connection<H, F>(
-    tcp: TcpStream,
+async fn serve_connection<R, H, F>(
+    tcp: R::Tcp,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    tls_config: Arc<rustls::ServerConfig>,
     core: Arc<anytls_core::ServerConfig>,
     cfg: ServerConfig,
     handler: Arc<H>,
     active: Arc<AtomicUsize>,
     registry: Registry,
 ) where
-    H: Fn(IncomingStream) -> F + Send + Sync + 'static,
+    R: Runtime,
+    H: Fn(IncomingStream<R>) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(cfg.tls_handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
+    let accept = async {
+        let session = rustls::ServerConnection::new(tls_config).map_err(io::Error::other)?;
+        let mut tls = TlsIo::new(tcp, session);
+        tls.handshake().await?;
+        io::Result::Ok(tls)
+    };
+    let tls = match timeout::<R, _>(cfg.tls_handshake_timeout, accept).await {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
             return;
         }
-        Err(_) => {
+        None => {
             tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
@@ -350,10 +364,11 @@ async fn serve_connection<H, F>(
     }
     active.fetch_add(1, Ordering::Relaxed);
     let user: Arc<std::sync::Mutex<Arc<str>>> = Arc::new(std::sync::Mutex::new(Arc::from("")));
-    let acceptor_task = {
+    {
         let conn = conn.clone();
         let user = user.clone();
-        tokio::spawn(async move {
+        // Ends when the session does (next_incoming returns None).
+        R::spawn(async move {
             while let Some((id, dest)) = conn.next_incoming().await {
                 let user = lock(&user).clone();
                 tracing::debug!(%peer, stream = id.0, %dest, "new stream");
@@ -363,13 +378,14 @@ async fn serve_connection<H, F>(
                     dest,
                     user,
                     decided: false,
+                    _runtime: PhantomData,
                 };
-                tokio::spawn(handler(req));
+                R::spawn(handler(req));
             }
-        })
-    };
+        });
+    }
     let users = core.users.clone();
-    let end = drive(conn, tls, move |ev| {
+    let end = drive::<R, _>(conn, tls, move |ev| {
         if let Event::Authenticated { user: id } = ev {
             let name = users.user_name(*id).unwrap_or("");
             tracing::debug!(%peer, user = name, "authenticated");
@@ -378,16 +394,15 @@ async fn serve_connection<H, F>(
     })
     .await;
     active.fetch_sub(1, Ordering::Relaxed);
-    acceptor_task.abort();
     match end {
         DriveEnd::Closed(reason) => tracing::debug!(%peer, "session ended: {reason}"),
         DriveEnd::Fallback { mut tls, replay } => match cfg.fallback {
             Some(addr) => {
                 tracing::debug!(%peer, "authentication failed: handing over to fallback {addr}");
                 let relay = async {
-                    let mut fb = TcpStream::connect(addr).await?;
+                    let mut fb = R::connect(&addr.to_string()).await?;
                     fb.write_all(&replay).await?;
-                    tokio::io::copy_bidirectional(&mut tls, &mut fb).await?;
+                    relay(&mut tls, &mut fb).await?;
                     io::Result::Ok(())
                 };
                 if let Err(e) = relay.await {
@@ -398,7 +413,7 @@ async fn serve_connection<H, F>(
                 tracing::debug!(%peer, "authentication failed: closing");
                 // A clean TLS close (close_notify), as Go's tls.Conn.Close in
                 // the reference; no AnyTLS byte is sent.
-                let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+                let _ = timeout::<R, _>(Duration::from_secs(1), tls.close()).await;
             }
         },
     }

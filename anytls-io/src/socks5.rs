@@ -38,10 +38,11 @@ use std::io;
 use std::time::Duration;
 
 use anytls_core::{Host, SocksAddr};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::client::Client;
+use crate::relay::relay;
+use crate::runtime::{Runtime, sleep_until, timeout};
 
 /// SOCKS5 messages (RFC 1928), without I/O.
 pub mod wire {
@@ -421,19 +422,20 @@ where
 
 /// Handles one SOCKS5 connection: handshake, `connect(dest)`, reply, relay.
 /// Generic over how the destination is reached, so it works with any stream.
-pub async fn handle_connection<F, Fut, S>(
-    mut local: TcpStream,
+pub async fn handle_connection<R, F, Fut, S>(
+    mut local: R::Tcp,
     cfg: &Socks5Config,
     connect: F,
 ) -> Result<(), Socks5Error>
 where
+    R: Runtime,
     F: FnOnce(SocksAddr) -> Fut,
     Fut: Future<Output = io::Result<S>>,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (dest, early) = tokio::time::timeout(cfg.handshake_timeout, accept_handshake(&mut local))
+    let (dest, early) = timeout::<R, _>(cfg.handshake_timeout, accept_handshake(&mut local))
         .await
-        .map_err(|_| Socks5Error::Timeout)??;
+        .ok_or(Socks5Error::Timeout)??;
     tracing::debug!(%dest, "socks5 CONNECT");
     let mut remote = match connect(dest.clone()).await {
         Ok(s) => s,
@@ -451,59 +453,37 @@ where
     local
         .write_all(&wire::encode_reply(Reply::Succeeded, None))
         .await?;
-    relay(local, remote).await?;
+    // Until either side ends (see "Closing" in the module docs).
+    relay(&mut local, &mut remote).await?;
     Ok(())
-}
-
-/// Relays until either side ends (see "Closing" in the module docs).
-async fn relay<S>(local: TcpStream, remote: S) -> io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let _ = local.set_nodelay(true);
-    let (mut lr, mut lw) = local.into_split();
-    let (rr, mut rw) = tokio::io::split(remote);
-    let up = async {
-        tokio::io::copy(&mut lr, &mut rw).await?;
-        rw.shutdown().await
-    };
-    let down = async {
-        let mut rr = BufReader::with_capacity(64 * 1024, rr);
-        tokio::io::copy_buf(&mut rr, &mut lw).await?;
-        lw.shutdown().await
-    };
-    tokio::select! {
-        r = up => r,
-        r = down => r,
-    }
 }
 
 /// Serves SOCKS5 on `listener`, every CONNECT through `client`, with default
 /// settings. Runs until the task is dropped.
-pub async fn serve_socks5(listener: TcpListener, client: Client) -> io::Result<()> {
+pub async fn serve_socks5<R: Runtime>(listener: R::Listener, client: Client<R>) -> io::Result<()> {
     serve_socks5_with(listener, client, Socks5Config::default()).await
 }
 
 /// [`serve_socks5`] with settings.
-pub async fn serve_socks5_with(
-    listener: TcpListener,
-    client: Client,
+pub async fn serve_socks5_with<R: Runtime>(
+    listener: R::Listener,
+    client: Client<R>,
     cfg: Socks5Config,
 ) -> io::Result<()> {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (tcp, peer) = match R::accept(&listener).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("socks5 accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                sleep_until::<R>(std::time::Instant::now() + Duration::from_millis(50)).await;
                 continue;
             }
         };
         let client = client.clone();
         let cfg = cfg.clone();
-        tokio::spawn(async move {
+        R::spawn(async move {
             let wait = cfg.verdict_wait;
-            let res = handle_connection(tcp, &cfg, |dest| async move {
+            let res = handle_connection::<R, _, _, _>(tcp, &cfg, |dest| async move {
                 // A failure here is about the session to the AnyTLS server,
                 // not the destination: a general failure, whatever its kind.
                 let mut stream = client
@@ -513,7 +493,7 @@ pub async fn serve_socks5_with(
                 if !wait.is_zero() {
                     // The server's SYNACK: a refusal becomes the matching
                     // reply; no verdict in time counts as success.
-                    if let Ok(Err(e)) = tokio::time::timeout(wait, stream.established()).await {
+                    if let Some(Err(e)) = timeout::<R, _>(wait, stream.established()).await {
                         return Err(e);
                     }
                 }
@@ -570,13 +550,13 @@ where
     Ok(bound)
 }
 
-/// Connects to `dest` through the SOCKS5 proxy at `proxy`.
-pub async fn socks5_connect(
-    proxy: impl ToSocketAddrs,
+/// Connects to `dest` through the SOCKS5 proxy at `proxy` (`host:port`).
+/// The adapter crates wrap this with their runtime's socket type.
+pub async fn socks5_connect<R: Runtime>(
+    proxy: &str,
     dest: impl Into<SocksAddr>,
-) -> Result<TcpStream, Socks5Error> {
-    let mut tcp = TcpStream::connect(proxy).await?;
-    tcp.set_nodelay(true)?;
+) -> Result<R::Tcp, Socks5Error> {
+    let mut tcp = R::connect(proxy).await?;
     connect_handshake(&mut tcp, &dest.into()).await?;
     Ok(tcp)
 }

@@ -1125,7 +1125,7 @@ fn in_file(path: &Path, e: ConfigError) -> ConfigError {
 /// A random URL-safe password: 18 random bytes in unpadded base64url (24
 /// characters, 144 bits).
 pub fn generate_password() -> std::io::Result<String> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._";
     let mut bytes = [0u8; 18];
     getrandom::fill(&mut bytes)
         .map_err(|e| std::io::Error::other(format!("no OS randomness: {e}")))?;

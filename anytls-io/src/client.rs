@@ -3,17 +3,17 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anytls_core::pool::{Checkout, Pool, PoolAction, PoolConfig, PoolConfigError, PoolStats};
 use anytls_core::{Event, PaddingScheme, SessionError, SessionLimits, SessionSeq, SocksAddr};
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
-use tokio_rustls::TlsConnector;
 
 use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
+use crate::runtime::{Notify, Runtime, lock, timeout};
 use crate::tls::{TlsError, Verification, client_config, server_name};
+use crate::tls_io::TlsIo;
 
 /// Client settings.
 #[derive(Clone)]
@@ -90,7 +90,7 @@ pub enum ClientError {
 struct Inner {
     cfg: ClientConfig,
     core: Arc<anytls_core::ClientConfig>,
-    connector: TlsConnector,
+    tls: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
     padding: Mutex<Arc<PaddingScheme>>,
     pool: Mutex<Pool>,
@@ -108,21 +108,26 @@ impl Drop for Inner {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// An AnyTLS client. Cheap to clone; all clones share one pool.
-#[derive(Clone)]
-pub struct Client {
+/// An AnyTLS client on runtime `R`. Cheap to clone; all clones share one pool.
+pub struct Client<R> {
     inner: Arc<Inner>,
+    _runtime: PhantomData<fn() -> R>,
 }
 
-impl fmt::Debug for Client {
+impl<R> Clone for Client<R> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+            _runtime: PhantomData,
+        }
+    }
+}
+
+impl<R> fmt::Debug for Client<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("server", &self.inner.cfg.server)
-            .field("stats", &self.stats())
+            .field("stats", &lock(&self.inner.pool).stats())
             .finish()
     }
 }
@@ -143,10 +148,11 @@ fn seed() -> [u8; 32] {
     s
 }
 
-impl Client {
+impl<R: Runtime> Client<R> {
     /// Builds the client and starts its pool (pre-warming if configured).
-    /// Must be called within a tokio runtime.
-    pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
+    /// Must be called where the runtime can spawn tasks (inside a tokio
+    /// runtime for anytls-tokio).
+    pub fn new(cfg: ClientConfig) -> Result<Client<R>, ClientError> {
         let host =
             host_of(&cfg.server).ok_or_else(|| ClientError::BadServer(cfg.server.clone()))?;
         let name = server_name(cfg.sni.as_deref().unwrap_or(host))?;
@@ -158,18 +164,21 @@ impl Client {
         core.limits = cfg.limits.clone();
         let pool = Pool::new(cfg.pool.clone(), seed(), Instant::now())?;
         let inner = Arc::new(Inner {
-            connector: TlsConnector::from(Arc::new(tls)),
+            tls: Arc::new(tls),
             name,
             core: Arc::new(core),
             padding: Mutex::new(Arc::new(PaddingScheme::default_scheme())),
             pool: Mutex::new(pool),
             sessions: Mutex::new(HashMap::new()),
-            kick: Arc::new(Notify::new()),
+            kick: Arc::new(Notify::default()),
             closed: std::sync::atomic::AtomicBool::new(false),
             cfg,
         });
-        tokio::spawn(pool_task(Arc::downgrade(&inner), inner.kick.clone()));
-        Ok(Client { inner })
+        R::spawn(pool_task::<R>(Arc::downgrade(&inner), inner.kick.clone()));
+        Ok(Client {
+            inner,
+            _runtime: PhantomData,
+        })
     }
 
     /// Opens a stream to `dest` on a pooled session (or a new one).
@@ -193,12 +202,12 @@ impl Client {
                         }
                     }
                 }
-                Checkout::Dial(seq) => match dial(inner, seq, Some(&dest)).await {
+                Checkout::Dial(seq) => match dial::<R>(inner, seq, Some(&dest)).await {
                     Ok(Some(s)) => (seq, s),
                     Ok(None) => unreachable!("a dial with a destination returns a stream"),
                     Err(e) => {
                         lock(&inner.pool).dial_failed(seq, Instant::now());
-                        inner.kick.notify_one();
+                        inner.kick.notify();
                         return Err(e);
                     }
                 },
@@ -228,7 +237,7 @@ impl Client {
         for conn in lock(&inner.sessions).values() {
             conn.close();
         }
-        inner.kick.notify_one();
+        inner.kick.notify();
     }
 }
 
@@ -237,7 +246,7 @@ fn with_checkin(inner: &Arc<Inner>, seq: SessionSeq, mut s: AnyTlsStream) -> Any
     s.set_on_close(move || {
         if let Some(inner) = weak.upgrade() {
             lock(&inner.pool).checkin(seq, Instant::now());
-            inner.kick.notify_one();
+            inner.kick.notify();
         }
     });
     s
@@ -245,19 +254,22 @@ fn with_checkin(inner: &Arc<Inner>, seq: SessionSeq, mut s: AnyTlsStream) -> Any
 
 /// Dials a session; opens the first stream before anything is sent so that
 /// Settings, SYN and the destination form packet 1.
-async fn dial(
+async fn dial<R: Runtime>(
     inner: &Arc<Inner>,
     seq: SessionSeq,
     first: Option<&SocksAddr>,
 ) -> io::Result<Option<AnyTlsStream>> {
     let cfg = &inner.cfg;
-    let tls = tokio::time::timeout(cfg.connect_timeout, async {
-        let tcp = TcpStream::connect(&cfg.server).await?;
-        tcp.set_nodelay(true)?;
-        inner.connector.connect(inner.name.clone(), tcp).await
+    let tls = timeout::<R, _>(cfg.connect_timeout, async {
+        let tcp = R::connect(&cfg.server).await?;
+        let session = rustls::ClientConnection::new(inner.tls.clone(), inner.name.clone())
+            .map_err(io::Error::other)?;
+        let mut tls = TlsIo::new(tcp, session);
+        tls.handshake().await?;
+        io::Result::Ok(tls)
     })
     .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect/TLS handshake timed out"))??;
+    .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "connect/TLS handshake timed out"))??;
     let padding = lock(&inner.padding).clone();
     let session =
         anytls_core::Session::client(inner.core.clone(), seq, padding, seed(), Instant::now());
@@ -265,11 +277,11 @@ async fn dial(
     let stream = first.map(|d| conn.open_stream(d)).transpose()?;
     lock(&inner.sessions).insert(seq, conn.clone());
     lock(&inner.pool).established(seq, Instant::now());
-    inner.kick.notify_one();
+    inner.kick.notify();
     let weak = Arc::downgrade(inner);
     let observer_weak = weak.clone();
-    tokio::spawn(async move {
-        let end = drive(conn, tls, move |ev| {
+    R::spawn(async move {
+        let end = drive::<R, _>(conn, tls, move |ev| {
             let Some(inner) = observer_weak.upgrade() else {
                 return;
             };
@@ -283,7 +295,7 @@ async fn dial(
                     tracing::debug!(seq = seq.0, "session closed: {reason}");
                     lock(&inner.pool).session_closed(seq, Instant::now());
                     lock(&inner.sessions).remove(&seq);
-                    inner.kick.notify_one();
+                    inner.kick.notify();
                 }
                 _ => {}
             }
@@ -292,7 +304,7 @@ async fn dial(
         if let Some(inner) = weak.upgrade() {
             lock(&inner.sessions).remove(&seq);
             lock(&inner.pool).session_closed(seq, Instant::now());
-            inner.kick.notify_one();
+            inner.kick.notify();
         }
         if let DriveEnd::Closed(SessionError::PeerEof) = end {
             tracing::debug!(seq = seq.0, "server closed the session");
@@ -301,7 +313,7 @@ async fn dial(
     Ok(stream)
 }
 
-async fn pool_task(weak: std::sync::Weak<Inner>, kick: Arc<Notify>) {
+async fn pool_task<R: Runtime>(weak: std::sync::Weak<Inner>, kick: Arc<Notify>) {
     loop {
         let Some(inner) = weak.upgrade() else {
             return;
@@ -322,11 +334,11 @@ async fn pool_task(weak: std::sync::Weak<Inner>, kick: Arc<Notify>) {
             match a {
                 PoolAction::Dial { seq } => {
                     let inner = inner.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = dial(&inner, seq, None).await {
+                    R::spawn(async move {
+                        if let Err(e) = dial::<R>(&inner, seq, None).await {
                             tracing::debug!(seq = seq.0, "pre-warm dial failed: {e}");
                             lock(&inner.pool).dial_failed(seq, Instant::now());
-                            inner.kick.notify_one();
+                            inner.kick.notify();
                         }
                     });
                 }
@@ -349,12 +361,7 @@ async fn pool_task(weak: std::sync::Weak<Inner>, kick: Arc<Notify>) {
         drop(inner);
         let kicked = kick.notified();
         match timeout {
-            Some(t) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(t.into()) => {}
-                    _ = kicked => {}
-                }
-            }
+            Some(t) => futures_lite::future::or(kicked, R::timer(t)).await,
             None => kicked.await,
         }
     }

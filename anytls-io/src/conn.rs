@@ -10,23 +10,22 @@
 //! half), so two peers that both write a lot never deadlock waiting for each
 //! other to read.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::{Future, poll_fn};
-use std::io;
+use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
 
 use anytls_core::{Event, Session, SessionError, SocksAddr, StreamError, StreamId};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
+use futures_io::{AsyncRead, AsyncWrite};
 
-/// Most TLS plaintext read at once.
-const READ_CHUNK: usize = 64 * 1024;
-/// Read buffer of a quiet connection: an idle session pins no more than this.
-const MIN_READ: usize = 4 * 1024;
-/// Transmits handed to one write batch (each is still its own TLS write).
+use crate::runtime::{Runtime, timeout};
+use crate::tls_io::TlsIo;
+
+/// Transmits encrypted in one batch (each is still its own TLS record(s)).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 pub(crate) struct Shared {
@@ -35,7 +34,7 @@ pub(crate) struct Shared {
     write_wakers: HashMap<StreamId, Waker>,
     refused: HashMap<StreamId, String>,
     /// Client: streams the server accepted with a SYNACK.
-    connected: std::collections::HashSet<StreamId>,
+    connected: HashSet<StreamId>,
     /// Client: tasks waiting in `AnyTlsStream::established`.
     open_wakers: HashMap<StreamId, Waker>,
     /// Server: streams whose destination arrived, not yet taken by the owner.
@@ -44,7 +43,6 @@ pub(crate) struct Shared {
     closed: Option<SessionError>,
     /// Events already dispatched to the handles, for the driver's observer.
     observed: Vec<Event>,
-    dirty: bool,
     driver_waker: Option<Waker>,
 }
 
@@ -61,13 +59,12 @@ impl Conn {
                 read_wakers: HashMap::new(),
                 write_wakers: HashMap::new(),
                 refused: HashMap::new(),
-                connected: std::collections::HashSet::new(),
+                connected: HashSet::new(),
                 open_wakers: HashMap::new(),
                 incoming: VecDeque::new(),
                 incoming_waker: None,
                 closed: None,
                 observed: Vec::new(),
-                dirty: false,
                 driver_waker: None,
             }),
         })
@@ -130,7 +127,6 @@ impl Conn {
 impl Shared {
     /// Wakes the driver: there is output or a state change to act on.
     pub(crate) fn kick(&mut self) {
-        self.dirty = true;
         if let Some(w) = self.driver_waker.take() {
             w.wake();
         }
@@ -201,193 +197,192 @@ impl Shared {
 }
 
 /// How a driven connection ended.
-pub(crate) enum DriveEnd<S> {
+pub(crate) enum DriveEnd<IO> {
     /// The session closed.
     Closed(SessionError),
-    /// Server: the preamble was wrong. The TLS stream and every byte read so far,
-    /// for a fallback.
-    Fallback { tls: S, replay: Bytes },
+    /// Server: the preamble was wrong. The TLS connection and every byte read
+    /// so far, for a fallback.
+    Fallback { tls: Box<TlsIo<IO>>, replay: Bytes },
 }
-
-type WriteFut<S> = Pin<Box<dyn Future<Output = (WriteHalf<S>, io::Result<()>)> + Send>>;
 
 /// Drives `conn` over `tls` until the session closes. `observer` sees every
 /// event after it has been dispatched to the stream handles.
-pub(crate) async fn drive<S>(
+///
+/// One poll loop does everything: it pulls transmits from the session and
+/// encrypts a batch of them (each its own TLS record(s)) into the connection,
+/// writes the records with as few syscalls as the socket allows, reads and
+/// decrypts whatever arrived, and keeps the session's timer. Reading and
+/// writing proceed independently, so two peers that both write a lot never
+/// deadlock waiting for each other to read.
+pub(crate) async fn drive<R, IO>(
     conn: Arc<Conn>,
-    tls: S,
+    mut tls: TlsIo<IO>,
     mut observer: impl FnMut(&Event) + Send,
-) -> DriveEnd<S>
+) -> DriveEnd<IO>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Runtime,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, wr) = tokio::io::split(tls);
-    let mut wr: Option<WriteHalf<S>> = Some(wr);
-    let mut write_fut: Option<WriteFut<S>> = None;
-    // Grows to READ_CHUNK while reads fill it, shrinks back when they don't.
-    let mut read_size = MIN_READ;
-    let mut inb = BytesMut::with_capacity(read_size);
     // Grows with the first transmits; an idle session keeps nothing here.
     let mut out = BytesMut::new();
-    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365);
-    let sleep = tokio::time::sleep_until(far);
-    tokio::pin!(sleep);
+    let mut timer: Option<(R::Timer, Instant)> = None;
     let mut fallback: Option<Bytes> = None;
     let mut events = Vec::new();
     let mut io_error: Option<io::Error> = None;
-    loop {
-        let (timeout, wants_read, closed) = {
-            let mut g = conn.lock();
-            let now = Instant::now();
-            if g.session.poll_timeout().is_some_and(|t| t <= now) {
-                g.session.handle_timeout(now);
-            }
-            if write_fut.is_none() {
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                while bytes < MAX_BATCH_BYTES {
-                    match g.session.poll_transmit(now, &mut out) {
-                        Some(t) => {
-                            bytes += t.len;
-                            batch.push(out.split().freeze());
-                        }
-                        None => break,
-                    }
-                }
-                if !batch.is_empty() {
-                    if let Some(mut w) = wr.take() {
-                        write_fut = Some(Box::pin(async move {
-                            let res = async {
-                                // One write per transmit: each becomes its own TLS
-                                // record(s), so padding shapes reach the wire.
-                                for t in &batch {
-                                    w.write_all(t).await?;
-                                }
-                                w.flush().await
-                            }
-                            .await;
-                            (w, res)
-                        }));
-                    }
-                }
-            }
-            g.drain_events();
-            events.append(&mut g.observed);
-            g.dirty = false;
-            (
-                g.session.poll_timeout(),
-                g.session.wants_read(),
-                g.session.is_closed(),
-            )
-        };
-        for ev in events.drain(..) {
-            if let Event::AuthRejected { replay } = &ev {
-                fallback = Some(replay.clone());
-            }
-            observer(&ev);
-        }
-        if closed && write_fut.is_none() {
-            break;
-        }
-        if let Some(t) = timeout {
-            sleep.as_mut().reset(t.into());
-        } else {
-            sleep.as_mut().reset(far);
-        }
-        tokio::select! {
-            res = async { write_fut.as_mut().expect("guarded").await }, if write_fut.is_some() => {
-                write_fut = None;
-                let (w, r) = res;
-                wr = Some(w);
-                if let Err(e) = r {
-                    tracing::debug!("TLS write failed: {e}");
-                    let mut g = conn.lock();
-                    end_on_error(&mut g.session, &e);
-                    g.drain_events();
-                    io_error = Some(e);
-                }
-            }
-            res = rd.read_buf(&mut inb), if wants_read && !closed => {
+    poll_fn(|cx| {
+        for _ in 0..LOOP_BUDGET {
+            let mut progress = false;
+            let (timeout, wants_read, closed) = {
                 let mut g = conn.lock();
-                match res {
-                    Ok(0) => g.session.handle_eof(Instant::now()),
-                    Ok(_) => {
-                        let filled = inb.len() >= read_size;
-                        let data = inb.split();
-                        g.session.handle_input(Instant::now(), data);
-                        read_size = if filled {
-                            (read_size * 2).min(READ_CHUNK)
-                        } else {
-                            MIN_READ
+                let now = Instant::now();
+                if g.session.poll_timeout().is_some_and(|t| t <= now) {
+                    g.session.handle_timeout(now);
+                }
+                if !tls.tls.wants_write() && io_error.is_none() {
+                    let mut bytes = 0;
+                    while bytes < MAX_BATCH_BYTES {
+                        let Some(t) = g.session.poll_transmit(now, &mut out) else {
+                            break;
                         };
-                        inb.reserve(read_size);
-                    }
-                    Err(e) => {
-                        tracing::debug!("TLS read failed: {e}");
-                        end_on_error(&mut g.session, &e);
-                        io_error = Some(e);
+                        bytes += t.len;
+                        // One write per transmit: its own TLS record(s).
+                        if let Err(e) = tls.tls.writer().write_all(&out) {
+                            g.session.close(now);
+                            io_error = Some(e);
+                        }
+                        out.clear();
                     }
                 }
                 g.drain_events();
+                events.append(&mut g.observed);
+                if !g
+                    .driver_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    g.driver_waker = Some(cx.waker().clone());
+                }
+                (
+                    g.session.poll_timeout(),
+                    g.session.wants_read(),
+                    g.session.is_closed(),
+                )
+            };
+            for ev in events.drain(..) {
+                if let Event::AuthRejected { replay } = &ev {
+                    fallback = Some(replay.clone());
+                }
+                observer(&ev);
             }
-            _ = wakeup(&conn) => {}
-            _ = &mut sleep, if timeout.is_some() => {
-                let mut g = conn.lock();
-                g.session.handle_timeout(Instant::now());
-                g.drain_events();
+            if io_error.is_none() && tls.tls.wants_write() {
+                match tls.poll_flush_tls(cx) {
+                    Poll::Ready(Ok(())) => progress = true,
+                    Poll::Ready(Err(e)) => {
+                        tracing::debug!("TLS write failed: {e}");
+                        fail(&conn, &e);
+                        io_error = Some(e);
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if closed && (io_error.is_some() || !tls.tls.wants_write()) {
+                return Poll::Ready(());
+            }
+            if wants_read && !closed && io_error.is_none() {
+                match tls.poll_read_more(cx) {
+                    Poll::Ready(Ok(eof)) => {
+                        let mut g = conn.lock();
+                        if !tls.plain.is_empty() {
+                            let data = tls.plain.split();
+                            g.session.handle_input(Instant::now(), data);
+                        }
+                        if eof {
+                            g.session.handle_eof(Instant::now());
+                        }
+                        g.drain_events();
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        tracing::debug!("TLS read failed: {e}");
+                        fail(&conn, &e);
+                        io_error = Some(e);
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(deadline) = timeout {
+                let t = match &mut timer {
+                    Some((t, at)) => {
+                        if *at != deadline {
+                            R::reset_timer(t, deadline);
+                            *at = deadline;
+                        }
+                        t
+                    }
+                    None => &mut timer.insert((R::timer(deadline), deadline)).0,
+                };
+                if Pin::new(t).poll(cx).is_ready() {
+                    progress = true;
+                }
+            }
+            if !progress {
+                return Poll::Pending;
             }
         }
-    }
+        // Let other tasks run; come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
     let reason = conn.closed_reason().unwrap_or(SessionError::LocallyClosed);
-    if let Some(e) = io_error {
+    if let Some(e) = &io_error {
         tracing::debug!("connection ended after I/O error: {e}");
     }
     if let Some(replay) = fallback {
-        if let Some(w) = wr.take() {
+        if io_error.is_none() {
             return DriveEnd::Fallback {
-                tls: rd.unsplit(w),
+                tls: Box::new(tls),
                 replay,
             };
         }
     }
-    if let Some(mut w) = wr {
+    if io_error.is_none() {
         // close_notify, best effort.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), w.shutdown()).await;
+        tls.send_close_notify();
+        let close = poll_fn(|cx| {
+            ready!(tls.poll_flush_tls(cx))?;
+            Pin::new(&mut tls.io).poll_close(cx)
+        });
+        let _ = timeout::<R, _>(Duration::from_secs(1), close).await;
     }
     DriveEnd::Closed(reason)
 }
 
+/// Polls of the driver loop before it yields to other tasks.
+const LOOP_BUDGET: usize = 32;
+
 /// Ends the session after a TLS read or write error. A connection the peer
-/// closed or reset (no close_notify) ends as `PeerEof`; anything else as a
-/// local close.
-fn end_on_error(session: &mut Session, e: &io::Error) {
+/// closed or reset ends as `PeerEof`; anything else as a local close.
+fn fail(conn: &Conn, e: &io::Error) {
     use io::ErrorKind::*;
+    let mut g = conn.lock();
     if matches!(
         e.kind(),
         UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
     ) {
-        session.handle_eof(Instant::now());
+        g.session.handle_eof(Instant::now());
     } else {
-        session.close(Instant::now());
+        g.session.close(Instant::now());
     }
-}
-
-/// Resolves when a stream handle (or anything else) kicked the driver.
-fn wakeup(conn: &Conn) -> impl Future<Output = ()> + '_ {
-    poll_fn(move |cx| {
-        let mut g = conn.lock();
-        if g.dirty {
-            g.dirty = false;
-            return Poll::Ready(());
-        }
-        g.driver_waker = Some(cx.waker().clone());
-        Poll::Pending
-    })
+    g.drain_events();
 }
 
 /// One AnyTLS stream: `AsyncRead + AsyncWrite`.
 ///
-/// `shutdown` sends FIN, which in AnyTLS closes both directions (there is no
+/// Implements `futures_io::AsyncRead + AsyncWrite` (and, with the `tokio`
+/// feature, tokio's traits). `close` (tokio: `shutdown`) sends FIN, which in AnyTLS closes both directions (there is no
 /// half-close): reads end too. Dropping the handle does the same.
 pub struct AnyTlsStream {
     conn: Arc<Conn>,
@@ -559,27 +554,31 @@ impl Drop for AnyTlsStream {
     }
 }
 
+impl AnyTlsStream {
+    /// Copies the next stream bytes into `buf`; 0 at EOF.
+    fn poll_read_into(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        match ready!(self.poll_read_chunk(cx))? {
+            Some(mut b) => {
+                let n = b.len().min(buf.len());
+                buf[..n].copy_from_slice(&b.split_to(n));
+                self.pending = b;
+                Poll::Ready(Ok(n))
+            }
+            None => Poll::Ready(Ok(0)),
+        }
+    }
+}
+
 impl AsyncRead for AnyTlsStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        match this.poll_read_chunk(cx) {
-            Poll::Ready(Ok(Some(mut b))) => {
-                let n = b.len().min(buf.remaining());
-                buf.put_slice(&b.split_to(n));
-                this.pending = b;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_read_into(cx, buf)
     }
 }
 
@@ -594,6 +593,46 @@ impl AsyncWrite for AnyTlsStream {
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Data is in the session's queue; the driver sends it as soon as it can.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().finish();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncRead for AnyTlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(mut b) = ready!(this.poll_read_chunk(cx))? {
+            let n = b.len().min(buf.remaining());
+            buf.put_slice(&b.split_to(n));
+            this.pending = b;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncWrite for AnyTlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_slice(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 

@@ -1,0 +1,39 @@
+//! The AnyTLS client and server over rustls, written once for any async
+//! runtime. `anytls-tokio` and `anytls-smol` give them a [`Runtime`] and
+//! re-export them under the same names; use one of those.
+//!
+//! * [`Client`]: a pool of AnyTLS sessions to one server;
+//!   [`Client::connect`] returns an [`AnyTlsStream`] (`AsyncRead + AsyncWrite`).
+//! * [`Server`]: accepts TLS, authenticates, and hands each stream to a handler
+//!   (by default [`relay_tcp`], which dials the destination and relays).
+//! * [`socks5`]: a local SOCKS5 server in front of a [`Client`] (and a SOCKS5
+//!   client helper).
+//! * [`config`]: sing-box JSON options, Go durations and `anytls://` URIs,
+//!   converted to [`ClientConfig`] / [`ServerConfig`].
+//!
+//! One task per TLS connection drives its `Session` (rustls driven directly
+//! over the runtime's TCP socket, see `tls_io.rs`); the pool policy runs in its
+//! own task. All protocol logic lives in `anytls-core`; what is here is I/O
+//! plumbing that does not depend on the runtime.
+
+#![warn(missing_docs)]
+
+mod client;
+pub mod config;
+mod conn;
+mod relay;
+mod runtime;
+mod server;
+pub mod socks5;
+pub mod tls;
+mod tls_io;
+
+pub use anytls_core as core;
+pub use anytls_core::pool::{PoolConfig, PoolStats};
+pub use anytls_core::{Host, SocksAddr};
+pub use client::{Client, ClientConfig, ClientError};
+pub use conn::AnyTlsStream;
+pub use relay::relay;
+pub use runtime::{Runtime, sleep_until, timeout};
+pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp};
+pub use tls::{Identity, TlsError, Verification};

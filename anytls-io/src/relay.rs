@@ -1,0 +1,99 @@
+//! Copying between two byte streams until one side ends.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_io::{AsyncRead, AsyncWrite};
+
+/// Relay buffer per direction: large enough that a busy relay moves full
+/// 64 KiB socket reads, allocated only when the direction first has data.
+const RELAY_BUF: usize = 64 * 1024;
+
+/// One direction of a relay.
+struct Half {
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    read_done: bool,
+    /// Bytes moved.
+    moved: u64,
+}
+
+impl Half {
+    fn new() -> Half {
+        Half {
+            buf: Vec::new(),
+            pos: 0,
+            len: 0,
+            read_done: false,
+            moved: 0,
+        }
+    }
+
+    /// Copies until `from` ends, then closes `to`.
+    fn poll_copy<A, B>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut A,
+        to: &mut B,
+    ) -> Poll<io::Result<()>>
+    where
+        A: AsyncRead + Unpin + ?Sized,
+        B: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if self.pos < self.len {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[self.pos..self.len]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.moved += n as u64;
+                continue;
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                return Pin::new(&mut *to).poll_close(cx);
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; RELAY_BUF];
+            }
+            match Pin::new(&mut *from).poll_read(cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(n)) => {
+                    self.pos = 0;
+                    self.len = n;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing buffered: flush what the writer holds.
+                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Relays between `a` and `b` until either side ends, then closes the other
+/// (AnyTLS has no half-close: FIN ends a stream both ways). Returns the bytes
+/// moved `a -> b` and `b -> a`.
+pub async fn relay<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = Half::new();
+    let mut down = Half::new();
+    poll_fn(|cx| {
+        let u = up.poll_copy(cx, a, b);
+        if let Poll::Ready(r) = u {
+            return Poll::Ready(r);
+        }
+        down.poll_copy(cx, b, a)
+    })
+    .await?;
+    Ok((up.moved, down.moved))
+}

@@ -1,0 +1,136 @@
+//! What an async runtime provides to the client and server: spawning, timers
+//! and TCP. `anytls-tokio` and `anytls-smol` implement [`Runtime`]; everything
+//! else is written once, here.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_io::{AsyncRead, AsyncWrite};
+
+/// An async runtime, as the AnyTLS client and server use it.
+///
+/// Implemented by a zero-sized marker type (`anytls_tokio::Tokio`,
+/// `anytls_smol::Smol`); every method is an associated function, so the
+/// generic types ([`Client<R>`](crate::Client), [`Server<R>`](crate::Server))
+/// carry no runtime handle.
+pub trait Runtime: Send + Sync + Sized + 'static {
+    /// A connected TCP socket (Nagle off).
+    type Tcp: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// A listening TCP socket.
+    type Listener: Send + Sync + 'static;
+    /// A resettable one-shot timer.
+    type Timer: Future<Output = ()> + Unpin + Send + 'static;
+
+    /// Runs `fut` in the background, detached.
+    fn spawn<F>(fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static;
+
+    /// A timer that fires at `deadline`.
+    fn timer(deadline: Instant) -> Self::Timer;
+
+    /// Moves `timer` to fire at `deadline` (also after it fired).
+    fn reset_timer(timer: &mut Self::Timer, deadline: Instant);
+
+    /// Connects to `addr` (`host:port`, names resolved by the runtime) and
+    /// turns Nagle's algorithm off.
+    fn connect(addr: &str) -> impl Future<Output = io::Result<Self::Tcp>> + Send;
+
+    /// Binds a listening socket.
+    fn bind(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+
+    /// Accepts a connection (Nagle off).
+    fn accept(
+        listener: &Self::Listener,
+    ) -> impl Future<Output = io::Result<(Self::Tcp, SocketAddr)>> + Send;
+
+    /// The address `listener` is bound to.
+    fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr>;
+}
+
+/// Waits until `deadline`.
+pub async fn sleep_until<R: Runtime>(deadline: Instant) {
+    R::timer(deadline).await
+}
+
+/// Runs `fut` for at most `limit`; `None` if the time ran out first.
+pub async fn timeout<R: Runtime, F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let timer = R::timer(Instant::now() + limit);
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        timer.await;
+        None
+    })
+    .await
+}
+
+/// A wake-up flag for one waiting task: [`notify`](Self::notify) sets it,
+/// [`notified`](Self::notified) waits for it and clears it. A notification
+/// sent while nobody waits is kept, so none is lost.
+#[derive(Default)]
+pub(crate) struct Notify {
+    state: Mutex<(bool, Option<Waker>)>,
+}
+
+impl Notify {
+    pub(crate) fn notify(&self) {
+        let mut s = lock(&self.state);
+        s.0 = true;
+        if let Some(w) = s.1.take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn notified(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| {
+            let mut s = lock(&self.state);
+            if std::mem::take(&mut s.0) {
+                return Poll::Ready(());
+            }
+            s.1 = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+/// A one-way switch many tasks can wait on (shutdown).
+#[derive(Default)]
+pub(crate) struct Switch {
+    state: Mutex<(bool, Vec<Waker>)>,
+}
+
+impl Switch {
+    pub(crate) fn set(&self) {
+        let mut s = lock(&self.state);
+        s.0 = true;
+        for w in s.1.drain(..) {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        lock(&self.state).0
+    }
+
+    pub(crate) fn wait(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| {
+            let mut s = lock(&self.state);
+            if s.0 {
+                return Poll::Ready(());
+            }
+            if !s.1.iter().any(|w| w.will_wake(cx.waker())) {
+                s.1.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+/// Locks, ignoring poisoning: a panic while holding a lock is a bug, and the
+/// other sessions keep being served.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
