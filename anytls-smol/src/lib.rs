@@ -1,8 +1,142 @@
-//! AnyTLS client and server on smol, driving the sans-IO `anytls-core`.
+//! AnyTLS client and server on [smol](https://docs.rs/smol) and rustls,
+//! driving the sans-IO `anytls-core`.
 //!
-//! Not yet implemented: this crate is a placeholder in the workspace until the
-//! adapter lands. Use `anytls_core` directly for now.
+//! The same API as `anytls-tokio`, under the same names:
+//!
+//! * [`Client`]: a pool of AnyTLS sessions to one server;
+//!   [`Client::connect`] returns an [`AnyTlsStream`]
+//!   (`futures::io::AsyncRead + AsyncWrite`).
+//! * [`Server`]: accepts TLS, authenticates, and hands each stream to a handler
+//!   (by default [`relay_tcp`], which dials the destination and relays).
+//! * [`socks5`]: a local SOCKS5 server in front of a [`Client`].
+//! * [`config`]: sing-box JSON options, Go durations and `anytls://` URIs.
+//!
+//! Tasks run on smol's global executor ([`smol::spawn`]), timers are
+//! `async-io` timers and sockets are `smol::net` sockets; so a program only
+//! needs to drive its own futures with [`smol::block_on`] (or any executor:
+//! the spawned tasks make progress on smol's global executor threads).
+//!
+//! ```no_run
+//! use anytls_smol::{Client, ClientConfig, SocksAddr, Verification};
+//! use futures_lite::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! smol::block_on(async {
+//!     let mut cfg = ClientConfig::new("proxy.example.com:443", "password");
+//!     cfg.verification = Verification::WebPki;
+//!     let client = Client::new(cfg).map_err(std::io::Error::other)?;
+//!     let mut stream = client.connect(SocksAddr::domain("example.com", 80)).await?;
+//!     stream.write_all(b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n").await?;
+//!     let mut page = Vec::new();
+//!     stream.read_to_end(&mut page).await?;
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
+//! The client and server are written once, for any runtime, in `anytls-io`;
+//! this crate supplies smol ([`Smol`]) and names the types for it. All
+//! protocol logic lives in `anytls-core`.
 
 #![warn(missing_docs)]
 
-pub use anytls_core as core;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub use anytls_io::core;
+pub use anytls_io::{
+    AnyTlsStream, ClientConfig, ClientError, Host, Identity, PoolConfig, PoolStats, ServerConfig,
+    ShutdownHandle, SocksAddr, TlsError, Verification, config, tls,
+};
+
+/// The smol runtime, for `anytls-io`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Smol;
+
+/// An `async-io` timer resolving to `()`.
+#[derive(Debug)]
+pub struct SmolTimer(smol::Timer);
+
+impl Future for SmolTimer {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl anytls_io::Runtime for Smol {
+    type Tcp = smol::net::TcpStream;
+    type Listener = smol::net::TcpListener;
+    type Timer = SmolTimer;
+
+    fn spawn<F>(fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        smol::spawn(fut).detach();
+    }
+
+    fn timer(deadline: Instant) -> Self::Timer {
+        SmolTimer(smol::Timer::at(deadline))
+    }
+
+    fn reset_timer(timer: &mut Self::Timer, deadline: Instant) {
+        timer.0.set_at(deadline);
+    }
+
+    async fn connect(addr: &str) -> io::Result<Self::Tcp> {
+        let tcp = smol::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    async fn bind(addr: SocketAddr) -> io::Result<Self::Listener> {
+        smol::net::TcpListener::bind(addr).await
+    }
+
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Tcp, SocketAddr)> {
+        let (tcp, peer) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        Ok((tcp, peer))
+    }
+
+    fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr> {
+        listener.local_addr()
+    }
+}
+
+/// An AnyTLS client on smol. See [`anytls_io::Client`].
+pub type Client = anytls_io::Client<Smol>;
+/// An AnyTLS server on smol. See [`anytls_io::Server`].
+pub type Server = anytls_io::Server<Smol>;
+/// A new stream on a smol server. See [`anytls_io::IncomingStream`].
+pub type IncomingStream = anytls_io::IncomingStream<Smol>;
+
+/// The built-in handler: dial the destination over TCP and relay both ways.
+pub async fn relay_tcp(req: IncomingStream, connect_timeout: std::time::Duration) {
+    anytls_io::relay_tcp(req, connect_timeout).await
+}
+
+pub mod socks5 {
+    //! A local SOCKS5 server in front of a [`Client`](crate::Client); see
+    //! [`anytls_io::socks5`].
+    pub use anytls_io::socks5::*;
+
+    use anytls_io::SocksAddr;
+    use smol::net::{AsyncToSocketAddrs, TcpStream};
+
+    /// Connects to `dest` through the SOCKS5 proxy at `proxy`.
+    pub async fn socks5_connect(
+        proxy: impl AsyncToSocketAddrs,
+        dest: impl Into<SocksAddr>,
+    ) -> Result<TcpStream, Socks5Error> {
+        let mut tcp = TcpStream::connect(proxy).await?;
+        tcp.set_nodelay(true)?;
+        connect_handshake(&mut tcp, &dest.into()).await?;
+        Ok(tcp)
+    }
+}
