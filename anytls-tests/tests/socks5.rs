@@ -1,30 +1,50 @@
 //! SOCKS5 end to end through the library on 127.0.0.1: application -> SOCKS5
-//! listener -> Client -> Server -> TCP target. Every wait is bounded.
+//! listener -> Client -> Server -> TCP target, for every runtime pair (C runs
+//! the client and its SOCKS5 listener, S the server). Every wait is bounded.
 
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anytls_tokio::socks5::wire::{self, Reply};
-use anytls_tokio::socks5::{
-    Socks5Config, Socks5Error, serve_socks5, serve_socks5_with, socks5_connect,
+use anytls_io::socks5::wire::{self, Reply};
+use anytls_io::socks5::{Socks5Config, Socks5Error, serve_socks5, serve_socks5_with};
+use anytls_io::{
+    Client, ClientConfig, Host, Identity, Server, ServerConfig, ShutdownHandle, SocksAddr,
+    Verification, timeout,
 };
-use anytls_tokio::{
-    Client, ClientConfig, Host, Identity, Server, ServerConfig, SocksAddr, Verification,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
+use anytls_tests::TestRuntime;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(10);
 
-async fn echo_target() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// Connections an echo target serves at most before its thread ends.
+const ECHO_MAX_CONNS: usize = 16;
+
+/// A runtime-free echo target: a thread accepting up to [`ECHO_MAX_CONNS`]
+/// connections, each echoed on its own thread until EOF or [`STEP`] of silence.
+fn echo_target() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = timeout(STEP, tokio::io::copy(&mut r, &mut w)).await;
+    std::thread::spawn(move || {
+        for _ in 0..ECHO_MAX_CONNS {
+            let Ok((mut s, _)) = l.accept() else {
+                return;
+            };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(STEP));
+                let _ = s.set_write_timeout(Some(STEP));
+                let mut buf = [0u8; 16 * 1024];
+                // At most a few MiB per connection; the tests send ~1 KiB.
+                for _ in 0..1024 {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
             });
         }
     });
@@ -32,74 +52,118 @@ async fn echo_target() -> SocketAddr {
 }
 
 /// A port on 127.0.0.1 that nothing listens on.
-async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
 
-struct Fixture {
-    client: Client,
+struct Fixture<C: TestRuntime> {
+    client: Client<C>,
+    stop: ShutdownHandle,
     /// SOCKS5 with the default settings (reply at once).
     socks: SocketAddr,
     /// SOCKS5 waiting up to 5 s for the server's verdict.
     socks_verdict: SocketAddr,
 }
 
-async fn fixture() -> Fixture {
+impl<C: TestRuntime> Drop for Fixture<C> {
+    fn drop(&mut self) {
+        self.client.close();
+        self.stop.shutdown();
+    }
+}
+
+async fn fixture<C: TestRuntime, S: TestRuntime>() -> Fixture<C> {
     let id = Identity::self_signed(&["localhost".into()]).unwrap();
     let pin = id.leaf_sha256().unwrap();
-    let server = Server::bind("127.0.0.1:0", ServerConfig::new("socks-pw", id))
+    let server = Server::<S>::bind("127.0.0.1:0", ServerConfig::new("socks-pw", id))
         .await
         .unwrap();
     let addr = server.local_addr().unwrap();
-    tokio::spawn(server.serve());
+    let stop = server.shutdown_handle();
+    S::spawn(async move {
+        let _ = server.serve().await;
+    });
     let mut cfg = ClientConfig::new(addr.to_string(), "socks-pw");
     cfg.sni = Some("localhost".into());
     cfg.verification = Verification::Pin(pin);
-    let client = Client::new(cfg).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let socks = l.local_addr().unwrap();
-    tokio::spawn(serve_socks5(l, client.clone()));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let socks_verdict = l.local_addr().unwrap();
+    let client = Client::<C>::new(cfg).unwrap();
+
+    let l = C::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let socks = C::local_addr(&l).unwrap();
+    let c = client.clone();
+    C::spawn(async move {
+        let _ = serve_socks5(l, c).await;
+    });
+
+    let l = C::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let socks_verdict = C::local_addr(&l).unwrap();
     let cfg = Socks5Config {
         verdict_wait: Duration::from_secs(5),
         ..Socks5Config::default()
     };
-    tokio::spawn(serve_socks5_with(l, client.clone(), cfg));
+    let c = client.clone();
+    C::spawn(async move {
+        let _ = serve_socks5_with(l, c, cfg).await;
+    });
     Fixture {
         client,
+        stop,
         socks,
         socks_verdict,
     }
 }
 
-async fn echo_1k(mut s: TcpStream, seed: u8) {
+/// Connects through the SOCKS5 proxy at `socks` with the client runtime's
+/// sockets (the library's own SOCKS5 client), within [`STEP`].
+async fn socks5_connect<C: TestRuntime>(
+    socks: SocketAddr,
+    dest: impl Into<SocksAddr>,
+) -> Result<C::Tcp, Socks5Error> {
+    timeout::<C, _>(
+        STEP,
+        anytls_io::socks5::socks5_connect::<C>(&socks.to_string(), dest),
+    )
+    .await
+    .expect("SOCKS5 connect timed out")
+}
+
+/// A plain connection to the SOCKS5 listener, for raw bytes.
+async fn raw_connect<C: TestRuntime>(socks: SocketAddr) -> C::Tcp {
+    timeout::<C, _>(STEP, C::connect(&socks.to_string()))
+        .await
+        .expect("connect timed out")
+        .unwrap()
+}
+
+async fn echo_1k<C: TestRuntime>(mut s: C::Tcp, seed: u8) {
     let data: Vec<u8> = (0..1024u32)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect();
-    s.write_all(&data).await.unwrap();
     let mut back = vec![0u8; data.len()];
-    timeout(STEP, s.read_exact(&mut back))
-        .await
-        .expect("echo timed out")
-        .unwrap();
+    timeout::<C, _>(STEP, async {
+        s.write_all(&data).await?;
+        s.read_exact(&mut back).await
+    })
+    .await
+    .expect("echo timed out")
+    .unwrap();
     assert_eq!(back, data, "echo differs");
 }
 
 /// Greeting, request and 1 KiB of data in one write (an optimistic client),
 /// then the 12-byte method choice and reply, then the echo.
-async fn pipelined_echo_1k(socks: SocketAddr, dest: &SocksAddr, seed: u8) {
+async fn pipelined_echo_1k<C: TestRuntime>(socks: SocketAddr, dest: &SocksAddr, seed: u8) {
     let data: Vec<u8> = (0..1024u32).map(|k| (k as u8) ^ seed).collect();
-    let mut s = TcpStream::connect(socks).await.unwrap();
+    let mut s = raw_connect::<C>(socks).await;
     let mut msg = vec![5, 1, 0];
     msg.extend(wire::encode_request(wire::CMD_CONNECT, dest).unwrap());
     msg.extend_from_slice(&data);
-    s.write_all(&msg).await.unwrap();
     let mut head = [0u8; 12];
     let mut back = vec![0u8; data.len()];
-    let t = std::time::Instant::now();
-    timeout(STEP, async {
+    let t = Instant::now();
+    timeout::<C, _>(STEP, async {
+        s.write_all(&msg).await?;
         s.read_exact(&mut head).await?;
         s.read_exact(&mut back).await
     })
@@ -111,14 +175,14 @@ async fn pipelined_echo_1k(socks: SocketAddr, dest: &SocksAddr, seed: u8) {
     // With a verdict wait, the target's first bytes end the wait at once.
     assert!(
         t.elapsed() < Duration::from_secs(4),
-        "the wait should end early"
+        "the wait should end early ({dest}: {:?})",
+        t.elapsed()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_ipv4_ipv6_and_domain_destinations() {
-    let f = fixture().await;
-    let target = echo_target().await;
+async fn connect_ipv4_ipv6_and_domain_destinations<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let target = echo_target();
     let port = target.port();
     let dests = [
         // ATYP 0x01.
@@ -133,17 +197,16 @@ async fn connect_ipv4_ipv6_and_domain_destinations() {
         SocksAddr::domain("127.0.0.1", port),
     ];
     for (i, dest) in dests.iter().enumerate() {
-        let s = timeout(STEP, socks5_connect(f.socks, dest.clone()))
+        let s = socks5_connect::<C>(f.socks, dest.clone())
             .await
-            .expect("SOCKS5 connect timed out")
             .unwrap_or_else(|e| panic!("{dest}: {e}"));
-        echo_1k(s, i as u8).await;
+        echo_1k::<C>(s, i as u8).await;
     }
     // With a verdict wait, data the application sends along with the request
     // (optimistic clients) reaches the target, and the target's first bytes
     // end the wait at once.
     for (i, dest) in dests.iter().enumerate() {
-        pipelined_echo_1k(f.socks_verdict, dest, i as u8).await;
+        pipelined_echo_1k::<C>(f.socks_verdict, dest, i as u8).await;
     }
     // Sessions were reused across the requests.
     let st = f.client.stats();
@@ -151,45 +214,41 @@ async fn connect_ipv4_ipv6_and_domain_destinations() {
     assert_eq!(st.dial_failures, 0, "{st:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_destination_gets_a_failure_reply() {
-    let f = fixture().await;
-    let closed = closed_port().await;
-    let res = timeout(STEP, socks5_connect(f.socks_verdict, closed))
-        .await
-        .expect("no reply in time");
-    match res {
+async fn refused_destination_gets_a_failure_reply<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let closed = closed_port();
+    match socks5_connect::<C>(f.socks_verdict, closed).await {
         Err(Socks5Error::Reply(Reply::ConnectionRefused)) => {}
-        other => panic!("expected a 'connection refused' reply, got {other:?}"),
+        other => panic!(
+            "expected a 'connection refused' reply, got {:?}",
+            other.map(|_| "a connection")
+        ),
     }
     // Without a verdict wait the reply is "succeeded" and the connection then
     // ends without data.
-    let mut s = timeout(STEP, socks5_connect(f.socks, closed))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut s = socks5_connect::<C>(f.socks, closed).await.unwrap();
     let mut buf = [0u8; 16];
-    let n = timeout(STEP, s.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = timeout::<C, _>(STEP, s.read(&mut buf))
+        .await
+        .expect("the connection should end")
+        .unwrap_or(0);
     assert_eq!(n, 0);
     // The listener still works afterwards.
-    let target = echo_target().await;
-    pipelined_echo_1k(f.socks_verdict, &SocksAddr::from(target), 7).await;
-    let s = timeout(STEP, socks5_connect(f.socks, target))
-        .await
-        .unwrap()
-        .unwrap();
-    echo_1k(s, 8).await;
+    let target = echo_target();
+    pipelined_echo_1k::<C>(f.socks_verdict, &SocksAddr::from(target), 7).await;
+    let s = socks5_connect::<C>(f.socks, target).await.unwrap();
+    echo_1k::<C>(s, 8).await;
 }
 
 /// Raw bytes: the exact replies of RFC 1928 for the cases we refuse.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protocol_replies_on_the_wire() {
-    let f = fixture().await;
+async fn protocol_replies_on_the_wire<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let socks = f.socks;
     let raw = |msg: Vec<u8>| async move {
-        let mut s = TcpStream::connect(f.socks).await.unwrap();
+        let mut s = raw_connect::<C>(socks).await;
         s.write_all(&msg).await.unwrap();
         let mut out = Vec::new();
-        let _ = timeout(STEP, s.read_to_end(&mut out))
+        let _ = timeout::<C, _>(STEP, s.read_to_end(&mut out))
             .await
             .expect("the listener should close the connection");
         out
@@ -210,25 +269,33 @@ async fn protocol_replies_on_the_wire() {
     assert_eq!(raw(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await, b"");
 
     // A success reply is 10 bytes with a bound address, then the data flows.
-    let target = echo_target().await;
-    let mut s = TcpStream::connect(f.socks).await.unwrap();
+    let target = echo_target();
+    let mut s = raw_connect::<C>(f.socks).await;
     let mut req = vec![5, 1, 0];
     req.extend(wire::encode_request(wire::CMD_CONNECT, &SocksAddr::from(target)).unwrap());
     req.extend_from_slice(b"early bytes");
     s.write_all(&req).await.unwrap();
     let mut head = [0u8; 12];
-    timeout(STEP, s.read_exact(&mut head))
+    timeout::<C, _>(STEP, s.read_exact(&mut head))
         .await
-        .unwrap()
+        .expect("no reply in time")
         .unwrap();
     assert_eq!(head, [5, 0, 5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     let mut echoed = [0u8; 11];
-    timeout(STEP, s.read_exact(&mut echoed))
+    timeout::<C, _>(STEP, s.read_exact(&mut echoed))
         .await
-        .unwrap()
+        .expect("no echo in time")
         .unwrap();
     assert_eq!(&echoed, b"early bytes");
 }
+
+anytls_tests::suite!(
+    connect_ipv4_ipv6_and_domain_destinations,
+    refused_destination_gets_a_failure_reply,
+    protocol_replies_on_the_wire,
+);
+
+// Runtime-free: the message formats and the error-to-reply mapping.
 
 #[test]
 fn wire_parsers_handle_partial_input() {
