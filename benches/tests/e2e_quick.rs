@@ -1,6 +1,7 @@
-//! Runs the end-to-end bench (`src/bin/e2e.rs`) with `--quick` and checks that
-//! it finishes and prints every row. Figures are never checked here: speed
-//! targets are reported by the bench, not asserted by timed tests.
+//! Runs the end-to-end bench (`src/bin/e2e.rs`) with `--quick --svg FILE` and
+//! checks that it finishes, prints every row and writes the chart. Figures are
+//! never checked here: speed targets are reported by the bench, not asserted
+//! by timed tests.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -11,8 +12,12 @@ const LIMIT: Duration = Duration::from_secs(240);
 
 #[test]
 fn quick_run_prints_every_row() {
+    let svg = std::env::temp_dir().join(format!("anytls-e2e-quick-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&svg);
     let mut child = Command::new(env!("CARGO_BIN_EXE_e2e"))
         .arg("--quick")
+        .arg("--svg")
+        .arg(&svg)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -59,8 +64,12 @@ fn quick_run_prints_every_row() {
         "cold    ours > ours",
         "warm    ours > ours",
         "reused  ours > ours",
+        "parallel downloads: ",
+        "peak RSS: ",
+        "ours > ours ",
         "client (ours)",
         "server (ours)",
+        "chart: ",
         "done in",
     ];
     for row in rows {
@@ -72,4 +81,29 @@ fn quick_run_prints_every_row() {
     // Every measured row carries a figure, and our paths all worked.
     assert!(!stdout.contains("failed"), "a path failed:\n{stdout}");
     assert!(!stdout.contains("problems"), "problems reported:\n{stdout}");
+
+    // The chart: an SVG document naming every path and case.
+    let text = std::fs::read_to_string(&svg)
+        .unwrap_or_else(|e| panic!("no chart at {}: {e}\nstdout:\n{stdout}", svg.display()));
+    let _ = std::fs::remove_file(&svg);
+    assert!(text.starts_with("<svg"), "not an SVG document:\n{text}");
+    assert!(
+        text.trim_end().ends_with("</svg>"),
+        "SVG cut short:\n{text}"
+    );
+    for name in [
+        "raw TLS",
+        "ours &gt; ours",
+        "reference TLS tunnel",
+        "download",
+        "upload",
+        "cold",
+        "warm",
+        "reused",
+        "Parallel downloads",
+        "peak RSS",
+        "MiB/s",
+    ] {
+        assert!(text.contains(name), "no {name:?} in the chart:\n{text}");
+    }
 }

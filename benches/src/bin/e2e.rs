@@ -10,10 +10,15 @@
 //! * First-request latency through SOCKS5: cold (new pool, no pre-warm), warm
 //!   (pre-warmed idle session, `ensure_idle_session=1`), reused (session back in
 //!   the pool), with a check that a warm request dialed nothing.
+//! * Parallel downloads: N downloads of M MiB at once through SOCKS5, our
+//!   client and our server (fresh processes); wall time, aggregate MiB/s and
+//!   the peak RSS of both processes during the run.
 //! * Memory per idle session: VmRSS growth of the client and the server
 //!   processes over S idle sessions.
 //! * Optionally other AnyTLS implementations given by path or command (shoes,
 //!   anytls-go, ...), side by side, or an already running SOCKS5 client.
+//!
+//! `--svg PATH` writes a chart of the figures (`e2e/svg.rs`, hand-written SVG).
 //!
 //! Our server, our client and the baseline TLS server each run in a child
 //! process of this binary (`e2e --role server|client|tls-server|...`), so RSS is
@@ -40,6 +45,14 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+// The crate root is this file, so the modules' paths are given.
+#[path = "e2e/parallel.rs"]
+mod parallel;
+#[path = "e2e/svg.rs"]
+mod svg;
+
+use parallel::{ParallelRun, parallel_run};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -84,6 +97,18 @@ struct Cli {
     /// Idle sessions of the memory test; 0 skips it [default: 1000; --quick: 100].
     #[arg(long, value_name = "N")]
     sessions: Option<usize>,
+    /// Parallel downloads: this many at once through SOCKS5, our client and
+    /// our server, with the peak RSS of both; 0 skips them [default: 100;
+    /// --quick: 20].
+    #[arg(long, value_name = "N")]
+    parallel: Option<usize>,
+    /// MiB per parallel download [default: 10; --quick: 1].
+    #[arg(long, value_name = "MIB")]
+    parallel_mib: Option<u64>,
+    /// Write a chart (SVG) of throughput, first-request latency and the
+    /// parallel downloads' peak RSS to this file.
+    #[arg(long, value_name = "PATH")]
+    svg: Option<PathBuf>,
     /// Also measure shoes (cfal/shoes, tested with 0.3.2) at this path: its
     /// client and server together, with ours, and its server's memory.
     #[arg(long, value_name = "PATH")]
@@ -717,6 +742,8 @@ struct Settings {
     reps: usize,
     rounds: usize,
     sessions: usize,
+    parallel: usize,
+    parallel_mib: u64,
     batch: usize,
     settle: Duration,
 }
@@ -878,6 +905,8 @@ enum Route {
 /// A throughput path and its samples (MiB/s), or why it failed.
 struct PathRun {
     label: String,
+    /// The label in the chart.
+    short: String,
     route: Route,
     dl: Result<Vec<f64>, String>,
     ul: Result<Vec<f64>, String>,
@@ -886,9 +915,10 @@ struct PathRun {
 }
 
 impl PathRun {
-    fn new(label: impl Into<String>, route: Route) -> PathRun {
+    fn new(label: impl Into<String>, short: impl Into<String>, route: Route) -> PathRun {
         PathRun {
             label: label.into(),
+            short: short.into(),
             route,
             dl: Ok(Vec::new()),
             ul: Ok(Vec::new()),
@@ -1164,6 +1194,8 @@ async fn bench(cli: &Cli) -> Res<()> {
         reps: cli.reps.unwrap_or(if q { 1 } else { 5 }).max(1),
         rounds: cli.rounds.unwrap_or(if q { 3 } else { 9 }).max(1),
         sessions: cli.sessions.unwrap_or(if q { 100 } else { 1000 }),
+        parallel: cli.parallel.unwrap_or(if q { 20 } else { 100 }),
+        parallel_mib: cli.parallel_mib.unwrap_or(if q { 1 } else { 10 }).max(1),
         batch: if q { 50 } else { 100 },
         settle: Duration::from_millis(if q { 100 } else { 500 }),
     };
@@ -1215,18 +1247,17 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
         pat: pattern().into(),
     };
 
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("anytls-rs end-to-end bench: 127.0.0.1 only, {cpus} CPUs, {build} build");
     println!(
-        "anytls-rs end-to-end bench: 127.0.0.1 only, {} CPUs, {} build",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-    println!(
-        "  {} MiB each way per throughput run, median of {}; latency median/min of {}; {} idle sessions",
-        s.mib, s.reps, s.rounds, s.sessions
+        "  {} MiB each way per throughput run, median of {}; latency median/min of {}; \
+         {} x {} MiB parallel downloads; {} idle sessions",
+        s.mib, s.reps, s.rounds, s.parallel, s.parallel_mib, s.sessions
     );
 
     // ---- processes for throughput and latency
@@ -1290,14 +1321,17 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     let mut paths = vec![
         PathRun::new(
             "raw TLS 1.3, one connection",
+            "raw TLS (one connection)",
             Route::Tls(tls_addr, connector),
         ),
         PathRun::new(
             "ours: SOCKS5>client>TLS>server>target",
+            "ours > ours (SOCKS5, client, server)",
             Route::Socks(our_socks),
         ),
         PathRun::new(
             "reference: TCP>TLS tunnel>TCP, no AnyTLS",
+            "reference TLS tunnel (no AnyTLS)",
             Route::Tcp(tunnel_addr),
         ),
     ];
@@ -1322,7 +1356,8 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
                 Ok(Some((c, socks))) => {
                     keep.push(c);
                     let label = format!("{0} client > {0} server", peer.name);
-                    paths.push(PathRun::new(label, Route::Socks(socks)));
+                    let short = format!("{0} > {0}", peer.name);
+                    paths.push(PathRun::new(label, short, Route::Socks(socks)));
                     steady.push((format!("{0} > {0}", peer.name), socks));
                 }
                 Ok(None) => {}
@@ -1331,7 +1366,8 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
             match ctx.our_client(addr, false).await {
                 Ok((c, socks)) => {
                     let label = format!("our client > {} server", peer.name);
-                    paths.push(PathRun::new(label, Route::Socks(socks)));
+                    let short = format!("ours > {}", peer.name);
+                    paths.push(PathRun::new(label, short, Route::Socks(socks)));
                     ours_to_peer.push((peer.name.clone(), c, socks));
                 }
                 Err(e) => problems.push(format!("our client with {} server: {e}", peer.name)),
@@ -1341,7 +1377,8 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
             Ok(Some((c, socks))) => {
                 keep.push(c);
                 let label = format!("{} client > our server", peer.name);
-                paths.push(PathRun::new(label, Route::Socks(socks)));
+                let short = format!("{} > ours", peer.name);
+                paths.push(PathRun::new(label, short, Route::Socks(socks)));
                 steady.push((format!("{} > ours", peer.name), socks));
             }
             Ok(None) => {}
@@ -1350,7 +1387,11 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     }
     if let Some(socks) = cli.peer_socks5 {
         let label = format!("SOCKS5 {socks}");
-        paths.push(PathRun::new(label.clone(), Route::Socks(socks)));
+        paths.push(PathRun::new(
+            label.clone(),
+            label.clone(),
+            Route::Socks(socks),
+        ));
         steady.push((label, socks));
     }
 
@@ -1383,6 +1424,43 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     drop(tls_server);
     drop(tunnel_client);
     drop(tunnel_server);
+
+    // ---- parallel downloads: fresh processes for every pair.
+    let mut par: Vec<Result<ParallelRun, String>> = Vec::new();
+    if s.parallel > 0 {
+        let (count, mib) = (s.parallel, s.parallel_mib);
+        eprintln!("parallel downloads: {count} x {mib} MiB, ours > ours ...");
+        let r: Res<ParallelRun> = async {
+            let (srv, addr) = ctx.our_server().await?;
+            let (cl, socks) = ctx.our_client(addr, true).await?;
+            parallel_run("ours > ours", &cl, socks, &srv, &ctx, count, mib).await
+        }
+        .await;
+        par.push(r.map_err(|e| format!("parallel downloads, ours > ours: {e}")));
+        for peer in peers {
+            let name = &peer.name;
+            let label = match (&peer.server, &peer.client) {
+                (Some(_), Some(_)) => format!("{name} > {name}"),
+                (Some(_), None) => format!("ours > {name}"),
+                (None, Some(_)) => format!("{name} > ours"),
+                (None, None) => continue,
+            };
+            eprintln!("parallel downloads: {count} x {mib} MiB, {label} ...");
+            let r: Res<ParallelRun> = async {
+                let (srv, addr) = match peer.start_server(&ctx).await? {
+                    Some(x) => x,
+                    None => ctx.our_server().await?,
+                };
+                let (cl, socks) = match peer.start_client(&ctx, addr).await? {
+                    Some(x) => x,
+                    None => ctx.our_client(addr, false).await?,
+                };
+                parallel_run(&label, &cl, socks, &srv, &ctx, count, mib).await
+            }
+            .await;
+            par.push(r.map_err(|e| format!("parallel downloads, {label}: {e}")));
+        }
+    }
 
     // ---- memory: fresh processes that never moved bulk data.
     let mut mem = Vec::new();
@@ -1536,6 +1614,10 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
         }
     }
 
+    if s.parallel > 0 {
+        print_parallel(&par, s, &mut problems);
+    }
+
     if s.sessions > 0 {
         println!();
         println!(
@@ -1574,6 +1656,33 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
         }
     }
 
+    if let Some(path) = &cli.svg {
+        let notes = [
+            format!(
+                "127.0.0.1, {cpus} CPUs, {build} build; raw TLS and ours: rustls + ring, {suite}"
+            ),
+            format!(
+                "throughput: {} MiB each way, median of {}; latency: median of {}; \
+                 parallel: {} x {} MiB at once",
+                s.mib, s.reps, s.rounds, s.parallel, s.parallel_mib
+            ),
+        ];
+        let panels = chart_panels(&paths, &ours_lat, &peer_lat, &steady_lat, &par, s);
+        let text = svg::render("anytls-rs end-to-end bench", &notes, &panels);
+        let written = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, text));
+        match written {
+            Ok(()) => {
+                println!();
+                println!("chart: {}", path.display());
+            }
+            Err(e) => problems.push(format!("chart {}: {e}", path.display())),
+        }
+    }
+
     if !problems.is_empty() {
         println!();
         println!("problems");
@@ -1584,4 +1693,243 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     println!();
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn mib_of(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The parallel downloads' table.
+fn print_parallel(par: &[Result<ParallelRun, String>], s: &Settings, problems: &mut Vec<String>) {
+    use parallel::{TARGET_CLIENT_PEAK_MIB, TARGET_COUNT, TARGET_MIB, TARGET_SERVER_PEAK_MIB};
+    println!();
+    let mut head = format!(
+        "parallel downloads: {} x {} MiB at once through SOCKS5 (fresh client and server processes, every byte checked)",
+        s.parallel, s.parallel_mib
+    );
+    if (s.parallel, s.parallel_mib) != (TARGET_COUNT, TARGET_MIB) {
+        head += &format!("; the targets are for {TARGET_COUNT} x {TARGET_MIB} MiB");
+    }
+    println!("{head}");
+    let mut hows: Vec<parallel::PeakHow> = Vec::new();
+    for r in par.iter().flatten() {
+        for h in [r.client.how, r.server.how] {
+            if !hows.contains(&h) {
+                hows.push(h);
+            }
+        }
+    }
+    let mixed = hows.len() > 1;
+    for h in &hows {
+        let mark = if mixed && *h == parallel::PeakHow::Sampled {
+            " [sampled]"
+        } else {
+            ""
+        };
+        println!("  peak RSS{mark}: {}", h.describe());
+    }
+    println!(
+        "  {:<22} {:>9} {:>9} {:>24} {:>24}   target: peak below anytls-go ({TARGET_CLIENT_PEAK_MIB:.0} / {TARGET_SERVER_PEAK_MIB:.0} MiB)",
+        "client > server", "wall", "MiB/s", "client RSS start > peak", "server RSS start > peak"
+    );
+    for r in par {
+        match r {
+            Ok(r) => {
+                let rss = |p: &parallel::Peak| {
+                    let mark = if mixed && p.how == parallel::PeakHow::Sampled {
+                        " [sampled]"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{:.1} > {:.1} MiB{mark}",
+                        mib_of(p.start_kib),
+                        mib_of(p.peak_kib)
+                    )
+                };
+                let target = if r.label == "ours > ours" {
+                    let (c, v) = (mib_of(r.client.peak_kib), mib_of(r.server.peak_kib));
+                    format!(
+                        "client < {TARGET_CLIENT_PEAK_MIB:.0} MiB {}; server < {TARGET_SERVER_PEAK_MIB:.0} MiB {}",
+                        verdict(c < TARGET_CLIENT_PEAK_MIB),
+                        verdict(v < TARGET_SERVER_PEAK_MIB)
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {:<22} {:>7.2} s {:>9.1} {:>24} {:>24}   {target}",
+                    r.label,
+                    r.wall.as_secs_f64(),
+                    r.mibps,
+                    rss(&r.client),
+                    rss(&r.server)
+                );
+            }
+            Err(e) => {
+                println!("  {e}");
+                problems.push(e.clone());
+            }
+        }
+    }
+}
+
+const BLUE: &str = "#4e79a7";
+const ORANGE: &str = "#f28e2b";
+const RED: &str = "#e15759";
+const TEAL: &str = "#76b7b2";
+const GREEN: &str = "#59a14f";
+const YELLOW: &str = "#edc948";
+const DARK_BLUE: &str = "#1f3b63";
+const DARK_ORANGE: &str = "#9c4f00";
+
+fn series(v: &[(&str, &'static str)]) -> Vec<svg::Series> {
+    v.iter()
+        .map(|(name, color)| svg::Series {
+            name: (*name).to_owned(),
+            color,
+        })
+        .collect()
+}
+
+fn us(v: &[Duration]) -> Option<f64> {
+    (!v.is_empty()).then(|| median_d(v).as_secs_f64() * 1e6)
+}
+
+/// The chart: throughput, first-request latency, parallel downloads.
+fn chart_panels(
+    paths: &[PathRun],
+    ours_lat: &OurLatency,
+    peer_lat: &[(String, Res<OurLatency>)],
+    steady_lat: &[(String, Res<Vec<Duration>>)],
+    par: &[Result<ParallelRun, String>],
+    s: &Settings,
+) -> Vec<svg::Panel> {
+    let med = |r: &Result<Vec<f64>, String>| match r {
+        Ok(v) if !v.is_empty() => Some(median_f(v)),
+        _ => None,
+    };
+    let throughput = svg::Panel {
+        title: format!(
+            "Throughput, one transfer of {} MiB each way (median of {})",
+            s.mib, s.reps
+        ),
+        y_label: "MiB/s".into(),
+        series: series(&[("download", BLUE), ("upload", ORANGE)]),
+        groups: paths
+            .iter()
+            .map(|p| {
+                let values = vec![med(&p.dl), med(&p.ul)];
+                svg::Group {
+                    label: p.short.clone(),
+                    note: values.iter().all(Option::is_none).then(|| "failed".into()),
+                    values,
+                }
+            })
+            .collect(),
+        refs: Vec::new(),
+        decimals: 0,
+    };
+
+    let lat_group = |label: &str, l: &OurLatency| svg::Group {
+        label: label.to_owned(),
+        values: vec![us(&l.cold), us(&l.warm), us(&l.reused), None],
+        note: None,
+    };
+    let failed = |label: &str| svg::Group {
+        label: label.to_owned(),
+        values: vec![None; 4],
+        note: Some("failed".into()),
+    };
+    let mut lat = vec![lat_group("ours > ours", ours_lat)];
+    for (label, r) in peer_lat {
+        lat.push(match r {
+            Ok(l) => lat_group(label, l),
+            Err(_) => failed(label),
+        });
+    }
+    for (label, r) in steady_lat {
+        lat.push(match r {
+            Ok(v) => svg::Group {
+                label: label.clone(),
+                values: vec![None, None, None, us(v)],
+                note: None,
+            },
+            Err(_) => failed(label),
+        });
+    }
+    let mut lat_series = vec![
+        ("cold (new pool)", RED),
+        ("warm (pre-warmed session)", TEAL),
+        ("reused (pooled session)", GREEN),
+    ];
+    if !steady_lat.is_empty() {
+        lat_series.push(("steady (running client)", YELLOW));
+    }
+    let latency = svg::Panel {
+        title: format!(
+            "First-request latency through SOCKS5, {SMALL}-byte answer (median of {})",
+            s.rounds
+        ),
+        y_label: "µs".into(),
+        series: series(&lat_series),
+        groups: lat,
+        refs: Vec::new(),
+        decimals: 0,
+    };
+    let mut panels = vec![throughput, latency];
+
+    if s.parallel > 0 {
+        use parallel::{TARGET_CLIENT_PEAK_MIB, TARGET_SERVER_PEAK_MIB};
+        let groups = par
+            .iter()
+            .map(|r| match r {
+                Ok(r) => svg::Group {
+                    label: format!(
+                        "{}: {:.0} MiB/s, {:.2} s",
+                        r.label,
+                        r.mibps,
+                        r.wall.as_secs_f64()
+                    ),
+                    values: vec![
+                        Some(mib_of(r.client.peak_kib)),
+                        Some(mib_of(r.server.peak_kib)),
+                    ],
+                    note: None,
+                },
+                Err(e) => svg::Group {
+                    label: e
+                        .strip_prefix("parallel downloads, ")
+                        .and_then(|x| x.split(':').next())
+                        .unwrap_or("?")
+                        .to_owned(),
+                    values: vec![None, None],
+                    note: Some("failed".into()),
+                },
+            })
+            .collect();
+        panels.push(svg::Panel {
+            title: format!(
+                "Parallel downloads, {} x {} MiB at once: peak RSS",
+                s.parallel, s.parallel_mib
+            ),
+            y_label: "MiB".into(),
+            series: series(&[("client process", BLUE), ("server process", ORANGE)]),
+            groups,
+            refs: vec![
+                svg::RefLine {
+                    label: format!("anytls-go client peak ({TARGET_CLIENT_PEAK_MIB:.0} MiB)"),
+                    value: TARGET_CLIENT_PEAK_MIB,
+                    color: DARK_BLUE,
+                },
+                svg::RefLine {
+                    label: format!("anytls-go server peak ({TARGET_SERVER_PEAK_MIB:.0} MiB)"),
+                    value: TARGET_SERVER_PEAK_MIB,
+                    color: DARK_ORANGE,
+                },
+            ],
+            decimals: 1,
+        });
+    }
+    panels
 }
