@@ -47,12 +47,14 @@ use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 // The crate root is this file, so the modules' paths are given.
+#[path = "e2e/chart.rs"]
+mod chart;
 #[path = "e2e/parallel.rs"]
 mod parallel;
 #[path = "e2e/svg.rs"]
 mod svg;
 
-use parallel::{ParallelRun, parallel_run};
+use parallel::{ParallelRun, parallel_run, print_parallel};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -98,8 +100,8 @@ struct Cli {
     #[arg(long, value_name = "N")]
     sessions: Option<usize>,
     /// Parallel downloads: this many at once through SOCKS5, our client and
-    /// our server, with the peak RSS of both; 0 skips them [default: 100;
-    /// --quick: 20].
+    /// our server (and each peer's pair), with the peak RSS of the client and
+    /// the server; 0 skips them [default: 100; --quick: 20].
     #[arg(long, value_name = "N")]
     parallel: Option<usize>,
     /// MiB per parallel download [default: 10; --quick: 1].
@@ -1667,7 +1669,7 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
                 s.mib, s.reps, s.rounds, s.parallel, s.parallel_mib
             ),
         ];
-        let panels = chart_panels(&paths, &ours_lat, &peer_lat, &steady_lat, &par, s);
+        let panels = chart::panels(&paths, &ours_lat, &peer_lat, &steady_lat, &par, s);
         let text = svg::render("anytls-rs end-to-end bench", &notes, &panels);
         let written = path
             .parent()
@@ -1693,243 +1695,4 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     println!();
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-fn mib_of(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-/// The parallel downloads' table.
-fn print_parallel(par: &[Result<ParallelRun, String>], s: &Settings, problems: &mut Vec<String>) {
-    use parallel::{TARGET_CLIENT_PEAK_MIB, TARGET_COUNT, TARGET_MIB, TARGET_SERVER_PEAK_MIB};
-    println!();
-    let mut head = format!(
-        "parallel downloads: {} x {} MiB at once through SOCKS5 (fresh client and server processes, every byte checked)",
-        s.parallel, s.parallel_mib
-    );
-    if (s.parallel, s.parallel_mib) != (TARGET_COUNT, TARGET_MIB) {
-        head += &format!("; the targets are for {TARGET_COUNT} x {TARGET_MIB} MiB");
-    }
-    println!("{head}");
-    let mut hows: Vec<parallel::PeakHow> = Vec::new();
-    for r in par.iter().flatten() {
-        for h in [r.client.how, r.server.how] {
-            if !hows.contains(&h) {
-                hows.push(h);
-            }
-        }
-    }
-    let mixed = hows.len() > 1;
-    for h in &hows {
-        let mark = if mixed && *h == parallel::PeakHow::Sampled {
-            " [sampled]"
-        } else {
-            ""
-        };
-        println!("  peak RSS{mark}: {}", h.describe());
-    }
-    println!(
-        "  {:<22} {:>9} {:>9} {:>24} {:>24}   target: peak below anytls-go ({TARGET_CLIENT_PEAK_MIB:.0} / {TARGET_SERVER_PEAK_MIB:.0} MiB)",
-        "client > server", "wall", "MiB/s", "client RSS start > peak", "server RSS start > peak"
-    );
-    for r in par {
-        match r {
-            Ok(r) => {
-                let rss = |p: &parallel::Peak| {
-                    let mark = if mixed && p.how == parallel::PeakHow::Sampled {
-                        " [sampled]"
-                    } else {
-                        ""
-                    };
-                    format!(
-                        "{:.1} > {:.1} MiB{mark}",
-                        mib_of(p.start_kib),
-                        mib_of(p.peak_kib)
-                    )
-                };
-                let target = if r.label == "ours > ours" {
-                    let (c, v) = (mib_of(r.client.peak_kib), mib_of(r.server.peak_kib));
-                    format!(
-                        "client < {TARGET_CLIENT_PEAK_MIB:.0} MiB {}; server < {TARGET_SERVER_PEAK_MIB:.0} MiB {}",
-                        verdict(c < TARGET_CLIENT_PEAK_MIB),
-                        verdict(v < TARGET_SERVER_PEAK_MIB)
-                    )
-                } else {
-                    String::new()
-                };
-                println!(
-                    "  {:<22} {:>7.2} s {:>9.1} {:>24} {:>24}   {target}",
-                    r.label,
-                    r.wall.as_secs_f64(),
-                    r.mibps,
-                    rss(&r.client),
-                    rss(&r.server)
-                );
-            }
-            Err(e) => {
-                println!("  {e}");
-                problems.push(e.clone());
-            }
-        }
-    }
-}
-
-const BLUE: &str = "#4e79a7";
-const ORANGE: &str = "#f28e2b";
-const RED: &str = "#e15759";
-const TEAL: &str = "#76b7b2";
-const GREEN: &str = "#59a14f";
-const YELLOW: &str = "#edc948";
-const DARK_BLUE: &str = "#1f3b63";
-const DARK_ORANGE: &str = "#9c4f00";
-
-fn series(v: &[(&str, &'static str)]) -> Vec<svg::Series> {
-    v.iter()
-        .map(|(name, color)| svg::Series {
-            name: (*name).to_owned(),
-            color,
-        })
-        .collect()
-}
-
-fn us(v: &[Duration]) -> Option<f64> {
-    (!v.is_empty()).then(|| median_d(v).as_secs_f64() * 1e6)
-}
-
-/// The chart: throughput, first-request latency, parallel downloads.
-fn chart_panels(
-    paths: &[PathRun],
-    ours_lat: &OurLatency,
-    peer_lat: &[(String, Res<OurLatency>)],
-    steady_lat: &[(String, Res<Vec<Duration>>)],
-    par: &[Result<ParallelRun, String>],
-    s: &Settings,
-) -> Vec<svg::Panel> {
-    let med = |r: &Result<Vec<f64>, String>| match r {
-        Ok(v) if !v.is_empty() => Some(median_f(v)),
-        _ => None,
-    };
-    let throughput = svg::Panel {
-        title: format!(
-            "Throughput, one transfer of {} MiB each way (median of {})",
-            s.mib, s.reps
-        ),
-        y_label: "MiB/s".into(),
-        series: series(&[("download", BLUE), ("upload", ORANGE)]),
-        groups: paths
-            .iter()
-            .map(|p| {
-                let values = vec![med(&p.dl), med(&p.ul)];
-                svg::Group {
-                    label: p.short.clone(),
-                    note: values.iter().all(Option::is_none).then(|| "failed".into()),
-                    values,
-                }
-            })
-            .collect(),
-        refs: Vec::new(),
-        decimals: 0,
-    };
-
-    let lat_group = |label: &str, l: &OurLatency| svg::Group {
-        label: label.to_owned(),
-        values: vec![us(&l.cold), us(&l.warm), us(&l.reused), None],
-        note: None,
-    };
-    let failed = |label: &str| svg::Group {
-        label: label.to_owned(),
-        values: vec![None; 4],
-        note: Some("failed".into()),
-    };
-    let mut lat = vec![lat_group("ours > ours", ours_lat)];
-    for (label, r) in peer_lat {
-        lat.push(match r {
-            Ok(l) => lat_group(label, l),
-            Err(_) => failed(label),
-        });
-    }
-    for (label, r) in steady_lat {
-        lat.push(match r {
-            Ok(v) => svg::Group {
-                label: label.clone(),
-                values: vec![None, None, None, us(v)],
-                note: None,
-            },
-            Err(_) => failed(label),
-        });
-    }
-    let mut lat_series = vec![
-        ("cold (new pool)", RED),
-        ("warm (pre-warmed session)", TEAL),
-        ("reused (pooled session)", GREEN),
-    ];
-    if !steady_lat.is_empty() {
-        lat_series.push(("steady (running client)", YELLOW));
-    }
-    let latency = svg::Panel {
-        title: format!(
-            "First-request latency through SOCKS5, {SMALL}-byte answer (median of {})",
-            s.rounds
-        ),
-        y_label: "µs".into(),
-        series: series(&lat_series),
-        groups: lat,
-        refs: Vec::new(),
-        decimals: 0,
-    };
-    let mut panels = vec![throughput, latency];
-
-    if s.parallel > 0 {
-        use parallel::{TARGET_CLIENT_PEAK_MIB, TARGET_SERVER_PEAK_MIB};
-        let groups = par
-            .iter()
-            .map(|r| match r {
-                Ok(r) => svg::Group {
-                    label: format!(
-                        "{}: {:.0} MiB/s, {:.2} s",
-                        r.label,
-                        r.mibps,
-                        r.wall.as_secs_f64()
-                    ),
-                    values: vec![
-                        Some(mib_of(r.client.peak_kib)),
-                        Some(mib_of(r.server.peak_kib)),
-                    ],
-                    note: None,
-                },
-                Err(e) => svg::Group {
-                    label: e
-                        .strip_prefix("parallel downloads, ")
-                        .and_then(|x| x.split(':').next())
-                        .unwrap_or("?")
-                        .to_owned(),
-                    values: vec![None, None],
-                    note: Some("failed".into()),
-                },
-            })
-            .collect();
-        panels.push(svg::Panel {
-            title: format!(
-                "Parallel downloads, {} x {} MiB at once: peak RSS",
-                s.parallel, s.parallel_mib
-            ),
-            y_label: "MiB".into(),
-            series: series(&[("client process", BLUE), ("server process", ORANGE)]),
-            groups,
-            refs: vec![
-                svg::RefLine {
-                    label: format!("anytls-go client peak ({TARGET_CLIENT_PEAK_MIB:.0} MiB)"),
-                    value: TARGET_CLIENT_PEAK_MIB,
-                    color: DARK_BLUE,
-                },
-                svg::RefLine {
-                    label: format!("anytls-go server peak ({TARGET_SERVER_PEAK_MIB:.0} MiB)"),
-                    value: TARGET_SERVER_PEAK_MIB,
-                    color: DARK_ORANGE,
-                },
-            ],
-            decimals: 1,
-        });
-    }
-    panels
 }

@@ -1,0 +1,260 @@
+//! Parallel downloads: N downloads of M MiB at once through one SOCKS5
+//! client process and its server process; wall time, aggregate MiB/s and the
+//! peak RSS of both processes during the run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::{Ctx, MIB, Proc, Res, Route, STEP, Settings, download, fetch, open_and, verdict};
+
+/// Peaks of anytls-go in the same test (the performance issue): ours must
+/// stay below them.
+pub const TARGET_CLIENT_PEAK_MIB: f64 = 27.0;
+pub const TARGET_SERVER_PEAK_MIB: f64 = 22.0;
+/// The configuration the targets were measured with.
+pub const TARGET_COUNT: usize = 100;
+pub const TARGET_MIB: u64 = 10;
+
+/// Interval of the VmRSS sampling.
+const SAMPLE: Duration = Duration::from_millis(5);
+
+/// How a peak was measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PeakHow {
+    /// VmHWM after resetting it (`5` into `/proc/<pid>/clear_refs`) just
+    /// before the run.
+    Hwm,
+    /// The largest VmRSS seen, sampled every [`SAMPLE`] (the reset was
+    /// refused).
+    Sampled,
+}
+
+impl PeakHow {
+    pub fn describe(self) -> String {
+        match self {
+            PeakHow::Hwm => "VmHWM, reset just before the run".into(),
+            PeakHow::Sampled => format!(
+                "largest VmRSS sampled every {} ms (VmHWM reset refused)",
+                SAMPLE.as_millis()
+            ),
+        }
+    }
+}
+
+/// RSS of one process over a run, KiB.
+pub struct Peak {
+    pub start_kib: u64,
+    pub peak_kib: u64,
+    pub how: PeakHow,
+}
+
+pub struct ParallelRun {
+    /// "client > server".
+    pub label: String,
+    pub wall: Duration,
+    pub mibps: f64,
+    pub client: Peak,
+    pub server: Peak,
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Resets the peak RSS (VmHWM) of `pid` to its current RSS.
+fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// Samples the VmRSS of `pids` on its own thread (the runtime's workers are
+/// busy checking bytes) until `stop` is set or `limit` has passed; returns
+/// the largest value seen per pid.
+fn sampler(
+    pids: [u32; 2],
+    stop: Arc<AtomicBool>,
+    limit: Duration,
+) -> std::thread::JoinHandle<[u64; 2]> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        let mut max = [0u64; 2];
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            for (m, pid) in max.iter_mut().zip(pids) {
+                if let Some(k) = status_kib(pid, "VmRSS:") {
+                    *m = (*m).max(k);
+                }
+            }
+            std::thread::sleep(SAMPLE);
+        }
+        max
+    })
+}
+
+/// `count` downloads of `mib` MiB each, all at once, through the SOCKS5
+/// listener `socks` of `client`, which talks to `server`; every byte checked.
+pub async fn parallel_run(
+    label: &str,
+    client: &Proc,
+    socks: SocketAddr,
+    server: &Proc,
+    ctx: &Ctx,
+    count: usize,
+    mib: u64,
+) -> Res<ParallelRun> {
+    // One request first, so the TLS and relay code is paged in on both sides.
+    fetch(socks, ctx.target, &ctx.pat).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pids = [client.pid()?, server.pid()?];
+    let reset = pids.map(reset_hwm);
+    let start = pids.map(|p| status_kib(p, "VmRSS:").unwrap_or(0));
+    let n = mib * MIB;
+    // At least 4 MiB/s in all, or it is a failure.
+    let limit = STEP + Duration::from_secs(count as u64 * n / (4 * MIB));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampling = sampler(pids, stop.clone(), limit + STEP);
+
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..count {
+        let (pat, target) = (ctx.pat.clone(), ctx.target);
+        set.spawn(async move {
+            open_and(&Route::Socks(socks), target, move |s| async move {
+                download(s, &pat, n).await
+            })
+            .await
+        });
+    }
+    let done = tokio::time::timeout(limit, async {
+        let mut ok = 0usize;
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| format!("download task: {e}"))?
+                .map_err(|e| format!("download {} of {count}: {e}", ok + 1))?;
+            ok += 1;
+        }
+        Res::Ok(())
+    })
+    .await;
+    let wall = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sampled = sampling.join().map_err(|_| "the RSS sampler panicked")?;
+    // Dropping the set aborts whatever is left after a failure.
+    drop(set);
+    done.map_err(|_| format!("{count} downloads not done within {limit:?}"))??;
+
+    let peak = |i: usize| -> Peak {
+        let hwm = if reset[i] {
+            status_kib(pids[i], "VmHWM:")
+        } else {
+            None
+        };
+        match hwm {
+            Some(h) => Peak {
+                start_kib: start[i],
+                peak_kib: h.max(sampled[i]),
+                how: PeakHow::Hwm,
+            },
+            None => Peak {
+                start_kib: start[i],
+                peak_kib: sampled[i],
+                how: PeakHow::Sampled,
+            },
+        }
+    };
+    Ok(ParallelRun {
+        label: label.to_owned(),
+        wall,
+        mibps: (count as u64 * mib) as f64 / wall.as_secs_f64().max(1e-9),
+        client: peak(0),
+        server: peak(1),
+    })
+}
+
+pub fn mib_of(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The parallel downloads' table.
+pub fn print_parallel(
+    par: &[Result<ParallelRun, String>],
+    s: &Settings,
+    problems: &mut Vec<String>,
+) {
+    println!();
+    let mut head = format!(
+        "parallel downloads: {} x {} MiB at once through SOCKS5 (fresh client and server processes, every byte checked)",
+        s.parallel, s.parallel_mib
+    );
+    if (s.parallel, s.parallel_mib) != (TARGET_COUNT, TARGET_MIB) {
+        head += &format!("; the targets are for {TARGET_COUNT} x {TARGET_MIB} MiB");
+    }
+    println!("{head}");
+    let mut hows: Vec<PeakHow> = Vec::new();
+    for r in par.iter().flatten() {
+        for h in [r.client.how, r.server.how] {
+            if !hows.contains(&h) {
+                hows.push(h);
+            }
+        }
+    }
+    let mixed = hows.len() > 1;
+    for h in &hows {
+        let mark = if mixed && *h == PeakHow::Sampled {
+            " [sampled]"
+        } else {
+            ""
+        };
+        println!("  peak RSS{mark}: {}", h.describe());
+    }
+    println!(
+        "  {:<22} {:>9} {:>9} {:>24} {:>24}   target: peak below anytls-go ({TARGET_CLIENT_PEAK_MIB:.0} / {TARGET_SERVER_PEAK_MIB:.0} MiB)",
+        "client > server", "wall", "MiB/s", "client RSS start > peak", "server RSS start > peak"
+    );
+    for r in par {
+        match r {
+            Ok(r) => {
+                let rss = |p: &Peak| {
+                    let mark = if mixed && p.how == PeakHow::Sampled {
+                        " [sampled]"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{:.1} > {:.1} MiB{mark}",
+                        mib_of(p.start_kib),
+                        mib_of(p.peak_kib)
+                    )
+                };
+                let target = if r.label == "ours > ours" {
+                    let (c, v) = (mib_of(r.client.peak_kib), mib_of(r.server.peak_kib));
+                    format!(
+                        "client < {TARGET_CLIENT_PEAK_MIB:.0} MiB {}; server < {TARGET_SERVER_PEAK_MIB:.0} MiB {}",
+                        verdict(c < TARGET_CLIENT_PEAK_MIB),
+                        verdict(v < TARGET_SERVER_PEAK_MIB)
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {:<22} {:>7.2} s {:>9.1} {:>24} {:>24}   {target}",
+                    r.label,
+                    r.wall.as_secs_f64(),
+                    r.mibps,
+                    rss(&r.client),
+                    rss(&r.server)
+                );
+            }
+            Err(e) => {
+                println!("  {e}");
+                problems.push(e.clone());
+            }
+        }
+    }
+}
