@@ -281,7 +281,8 @@ async fn dial<R: Runtime>(
     let weak = Arc::downgrade(inner);
     let observer_weak = weak.clone();
     R::spawn(async move {
-        let end = drive::<R, _>(conn, tls, move |ev| {
+        // Boxed: the driver's state is allocated at its exact size.
+        let end = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| {
             let Some(inner) = observer_weak.upgrade() else {
                 return;
             };
@@ -299,7 +300,7 @@ async fn dial<R: Runtime>(
                 }
                 _ => {}
             }
-        })
+        }))
         .await;
         if let Some(inner) = weak.upgrade() {
             lock(&inner.sessions).remove(&seq);

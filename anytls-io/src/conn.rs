@@ -216,7 +216,7 @@ pub(crate) enum DriveEnd<IO> {
 /// deadlock waiting for each other to read.
 pub(crate) async fn drive<R, IO>(
     conn: Arc<Conn>,
-    mut tls: TlsIo<IO>,
+    mut tls: Box<TlsIo<IO>>,
     mut observer: impl FnMut(&Event) + Send,
 ) -> DriveEnd<IO>
 where
@@ -342,10 +342,7 @@ where
     }
     if let Some(replay) = fallback {
         if io_error.is_none() {
-            return DriveEnd::Fallback {
-                tls: Box::new(tls),
-                replay,
-            };
+            return DriveEnd::Fallback { tls, replay };
         }
     }
     if io_error.is_none() {

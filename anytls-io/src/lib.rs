@@ -33,7 +33,7 @@ pub use anytls_core::pool::{PoolConfig, PoolStats};
 pub use anytls_core::{Host, SocksAddr};
 pub use client::{Client, ClientConfig, ClientError};
 pub use conn::AnyTlsStream;
-pub use relay::relay;
+pub use relay::{relay, relay_stream};
 pub use runtime::{Runtime, sleep_until, timeout};
 pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp};
 pub use tls::{Identity, TlsError, Verification};

@@ -5,11 +5,16 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use futures_io::{AsyncRead, AsyncWrite};
 
-/// Relay buffer per direction: large enough that a busy relay moves full
-/// 64 KiB socket reads, allocated only when the direction first has data.
-const RELAY_BUF: usize = 64 * 1024;
+use crate::conn::AnyTlsStream;
+
+/// Largest relay read: a busy direction moves full 64 KiB socket reads.
+const MAX_BUF: usize = 64 * 1024;
+/// First read size: a quiet direction (most connections are mostly one-way)
+/// costs no more than this.
+const MIN_BUF: usize = 8 * 1024;
 
 /// One direction of a relay.
 struct Half {
@@ -58,14 +63,16 @@ impl Half {
                 return Pin::new(&mut *to).poll_close(cx);
             }
             if self.buf.is_empty() {
-                self.buf = vec![0; RELAY_BUF];
+                self.buf = vec![0; MIN_BUF];
+            } else if self.len == self.buf.len() && self.buf.len() < MAX_BUF {
+                // The last read filled the buffer: read more at once.
+                self.buf = vec![0; self.buf.len() * 2];
             }
+            self.pos = 0;
+            self.len = 0;
             match Pin::new(&mut *from).poll_read(cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => self.read_done = true,
-                Poll::Ready(Ok(n)) => {
-                    self.pos = 0;
-                    self.len = n;
-                }
+                Poll::Ready(Ok(n)) => self.len = n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     // Nothing buffered: flush what the writer holds.
@@ -96,4 +103,72 @@ where
     })
     .await?;
     Ok((up.moved, down.moved))
+}
+
+/// Stream data on its way out of an AnyTLS stream: chunks straight from the
+/// session's receive queue, written without another copy.
+struct ChunkHalf {
+    pending: Bytes,
+    read_done: bool,
+    moved: u64,
+}
+
+impl ChunkHalf {
+    fn poll_copy<B>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut AnyTlsStream,
+        to: &mut B,
+    ) -> Poll<io::Result<()>>
+    where
+        B: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if !self.pending.is_empty() {
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.pending))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                let _ = self.pending.split_to(n);
+                self.moved += n as u64;
+                continue;
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                return Pin::new(&mut *to).poll_close(cx);
+            }
+            match from.poll_read_chunk(cx) {
+                Poll::Ready(Ok(Some(b))) => self.pending = b,
+                Poll::Ready(Ok(None)) => self.read_done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// [`relay`] between an AnyTLS stream and another byte stream; data from the
+/// AnyTLS stream goes out without passing through a relay buffer. Returns the
+/// bytes moved `stream -> other` and `other -> stream`.
+pub async fn relay_stream<B>(stream: &mut AnyTlsStream, other: &mut B) -> io::Result<(u64, u64)>
+where
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut down = ChunkHalf {
+        pending: Bytes::new(),
+        read_done: false,
+        moved: 0,
+    };
+    let mut up = Half::new();
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = down.poll_copy(cx, stream, other) {
+            return Poll::Ready(r);
+        }
+        up.poll_copy(cx, other, stream)
+    })
+    .await?;
+    Ok((down.moved, up.moved))
 }

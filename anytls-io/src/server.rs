@@ -14,7 +14,7 @@ use anytls_core::{Authenticator, Event, PaddingScheme, SessionLimits, SocksAddr,
 use futures_lite::AsyncWriteExt;
 
 use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
-use crate::relay::relay;
+use crate::relay::{relay, relay_stream};
 use crate::runtime::{Runtime, Switch, lock, sleep_until, timeout};
 use crate::tls::{Identity, TlsError, server_config};
 use crate::tls_io::TlsIo;
@@ -158,7 +158,7 @@ pub async fn relay_tcp<R: Runtime>(req: IncomingStream<R>, connect_timeout: Dura
         }
     };
     let mut stream = req.accept();
-    let _ = relay(&mut stream, &mut tcp).await;
+    let _ = relay_stream(&mut stream, &mut tcp).await;
 }
 
 type Registry = Arc<std::sync::Mutex<Vec<std::sync::Weak<Conn>>>>;
@@ -299,7 +299,8 @@ impl<R: Runtime> Server<R> {
                 peer,
                 self.tls.clone(),
                 self.core.clone(),
-                self.cfg.clone(),
+                self.cfg.tls_handshake_timeout,
+                self.cfg.fallback,
                 handler.clone(),
                 self.active.clone(),
                 conns.clone(),
@@ -327,7 +328,8 @@ async fn serve_connection<R, H, F>(
     peer: SocketAddr,
     tls_config: Arc<rustls::ServerConfig>,
     core: Arc<anytls_core::ServerConfig>,
-    cfg: ServerConfig,
+    tls_handshake_timeout: Duration,
+    fallback: Option<SocketAddr>,
     handler: Arc<H>,
     active: Arc<AtomicUsize>,
     registry: Registry,
@@ -342,7 +344,10 @@ async fn serve_connection<R, H, F>(
         tls.handshake().await?;
         io::Result::Ok(tls)
     };
-    let tls = match timeout::<R, _>(cfg.tls_handshake_timeout, accept).await {
+    // Boxed futures here and below: the task's own state stays small, and
+    // each phase's memory is freed when the phase ends (an idle session keeps
+    // only the driver's).
+    let tls = match timeout::<R, _>(tls_handshake_timeout, Box::pin(accept)).await {
         Some(Ok(tls)) => tls,
         Some(Err(e)) => {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -385,18 +390,18 @@ async fn serve_connection<R, H, F>(
         });
     }
     let users = core.users.clone();
-    let end = drive::<R, _>(conn, tls, move |ev| {
+    let end = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| {
         if let Event::Authenticated { user: id } = ev {
             let name = users.user_name(*id).unwrap_or("");
             tracing::debug!(%peer, user = name, "authenticated");
             *lock(&user) = Arc::from(name);
         }
-    })
+    }))
     .await;
     active.fetch_sub(1, Ordering::Relaxed);
     match end {
         DriveEnd::Closed(reason) => tracing::debug!(%peer, "session ended: {reason}"),
-        DriveEnd::Fallback { mut tls, replay } => match cfg.fallback {
+        DriveEnd::Fallback { mut tls, replay } => match fallback {
             Some(addr) => {
                 tracing::debug!(%peer, "authentication failed: handing over to fallback {addr}");
                 let relay = async {
@@ -405,7 +410,7 @@ async fn serve_connection<R, H, F>(
                     relay(&mut tls, &mut fb).await?;
                     io::Result::Ok(())
                 };
-                if let Err(e) = relay.await {
+                if let Err(e) = Box::pin(relay).await {
                     tracing::debug!(%peer, "fallback relay ended: {e}");
                 }
             }

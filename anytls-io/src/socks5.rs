@@ -40,8 +40,9 @@ use std::time::Duration;
 use anytls_core::{Host, SocksAddr};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::AnyTlsStream;
 use crate::client::Client;
-use crate::relay::relay;
+use crate::relay::relay_stream;
 use crate::runtime::{Runtime, sleep_until, timeout};
 
 /// SOCKS5 messages (RFC 1928), without I/O.
@@ -420,9 +421,9 @@ where
     Ok((req.dest, buf))
 }
 
-/// Handles one SOCKS5 connection: handshake, `connect(dest)`, reply, relay.
-/// Generic over how the destination is reached, so it works with any stream.
-pub async fn handle_connection<R, F, Fut, S>(
+/// Handles one SOCKS5 connection: handshake, `connect(dest)` (which opens the
+/// AnyTLS stream, or fails with the error to reply with), reply, relay.
+pub async fn handle_connection<R, F, Fut>(
     mut local: R::Tcp,
     cfg: &Socks5Config,
     connect: F,
@@ -430,8 +431,7 @@ pub async fn handle_connection<R, F, Fut, S>(
 where
     R: Runtime,
     F: FnOnce(SocksAddr) -> Fut,
-    Fut: Future<Output = io::Result<S>>,
-    S: AsyncRead + AsyncWrite + Unpin,
+    Fut: Future<Output = io::Result<AnyTlsStream>>,
 {
     let (dest, early) = timeout::<R, _>(cfg.handshake_timeout, accept_handshake(&mut local))
         .await
@@ -454,7 +454,7 @@ where
         .write_all(&wire::encode_reply(Reply::Succeeded, None))
         .await?;
     // Until either side ends (see "Closing" in the module docs).
-    relay(&mut local, &mut remote).await?;
+    relay_stream(&mut remote, &mut local).await?;
     Ok(())
 }
 
@@ -483,7 +483,7 @@ pub async fn serve_socks5_with<R: Runtime>(
         let cfg = cfg.clone();
         R::spawn(async move {
             let wait = cfg.verdict_wait;
-            let res = handle_connection::<R, _, _, _>(tcp, &cfg, |dest| async move {
+            let res = handle_connection::<R, _, _>(tcp, &cfg, |dest| async move {
                 // A failure here is about the session to the AnyTLS server,
                 // not the destination: a general failure, whatever its kind.
                 let mut stream = client
