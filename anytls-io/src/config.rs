@@ -1122,8 +1122,9 @@ fn in_file(path: &Path, e: ConfigError) -> ConfigError {
     }
 }
 
-/// A random URL-safe password: 18 random bytes in unpadded base64url (24
-/// characters, 144 bits).
+/// A random URL-safe password: 18 random bytes as 24 characters of a 64-letter
+/// alphabet (144 bits): base64url with `.` in place of `-`, so that a password
+/// never starts like a command-line option.
 pub fn generate_password() -> std::io::Result<String> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._";
     let mut bytes = [0u8; 18];

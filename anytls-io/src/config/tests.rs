@@ -620,11 +620,15 @@ fn generated_passwords_are_url_safe() {
     let b = generate_password().unwrap();
     assert_eq!(a.len(), 24);
     assert_ne!(a, b);
-    assert!(
-        a.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-    );
-    assert_eq!(percent_encode(&a), a);
+    // No '-': a password must never look like a command-line option.
+    for p in (0..200).map(|_| generate_password().unwrap()) {
+        assert!(
+            p.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_'),
+            "{p}"
+        );
+        assert_eq!(percent_encode(&p), p);
+    }
 }
 
 #[test]
