@@ -39,9 +39,9 @@ pub struct SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
-            stream_recv_buffer: 256 * 1024,
+            stream_recv_buffer: 128 * 1024,
             session_recv_buffer: 2 * 1024 * 1024,
-            stream_send_buffer: 256 * 1024,
+            stream_send_buffer: 128 * 1024,
             session_send_buffer: 1024 * 1024,
             control_queue: 64 * 1024,
             max_streams: 1024,

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
 
 /// Largest socket read.
-const MAX_READ: usize = 64 * 1024;
+const MAX_READ: usize = 32 * 1024;
 /// Socket read size of a quiet connection.
 const MIN_READ: usize = 4 * 1024;
 
