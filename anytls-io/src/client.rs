@@ -262,8 +262,9 @@ async fn dial<R: Runtime>(
     let cfg = &inner.cfg;
     let tls = timeout::<R, _>(cfg.connect_timeout, async {
         let tcp = R::connect(&cfg.server).await?;
-        let session = rustls::ClientConnection::new(inner.tls.clone(), inner.name.clone())
-            .map_err(io::Error::other)?;
+        let session =
+            rustls::client::UnbufferedClientConnection::new(inner.tls.clone(), inner.name.clone())
+                .map_err(io::Error::other)?;
         let mut tls = TlsIo::new(tcp, session);
         tls.handshake().await?;
         io::Result::Ok(tls)

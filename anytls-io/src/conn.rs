@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::{Future, poll_fn};
-use std::io::{self, Write};
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
@@ -26,7 +26,7 @@ use crate::runtime::{Runtime, timeout};
 use crate::tls_io::TlsIo;
 
 /// Transmits encrypted in one batch (each is still its own TLS record(s)).
-const MAX_BATCH_BYTES: usize = 128 * 1024;
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 pub(crate) struct Shared {
     pub(crate) session: Session,
@@ -238,15 +238,15 @@ where
                 if g.session.poll_timeout().is_some_and(|t| t <= now) {
                     g.session.handle_timeout(now);
                 }
-                if !tls.tls.wants_write() && io_error.is_none() {
+                if !tls.has_pending_output() && io_error.is_none() {
                     let mut bytes = 0;
                     while bytes < MAX_BATCH_BYTES {
                         let Some(t) = g.session.poll_transmit(now, &mut out) else {
                             break;
                         };
                         bytes += t.len;
-                        // One write per transmit: its own TLS record(s).
-                        if let Err(e) = tls.tls.writer().write_all(&out) {
+                        // One encryption per transmit: its own TLS record(s).
+                        if let Err(e) = tls.encrypt(&out) {
                             g.session.close(now);
                             io_error = Some(e);
                         }
@@ -254,7 +254,9 @@ where
                     }
                 }
                 g.drain_events();
-                events.append(&mut g.observed);
+                // Taken, not appended: no event vector keeps its capacity
+                // on an idle session.
+                events = std::mem::take(&mut g.observed);
                 if !g
                     .driver_waker
                     .as_ref()
@@ -268,13 +270,13 @@ where
                     g.session.is_closed(),
                 )
             };
-            for ev in events.drain(..) {
+            for ev in std::mem::take(&mut events) {
                 if let Event::AuthRejected { replay } = &ev {
                     fallback = Some(replay.clone());
                 }
                 observer(&ev);
             }
-            if io_error.is_none() && tls.tls.wants_write() {
+            if io_error.is_none() && tls.has_pending_output() {
                 match tls.poll_flush_tls(cx) {
                     Poll::Ready(Ok(())) => progress = true,
                     Poll::Ready(Err(e)) => {
@@ -286,7 +288,7 @@ where
                     Poll::Pending => {}
                 }
             }
-            if closed && (io_error.is_some() || !tls.tls.wants_write()) {
+            if closed && (io_error.is_some() || !tls.has_pending_output()) {
                 return Poll::Ready(());
             }
             if wants_read && !closed && io_error.is_none() {
@@ -294,7 +296,9 @@ where
                     Poll::Ready(Ok(eof)) => {
                         let mut g = conn.lock();
                         if !tls.plain.is_empty() {
-                            let data = tls.plain.split();
+                            // Taken whole: the next read allocates afresh, so an idle
+                            // session keeps no half-used block alive.
+                            let data = std::mem::take(&mut tls.plain);
                             g.session.handle_input(Instant::now(), data);
                         }
                         if eof {

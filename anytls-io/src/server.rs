@@ -339,7 +339,8 @@ async fn serve_connection<R, H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let accept = async {
-        let session = rustls::ServerConnection::new(tls_config).map_err(io::Error::other)?;
+        let session = rustls::server::UnbufferedServerConnection::new(tls_config)
+            .map_err(io::Error::other)?;
         let mut tls = TlsIo::new(tcp, session);
         tls.handshake().await?;
         io::Result::Ok(tls)

@@ -1,31 +1,87 @@
-//! rustls driven directly over any `futures-io` socket.
+//! rustls driven directly over any `futures-io` socket, through rustls's
+//! unbuffered API: we own every buffer.
 //!
-//! We do not use tokio-rustls / futures-rustls for the data path: they write
-//! each `poll_write` to the socket on its own, so a batch of N transmits costs
-//! N syscalls. Here the driver encrypts a whole batch into the connection (one
-//! `writer().write_all` per transmit, so each transmit still becomes its own
-//! TLS record(s) and padding shapes reach the wire) and then writes all the
-//! records with one vectored write. Reads take up to 64 KiB from the socket at
-//! once and decrypt every record in it.
+//! Why not tokio-rustls / futures-rustls or rustls's buffered `Connection`:
+//! the stream wrappers write each `poll_write` to the socket on its own (a
+//! batch of N transmits costs N syscalls), and the buffered connection keeps a
+//! receive buffer of at least 4 KiB per connection forever. Here the driver
+//! encrypts a whole batch of transmits into one output buffer (one `encrypt`
+//! per transmit, so each transmit still becomes its own TLS record(s) and
+//! padding shapes reach the wire) and writes it with one `write`; reads take up
+//! to 32 KiB from the socket at once and decrypt every record in it; and an
+//! idle connection holds no buffer at all.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
 
 /// Largest socket read.
 const MAX_READ: usize = 32 * 1024;
 /// Socket read size of a quiet connection.
 const MIN_READ: usize = 4 * 1024;
+/// Largest TLS record on the wire (header, 2^14 + 256 bytes of ciphertext).
+const MAX_RECORD: usize = 5 + 16384 + 256;
+/// Incoming bytes held at most: a handshake message may span records up to
+/// 64 KiB (rustls's own limit), plus one record.
+const MAX_INCOMING: usize = 0x1_0000 + MAX_RECORD;
+/// After a batch smaller than this is written the output buffer goes, so a
+/// quiet session holds none; a busy one keeps reusing it.
+const KEEP_OUT: usize = 16 * 1024;
+/// Worst-case growth of application data when encrypted: per record, header
+/// (5), content type (1) and AEAD tag (16), with room to spare.
+const RECORD_OVERHEAD: usize = 64;
+
+/// The rustls connection, client or server side.
+pub(crate) enum Tls {
+    Client(Box<UnbufferedClientConnection>),
+    Server(Box<UnbufferedServerConnection>),
+}
+
+impl From<UnbufferedClientConnection> for Tls {
+    fn from(c: UnbufferedClientConnection) -> Tls {
+        Tls::Client(Box::new(c))
+    }
+}
+
+impl From<UnbufferedServerConnection> for Tls {
+    fn from(c: UnbufferedServerConnection) -> Tls {
+        Tls::Server(Box::new(c))
+    }
+}
+
+/// Where [`TlsIo::process`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// The handshake needs more input.
+    NeedInput,
+    /// Handshake done, every complete record processed; `encrypt` may run.
+    Traffic,
+    /// Both sides sent close_notify.
+    Closed,
+}
+
+/// Plaintext to encrypt in the `WriteTraffic` state.
+enum Job<'a> {
+    Nothing,
+    Data(&'a [u8]),
+    CloseNotify,
+}
 
 /// A rustls connection over a socket.
 pub(crate) struct TlsIo<IO> {
     pub(crate) io: IO,
-    pub(crate) tls: rustls::Connection,
-    /// Ciphertext read from the socket, `raw[start..end]` not yet given to rustls.
-    raw: Vec<u8>,
+    tls: Tls,
+    /// Ciphertext read from the socket: `inc[start..end]` not yet discarded by
+    /// rustls. `inc.len()` is the allocated, initialised size.
+    inc: Vec<u8>,
     start: usize,
     end: usize,
     read_size: usize,
@@ -33,71 +89,136 @@ pub(crate) struct TlsIo<IO> {
     eof: bool,
     /// The peer sent close_notify.
     peer_closed: bool,
+    /// The handshake is over.
+    traffic: bool,
+    /// Encrypted bytes to send: `out[pos..len]`; `out.len()` is the allocated,
+    /// initialised size.
+    out: Vec<u8>,
+    out_pos: usize,
+    out_len: usize,
     /// Decrypted bytes not yet taken.
     pub(crate) plain: BytesMut,
     close_notify_sent: bool,
 }
 
-/// The socket as a blocking `Read + Write` for rustls, with `Pending` as
-/// `WouldBlock`.
-struct SyncIo<'a, 'b, IO> {
-    io: &'a mut IO,
-    cx: &'a mut Context<'b>,
-}
-
-fn would_block<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
-    match p {
-        Poll::Ready(r) => r,
-        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> Write for SyncIo<'_, '_, IO> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        would_block(Pin::new(&mut *self.io).poll_write(self.cx, buf))
-    }
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        would_block(Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        would_block(Pin::new(&mut *self.io).poll_flush(self.cx))
-    }
-}
-
-fn invalid(e: rustls::Error) -> io::Error {
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// Grows `buf` (length = initialised size) so that `buf[at..]` holds `need`.
+/// Buffers are reused while a connection is busy, so this rarely reallocates.
+fn ensure_room(buf: &mut Vec<u8>, at: usize, need: usize) {
+    if buf.len() < at + need {
+        buf.resize((at + need).next_multiple_of(4096), 0);
+    }
+}
+
 impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
-    pub(crate) fn new(io: IO, tls: impl Into<rustls::Connection>) -> TlsIo<IO> {
+    pub(crate) fn new(io: IO, tls: impl Into<Tls>) -> TlsIo<IO> {
         TlsIo {
             io,
             tls: tls.into(),
-            raw: Vec::new(),
+            inc: Vec::new(),
             start: 0,
             end: 0,
             read_size: MIN_READ,
             eof: false,
             peer_closed: false,
+            traffic: false,
+            out: Vec::new(),
+            out_pos: 0,
+            out_len: 0,
             plain: BytesMut::new(),
             close_notify_sent: false,
         }
     }
 
-    /// Writes every pending TLS byte to the socket.
-    pub(crate) fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.tls.wants_write() {
-            let mut w = SyncIo {
-                io: &mut self.io,
-                cx,
+    /// Encrypted bytes wait to be written.
+    pub(crate) fn has_pending_output(&self) -> bool {
+        self.out_pos < self.out_len
+    }
+
+    /// Runs rustls over the buffered input until it needs more, decrypting
+    /// application data into `plain`, queueing handshake output in `out`, and
+    /// then doing `job` in the traffic state.
+    fn process(&mut self, mut job: Job<'_>) -> io::Result<Stop> {
+        loop {
+            let incoming = &mut self.inc[self.start..self.end];
+            let (discard, step) = match &mut self.tls {
+                Tls::Client(c) => step(
+                    c.process_tls_records(incoming),
+                    &mut self.plain,
+                    &mut self.out,
+                    &mut self.out_len,
+                    &mut job,
+                )?,
+                Tls::Server(c) => step(
+                    c.process_tls_records(incoming),
+                    &mut self.plain,
+                    &mut self.out,
+                    &mut self.out_len,
+                    &mut job,
+                )?,
             };
-            match self.tls.write_tls(&mut w) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-                Err(e) => return Poll::Ready(Err(e)),
+            self.start += discard;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            match step {
+                Step::Again => {}
+                Step::PeerClosed => self.peer_closed = true,
+                Step::Stop(s) => {
+                    if s == Stop::Traffic {
+                        self.traffic = true;
+                    }
+                    if let Job::Nothing = job {
+                        return Ok(s);
+                    }
+                    if s != Stop::Traffic {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotConnected,
+                            "TLS connection not ready for application data",
+                        ));
+                    }
+                }
             }
         }
+    }
+
+    /// Encrypts `data` as its own TLS record(s) into the output buffer.
+    pub(crate) fn encrypt(&mut self, data: &[u8]) -> io::Result<()> {
+        self.process(Job::Data(data)).map(|_| ())
+    }
+
+    /// Queues close_notify (once; only after the handshake).
+    pub(crate) fn send_close_notify(&mut self) {
+        if !self.close_notify_sent && self.traffic {
+            self.close_notify_sent = true;
+            if let Err(e) = self.process(Job::CloseNotify) {
+                tracing::debug!("close_notify: {e}");
+            }
+        }
+    }
+
+    /// Writes every pending TLS byte to the socket.
+    pub(crate) fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out_len {
+            let n = ready!(
+                Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..self.out_len])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        // A busy connection reuses its buffer (no reallocation, no zeroing);
+        // after a small batch the buffer goes, so a quiet one holds none.
+        if self.out_len < KEEP_OUT {
+            self.out = Vec::new();
+        }
+        self.out_pos = 0;
+        self.out_len = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -108,65 +229,70 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
     pub(crate) fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         // Plaintext decrypted earlier (e.g. with the handshake's last flight)
         // counts as progress: the caller takes it.
-        let mut progress = !self.plain.is_empty();
+        if !self.plain.is_empty() {
+            return Poll::Ready(Ok(false));
+        }
         loop {
-            if self.start < self.end {
-                let mut slice = &self.raw[self.start..self.end];
-                let n = self.tls.read_tls(&mut slice)?;
-                self.start += n;
-                let state = self.tls.process_new_packets().map_err(invalid)?;
-                let p = state.plaintext_bytes_to_read();
-                if p > 0 {
-                    let at = self.plain.len();
-                    self.plain.resize(at + p, 0);
-                    self.tls.reader().read_exact(&mut self.plain[at..])?;
-                }
-                if state.peer_has_closed() {
-                    self.peer_closed = true;
-                }
-                progress = true;
-                if n == 0 {
-                    // rustls took nothing: its buffer is full of a record it
-                    // cannot finish, which a valid peer never sends.
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "TLS record does not fit",
-                    )));
-                }
-                continue;
-            }
-            self.start = 0;
-            self.end = 0;
-            if progress {
-                return Poll::Ready(Ok(false));
-            }
             if self.eof || self.peer_closed {
                 return Poll::Ready(Ok(true));
             }
-            if self.raw.len() < self.read_size {
-                self.raw = vec![0; self.read_size];
+            // Room for the next read: at least a whole record after what is
+            // buffered (compacting first), `read_size` when the buffer is empty.
+            let held = self.end - self.start;
+            if self.start > 0 && held > 0 {
+                self.inc.copy_within(self.start..self.end, 0);
             }
-            let size = self.read_size;
-            match Pin::new(&mut self.io).poll_read(cx, &mut self.raw[..size]) {
+            self.start = 0;
+            self.end = held;
+            let want = if held == 0 {
+                self.read_size
+            } else {
+                MAX_RECORD.max(self.read_size)
+            };
+            if held + want > MAX_INCOMING {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS message too large",
+                )));
+            }
+            ensure_room(&mut self.inc, held, want);
+            let size = want.min(self.inc.len() - held);
+            match Pin::new(&mut self.io).poll_read(cx, &mut self.inc[held..held + size]) {
                 Poll::Pending => {
-                    if self.read_size == MIN_READ {
+                    if held == 0 && self.read_size == MIN_READ {
                         // Quiet: an idle connection pins no read buffer.
-                        self.raw = Vec::new();
+                        self.inc = Vec::new();
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    return Poll::Ready(Ok(true));
+                }
                 Poll::Ready(Ok(n)) => {
-                    self.end = n;
+                    self.end = held + n;
                     self.read_size = if n == size {
-                        (size * 2).min(MAX_READ)
+                        (size * 2).clamp(MIN_READ, MAX_READ)
                     } else if n < size / 4 {
                         MIN_READ
                     } else {
-                        size
+                        self.read_size
                     };
+                    let before = self.plain.len();
+                    let stop = self.process(Job::Nothing)?;
+                    if stop == Stop::Closed {
+                        self.peer_closed = true;
+                    }
+                    if self.plain.len() > before || !self.traffic || self.has_pending_output() {
+                        return Poll::Ready(Ok(false));
+                    }
+                    // Only part of a record (or a post-handshake message):
+                    // read on.
+                    if self.peer_closed {
+                        return Poll::Ready(Ok(true));
+                    }
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -175,12 +301,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
     pub(crate) async fn handshake(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| {
             loop {
-                let flushed = self.poll_flush_tls(cx)?;
-                if !self.tls.is_handshaking() {
-                    return flushed.map(Ok);
-                }
-                if flushed.is_pending() {
-                    return Poll::Pending;
+                let stop = self.process(Job::Nothing)?;
+                ready!(self.poll_flush_tls(cx))?;
+                match stop {
+                    Stop::Traffic => return Poll::Ready(Ok(())),
+                    Stop::Closed => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed during the TLS handshake",
+                        )));
+                    }
+                    Stop::NeedInput => {}
                 }
                 if ready!(self.poll_read_more(cx))? {
                     return Poll::Ready(Err(io::Error::new(
@@ -190,19 +321,99 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                 }
             }
         })
-        .await?;
-        // The driver bounds what it hands to the connection itself.
-        self.tls.set_buffer_limit(None);
-        Ok(())
+        .await
     }
+}
 
-    /// Queues close_notify (once).
-    pub(crate) fn send_close_notify(&mut self) {
-        if !self.close_notify_sent {
-            self.close_notify_sent = true;
-            self.tls.send_close_notify();
+/// What one `process_tls_records` round asks for next.
+enum Step {
+    Again,
+    PeerClosed,
+    Stop(Stop),
+}
+
+/// Handles one state of the unbuffered state machine; returns the bytes to
+/// discard from the front of the input and what to do next.
+fn step<Data>(
+    status: UnbufferedStatus<'_, '_, Data>,
+    plain: &mut BytesMut,
+    out: &mut Vec<u8>,
+    out_len: &mut usize,
+    job: &mut Job<'_>,
+) -> io::Result<(usize, Step)> {
+    let UnbufferedStatus { discard, state } = status;
+    let step = match state.map_err(invalid)? {
+        ConnectionState::ReadTraffic(mut r) => {
+            while let Some(rec) = r.next_record() {
+                plain.extend_from_slice(rec.map_err(invalid)?.payload);
+            }
+            Step::Again
         }
-    }
+        ConnectionState::EncodeTlsData(mut e) => {
+            let mut need = MAX_RECORD;
+            loop {
+                ensure_room(out, *out_len, need);
+                match e.encode(&mut out[*out_len..]) {
+                    Ok(n) => {
+                        *out_len += n;
+                        break;
+                    }
+                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                        need = required_size;
+                    }
+                    Err(e) => return Err(invalid(e)),
+                }
+            }
+            Step::Again
+        }
+        // The encoded bytes are in `out` and go out before anything encrypted
+        // later: as good as sent, for rustls.
+        ConnectionState::TransmitTlsData(t) => {
+            t.done();
+            Step::Again
+        }
+        ConnectionState::BlockedHandshake => Step::Stop(Stop::NeedInput),
+        ConnectionState::PeerClosed => Step::PeerClosed,
+        ConnectionState::Closed => Step::Stop(Stop::Closed),
+        ConnectionState::WriteTraffic(mut w) => {
+            match std::mem::replace(job, Job::Nothing) {
+                Job::Nothing => {}
+                Job::Data(data) => {
+                    let mut need = data.len() + (data.len() / 16384 + 1) * RECORD_OVERHEAD;
+                    loop {
+                        ensure_room(out, *out_len, need);
+                        match w.encrypt(data, &mut out[*out_len..]) {
+                            Ok(n) => {
+                                *out_len += n;
+                                break;
+                            }
+                            Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            })) if required_size > need => need = required_size,
+                            Err(e) => return Err(invalid(e)),
+                        }
+                    }
+                }
+                Job::CloseNotify => {
+                    ensure_room(out, *out_len, RECORD_OVERHEAD);
+                    *out_len += w
+                        .queue_close_notify(&mut out[*out_len..])
+                        .map_err(invalid)?;
+                }
+            }
+            Step::Stop(Stop::Traffic)
+        }
+        ConnectionState::ReadEarlyData(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected TLS early data",
+            ));
+        }
+        _ => {
+            return Err(io::Error::other("unknown TLS connection state"));
+        }
+    };
+    Ok((discard, step))
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<IO> {
@@ -217,6 +428,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<IO> {
                 let n = buf.len().min(this.plain.len());
                 buf[..n].copy_from_slice(&this.plain.split_to(n));
                 return Poll::Ready(Ok(n));
+            }
+            // Post-handshake answers (key updates) go out as reading goes on.
+            if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
+                return Poll::Ready(Err(e));
             }
             if buf.is_empty() || ready!(this.poll_read_more(cx))? {
                 return Poll::Ready(Ok(0));
@@ -235,7 +450,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<IO> {
         // Keep at most one write's worth of records queued.
         ready!(this.poll_flush_tls(cx))?;
         let n = buf.len().min(MAX_READ);
-        this.tls.writer().write_all(&buf[..n])?;
+        this.encrypt(&buf[..n])?;
         if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
             return Poll::Ready(Err(e));
         }

@@ -295,8 +295,9 @@ fn temp_dir<R: TestRuntime>(name: &str) -> PathBuf {
 }
 
 fn template(name: &str) -> String {
+    // Copies of shared/interop's templates, so a clone anywhere can run this.
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/interop")
+        .join("tests/peers")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
