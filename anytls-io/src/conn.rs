@@ -246,11 +246,13 @@ where
                         };
                         bytes += t.len;
                         // One encryption per transmit: its own TLS record(s).
-                        if let Err(e) = tls.encrypt(&out) {
+                        let res = tls.encrypt(&out);
+                        out.clear();
+                        if let Err(e) = res {
                             g.session.close(now);
                             io_error = Some(e);
+                            break;
                         }
-                        out.clear();
                     }
                 }
                 g.drain_events();

@@ -84,9 +84,12 @@ impl Half {
     }
 }
 
-/// Relays between `a` and `b` until either side ends, then closes the other
-/// (AnyTLS has no half-close: FIN ends a stream both ways). Returns the bytes
-/// moved `a -> b` and `b -> a`.
+/// Relays between two ordinary byte streams (no AnyTLS stream: see
+/// [`relay_stream`]) with half-close: when one side ends, the other's sending
+/// side is closed and the other direction goes on until it ends too. The
+/// server's fallback uses it, so a probe that half-closes after its request
+/// still gets the web server's whole answer. Returns the bytes moved `a -> b`
+/// and `b -> a`.
 pub async fn relay<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -94,12 +97,27 @@ where
 {
     let mut up = Half::new();
     let mut down = Half::new();
+    let (mut up_done, mut down_done) = (false, false);
     poll_fn(|cx| {
-        let u = up.poll_copy(cx, a, b);
-        if let Poll::Ready(r) = u {
-            return Poll::Ready(r);
+        // Both directions are polled every time: one waiting must not stall
+        // the other.
+        if !up_done {
+            if let Poll::Ready(r) = up.poll_copy(cx, a, b) {
+                r?;
+                up_done = true;
+            }
         }
-        down.poll_copy(cx, b, a)
+        if !down_done {
+            if let Poll::Ready(r) = down.poll_copy(cx, b, a) {
+                r?;
+                down_done = true;
+            }
+        }
+        if up_done && down_done {
+            Poll::Ready(io::Result::Ok(()))
+        } else {
+            Poll::Pending
+        }
     })
     .await?;
     Ok((up.moved, down.moved))

@@ -99,6 +99,7 @@ pub(crate) struct TlsIo<IO> {
     /// Decrypted bytes not yet taken.
     pub(crate) plain: BytesMut,
     close_notify_sent: bool,
+    failed: Option<io::ErrorKind>,
 }
 
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -130,6 +131,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             out_len: 0,
             plain: BytesMut::new(),
             close_notify_sent: false,
+            failed: None,
         }
     }
 
@@ -142,24 +144,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
     /// application data into `plain`, queueing handshake output in `out`, and
     /// then doing `job` in the traffic state.
     fn process(&mut self, mut job: Job<'_>) -> io::Result<Stop> {
+        if let Some(kind) = self.failed {
+            return Err(io::Error::new(kind, "TLS connection failed"));
+        }
         loop {
             let incoming = &mut self.inc[self.start..self.end];
-            let (discard, step) = match &mut self.tls {
+            let r = match &mut self.tls {
                 Tls::Client(c) => step(
                     c.process_tls_records(incoming),
                     &mut self.plain,
                     &mut self.out,
                     &mut self.out_len,
                     &mut job,
-                )?,
+                ),
                 Tls::Server(c) => step(
                     c.process_tls_records(incoming),
                     &mut self.plain,
                     &mut self.out,
                     &mut self.out_len,
                     &mut job,
-                )?,
+                ),
             };
+            let (discard, step) = r.inspect_err(|e| self.failed = Some(e.kind()))?;
             self.start += discard;
             if self.start == self.end {
                 self.start = 0;
@@ -232,6 +238,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
         if !self.plain.is_empty() {
             return Poll::Ready(Ok(false));
         }
+        if let Some(kind) = self.failed {
+            return Poll::Ready(Err(io::Error::new(kind, "TLS connection failed")));
+        }
         loop {
             if self.eof || self.peer_closed {
                 return Poll::Ready(Ok(true));
@@ -249,12 +258,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             } else {
                 MAX_RECORD.max(self.read_size)
             };
-            if held + want > MAX_INCOMING {
+            if held + MAX_RECORD > MAX_INCOMING {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "TLS message too large",
                 )));
             }
+            let want = want.min(MAX_INCOMING - held);
             ensure_room(&mut self.inc, held, want);
             let size = want.min(self.inc.len() - held);
             match Pin::new(&mut self.io).poll_read(cx, &mut self.inc[held..held + size]) {
@@ -268,6 +278,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
+                    if held > 0 {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed in the middle of a TLS record",
+                        )));
+                    }
                     return Poll::Ready(Ok(true));
                 }
                 Poll::Ready(Ok(n)) => {
@@ -280,11 +296,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                         self.read_size
                     };
                     let before = self.plain.len();
+                    let handshaking = !self.traffic;
                     let stop = self.process(Job::Nothing)?;
                     if stop == Stop::Closed {
                         self.peer_closed = true;
                     }
-                    if self.plain.len() > before || !self.traffic || self.has_pending_output() {
+                    if self.plain.len() > before || handshaking || self.has_pending_output() {
                         return Poll::Ready(Ok(false));
                     }
                     // Only part of a record (or a post-handshake message):
@@ -341,11 +358,13 @@ fn step<Data>(
     out_len: &mut usize,
     job: &mut Job<'_>,
 ) -> io::Result<(usize, Step)> {
-    let UnbufferedStatus { discard, state } = status;
+    let UnbufferedStatus { mut discard, state } = status;
     let step = match state.map_err(invalid)? {
         ConnectionState::ReadTraffic(mut r) => {
             while let Some(rec) = r.next_record() {
-                plain.extend_from_slice(rec.map_err(invalid)?.payload);
+                let rec = rec.map_err(invalid)?;
+                discard += rec.discard;
+                plain.extend_from_slice(rec.payload);
             }
             Step::Again
         }
@@ -429,7 +448,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<IO> {
                 buf[..n].copy_from_slice(&this.plain.split_to(n));
                 return Poll::Ready(Ok(n));
             }
-            // Post-handshake answers (key updates) go out as reading goes on.
+            // Output produced while reading (tickets, alerts) goes out too.
             if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
                 return Poll::Ready(Err(e));
             }
@@ -470,3 +489,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<IO> {
         Pin::new(&mut this.io).poll_close(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;
