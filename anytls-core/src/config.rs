@@ -41,12 +41,12 @@ impl Default for SessionLimits {
         SessionLimits {
             stream_recv_buffer: 128 * 1024,
             session_recv_buffer: 2 * 1024 * 1024,
-            stream_send_buffer: 128 * 1024,
+            stream_send_buffer: 64 * 1024,
             session_send_buffer: 1024 * 1024,
             control_queue: 64 * 1024,
             max_streams: 1024,
             frames: FrameLimits::default(),
-            max_write: 64 * 1024,
+            max_write: 32 * 1024,
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::runtime::{Runtime, timeout};
 use crate::tls_io::TlsIo;
 
 /// Transmits encrypted in one batch (each is still its own TLS record(s)).
-const MAX_BATCH_BYTES: usize = 64 * 1024;
+const MAX_BATCH_BYTES: usize = 32 * 1024;
 
 pub(crate) struct Shared {
     pub(crate) session: Session,

@@ -11,7 +11,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 use crate::conn::AnyTlsStream;
 
 /// Largest relay read: a busy direction moves full 64 KiB socket reads.
-const MAX_BUF: usize = 64 * 1024;
+const MAX_BUF: usize = 32 * 1024;
 /// First read size: a quiet direction (most connections are mostly one-way)
 /// costs no more than this.
 const MIN_BUF: usize = 8 * 1024;
