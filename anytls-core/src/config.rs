@@ -34,6 +34,18 @@ pub struct SessionLimits {
     pub frames: FrameLimits,
     /// Largest write (TLS plaintext handed over at once) once shaping is over.
     pub max_write: usize,
+    /// Received bytes a stream may buffer when it does not pause the session:
+    /// it shares the session with other streams (pausing would stall them:
+    /// AnyTLS has no per-stream flow control), or its reader made no progress
+    /// for `stalled_stream_timeout`. Past this the stream is reset (FIN to the
+    /// peer, [`Event::StreamReset`](crate::Event::StreamReset) to the owner), so
+    /// a reader that stops stalls only its own stream.
+    pub stream_recv_limit: usize,
+    /// How long a lone stream over `stream_recv_buffer` may pause the session
+    /// without its reader making progress; then the pause is lifted (see
+    /// `stream_recv_limit`). Bounds how long a dead reader can hold up streams
+    /// the session has not seen yet.
+    pub stalled_stream_timeout: std::time::Duration,
 }
 
 impl Default for SessionLimits {
@@ -47,6 +59,8 @@ impl Default for SessionLimits {
             max_streams: 1024,
             frames: FrameLimits::default(),
             max_write: 32 * 1024,
+            stream_recv_limit: 1024 * 1024,
+            stalled_stream_timeout: std::time::Duration::from_secs(5),
         }
     }
 }

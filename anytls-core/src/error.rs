@@ -200,6 +200,10 @@ pub enum StreamError {
     /// The server refused the stream (SYNACK with an error message).
     #[error("remote: {0}")]
     Refused(String),
+    /// The stream was reset locally: its reader fell too far behind (see
+    /// `SessionLimits::stream_recv_limit`).
+    #[error("stream reset: {0}")]
+    Reset(String),
     /// The session allows no more concurrent streams.
     #[error("too many streams on this session")]
     TooManyStreams,
@@ -265,6 +269,7 @@ impl From<StreamError> for std::io::Error {
         let kind = match &e {
             StreamError::Blocked => ErrorKind::WouldBlock,
             StreamError::Refused(_) => ErrorKind::ConnectionRefused,
+            StreamError::Reset(_) => ErrorKind::ConnectionReset,
             StreamError::Closed | StreamError::UnknownStream(_) => ErrorKind::BrokenPipe,
             StreamError::SessionClosed => ErrorKind::NotConnected,
             StreamError::BadAddress(_) => ErrorKind::InvalidInput,

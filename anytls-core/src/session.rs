@@ -110,6 +110,15 @@ pub enum Event {
         /// The server's message.
         reason: String,
     },
+    /// The stream was reset because its reader fell behind by more than
+    /// `SessionLimits::stream_recv_limit` while it could not pause the session.
+    /// FIN went to the peer; the stream is gone and its unread data dropped.
+    StreamReset {
+        /// The stream.
+        id: StreamId,
+        /// Why.
+        reason: String,
+    },
     /// The stream has data (or its EOF) to read.
     StreamReadable {
         /// The stream.
@@ -219,8 +228,11 @@ pub struct Session {
     /// Bytes queued in all streams' send queues.
     send_total: usize,
     /// A stream whose receive buffer went over its cap: input is paused until
-    /// it drains below.
+    /// it drains below (if it is the only stream and may pause).
     blocked_on: Option<StreamId>,
+    /// Since when input has been paused on `blocked_on` without its reader
+    /// making progress.
+    stalled_since: Option<Instant>,
     /// Streams with data or a FIN to send, in round-robin order.
     ready: VecDeque<StreamId>,
     /// Encoded control frames, sent before any data.
@@ -263,6 +275,7 @@ impl Session {
             recv_total: 0,
             send_total: 0,
             blocked_on: None,
+            stalled_since: None,
             ready: VecDeque::new(),
             control: BytesMut::new(),
             current: None,
@@ -416,6 +429,7 @@ impl Session {
             self.handshake_deadline,
             self.liveness_deadline,
             self.open_deadlines.first().map(|(t, _)| *t),
+            self.stall_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -497,6 +511,18 @@ impl Session {
             debug!("no frame since heartbeat: closing session");
             self.close_with(SessionError::HeartbeatTimeout);
             return;
+        }
+        if self.stall_deadline().is_some_and(|t| t <= now) {
+            // The reader is stuck: stop pausing the session for it (streams
+            // behind it may be waiting); it is reset if it overflows.
+            self.stalled_since = None;
+            if let Some(id) = self.blocked_on {
+                debug!(stream = id.0, "stream reader stalled: input resumes");
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.may_pause = false;
+                }
+            }
+            self.resume_input();
         }
         while let Some(&(t, id)) = self.open_deadlines.first() {
             if t > now {
@@ -637,6 +663,10 @@ impl Session {
         match stream.recv.pop() {
             Some(b) => {
                 self.recv_total -= b.len();
+                if self.blocked_on == Some(id) {
+                    // The reader made progress: a pause restarts its clock.
+                    self.stalled_since = None;
+                }
                 self.resume_input();
                 Ok(Some(b))
             }
@@ -869,11 +899,46 @@ impl Session {
     fn input_paused(&self) -> bool {
         self.recv_total >= self.limits.session_recv_buffer
             || self.control.len() >= self.limits.control_queue
-            || self.blocked_on.is_some_and(|id| {
+            || self.paused_on_stream()
+    }
+
+    /// Input waits for one stream's reader: the stream is over its receive cap
+    /// and is the session's only stream (with others, pausing would stall
+    /// them; it buffers up to `stream_recv_limit` instead).
+    fn paused_on_stream(&self) -> bool {
+        self.streams.len() == 1
+            && self.blocked_on.is_some_and(|id| {
                 self.streams
                     .get(&id)
-                    .is_some_and(|s| s.recv.len() >= self.limits.stream_recv_buffer)
+                    .is_some_and(|s| s.may_pause && s.recv.len() >= self.limits.stream_recv_buffer)
             })
+    }
+
+    /// When a pause on a stream's reader stops being honoured.
+    fn stall_deadline(&self) -> Option<Instant> {
+        let since = self.stalled_since?;
+        self.paused_on_stream()
+            .then(|| since + self.limits.stalled_stream_timeout)
+    }
+
+    /// Received bytes a stream may hold before it is reset.
+    fn stream_hard_limit(&self) -> usize {
+        self.limits
+            .stream_recv_limit
+            .max(self.limits.stream_recv_buffer + MAX_FRAME_DATA)
+    }
+
+    /// Resets a stream whose reader fell behind (see `stream_recv_limit`).
+    fn reset_stream(&mut self, id: StreamId, reason: &str) {
+        debug!(stream = id.0, "{reason}: resetting the stream");
+        if !self.streams.get(&id).is_some_and(|s| s.peer_fin) {
+            self.push_control(Command::Fin, id, &[]);
+        }
+        self.remove_stream(id);
+        self.events.push_back(Event::StreamReset {
+            id,
+            reason: reason.to_owned(),
+        });
     }
 
     fn resume_input(&mut self) {
@@ -885,6 +950,9 @@ impl Session {
     fn process_input(&mut self) {
         loop {
             if self.input_paused() {
+                if self.paused_on_stream() && self.stalled_since.is_none() {
+                    self.stalled_since = Some(self.now);
+                }
                 return;
             }
             match self.state {
@@ -984,6 +1052,7 @@ impl Session {
         if data.is_empty() {
             return;
         }
+        let hard_limit = self.stream_hard_limit();
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -992,8 +1061,14 @@ impl Session {
         }
         self.recv_total += data.len();
         s.recv.push(data);
-        if s.recv.len() >= self.limits.stream_recv_buffer {
+        let buffered = s.recv.len();
+        if buffered > hard_limit {
+            self.reset_stream(id, "receive buffer overflow: the reader fell behind");
+            return;
+        }
+        if buffered >= self.limits.stream_recv_buffer && self.blocked_on != Some(id) {
             self.blocked_on = Some(id);
+            self.stalled_since = None;
         }
         if s.phase == Phase::AwaitingAddress {
             self.parse_destination(id);
@@ -1201,6 +1276,7 @@ impl Session {
             }
             if self.blocked_on == Some(id) {
                 self.blocked_on = None;
+                self.stalled_since = None;
             }
             if freed > 0 {
                 // Room on the session's send cap for blocked streams.
@@ -1223,7 +1299,7 @@ impl Session {
         // Caps are soft by one frame.
         assert!(self.recv_total <= l.session_recv_buffer + MAX_FRAME_DATA);
         for s in self.streams.values() {
-            assert!(s.recv.len() <= l.stream_recv_buffer + MAX_FRAME_DATA);
+            assert!(s.recv.len() <= self.stream_hard_limit());
         }
         // One frame processed past the cap can add at most a padding scheme and
         // a ServerSettings (server) or one small answer.

@@ -122,6 +122,9 @@ pub(crate) struct Stream {
     pub(crate) queued: bool,
     /// Client: when the SYNACK wait ends (v2 servers only).
     pub(crate) open_deadline: Option<Instant>,
+    /// Over its receive cap, this stream may pause the session's input (lost
+    /// when its reader stalls; see `SessionLimits::stalled_stream_timeout`).
+    pub(crate) may_pause: bool,
 }
 
 impl Stream {
@@ -136,6 +139,7 @@ impl Stream {
             write_blocked: false,
             queued: false,
             open_deadline: None,
+            may_pause: true,
         }
     }
 

@@ -81,9 +81,17 @@ const MAX_STEPS: usize = 200_000;
 /// Limits by number: 0 the defaults; 1 small stream caps under larger session
 /// caps; 2 a small session receive cap under the stream caps, so that either
 /// cap is the one that stops input.
+/// Limits for the simulations. These properties check lossless delivery while
+/// readers pause, so no stream is ever reset for falling behind
+/// (`stream_recv_limit` out of reach: the session cap pauses input first);
+/// resets are covered by `session_rules.rs`.
 fn limits(which: u8) -> SessionLimits {
+    let lossless = SessionLimits {
+        stream_recv_limit: usize::MAX,
+        ..SessionLimits::default()
+    };
     match which {
-        0 => SessionLimits::default(),
+        0 => lossless,
         1 => SessionLimits {
             stream_recv_buffer: 4096,
             session_recv_buffer: 16 * 1024,
@@ -91,7 +99,7 @@ fn limits(which: u8) -> SessionLimits {
             session_send_buffer: 16 * 1024,
             control_queue: 1024,
             max_streams: 16,
-            ..SessionLimits::default()
+            ..lossless.clone()
         },
         _ => SessionLimits {
             stream_recv_buffer: 16 * 1024,
@@ -100,7 +108,7 @@ fn limits(which: u8) -> SessionLimits {
             session_send_buffer: 8 * 1024,
             control_queue: 256,
             max_streams: 16,
-            ..SessionLimits::default()
+            ..lossless.clone()
         },
     }
 }
@@ -567,11 +575,13 @@ impl Sim {
             let s = self.session(client);
             let mut total = 0;
             let mut stream_full = false;
+            let lone = s.stream_count() == 1;
             for id in ids {
                 let n = s.readable_len(id);
-                assert!(n < l.stream_recv_buffer + MAX_FRAME_DATA, "stream recv {n}");
-                if n >= l.stream_recv_buffer {
-                    assert!(!s.wants_read(), "stream {id} over its cap, still reading");
+                // Only a lone stream pauses input for its own cap (with others,
+                // or once its reader stalled, it may grow: the session cap
+                // below bounds it).
+                if n >= l.stream_recv_buffer && lone {
                     stream_full = true;
                 }
                 total += n;
@@ -1312,12 +1322,10 @@ impl Owner {
         let l = &self.limits;
         let mut total = 0;
         for id in &self.ids {
-            let n = s.readable_len(*id);
-            assert!(n < l.stream_recv_buffer + MAX_FRAME_DATA);
-            if n >= l.stream_recv_buffer {
-                assert!(!s.wants_read(), "stream {id} over its cap, still reading");
-            }
-            total += n;
+            // A lone stream over its cap pauses input until its reader stalls
+            // for `stalled_stream_timeout`; with others it may grow: streams
+            // are bounded by the session cap below.
+            total += s.readable_len(*id);
         }
         assert!(total < l.session_recv_buffer + MAX_FRAME_DATA);
         if total >= l.session_recv_buffer {

@@ -1409,7 +1409,8 @@ fn paused_reader_stops_the_session_reading_and_loses_nothing() {
     p.capp.paused = true;
     let data = payload(300_000, 5);
     p.capp.send(&mut p.client, id, data.clone());
-    p.drive();
+    // Less than `stalled_stream_timeout` (5 s): the lone stream pauses input.
+    p.drive_until(p.now + Duration::from_secs(2));
     assert!(!p.client.wants_read(), "a full stream buffer stops reading");
     let buffered = p.client.readable_len(id);
     assert!(
@@ -1424,6 +1425,117 @@ fn paused_reader_stops_the_session_reading_and_loses_nothing() {
     p.drive();
     assert!(p.client.wants_read());
     assert_eq!(p.capp.received[&id], [b"hi".to_vec(), data].concat());
+}
+
+#[test]
+fn a_stalled_lone_reader_stops_pausing_input_and_loses_nothing_under_the_limit() {
+    let mut ccfg = client_config();
+    ccfg.limits.stream_recv_buffer = 16 * 1024;
+    let mut p = Pair::with(43, ccfg, server_config());
+    let id = p.open();
+    p.drive();
+    p.capp.paused = true;
+    let data = payload(300_000, 6);
+    p.capp.send(&mut p.client, id, data.clone());
+    p.drive_until(p.now + Duration::from_secs(2));
+    assert!(!p.client.wants_read());
+    // Past the stall timeout the session reads on (streams it has not seen yet
+    // may be waiting): the stream buffers everything, 300 KB < 1 MiB limit.
+    p.drive();
+    assert!(p.client.wants_read());
+    assert_eq!(p.client.readable_len(id), data.len());
+    assert!(
+        !p.capp
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::StreamReset { .. }))
+    );
+    let mut got = Vec::new();
+    while let Ok(Some(chunk)) = p.client.read(id) {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, data);
+}
+
+#[test]
+fn a_stalled_lone_reader_past_the_limit_is_reset_and_the_session_lives() {
+    let mut ccfg = client_config();
+    ccfg.limits.stream_recv_buffer = 16 * 1024;
+    ccfg.limits.stream_recv_limit = 100 * 1024;
+    ccfg.limits.stalled_stream_timeout = Duration::from_secs(2);
+    let mut p = Pair::with(44, ccfg, server_config());
+    let id = p.open();
+    p.drive();
+    p.capp.paused = true;
+    p.capp.send(&mut p.client, id, payload(300_000, 7));
+    p.drive();
+    assert!(
+        p.capp
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::StreamReset { id: r, .. } if *r == id)),
+        "{:?}",
+        p.capp.events
+    );
+    assert_eq!(p.client.readable_len(id), 0, "its buffer is dropped");
+    assert!(matches!(
+        p.client.read(id),
+        Err(StreamError::UnknownStream(_))
+    ));
+    assert!(!p.client.is_closed() && !p.server.is_closed());
+    assert!(p.client.wants_read());
+    // The session carries on: a new stream echoes.
+    p.capp.resume(&mut p.client);
+    let id2 = p.open();
+    p.capp
+        .send(&mut p.client, id2, Bytes::from_static(b"after the reset"));
+    p.drive();
+    assert_eq!(p.capp.received[&id2], b"after the reset");
+}
+
+#[test]
+fn a_reader_that_stops_stalls_only_its_own_stream() {
+    let mut ccfg = client_config();
+    ccfg.limits.stream_recv_buffer = 16 * 1024;
+    ccfg.limits.stream_recv_limit = 100 * 1024;
+    let mut p = Pair::with(45, ccfg, server_config());
+    let a = p.open();
+    let b = p.open();
+    p.drive();
+    // The application reads stream b only; a's reader is stuck.
+    p.capp.paused = true;
+    p.capp.send(&mut p.client, a, payload(400_000, 8));
+    let want_b = payload(60_000, 9);
+    p.capp.send(&mut p.client, b, want_b.clone());
+    let start = p.now;
+    let mut got_b = Vec::new();
+    for _ in 0..2000 {
+        if got_b.len() >= want_b.len() {
+            break;
+        }
+        p.step();
+        while let Ok(Some(chunk)) = p.client.read(b) {
+            got_b.extend_from_slice(&chunk);
+        }
+    }
+    assert_eq!(got_b, want_b, "stream b flows while a is stuck");
+    assert!(
+        p.now - start < Duration::from_secs(1),
+        "no stall: {:?}",
+        p.now - start
+    );
+    p.drive();
+    assert!(
+        p.capp
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::StreamReset { id, .. } if *id == a)),
+        "a overflowed its limit and was reset: {:?}",
+        p.capp.events
+    );
+    assert!(!p.client.is_closed() && !p.server.is_closed());
+    // The server saw a FIN for a (its echo stops).
+    assert!(p.sapp.events.contains(&Event::StreamFinished { id: a }));
 }
 
 #[test]

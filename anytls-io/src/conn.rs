@@ -32,7 +32,9 @@ pub(crate) struct Shared {
     pub(crate) session: Session,
     read_wakers: HashMap<StreamId, Waker>,
     write_wakers: HashMap<StreamId, Waker>,
-    refused: HashMap<StreamId, String>,
+    /// Streams the server refused or the session reset: the error their
+    /// handles report.
+    refused: HashMap<StreamId, StreamError>,
     /// Client: streams the server accepted with a SYNACK.
     connected: HashSet<StreamId>,
     /// Client: tasks waiting in `AnyTlsStream::established`.
@@ -169,8 +171,12 @@ impl Shared {
                     w.wake();
                 }
             }
-            Event::StreamRefused { id, reason } => {
-                self.refused.insert(*id, reason.clone());
+            Event::StreamRefused { id, reason } | Event::StreamReset { id, reason } => {
+                let err = match ev {
+                    Event::StreamReset { .. } => StreamError::Reset(reason.clone()),
+                    _ => StreamError::Refused(reason.clone()),
+                };
+                self.refused.insert(*id, err);
                 wake(&mut self.read_wakers, id);
                 wake(&mut self.write_wakers, id);
                 wake(&mut self.open_wakers, id);
@@ -427,8 +433,8 @@ impl AnyTlsStream {
     }
 
     fn stream_error(g: &Shared, id: StreamId, e: StreamError) -> io::Error {
-        if let Some(reason) = g.refused.get(&id) {
-            return StreamError::Refused(reason.clone()).into();
+        if let Some(err) = g.refused.get(&id) {
+            return err.clone().into();
         }
         if let Some(reason) = &g.closed {
             return reason.clone().into();
@@ -456,8 +462,8 @@ impl AnyTlsStream {
         if g.connected.contains(&self.id) {
             return Poll::Ready(Ok(()));
         }
-        if let Some(reason) = g.refused.get(&self.id) {
-            return Poll::Ready(Err(StreamError::Refused(reason.clone()).into()));
+        if let Some(err) = g.refused.get(&self.id) {
+            return Poll::Ready(Err(err.clone().into()));
         }
         if let Some(reason) = &g.closed {
             return Poll::Ready(Err(reason.clone().into()));
