@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Outbound connect time limit of the built-in relay.
     pub connect_timeout: Duration,
+    /// Connections served at once, from accept to close (TLS handshakes and
+    /// fallbacks included). Connections beyond it are closed at accept.
+    pub max_connections: usize,
     /// Per-session buffer caps.
     pub limits: SessionLimits,
 }
@@ -69,6 +72,7 @@ impl ServerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
             limits: SessionLimits::default(),
         }
     }
@@ -277,6 +281,7 @@ impl<R: Runtime> Server<R> {
     {
         let handler = Arc::new(handler);
         let conns: Registry = Arc::default();
+        let open_connections = Arc::new(AtomicUsize::new(0));
         while !self.shutdown.is_set() {
             let accepted =
                 futures_lite::future::or(async { Some(R::accept(&self.listener).await) }, async {
@@ -294,7 +299,14 @@ impl<R: Runtime> Server<R> {
                     continue;
                 }
             };
+            if open_connections.load(Ordering::Relaxed) >= self.cfg.max_connections {
+                tracing::debug!(%peer, "connection limit reached: closed at accept");
+                drop(tcp);
+                continue;
+            }
+            let guard = ConnectionSlot::take(&open_connections);
             R::spawn(serve_connection(
+                guard,
                 tcp,
                 peer,
                 self.tls.clone(),
@@ -322,8 +334,25 @@ impl<R: Runtime> Server<R> {
     }
 }
 
+/// One of `max_connections`, held by a connection's task until it ends.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(count: &Arc<AtomicUsize>) -> ConnectionSlot {
+        count.fetch_add(1, Ordering::Relaxed);
+        ConnectionSlot(count.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<R, H, F>(
+    _slot: ConnectionSlot,
     tcp: R::Tcp,
     peer: SocketAddr,
     tls_config: Arc<rustls::ServerConfig>,
