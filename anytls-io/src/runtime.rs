@@ -50,6 +50,31 @@ pub trait Runtime: Send + Sync + Sized + 'static {
 
     /// The address `listener` is bound to.
     fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr>;
+
+    /// A UDP socket.
+    type Udp: Send + Sync + 'static;
+
+    /// Binds a UDP socket.
+    fn bind_udp(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Udp>> + Send;
+
+    /// Sends one datagram.
+    fn send_to<'a>(
+        socket: &'a Self::Udp,
+        datagram: &'a [u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Receives one datagram (truncated to `buf`).
+    fn recv_from<'a>(
+        socket: &'a Self::Udp,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+
+    /// The address a UDP socket is bound to.
+    fn udp_local_addr(socket: &Self::Udp) -> io::Result<SocketAddr>;
+
+    /// Resolves `host:port` (names through the system resolver).
+    fn resolve(addr: &str) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
 }
 
 /// Waits until `deadline`.

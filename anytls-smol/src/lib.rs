@@ -107,6 +107,35 @@ impl anytls_io::Runtime for Smol {
     fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr> {
         listener.local_addr()
     }
+
+    type Udp = smol::net::UdpSocket;
+
+    async fn bind_udp(addr: SocketAddr) -> io::Result<Self::Udp> {
+        smol::net::UdpSocket::bind(addr).await
+    }
+
+    fn send_to<'a>(
+        socket: &'a Self::Udp,
+        datagram: &'a [u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        socket.send_to(datagram, to)
+    }
+
+    fn recv_from<'a>(
+        socket: &'a Self::Udp,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
+        socket.recv_from(buf)
+    }
+
+    fn udp_local_addr(socket: &Self::Udp) -> io::Result<SocketAddr> {
+        socket.local_addr()
+    }
+
+    async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
+        smol::net::resolve(addr).await
+    }
 }
 
 /// An AnyTLS client on smol. See [`anytls_io::Client`].

@@ -77,6 +77,35 @@ impl anytls_io::Runtime for Tokio {
     fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr> {
         listener.local_addr()
     }
+
+    type Udp = tokio::net::UdpSocket;
+
+    async fn bind_udp(addr: SocketAddr) -> io::Result<Self::Udp> {
+        tokio::net::UdpSocket::bind(addr).await
+    }
+
+    fn send_to<'a>(
+        socket: &'a Self::Udp,
+        datagram: &'a [u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        socket.send_to(datagram, to)
+    }
+
+    fn recv_from<'a>(
+        socket: &'a Self::Udp,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
+        socket.recv_from(buf)
+    }
+
+    fn udp_local_addr(socket: &Self::Udp) -> io::Result<SocketAddr> {
+        socket.local_addr()
+    }
+
+    async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host(addr).await?.collect())
+    }
 }
 
 /// An AnyTLS client on tokio. See [`anytls_io::Client`].
