@@ -499,7 +499,10 @@ impl Session {
         }
         if self.handshake_deadline.is_some_and(|t| t <= now) {
             self.handshake_deadline = None;
-            if self.state == State::Auth && !self.recv_buf.is_empty() {
+            if self.state == State::Auth {
+                // Also with nothing read: a silent prober is handed to the
+                // fallback, whose own idle timeout then decides, as a plain
+                // web server's would.
                 let replay = self.recv_buf.split().freeze();
                 self.events.push_back(Event::AuthRejected { replay });
             }
