@@ -156,8 +156,14 @@ impl Shared {
             }
         };
         match ev {
-            Event::StreamReadable { id } | Event::StreamFinished { id } => {
+            Event::StreamReadable { id } => {
                 wake(&mut self.read_wakers, id);
+                wake(&mut self.open_wakers, id);
+            }
+            Event::StreamFinished { id } => {
+                // FIN closes both ways: a writer waiting for room now fails.
+                wake(&mut self.read_wakers, id);
+                wake(&mut self.write_wakers, id);
                 wake(&mut self.open_wakers, id);
             }
             Event::StreamWritable { id } => wake(&mut self.write_wakers, id),

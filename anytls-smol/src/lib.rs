@@ -15,6 +15,8 @@
 //! `async-io` timers and sockets are `smol::net` sockets; so a program only
 //! needs to drive its own futures with [`smol::block_on`] (or any executor:
 //! the spawned tasks make progress on smol's global executor threads).
+//! That executor runs one thread unless `SMOL_THREADS` says otherwise: a busy
+//! server should set it to the number of cores.
 //!
 //! ```no_run
 //! use anytls_smol::{Client, ClientConfig, SocksAddr, Verification};
@@ -50,7 +52,8 @@ use std::time::Instant;
 pub use anytls_io::core;
 pub use anytls_io::{
     AnyTlsStream, ClientConfig, ClientError, Host, Identity, PoolConfig, PoolStats, ServerConfig,
-    ShutdownHandle, SocksAddr, TlsError, Verification, config, tls,
+    ShutdownHandle, SocksAddr, TlsError, UdpConfig, UotEnd, UotReport, UotStats, Verification,
+    config, relay_tcp_with, relay_uot, tls,
 };
 
 /// The smol runtime, for `anytls-io`.
@@ -95,7 +98,18 @@ impl anytls_io::Runtime for Smol {
     }
 
     async fn bind(addr: SocketAddr) -> io::Result<Self::Listener> {
-        smol::net::TcpListener::bind(addr).await
+        // std's listen backlog is 128; a server taking bursts of connections
+        // wants tokio's 1024.
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        #[cfg(unix)]
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        smol::net::TcpListener::try_from(std::net::TcpListener::from(socket))
     }
 
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Tcp, SocketAddr)> {
