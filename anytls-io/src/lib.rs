@@ -5,7 +5,8 @@
 //! * [`Client`]: a pool of AnyTLS sessions to one server;
 //!   [`Client::connect`] returns an [`AnyTlsStream`] (`AsyncRead + AsyncWrite`).
 //! * [`Server`]: accepts TLS, authenticates, and hands each stream to a handler
-//!   (by default [`relay_tcp`], which dials the destination and relays).
+//!   (by default [`relay_tcp`], which dials the destination and relays, and
+//!   relays UDP over TCP with [`relay_uot`]).
 //! * [`socks5`]: a local SOCKS5 server in front of a [`Client`] (and a SOCKS5
 //!   client helper).
 //! * [`config`]: sing-box JSON options, Go durations and `anytls://` URIs,
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod client_udp;
 pub mod config;
 mod conn;
 mod relay;
@@ -27,13 +29,16 @@ mod server;
 pub mod socks5;
 pub mod tls;
 mod tls_io;
+mod uot;
 
 pub use anytls_core as core;
 pub use anytls_core::pool::{PoolConfig, PoolStats};
 pub use anytls_core::{Host, SocksAddr};
 pub use client::{Client, ClientConfig, ClientError};
+pub use client_udp::{AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender};
 pub use conn::AnyTlsStream;
 pub use relay::{relay, relay_stream};
 pub use runtime::{Runtime, sleep_until, timeout};
-pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp};
+pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp, relay_tcp_with};
 pub use tls::{Identity, TlsError, Verification};
+pub use uot::{UdpConfig, UotEnd, UotReport, UotStats, relay_uot};

@@ -18,6 +18,7 @@ use crate::relay::{relay, relay_stream};
 use crate::runtime::{Runtime, Switch, lock, sleep_until, timeout};
 use crate::tls::{Identity, TlsError, server_config};
 use crate::tls_io::TlsIo;
+use crate::uot::{UdpConfig, relay_uot};
 
 /// Server settings.
 #[derive(Clone)]
@@ -44,6 +45,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Per-session buffer caps.
     pub limits: SessionLimits,
+    /// UDP over TCP (streams to `sp.v2.udp-over-tcp.arpa` and the legacy
+    /// `sp.udp-over-tcp.arpa`) in the built-in relay.
+    pub udp: UdpConfig,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -56,6 +60,7 @@ impl fmt::Debug for ServerConfig {
             .field("identity", &self.identity)
             .field("padding", &self.padding)
             .field("fallback", &self.fallback)
+            .field("udp", &self.udp)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +79,7 @@ impl ServerConfig {
             connect_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             limits: SessionLimits::default(),
+            udp: UdpConfig::default(),
         }
     }
 }
@@ -141,8 +147,33 @@ impl<R> Drop for IncomingStream<R> {
     }
 }
 
-/// The built-in handler: dial the destination over TCP and relay both ways.
+/// The built-in handler: dial the destination over TCP and relay both ways;
+/// UDP-over-TCP streams are relayed by [`relay_uot`] with the default
+/// [`UdpConfig`] (see [`relay_tcp_with`]).
 pub async fn relay_tcp<R: Runtime>(req: IncomingStream<R>, connect_timeout: Duration) {
+    relay_tcp_with(req, connect_timeout, UdpConfig::default()).await
+}
+
+/// The built-in handler with UDP-over-TCP settings: a UoT destination
+/// (`sp.v2.udp-over-tcp.arpa`, legacy `sp.udp-over-tcp.arpa`) is accepted at
+/// once and relayed by [`relay_uot`] (refused if `udp.enabled` is off); any
+/// other is dialled over TCP and relayed both ways.
+pub async fn relay_tcp_with<R: Runtime>(
+    req: IncomingStream<R>,
+    connect_timeout: Duration,
+    udp: UdpConfig,
+) {
+    if let Some(version) = anytls_core::uot::uot_version(req.destination()) {
+        if !udp.enabled {
+            req.reject("UDP over TCP is disabled");
+            return;
+        }
+        let stream = req.accept();
+        let id = stream.id().0;
+        let report = relay_uot::<R>(stream, version, &udp).await;
+        tracing::debug!(stream = id, ?version, stats = ?report.stats, "UoT stream ended: {:?}", report.end);
+        return;
+    }
     let dest = req.destination().clone();
     let target = match &dest.host {
         anytls_core::Host::Domain(d) => format!("{d}:{}", dest.port),
@@ -265,11 +296,15 @@ impl<R: Runtime> Server<R> {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Serves with the built-in TCP relay until shut down.
+    /// Serves with the built-in relay ([`relay_tcp_with`]: TCP, and UDP over
+    /// TCP as `cfg.udp` says) until shut down.
     pub async fn serve(self) -> io::Result<()> {
         let limit = self.cfg.connect_timeout;
-        self.serve_with(Duration::from_secs(5), move |req| relay_tcp(req, limit))
-            .await
+        let udp = self.cfg.udp;
+        self.serve_with(Duration::from_secs(5), move |req| {
+            relay_tcp_with(req, limit, udp)
+        })
+        .await
     }
 
     /// Serves, handing every stream to `handler`, until shut down; then waits up

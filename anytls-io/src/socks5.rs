@@ -1,9 +1,12 @@
-//! A local SOCKS5 server (RFC 1928: CONNECT, no authentication) in front of a
-//! [`Client`], and a small SOCKS5 client for tests and tools.
+//! A local SOCKS5 server (RFC 1928: CONNECT and UDP ASSOCIATE, no
+//! authentication) in front of a [`Client`], and a small SOCKS5 client for
+//! tests and tools.
 //!
 //! * [`wire`]: the message formats, without I/O (usable by any runtime).
 //! * [`serve_socks5`] / [`serve_socks5_with`]: accept loop; every CONNECT opens
-//!   an AnyTLS stream with [`Client::connect`] and relays.
+//!   an AnyTLS stream with [`Client::connect`] and relays; every UDP ASSOCIATE
+//!   relays datagrams over one UDP-over-TCP stream ([`Client::udp`]), see
+//!   [UDP ASSOCIATE](#udp-associate).
 //! * [`socks5_connect`]: connect through a SOCKS5 proxy.
 //!
 //! # Replies and the server's verdict
@@ -31,11 +34,59 @@
 //! the answer do not work over AnyTLS), and when the server side ends, the
 //! application's connection is shut down and the session goes back to the
 //! pool at once.
+//!
+//! # UDP ASSOCIATE
+//!
+//! RFC 1928 section 7, as [`serve_socks5_with`] implements it (unless
+//! [`Socks5Config::udp_associate`] is off):
+//!
+//! * The relay socket is bound, port 0, on the IP address the client's control
+//!   connection reached (the listener's address; for a wildcard listener, the
+//!   local address the system routes to the client from), and the success
+//!   reply carries that address and port. The association's AnyTLS side is
+//!   one UoT stream ([`Client::udp`], non-connect mode), opened before the
+//!   reply: a failure to reach the AnyTLS server is a "general failure"
+//!   reply, and with a [`verdict_wait`](Socks5Config::verdict_wait) the
+//!   server's refusal is one too.
+//! * Datagrams are taken only from the control connection's IP address; the
+//!   first one fixes the client's port (the request's DST.ADDR/DST.PORT is
+//!   ignored: behind NAT it is rarely what the relay sees), later ones from
+//!   another port are dropped. Fragments (FRAG != 0) and malformed headers
+//!   are dropped. Each goes to its destination through the UoT stream; domain
+//!   names are resolved by the AnyTLS server.
+//! * Datagrams coming back are sent to the client with a header carrying
+//!   their source address. Before the client's first datagram there is
+//!   nobody to send them to: they are dropped.
+//! * When the UoT stream ends (the AnyTLS server closed it, say after an idle
+//!   timeout of its own, or the session died), the client's next datagram
+//!   opens a new one; datagrams in flight on the old one are lost.
+//! * The association ends when the control connection closes (any bytes on it
+//!   are read and ignored), after
+//!   [`udp_idle_timeout`](Socks5Config::udp_idle_timeout) without a datagram
+//!   either way, when a new UoT stream cannot be opened, or when the relay
+//!   socket fails; then the control connection is closed.
+//!
+//! Caps (UDP drops rather than waits, and so does the relay):
+//!
+//! * Datagram size: what a UDP datagram can carry (the receive buffer is
+//!   [`UDP_RECV_BUFFER`] bytes, enough for any); payloads over the UoT limit
+//!   (65 535 bytes) are dropped, as are answers too big for a SOCKS5 UDP
+//!   datagram once the header is added.
+//! * Towards the AnyTLS server: no queue of our own. While the session's send
+//!   queue for the stream is full the relay waits, and the client's further
+//!   datagrams wait in the relay socket's kernel buffer, which drops when
+//!   full.
+//! * Towards the client: at most [`UDP_QUEUE_DATAGRAMS`] datagrams and
+//!   [`UDP_QUEUE_BYTES`] bytes wait to be sent; more are dropped. The UoT
+//!   stream is always read, so a slow client never stalls the AnyTLS session.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anytls_core::{Host, SocksAddr};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,7 +94,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::AnyTlsStream;
 use crate::client::Client;
 use crate::relay::relay_stream;
-use crate::runtime::{Runtime, sleep_until, timeout};
+use crate::runtime::{Notify, Runtime, lock, sleep_until, timeout};
 
 /// SOCKS5 messages (RFC 1928), without I/O.
 pub mod wire {
@@ -57,6 +108,13 @@ pub mod wire {
     pub const METHOD_NONE_ACCEPTABLE: u8 = 0xff;
     /// Command: CONNECT.
     pub const CMD_CONNECT: u8 = 0x01;
+    /// Command: BIND (not supported by the server here).
+    pub const CMD_BIND: u8 = 0x02;
+    /// Command: UDP ASSOCIATE.
+    pub const CMD_UDP_ASSOCIATE: u8 = 0x03;
+    /// Longest header of a SOCKS5 UDP datagram: RSV, FRAG and the longest
+    /// address (a 255-byte name).
+    pub const MAX_UDP_HEADER: usize = 3 + anytls_core::addr::MAX_ENCODED_LEN;
 
     /// The reply field of a SOCKS5 reply.
     #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -289,6 +347,45 @@ pub mod wire {
             Err(e) => Err(bad(format!("reply address: {e}"), None)),
         }
     }
+
+    /// The header of a SOCKS5 UDP datagram (RFC 1928 section 7).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct UdpHeader {
+        /// FRAG: the fragment number, 0 for a whole datagram.
+        pub frag: u8,
+        /// DST.ADDR and DST.PORT (client to relay), or the source of an
+        /// answer (relay to client).
+        pub addr: SocksAddr,
+    }
+
+    /// Parses the header of a SOCKS5 UDP datagram (RSV u16, FRAG, ATYP,
+    /// DST.ADDR, DST.PORT); returns it and where the payload starts. RSV is not
+    /// checked. A datagram is never split, so a short one is an error.
+    pub fn parse_udp_header(datagram: &[u8]) -> Result<(UdpHeader, usize), BadMessage> {
+        let Some(&frag) = datagram.get(2) else {
+            return Err(bad(
+                format!("UDP datagram of {} bytes has no header", datagram.len()),
+                None,
+            ));
+        };
+        match SocksAddr::decode(&datagram[3..]) {
+            Ok((addr, n)) => Ok((UdpHeader { frag, addr }, 3 + n)),
+            Err(e) => Err(bad(format!("UDP datagram header: {e}"), None)),
+        }
+    }
+
+    /// Appends a SOCKS5 UDP header (RSV 0, FRAG 0) carrying `addr`. Nothing is
+    /// written on error (a name over 255 bytes).
+    pub fn encode_udp_header(
+        addr: &SocksAddr,
+        out: &mut impl bytes::BufMut,
+    ) -> Result<(), BadMessage> {
+        let mut a = Vec::with_capacity(addr.encoded_len());
+        addr.encode(&mut a).map_err(|e| bad(e.to_string(), None))?;
+        out.put_slice(&[0, 0, 0]);
+        out.put_slice(&a);
+        Ok(())
+    }
 }
 
 use wire::{BadMessage, Reply};
@@ -338,6 +435,12 @@ pub struct Socks5Config {
     /// How long to wait for the server's verdict before replying success (see
     /// the [module docs](self)); zero replies at once.
     pub verdict_wait: Duration,
+    /// Whether UDP ASSOCIATE is served ([`serve_socks5_with`]); when off it is
+    /// answered "command not supported". On by default.
+    pub udp_associate: bool,
+    /// A UDP association with no datagram either way for this long ends (see
+    /// [UDP ASSOCIATE](self#udp-associate)). Five minutes by default.
+    pub udp_idle_timeout: Duration,
 }
 
 impl Default for Socks5Config {
@@ -345,9 +448,20 @@ impl Default for Socks5Config {
         Socks5Config {
             handshake_timeout: Duration::from_secs(10),
             verdict_wait: Duration::ZERO,
+            udp_associate: true,
+            udp_idle_timeout: Duration::from_secs(300),
         }
     }
 }
+
+/// Size of a UDP association's receive buffer: any UDP datagram fits.
+pub const UDP_RECV_BUFFER: usize = 65_536;
+/// Datagrams from the AnyTLS server that may wait to be sent to the SOCKS5
+/// client, per association; more are dropped.
+pub const UDP_QUEUE_DATAGRAMS: usize = 256;
+/// Bytes from the AnyTLS server that may wait to be sent to the SOCKS5 client,
+/// per association; more are dropped.
+pub const UDP_QUEUE_BYTES: usize = 1024 * 1024;
 
 /// Reads from `r` into `buf` until `parse` returns a message.
 async fn read_message<R, T>(
@@ -389,6 +503,30 @@ pub async fn accept_handshake<S>(local: &mut S) -> Result<(SocksAddr, Vec<u8>), 
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (req, early) = accept_request(local).await?;
+    if req.command != wire::CMD_CONNECT {
+        return Err(unsupported(local, req.command).await);
+    }
+    Ok((req.dest, early))
+}
+
+/// Answers "command not supported"; the error to return.
+async fn unsupported<S: AsyncWrite + Unpin>(local: &mut S, command: u8) -> Socks5Error {
+    if let Err(e) = local
+        .write_all(&wire::encode_reply(Reply::CommandNotSupported, None))
+        .await
+    {
+        return e.into();
+    }
+    Socks5Error::Protocol(format!("command {command:#04x} is not supported"))
+}
+
+/// Greeting, method choice and request: the request and any bytes after it.
+/// Failures are answered before returning.
+async fn accept_request<S>(local: &mut S) -> Result<(wire::Request, Vec<u8>), Socks5Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = Vec::with_capacity(64);
     let (no_auth, used) = read_message(local, &mut buf, wire::parse_greeting).await??;
     buf.drain(..used);
@@ -409,16 +547,7 @@ where
         }
     };
     buf.drain(..used);
-    if req.command != wire::CMD_CONNECT {
-        local
-            .write_all(&wire::encode_reply(Reply::CommandNotSupported, None))
-            .await?;
-        return Err(Socks5Error::Protocol(format!(
-            "command {:#04x} is not supported (only CONNECT)",
-            req.command
-        )));
-    }
-    Ok((req.dest, buf))
+    Ok((req, buf))
 }
 
 /// Handles one SOCKS5 connection: handshake, `connect(dest)` (which opens the
@@ -436,6 +565,21 @@ where
     let (dest, early) = timeout::<R, _>(cfg.handshake_timeout, accept_handshake(&mut local))
         .await
         .ok_or(Socks5Error::Timeout)??;
+    connect_and_relay::<R, _, _>(local, dest, early, connect).await
+}
+
+/// CONNECT after the request: open the stream, reply, relay.
+async fn connect_and_relay<R, F, Fut>(
+    mut local: R::Tcp,
+    dest: SocksAddr,
+    early: Vec<u8>,
+    connect: F,
+) -> Result<(), Socks5Error>
+where
+    R: Runtime,
+    F: FnOnce(SocksAddr) -> Fut,
+    Fut: Future<Output = io::Result<AnyTlsStream>>,
+{
     tracing::debug!(%dest, "socks5 CONNECT");
     let mut remote = match connect(dest.clone()).await {
         Ok(s) => s,
@@ -470,6 +614,7 @@ pub async fn serve_socks5_with<R: Runtime>(
     client: Client<R>,
     cfg: Socks5Config,
 ) -> io::Result<()> {
+    let listen_ip = R::local_addr(&listener).ok().map(|a| a.ip());
     loop {
         let (tcp, peer) = match R::accept(&listener).await {
             Ok(x) => x,
@@ -482,8 +627,30 @@ pub async fn serve_socks5_with<R: Runtime>(
         let client = client.clone();
         let cfg = cfg.clone();
         R::spawn(async move {
-            let wait = cfg.verdict_wait;
-            let res = handle_connection::<R, _, _>(tcp, &cfg, |dest| async move {
+            let res = serve_one::<R>(tcp, peer, listen_ip, &cfg, client).await;
+            if let Err(e) = res {
+                tracing::debug!(%peer, "socks5 connection: {e}");
+            }
+        });
+    }
+}
+
+/// One connection of [`serve_socks5_with`]: CONNECT as [`handle_connection`],
+/// UDP ASSOCIATE (see the [module docs](self#udp-associate)).
+async fn serve_one<R: Runtime>(
+    mut local: R::Tcp,
+    peer: SocketAddr,
+    listen_ip: Option<IpAddr>,
+    cfg: &Socks5Config,
+    client: Client<R>,
+) -> Result<(), Socks5Error> {
+    let (req, early) = timeout::<R, _>(cfg.handshake_timeout, accept_request(&mut local))
+        .await
+        .ok_or(Socks5Error::Timeout)??;
+    let wait = cfg.verdict_wait;
+    match req.command {
+        wire::CMD_CONNECT => {
+            connect_and_relay::<R, _, _>(local, req.dest, early, |dest| async move {
                 // A failure here is about the session to the AnyTLS server,
                 // not the destination: a general failure, whatever its kind.
                 let mut stream = client
@@ -499,11 +666,286 @@ pub async fn serve_socks5_with<R: Runtime>(
                 }
                 Ok(stream)
             })
-            .await;
-            if let Err(e) = res {
-                tracing::debug!(%peer, "socks5 connection: {e}");
+            .await
+        }
+        wire::CMD_UDP_ASSOCIATE if cfg.udp_associate => {
+            let ip = udp_bind_ip(listen_ip, peer);
+            udp_associate::<R>(local, peer, ip, cfg, &client).await
+        }
+        c => Err(unsupported(&mut local, c).await),
+    }
+}
+
+/// The IP address `peer`'s connection reached: the listener's, or for a
+/// wildcard listener the one the system routes to `peer` from (a connected
+/// UDP socket's local address; no packet is sent).
+fn udp_bind_ip(listen_ip: Option<IpAddr>, peer: SocketAddr) -> IpAddr {
+    if let Some(ip) = listen_ip.filter(|ip| !ip.is_unspecified()) {
+        return ip.to_canonical();
+    }
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let any = match peer {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let routed = std::net::UdpSocket::bind(SocketAddr::new(any, 0))
+        .and_then(|s| {
+            s.connect(peer)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip());
+    routed.unwrap_or(any)
+}
+
+/// Datagrams for the SOCKS5 client, bounded by [`UDP_QUEUE_DATAGRAMS`] and
+/// [`UDP_QUEUE_BYTES`]; one consumer.
+#[derive(Default)]
+struct DropQueue {
+    items: Mutex<Queued>,
+    ready: Notify,
+}
+
+/// Datagrams with their destination, and their total size.
+#[derive(Default)]
+struct Queued(VecDeque<(SocketAddr, Vec<u8>)>, usize);
+
+impl DropQueue {
+    /// Queues `d` for `to`; false (and `d` dropped) when full.
+    fn push(&self, to: SocketAddr, d: Vec<u8>) -> bool {
+        let mut g = lock(&self.items);
+        if g.0.len() >= UDP_QUEUE_DATAGRAMS || g.1 + d.len() > UDP_QUEUE_BYTES {
+            return false;
+        }
+        g.1 += d.len();
+        g.0.push_back((to, d));
+        drop(g);
+        self.ready.notify();
+        true
+    }
+
+    async fn pop(&self) -> (SocketAddr, Vec<u8>) {
+        loop {
+            {
+                let mut g = lock(&self.items);
+                if let Some((to, d)) = g.0.pop_front() {
+                    g.1 -= d.len();
+                    return (to, d);
+                }
             }
-        });
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// Serves one UDP ASSOCIATE request on `control` (the request has been read).
+async fn udp_associate<R: Runtime>(
+    mut control: R::Tcp,
+    peer: SocketAddr,
+    ip: IpAddr,
+    cfg: &Socks5Config,
+    client: &Client<R>,
+) -> Result<(), Socks5Error> {
+    let failed = |reply: Reply| wire::encode_reply(reply, None);
+    let sock = match R::bind_udp(SocketAddr::new(ip, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            control.write_all(&failed(Reply::GeneralFailure)).await?;
+            return Err(e.into());
+        }
+    };
+    let bound = R::udp_local_addr(&sock)?;
+    let uot = match client.udp().await {
+        Ok(u) => u,
+        Err(e) => {
+            control.write_all(&failed(Reply::GeneralFailure)).await?;
+            return Err(io::Error::other(format!("AnyTLS session: {e}")).into());
+        }
+    };
+    if !cfg.verdict_wait.is_zero() {
+        if let Some(Err(e)) = timeout::<R, _>(cfg.verdict_wait, uot.established()).await {
+            // The AnyTLS server refuses UDP: no reply says that better.
+            control.write_all(&failed(Reply::GeneralFailure)).await?;
+            return Err(e.into());
+        }
+    }
+    let bound = SocksAddr {
+        host: Host::from(bound.ip()),
+        port: bound.port(),
+    };
+    control
+        .write_all(&wire::encode_reply(Reply::Succeeded, Some(&bound)))
+        .await?;
+    tracing::debug!(%peer, relay = %bound, "socks5 UDP ASSOCIATE");
+
+    let client_ip = peer.ip().to_canonical();
+    // The client's address, fixed by its first datagram.
+    let client_addr: Mutex<Option<SocketAddr>> = Mutex::new(None);
+    let last_activity = Mutex::new(Instant::now());
+    let queue = DropQueue::default();
+    let sock = &sock;
+
+    let control_closed = async {
+        let mut b = [0u8; 512];
+        loop {
+            match control.read(&mut b).await {
+                Ok(0) => return Ok("the control connection closed"),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let idle = async {
+        loop {
+            let deadline = *lock(&last_activity) + cfg.udp_idle_timeout;
+            if Instant::now() >= deadline {
+                return Ok("idle timeout");
+            }
+            sleep_until::<R>(deadline).await;
+        }
+    };
+    // Client datagrams to the UoT stream and its answers to the queue; a new
+    // stream (opened by the next client datagram) when one ends.
+    let relay = async {
+        let mut buf = vec![0u8; UDP_RECV_BUFFER];
+        let mut answer = vec![0u8; anytls_core::uot::MAX_DATAGRAM];
+        let mut uot = Some(uot);
+        let mut first = None;
+        loop {
+            let stream = match uot.take() {
+                Some(u) => u,
+                None => {
+                    first = Some(
+                        next_client_datagram::<R>(
+                            sock,
+                            client_ip,
+                            &client_addr,
+                            &last_activity,
+                            &mut buf,
+                        )
+                        .await?,
+                    );
+                    client
+                        .udp()
+                        .await
+                        .map_err(|e| io::Error::other(format!("AnyTLS session: {e}")))?
+                }
+            };
+            let (mut tx, mut rx) = stream.split();
+            let up = async {
+                let mut next = first.take();
+                loop {
+                    let (dest, at) = match next.take() {
+                        Some(d) => d,
+                        None => {
+                            next_client_datagram::<R>(
+                                sock,
+                                client_ip,
+                                &client_addr,
+                                &last_activity,
+                                &mut buf,
+                            )
+                            .await?
+                        }
+                    };
+                    match tx.send_to(&buf[at], dest).await {
+                        Ok(()) => {}
+                        // Too large for UoT: dropped, as an oversized datagram would be.
+                        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                            tracing::trace!("socks5 UDP: {e}; dropped");
+                        }
+                        Err(e) => return Ok(e),
+                    }
+                }
+            };
+            let down = async {
+                loop {
+                    let (n, src) = match rx.recv_from(&mut answer).await {
+                        Ok(x) => x,
+                        Err(e) => return Ok(e),
+                    };
+                    *lock(&last_activity) = Instant::now();
+                    let Some(to) = *lock(&client_addr) else {
+                        tracing::trace!(%src, "socks5 UDP: answer before the client's first datagram dropped");
+                        continue;
+                    };
+                    let mut d = Vec::with_capacity(wire::MAX_UDP_HEADER + n);
+                    if wire::encode_udp_header(&src, &mut d).is_err() {
+                        continue;
+                    }
+                    d.extend_from_slice(&answer[..n]);
+                    if !queue.push(to, d) {
+                        tracing::trace!("socks5 UDP: queue to the client full; dropped");
+                    }
+                }
+            };
+            // Ok: the stream ended; Err: the relay socket failed.
+            let ended: io::Result<io::Error> = futures_lite::future::or(up, down).await;
+            let e = ended?;
+            tracing::debug!(%peer, "socks5 UDP: UoT stream ended ({e}); the next datagram opens another");
+        }
+    };
+    let down_send = async {
+        loop {
+            let (to, d) = queue.pop().await;
+            if let Err(e) = R::send_to(sock, &d, to).await {
+                // EMSGSIZE and the like: that datagram is lost, as with UDP.
+                tracing::trace!(%to, "socks5 UDP: send failed: {e}; dropped");
+            }
+        }
+    };
+    let end = futures_lite::future::or(
+        futures_lite::future::or(control_closed, idle),
+        futures_lite::future::or(relay, down_send),
+    )
+    .await;
+    match end {
+        Ok(why) => tracing::debug!(%peer, "socks5 UDP association ended: {why}"),
+        Err(e) => tracing::debug!(%peer, "socks5 UDP association ended: {e}"),
+    }
+    Ok(())
+}
+
+/// Receives the client's next datagram into `buf`, dropping those from other
+/// addresses, malformed ones and fragments (see the
+/// [module docs](self#udp-associate)): its destination and where its payload
+/// lies. Errors are the relay socket's.
+async fn next_client_datagram<R: Runtime>(
+    sock: &R::Udp,
+    client_ip: IpAddr,
+    client_addr: &Mutex<Option<SocketAddr>>,
+    last_activity: &Mutex<Instant>,
+    buf: &mut [u8],
+) -> io::Result<(SocksAddr, std::ops::Range<usize>)> {
+    loop {
+        let (n, from) = R::recv_from(sock, buf).await?;
+        if from.ip().to_canonical() != client_ip {
+            tracing::trace!(%from, "socks5 UDP: datagram from a stranger dropped");
+            continue;
+        }
+        {
+            let mut c = lock(client_addr);
+            match *c {
+                None => *c = Some(from),
+                Some(a) if a != from => {
+                    tracing::trace!(%from, "socks5 UDP: datagram from another port dropped");
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
+        let (h, at) = match wire::parse_udp_header(&buf[..n]) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::trace!("socks5 UDP: {}; dropped", e.msg);
+                continue;
+            }
+        };
+        if h.frag != 0 {
+            tracing::trace!("socks5 UDP: fragment {} dropped", h.frag);
+            continue;
+        }
+        *lock(last_activity) = Instant::now();
+        return Ok((h.addr, at..n));
     }
 }
 
@@ -559,4 +1001,116 @@ pub async fn socks5_connect<R: Runtime>(
     let mut tcp = R::connect(proxy).await?;
     connect_handshake(&mut tcp, &dest.into()).await?;
     Ok(tcp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire::*;
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn udp_header_round_trip() {
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let cases = [
+            (
+                SocksAddr::from(SocketAddr::from(([1, 2, 3, 4], 53))),
+                "0000000101020304003500ff",
+            ),
+            (SocksAddr::domain("a.b", 80), "00000003 03612e62 0050 00ff"),
+            (
+                SocksAddr::from(v6),
+                "00000004 00000000000000000000000000000001 000900ff",
+            ),
+        ];
+        for (addr, want) in cases {
+            let mut v = Vec::new();
+            encode_udp_header(&addr, &mut v).unwrap();
+            v.extend_from_slice(&[0x00, 0xff]);
+            assert_eq!(hex(&v), want.replace(' ', ""));
+            let (h, at) = parse_udp_header(&v).unwrap();
+            assert_eq!(h, UdpHeader { frag: 0, addr });
+            assert_eq!(&v[at..], &[0x00, 0xff]);
+            assert!(at <= MAX_UDP_HEADER);
+        }
+    }
+
+    #[test]
+    fn udp_header_fields_and_errors() {
+        // FRAG is reported (the relay drops fragments); RSV is not checked.
+        let (h, at) = parse_udp_header(&[0xaa, 0xbb, 3, 1, 10, 0, 0, 1, 0, 7, b'x']).unwrap();
+        assert_eq!(h.frag, 3);
+        assert_eq!(
+            h.addr,
+            SocksAddr::from(SocketAddr::from(([10, 0, 0, 1], 7)))
+        );
+        assert_eq!(at, 10);
+        // An empty payload is a datagram too.
+        let (_, at) = parse_udp_header(&[0, 0, 0, 1, 10, 0, 0, 1, 0, 7]).unwrap();
+        assert_eq!(at, 10);
+        // Too short, truncated address, unknown address type, bad name.
+        for bad in [
+            &[][..],
+            &[0, 0],
+            &[0, 0, 0],
+            &[0, 0, 0, 1, 10, 0, 0],
+            &[0, 0, 0, 3, 5, b'a'],
+            &[0, 0, 0, 9, 1, 2, 3, 4, 5, 6],
+            &[0, 0, 0, 3, 1, 0xff, 0, 1],
+        ] {
+            assert!(parse_udp_header(bad).is_err(), "{bad:?}");
+        }
+        // A name too long to encode writes nothing.
+        let mut v = Vec::new();
+        assert!(encode_udp_header(&SocksAddr::domain("a".repeat(256), 1), &mut v).is_err());
+        assert!(v.is_empty());
+        let longest = SocksAddr::domain("a".repeat(255), 1);
+        encode_udp_header(&longest, &mut v).unwrap();
+        assert_eq!(v.len(), MAX_UDP_HEADER);
+    }
+
+    #[test]
+    fn bind_ip_is_the_reached_address() {
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(udp_bind_ip(Some(lo), peer), lo);
+        // A wildcard listener: the address routed to the client.
+        assert_eq!(
+            udp_bind_ip(Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), peer),
+            lo
+        );
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        assert_eq!(
+            udp_bind_ip(Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), mapped),
+            lo
+        );
+        assert_eq!(udp_bind_ip(None, peer), lo);
+    }
+
+    #[test]
+    fn drop_queue_is_bounded() {
+        let q = DropQueue::default();
+        let to: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..UDP_QUEUE_DATAGRAMS {
+            assert!(q.push(to, vec![0; 10]));
+        }
+        assert!(!q.push(to, vec![0; 10]));
+        let q = DropQueue::default();
+        assert!(q.push(to, vec![0; UDP_QUEUE_BYTES - 1]));
+        assert!(!q.push(to, vec![0; 2]));
+        assert!(q.push(to, vec![0; 1]));
+        let (_, d) = futures_lite::future::block_on(q.pop());
+        assert_eq!(d.len(), UDP_QUEUE_BYTES - 1);
+        assert!(q.push(to, vec![0; 1000]));
+    }
+
+    #[test]
+    fn udp_associate_is_on_by_default() {
+        let cfg = Socks5Config::default();
+        assert!(cfg.udp_associate);
+        assert_eq!(cfg.udp_idle_timeout, Duration::from_secs(300));
+    }
 }

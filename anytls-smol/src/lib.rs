@@ -51,9 +51,9 @@ use std::time::Instant;
 
 pub use anytls_io::core;
 pub use anytls_io::{
-    AnyTlsStream, ClientConfig, ClientError, Host, Identity, PoolConfig, PoolStats, ServerConfig,
-    ShutdownHandle, SocksAddr, TlsError, UdpConfig, UotEnd, UotReport, UotStats, Verification,
-    config, relay_tcp_with, relay_uot, tls,
+    AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, ClientConfig, ClientError, Host,
+    Identity, PoolConfig, PoolStats, ServerConfig, ShutdownHandle, SocksAddr, TlsError, UdpConfig,
+    UotEnd, UotReport, UotStats, Verification, config, relay_tcp_with, relay_uot, tls,
 };
 
 /// The smol runtime, for `anytls-io`.

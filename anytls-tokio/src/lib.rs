@@ -30,8 +30,9 @@ use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 pub use anytls_io::core;
 pub use anytls_io::{
-    AnyTlsStream, ClientConfig, ClientError, Host, Identity, PoolConfig, PoolStats, ServerConfig,
-    ShutdownHandle, SocksAddr, TlsError, Verification, config, tls,
+    AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, ClientConfig, ClientError, Host,
+    Identity, PoolConfig, PoolStats, ServerConfig, ShutdownHandle, SocksAddr, TlsError, UdpConfig,
+    UotEnd, UotReport, UotStats, Verification, config, relay_tcp_with, relay_uot, tls,
 };
 
 /// The tokio runtime, for `anytls-io`.
