@@ -7,6 +7,10 @@
 
 use std::future::Future;
 
+pub mod fixture;
+pub mod peers;
+pub mod targets;
+
 pub use anytls_io::Runtime;
 pub use anytls_smol::Smol;
 pub use anytls_tokio::Tokio;
@@ -63,6 +67,27 @@ macro_rules! suite {
                 #[test]
                 fn $name() {
                     $crate::run::<$c, $s, _>(super::$name::<$c, $s>())
+                }
+            )*
+        }
+    };
+}
+
+/// Instantiates generic test functions `async fn f<R>()` whose side of the
+/// test runs on one runtime `R`: modules `tokio` and `smol` of `#[test]`s
+/// (the interop suites, where the other side is a peer process).
+#[macro_export]
+macro_rules! one_runtime_suite {
+    ($($name:ident),* $(,)?) => {
+        $crate::one_runtime_suite!(@runtime tokio, $crate::Tokio; $($name),*);
+        $crate::one_runtime_suite!(@runtime smol, $crate::Smol; $($name),*);
+    };
+    (@runtime $module:ident, $rt:ty; $($name:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::run::<$rt, $rt, _>(super::$name::<$rt>())
                 }
             )*
         }

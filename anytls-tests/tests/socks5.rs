@@ -7,12 +7,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anytls_io::socks5::wire::{self, Reply};
-use anytls_io::socks5::{Socks5Config, Socks5Error, serve_socks5, serve_socks5_with};
-use anytls_io::{
-    Client, ClientConfig, Host, Identity, Server, ServerConfig, ShutdownHandle, SocksAddr,
-    Verification, timeout,
-};
+use anytls_io::socks5::{Socks5Config, Socks5Error, serve_socks5};
+use anytls_io::{Host, SocksAddr, timeout};
 use anytls_tests::TestRuntime;
+use anytls_tests::fixture::{Pair, pair, socks5};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -58,36 +56,17 @@ fn closed_port() -> SocketAddr {
 }
 
 struct Fixture<C: TestRuntime> {
-    client: Client<C>,
-    stop: ShutdownHandle,
+    /// Client and server (closed and shut down when dropped).
+    pair: Pair<C>,
     /// SOCKS5 with the default settings (reply at once).
     socks: SocketAddr,
     /// SOCKS5 waiting up to 5 s for the server's verdict.
     socks_verdict: SocketAddr,
 }
 
-impl<C: TestRuntime> Drop for Fixture<C> {
-    fn drop(&mut self) {
-        self.client.close();
-        self.stop.shutdown();
-    }
-}
-
 async fn fixture<C: TestRuntime, S: TestRuntime>() -> Fixture<C> {
-    let id = Identity::self_signed(&["localhost".into()]).unwrap();
-    let pin = id.leaf_sha256().unwrap();
-    let server = Server::<S>::bind("127.0.0.1:0", ServerConfig::new("socks-pw", id))
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let stop = server.shutdown_handle();
-    S::spawn(async move {
-        let _ = server.serve().await;
-    });
-    let mut cfg = ClientConfig::new(addr.to_string(), "socks-pw");
-    cfg.sni = Some("localhost".into());
-    cfg.verification = Verification::Pin(pin);
-    let client = Client::<C>::new(cfg).unwrap();
+    let pair = pair::<C, S>("socks-pw").await;
+    let client = &pair.client;
 
     let l = C::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let socks = C::local_addr(&l).unwrap();
@@ -96,19 +75,13 @@ async fn fixture<C: TestRuntime, S: TestRuntime>() -> Fixture<C> {
         let _ = serve_socks5(l, c).await;
     });
 
-    let l = C::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let socks_verdict = C::local_addr(&l).unwrap();
     let cfg = Socks5Config {
         verdict_wait: Duration::from_secs(5),
         ..Socks5Config::default()
     };
-    let c = client.clone();
-    C::spawn(async move {
-        let _ = serve_socks5_with(l, c, cfg).await;
-    });
+    let socks_verdict = socks5::<C>(client, cfg).await;
     Fixture {
-        client,
-        stop,
+        pair,
         socks,
         socks_verdict,
     }
@@ -209,7 +182,7 @@ async fn connect_ipv4_ipv6_and_domain_destinations<C: TestRuntime, S: TestRuntim
         pipelined_echo_1k::<C>(f.socks_verdict, dest, i as u8).await;
     }
     // Sessions were reused across the requests.
-    let st = f.client.stats();
+    let st = f.pair.client.stats();
     assert!(st.reused >= 1, "{st:?}");
     assert_eq!(st.dial_failures, 0, "{st:?}");
 }

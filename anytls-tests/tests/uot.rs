@@ -6,18 +6,18 @@
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use anytls_io::socks5::Socks5Config;
 use anytls_io::socks5::wire::{self, Reply};
-use anytls_io::socks5::{Socks5Config, serve_socks5_with};
 use anytls_io::{
-    AnyTlsUdp, Client, ClientConfig, Identity, Server, ServerConfig, ShutdownHandle, SocksAddr,
-    Verification, timeout,
+    AnyTlsUdp, Client, ClientConfig, Identity, Server, ServerConfig, SocksAddr, Verification,
+    timeout,
 };
 use anytls_tests::TestRuntime;
+use anytls_tests::fixture::{Pair as Fixture, pair, pair_serving, socks5};
+use anytls_tests::targets::{self, check, join, payload, sleep, udp_echo, within};
 
 /// Bound of one step (a receive, a connect, one wait).
 const STEP: Duration = Duration::from_secs(10);
@@ -28,143 +28,19 @@ const WINDOW: usize = 16;
 const MAX_SIZE: usize = 8 * 1024;
 /// Largest UDP payload over IPv4.
 const UDP_MAX: usize = 65_507;
-/// Datagrams the echo target answers at most before its thread ends.
-const ECHO_MAX: usize = 100_000;
-
-/// A UDP echo target on 127.0.0.1 served by a std thread, which ends after
-/// [`ECHO_MAX`] datagrams, [`STEP`]s of silence, or when dropped.
-struct UdpEcho {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-    }
-}
-
-fn udp_echo() -> UdpEcho {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let addr = s.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        let mut last = Instant::now();
-        let mut answered = 0;
-        while answered < ECHO_MAX && !flag.load(Ordering::Acquire) && last.elapsed() < STEP {
-            if let Ok((n, from)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(&buf[..n], from);
-                answered += 1;
-                last = Instant::now();
-            }
-        }
-    });
-    UdpEcho { addr, stop }
-}
-
-/// Payload `i`: its index, then bytes derived from it; `size(i)` long.
-fn payload(i: u32, size: usize) -> Vec<u8> {
-    let mut v = i.to_be_bytes().to_vec();
-    let mut x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push(x as u8);
-    }
-    v.truncate(size.max(4));
-    v
-}
 
 /// Size of datagram `i`: pseudo-random in 4..=MAX_SIZE.
 fn size_of(i: u32) -> usize {
-    let x = (u64::from(i) + 1).wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-    4 + (x as usize) % (MAX_SIZE - 3)
-}
-
-/// Checks an echoed payload; returns its index.
-fn check(data: &[u8], seen: &mut HashSet<u32>) -> u32 {
-    assert!(data.len() >= 4, "short datagram of {} bytes", data.len());
-    let i = u32::from_be_bytes(data[..4].try_into().unwrap());
-    assert!(
-        data == payload(i, size_of(i)).as_slice(),
-        "datagram {i} corrupted ({} bytes)",
-        data.len()
-    );
-    assert!(seen.insert(i), "datagram {i} twice");
-    i
-}
-
-async fn sleep<R: TestRuntime>(d: Duration) {
-    anytls_io::sleep_until::<R>(Instant::now() + d).await;
+    targets::size_of(i, MAX_SIZE)
 }
 
 /// Runs `fut` for at most [`STEP`], panicking with `what` when it runs out.
 async fn bounded<R: TestRuntime, F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    timeout::<R, _>(STEP, fut)
-        .await
-        .unwrap_or_else(|| panic!("{what} timed out ({})", R::NAME))
-}
-
-/// Waits for a std thread without blocking the runtime; its panic becomes ours.
-async fn join<R: TestRuntime, T>(h: JoinHandle<T>, limit: Duration, what: &str) -> T {
-    let start = Instant::now();
-    while !h.is_finished() {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not finish in {limit:?}"
-        );
-        sleep::<R>(Duration::from_millis(20)).await;
-    }
-    match h.join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    }
-}
-
-struct Fixture<C: TestRuntime> {
-    client: Client<C>,
-    stop: ShutdownHandle,
-}
-
-impl<C: TestRuntime> Drop for Fixture<C> {
-    fn drop(&mut self) {
-        self.client.close();
-        self.stop.shutdown();
-    }
+    within::<R, _>(STEP, what, fut).await
 }
 
 async fn fixture<C: TestRuntime, S: TestRuntime>() -> Fixture<C> {
-    let id = Identity::self_signed(&["localhost".into()]).unwrap();
-    let pin = id.leaf_sha256().unwrap();
-    let server = Server::<S>::bind("127.0.0.1:0", ServerConfig::new("uot-pw", id))
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let stop = server.shutdown_handle();
-    S::spawn(async move {
-        let _ = server.serve().await;
-    });
-    let mut cfg = ClientConfig::new(addr.to_string(), "uot-pw");
-    cfg.sni = Some("localhost".into());
-    cfg.verification = Verification::Pin(pin);
-    let client = Client::<C>::new(cfg).unwrap();
-    Fixture { client, stop }
-}
-
-/// A SOCKS5 listener on runtime `C` in front of `client`.
-async fn socks5<C: TestRuntime>(client: &Client<C>, cfg: Socks5Config) -> SocketAddr {
-    let l = C::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = C::local_addr(&l).unwrap();
-    let c = client.clone();
-    C::spawn(async move {
-        let _ = serve_socks5_with(l, c, cfg).await;
-    });
-    addr
+    pair::<C, S>("uot-pw").await
 }
 
 /// Sends datagrams `0..count` to `dest` with [`WINDOW`] in flight and checks
@@ -188,7 +64,7 @@ async fn echo_many<C: TestRuntime>(udp: &mut AnyTlsUdp, dest: SocketAddr, count:
         .await
         .unwrap();
         assert_eq!(from, SocksAddr::from(dest), "source of an answer");
-        check(&buf[..n], &mut seen);
+        check(&buf[..n], MAX_SIZE, &mut seen);
         if next < count {
             let p = payload(next, size_of(next));
             bounded::<C, _>("send", udp.send_to(&p, dest))
@@ -202,7 +78,7 @@ async fn echo_many<C: TestRuntime>(udp: &mut AnyTlsUdp, dest: SocketAddr, count:
 /// (a) 500 datagrams of up to 8 KiB through one association, all back intact.
 async fn udp_many_datagrams<C: TestRuntime, S: TestRuntime>() {
     let f = fixture::<C, S>().await;
-    let echo = udp_echo();
+    let echo = udp_echo(STEP);
     let mut udp = bounded::<C, _>("udp()", f.client.udp()).await.unwrap();
     assert!(udp.peer().is_none());
     echo_many::<C>(&mut udp, echo.addr, 500).await;
@@ -213,7 +89,7 @@ async fn udp_many_datagrams<C: TestRuntime, S: TestRuntime>() {
 /// literal given as a name, and the send-side errors.
 async fn udp_edges_and_two_targets<C: TestRuntime, S: TestRuntime>() {
     let f = fixture::<C, S>().await;
-    let (a, b) = (udp_echo(), udp_echo());
+    let (a, b) = (udp_echo(STEP), udp_echo(STEP));
     let mut udp = bounded::<C, _>("udp()", f.client.udp()).await.unwrap();
     let mut buf = vec![0u8; 65_536];
     let big = payload(7, UDP_MAX);
@@ -267,7 +143,7 @@ async fn udp_edges_and_two_targets<C: TestRuntime, S: TestRuntime>() {
 /// Connect mode: one destination, `send`/`recv`, split halves on two futures.
 async fn udp_connect_mode<C: TestRuntime, S: TestRuntime>() {
     let f = fixture::<C, S>().await;
-    let (echo, other) = (udp_echo(), udp_echo());
+    let (echo, other) = (udp_echo(STEP), udp_echo(STEP));
     let mut udp = bounded::<C, _>("udp_connect()", f.client.udp_connect(echo.addr))
         .await
         .unwrap();
@@ -298,7 +174,7 @@ async fn udp_connect_mode<C: TestRuntime, S: TestRuntime>() {
         let mut seen = HashSet::new();
         while seen.len() < count as usize {
             let n = bounded::<C, _>("recv", rx.recv(&mut buf)).await.unwrap();
-            check(&buf[..n], &mut seen);
+            check(&buf[..n], MAX_SIZE, &mut seen);
             received.fetch_add(1, Ordering::Release);
         }
     };
@@ -407,7 +283,7 @@ fn udp_client() -> UdpSocket {
 async fn socks5_udp_associate<C: TestRuntime, S: TestRuntime>() {
     let f = fixture::<C, S>().await;
     let socks = socks5::<C>(&f.client, Socks5Config::default()).await;
-    let echo = udp_echo();
+    let echo = udp_echo(STEP);
     let target = echo.addr;
     let h = std::thread::spawn(move || {
         let (_control, relay) = associate(socks);
@@ -427,7 +303,7 @@ async fn socks5_udp_associate<C: TestRuntime, S: TestRuntime>() {
             let (src, data) = socks_recv(&s, relay)
                 .unwrap_or_else(|e| panic!("datagram {} of {count}: {e}", seen.len()));
             assert_eq!(src, SocksAddr::from(target));
-            check(&data, &mut seen);
+            check(&data, MAX_SIZE, &mut seen);
             if next < count {
                 s.send_to(
                     &socks_datagram(target, &payload(next, size_of(next))),
@@ -465,7 +341,7 @@ async fn socks5_udp_associate<C: TestRuntime, S: TestRuntime>() {
 async fn socks5_udp_ends_with_control<C: TestRuntime, S: TestRuntime>() {
     let f = fixture::<C, S>().await;
     let socks = socks5::<C>(&f.client, Socks5Config::default()).await;
-    let echo = udp_echo();
+    let echo = udp_echo(STEP);
     let target = echo.addr;
     let h = std::thread::spawn(move || {
         let (control, relay) = associate(socks);
@@ -536,14 +412,7 @@ async fn socks5_udp_idle_and_disabled<C: TestRuntime, S: TestRuntime>() {
 
 /// A server that closes idle UoT streams after 200 ms; the client side on `C`.
 async fn fixture_short_udp_idle<C: TestRuntime, S: TestRuntime>() -> Fixture<C> {
-    let id = Identity::self_signed(&["localhost".into()]).unwrap();
-    let pin = id.leaf_sha256().unwrap();
-    let server = Server::<S>::bind("127.0.0.1:0", ServerConfig::new("uot-pw", id))
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let stop = server.shutdown_handle();
-    S::spawn(async move {
+    pair_serving::<C, S, _, _>("uot-pw", |server| async move {
         let udp = anytls_io::UdpConfig {
             idle_timeout: Duration::from_millis(200),
             ..anytls_io::UdpConfig::default()
@@ -553,12 +422,8 @@ async fn fixture_short_udp_idle<C: TestRuntime, S: TestRuntime>() -> Fixture<C> 
                 anytls_io::relay_tcp_with(req, STEP, udp)
             })
             .await;
-    });
-    let mut cfg = ClientConfig::new(addr.to_string(), "uot-pw");
-    cfg.sni = Some("localhost".into());
-    cfg.verification = Verification::Pin(pin);
-    let client = Client::<C>::new(cfg).unwrap();
-    Fixture { client, stop }
+    })
+    .await
 }
 
 /// The server ends the UoT stream (its idle timeout): the association lives
@@ -566,7 +431,7 @@ async fn fixture_short_udp_idle<C: TestRuntime, S: TestRuntime>() -> Fixture<C> 
 async fn socks5_udp_survives_stream_end<C: TestRuntime, S: TestRuntime>() {
     let f = fixture_short_udp_idle::<C, S>().await;
     let socks = socks5::<C>(&f.client, Socks5Config::default()).await;
-    let echo = udp_echo();
+    let echo = udp_echo(STEP);
     let target = echo.addr;
     let h = std::thread::spawn(move || {
         let (mut control, relay) = associate(socks);

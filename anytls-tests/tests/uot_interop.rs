@@ -16,19 +16,18 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use anytls_io::socks5::wire::{self, Reply};
 use anytls_io::{
     AnyTlsUdp, Client, ClientConfig, Identity, Server, ServerConfig, SocksAddr, Verification,
 };
 use anytls_tests::TestRuntime;
+use anytls_tests::peers::{Proc, free_port, peer, spawn, temp_dir, wait_listening, write_identity};
+use anytls_tests::targets::{self, check, join, size_of, udp_echo, within};
 
 const PASSWORD: &str = "interop-Pw_1";
 /// Bound of one step (a receive, a start-up, one wait).
@@ -45,165 +44,18 @@ const COUNT: u32 = 300;
 /// Largest payload of the many-datagram runs.
 const MAX_SIZE: usize = 8 * 1024;
 
-fn peers_dir() -> PathBuf {
-    std::env::var_os("ANYTLS_PEERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/anytls-ci")
-        })
-}
-
-/// The peer binary, or `None` (test skipped) when it is not installed.
-fn peer(rel: &str) -> Option<PathBuf> {
-    let path = peers_dir().join(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("ANYTLS_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-        panic!("interop peer {} is missing", path.display());
-    }
-    eprintln!("SKIPPED: interop peer {} is not installed", path.display());
-    None
-}
-
-/// Kills the child process when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_shoes(shoes: &Path, yaml: &Path) -> Proc {
-    Proc(
-        Command::new(shoes)
-            .arg("--no-reload")
-            .arg(yaml)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn shoes"),
-    )
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-async fn sleep<R: TestRuntime>(d: Duration) {
-    anytls_io::sleep_until::<R>(Instant::now() + d).await;
+    spawn(Command::new(shoes).arg("--no-reload").arg(yaml))
 }
 
 /// Runs `fut` for at most [`STEP`], panicking with `what` when it runs out.
 async fn bounded<R: TestRuntime, F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    anytls_io::timeout::<R, _>(STEP, fut)
-        .await
-        .unwrap_or_else(|| panic!("{what} timed out ({})", R::NAME))
-}
-
-/// Waits (bounded) until something listens on `port`.
-async fn wait_listening<R: TestRuntime>(port: u16, child: &mut Proc) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    for _ in 0..200 {
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!("shoes exited early: {status}");
-        }
-        sleep::<R>(Duration::from_millis(50)).await;
-    }
-    panic!("shoes never listened on {port}");
-}
-
-/// Waits for a std thread without blocking the runtime; its panic becomes ours.
-async fn join<R: TestRuntime, T>(h: JoinHandle<T>, limit: Duration, what: &str) -> T {
-    let start = Instant::now();
-    while !h.is_finished() {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not finish in {limit:?}"
-        );
-        sleep::<R>(Duration::from_millis(20)).await;
-    }
-    match h.join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    }
-}
-
-/// A fresh folder per test and runtime (both runtimes run in one process).
-fn temp_dir<R: TestRuntime>(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "anytls-uot-interop-{name}-{}-{}",
-        R::NAME,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A UDP echo target on 127.0.0.1 served by a std thread, which ends after
-/// 100 000 datagrams, [`STEP`] of silence, or when dropped.
-struct UdpEcho {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-    }
-}
-
-fn udp_echo() -> UdpEcho {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let addr = s.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        let mut last = Instant::now();
-        for _ in 0..100_000 {
-            if flag.load(Ordering::Acquire) || last.elapsed() > STEP {
-                return;
-            }
-            if let Ok((n, from)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(&buf[..n], from);
-                last = Instant::now();
-            }
-        }
-    });
-    UdpEcho { addr, stop }
+    within::<R, _>(STEP, what, fut).await
 }
 
 /// Payload `i`: its index, then bytes derived from it; 4..=MAX_SIZE long.
 fn payload(i: u32) -> Vec<u8> {
-    let size = 4
-        + ((u64::from(i) + 1).wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as usize % (MAX_SIZE - 3);
-    let mut v = i.to_be_bytes().to_vec();
-    let mut x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push(x as u8);
-    }
-    v
-}
-
-/// Checks an echoed payload and records its index.
-fn check(data: &[u8], seen: &mut HashSet<u32>) {
-    assert!(data.len() >= 4, "short datagram of {} bytes", data.len());
-    let i = u32::from_be_bytes(data[..4].try_into().unwrap());
-    assert!(data == payload(i).as_slice(), "datagram {i} corrupted");
-    assert!(seen.insert(i), "datagram {i} twice");
+    targets::payload(i, size_of(i, MAX_SIZE))
 }
 
 /// [`COUNT`] datagrams through `udp` to `dest`, [`WINDOW`] in flight; every
@@ -229,19 +81,15 @@ async fn echo_many<R: TestRuntime>(udp: &mut AnyTlsUdp, dest: SocketAddr) {
             .await
             .unwrap();
         assert_eq!(from, SocksAddr::from(dest), "source of an answer");
-        check(&buf[..n], &mut seen);
+        check(&buf[..n], MAX_SIZE, &mut seen);
     }
 }
 
 /// Our client (both UoT modes) through a shoes server.
 /// A shoes AnyTLS server with UDP over TCP; our client to it.
 async fn shoes_server<R: TestRuntime>(shoes: &Path, name: &str) -> (Proc, Client<R>) {
-    let dir = temp_dir::<R>(name);
-    let id = Identity::self_signed(&["localhost".into()]).unwrap();
-    let (cert, key) = id.to_pem();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert).unwrap();
-    std::fs::write(&key_path, key).unwrap();
+    let dir = temp_dir::<R>("anytls-uot-interop", name);
+    let (cert_path, key_path, _) = write_identity(&dir);
     let port = free_port();
     let yaml = format!(
         r#"# shoes 0.3.2: AnyTLS server with UDP over TCP on 127.0.0.1:{port}
@@ -265,7 +113,7 @@ async fn shoes_server<R: TestRuntime>(shoes: &Path, name: &str) -> (Proc, Client
     let cfg_path = dir.join("server.yaml");
     std::fs::write(&cfg_path, yaml).unwrap();
     let mut p = spawn_shoes(shoes, &cfg_path);
-    wait_listening::<R>(port, &mut p).await;
+    wait_listening::<R>(port, &mut p, "shoes").await;
     let mut cfg = ClientConfig::new(format!("127.0.0.1:{port}"), PASSWORD);
     cfg.sni = Some("localhost".into());
     cfg.verification = Verification::Insecure;
@@ -278,7 +126,7 @@ async fn our_udp_client_with_shoes_server<R: TestRuntime>() {
         return;
     };
     let (_shoes, client) = shoes_server::<R>(&shoes, "shoes-server").await;
-    let echo = udp_echo();
+    let echo = udp_echo(STEP);
 
     // Non-connect mode: every datagram carries its destination.
     let mut udp = bounded::<R, _>("udp()", client.udp()).await.unwrap();
@@ -344,7 +192,7 @@ async fn shoes_socks5_udp_with_our_server<R: TestRuntime>() {
     let Some(shoes) = peer("shoes/bin/shoes") else {
         return;
     };
-    let dir = temp_dir::<R>("shoes-client");
+    let dir = temp_dir::<R>("anytls-uot-interop", "shoes-client");
     let id = Identity::self_signed(&["localhost".into()]).unwrap();
     let server = Server::<R>::bind("127.0.0.1:0", ServerConfig::new(PASSWORD, id))
         .await
@@ -379,9 +227,9 @@ async fn shoes_socks5_udp_with_our_server<R: TestRuntime>() {
     let cfg_path = dir.join("client.yaml");
     std::fs::write(&cfg_path, yaml).unwrap();
     let mut p = spawn_shoes(&shoes, &cfg_path);
-    wait_listening::<R>(lport, &mut p).await;
+    wait_listening::<R>(lport, &mut p, "shoes").await;
 
-    let (a, b) = (udp_echo(), udp_echo());
+    let (a, b) = (udp_echo(STEP), udp_echo(STEP));
     let (ta, tb) = (a.addr, b.addr);
     let socks = SocketAddr::from(([127, 0, 0, 1], lport));
     let h = std::thread::spawn(move || {
@@ -414,7 +262,7 @@ async fn shoes_socks5_udp_with_our_server<R: TestRuntime>() {
             }
             let (src, data) = recv();
             assert_eq!(src, SocksAddr::from(ta));
-            check(&data, &mut seen);
+            check(&data, MAX_SIZE, &mut seen);
         }
     });
     join::<R, _>(h, STEP * 4, "the SOCKS5 UDP client").await;
@@ -434,7 +282,7 @@ async fn our_socks5_udp_with_shoes_server<R: TestRuntime>() {
     R::spawn(async move {
         let _ = anytls_io::socks5::serve_socks5(l, c).await;
     });
-    let echo = udp_echo();
+    let echo = udp_echo(STEP);
     let target = echo.addr;
     let h = std::thread::spawn(move || {
         let (_control, relay) = associate(socks);
@@ -459,35 +307,15 @@ async fn our_socks5_udp_with_shoes_server<R: TestRuntime>() {
             assert_eq!(from, relay);
             let (h, at) = wire::parse_udp_header(&buf[..n]).unwrap();
             assert_eq!(h.addr, SocksAddr::from(target));
-            check(&buf[at..n], &mut seen);
+            check(&buf[at..n], MAX_SIZE, &mut seen);
         }
     });
     join::<R, _>(h, STEP * 4, "the SOCKS5 UDP client").await;
     client.close();
 }
 
-/// Instantiates every test for our side on one runtime.
-macro_rules! on_runtime {
-    ($module:ident, $rt:ty; $($name:ident),* $(,)?) => {
-        mod $module {
-            $(
-                #[test]
-                fn $name() {
-                    anytls_tests::run::<$rt, $rt, _>(super::$name::<$rt>())
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! interop_suite {
-    ($($name:ident),* $(,)?) => {
-        on_runtime!(tokio, anytls_tests::Tokio; $($name),*);
-        on_runtime!(smol, anytls_tests::Smol; $($name),*);
-    };
-}
-
-interop_suite!(
+// Our side on one runtime per test (no mixed pairs).
+anytls_tests::one_runtime_suite!(
     our_udp_client_with_shoes_server,
     our_socks5_udp_with_shoes_server,
     shoes_socks5_udp_with_our_server,

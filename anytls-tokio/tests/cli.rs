@@ -2,120 +2,13 @@
 //! server plus client carrying SOCKS5 traffic on 127.0.0.1. Every wait is
 //! bounded; children are killed if a test fails.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_anytls");
-
-/// A child process that is killed when dropped.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<(bool, String)>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run anytls");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        for (is_out, r) in [
-            (true, Box::new(out) as Box<dyn Read + Send>),
-            (false, Box::new(err)),
-        ] {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(r).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send((is_out, line)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The first stdout line starting with `prefix` (the rest of it), within `limit`.
-    fn wait_stdout(&mut self, prefix: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((is_out, line)) => {
-                    self.seen.push(line.clone());
-                    if is_out {
-                        if let Some(rest) = line.strip_prefix(prefix) {
-                            return rest.trim().to_owned();
-                        }
-                    }
-                }
-                Err(_) => panic!(
-                    "no line {prefix:?} within {limit:?}; output so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not exit within {limit:?}; output:\n{}",
-                self.seen.join("\n")
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Everything printed so far (after exit: everything), stdout and stderr.
-    fn drain(&mut self) -> (String, String) {
-        let (mut out, mut err) = (String::new(), String::new());
-        while let Ok((is_out, line)) = self.lines.recv_timeout(Duration::from_millis(200)) {
-            let s = if is_out { &mut out } else { &mut err };
-            s.push_str(&line);
-            s.push('\n');
-        }
-        (out, err)
-    }
-
-    #[cfg(unix)]
-    fn interrupt(&self) {
-        let st = Command::new("sh")
-            .args(["-c", &format!("kill -INT {}", self.child.id())])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{BIN, Proc};
 
 #[test]
 fn demo_reports_latency_throughput_and_pool() {

@@ -13,6 +13,7 @@
 //! Every wait is bounded by a timeout and every loop by a count; child
 //! processes are killed when a test fails.
 
+mod common;
 #[path = "faults/support.rs"]
 mod support;
 

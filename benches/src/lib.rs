@@ -2,6 +2,8 @@
 
 #![warn(missing_docs)]
 
+pub mod procs;
+
 use anytls_core::StreamId;
 use anytls_core::frame::encode_data;
 use bytes::BytesMut;

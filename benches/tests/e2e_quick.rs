@@ -3,9 +3,10 @@
 //! never checked here: speed targets are reported by the bench, not asserted
 //! by timed tests.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
 
 /// Generous: a debug build, on a machine that may be busy.
 const LIMIT: Duration = Duration::from_secs(240);
@@ -14,44 +15,13 @@ const LIMIT: Duration = Duration::from_secs(240);
 fn quick_run_prints_every_row() {
     let svg = std::env::temp_dir().join(format!("anytls-e2e-quick-{}.svg", std::process::id()));
     let _ = std::fs::remove_file(&svg);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_e2e"))
-        .arg("--quick")
-        .arg("--svg")
-        .arg(&svg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start e2e");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for e2e") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out_reader.join().expect("stdout reader");
-    let stderr = err_reader.join().expect("stderr reader");
-    let Some(status) = status else {
-        panic!("e2e --quick did not finish within {LIMIT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_e2e"));
+    cmd.arg("--quick").arg("--svg").arg(&svg);
+    let common::Run {
+        status,
+        stdout,
+        stderr,
+    } = common::run_with_limit(cmd, "e2e --quick", LIMIT);
     assert!(
         status.success(),
         "e2e --quick failed: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"

@@ -2,9 +2,10 @@
 //! passes and prints its summary. The figures themselves are the soak's to
 //! judge (a failure makes it print FAIL and exit non-zero).
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
 
 /// Generous: a debug build, on a machine that may be busy. The soak itself
 /// needs 5 s of workload, a quiet period of at least 5 s and a few seconds
@@ -13,45 +14,13 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 #[test]
 fn five_second_soak_passes() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_soak"))
-        .args(["--seconds", "5"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start soak");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for soak") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            // The soak's children die with it (kill on drop, closed stdin).
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out_reader.join().expect("stdout reader");
-    let stderr = err_reader.join().expect("stderr reader");
-    let Some(status) = status else {
-        panic!(
-            "soak --seconds 5 did not finish within {LIMIT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        );
-    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_soak"));
+    cmd.args(["--seconds", "5"]);
+    let common::Run {
+        status,
+        stdout,
+        stderr,
+    } = common::run_with_limit(cmd, "soak --seconds 5", LIMIT);
     assert!(
         status.success(),
         "soak --seconds 5 failed: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"

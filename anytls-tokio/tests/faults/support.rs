@@ -1,14 +1,10 @@
 //! Helpers of `faults.rs`: `anytls` child processes, an in-process server,
 //! tokio TCP targets on 127.0.0.1, a byte pattern and bounded waits.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anytls_tokio::{
@@ -18,93 +14,21 @@ use anytls_tokio::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_anytls");
 pub const PASSWORD: &str = "fault-test-password";
 /// Bound of one step (a dial, an echo, a process printing its first lines).
 pub const STEP: Duration = Duration::from_secs(10);
 
 // ----- child processes -----
 
-/// An `anytls` child process (stdout and stderr read by threads), killed when
-/// dropped.
-pub struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<(bool, String)>,
-    pub seen: Vec<String>,
-}
+pub use crate::common::Proc;
 
 impl Proc {
-    pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run anytls");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        for (is_out, r) in [
-            (true, Box::new(out) as Box<dyn Read + Send>),
-            (false, Box::new(err)),
-        ] {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(r).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send((is_out, line)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The first stdout line starting with `prefix` (the rest of it), within
-    /// `limit`. Blocks this worker thread (multi-thread runtime only).
-    pub fn wait_stdout(&mut self, prefix: &str, limit: Duration) -> String {
-        tokio::task::block_in_place(|| {
-            let deadline = Instant::now() + limit;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.lines.recv_timeout(left) {
-                    Ok((is_out, line)) => {
-                        self.seen.push(line.clone());
-                        if is_out {
-                            if let Some(rest) = line.strip_prefix(prefix) {
-                                return rest.trim().to_owned();
-                            }
-                        }
-                    }
-                    Err(_) => panic!(
-                        "no line {prefix:?} within {limit:?}; output so far:\n{}",
-                        self.seen.join("\n")
-                    ),
-                }
-            }
-        })
-    }
-
     /// SIGKILL (`Child::kill`), then reaps the process: once this returns its
     /// sockets are closed by the kernel.
     pub fn kill9(&mut self) {
         self.child.kill().expect("kill -9");
         let st = tokio::task::block_in_place(|| self.child.wait()).expect("wait");
         assert!(!st.success(), "killed process reported success: {st}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -37,13 +37,15 @@ use std::time::{Duration, Instant};
 
 use anytls_tokio::socks5::{serve_socks5, socks5_connect};
 use anytls_tokio::tls::{self, Identity, Verification, hex32, parse_pin};
-use anytls_tokio::{Client, ClientConfig, Server, ServerConfig};
+use anytls_tokio::{Client, ClientConfig};
 use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
+
+use anytls_benches::procs::{self, ChildArgs, Res, control_loop, need, os};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 // The crate root is this file, so the modules' paths are given.
@@ -55,9 +57,6 @@ mod parallel;
 mod svg;
 
 use parallel::{ParallelRun, parallel_run, print_parallel};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
 
 const MIB: u64 = 1024 * 1024;
 /// Response size of a latency request.
@@ -137,14 +136,8 @@ struct Cli {
     // Child process roles (internal).
     #[arg(long, value_enum, hide = true)]
     role: Option<Role>,
-    #[arg(long, hide = true)]
-    cert: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    key: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    server: Option<String>,
-    #[arg(long, hide = true)]
-    pin: Option<String>,
+    #[command(flatten)]
+    child: ChildArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -163,19 +156,10 @@ enum Role {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("e2e: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rt = procs::runtime("e2e", 1);
     let res = rt.block_on(async {
         match cli.role {
-            Some(Role::Server) => role_server(&cli).await,
+            Some(Role::Server) => procs::role_server(&cli.child, PASSWORD).await,
             Some(Role::Client) => role_client(&cli).await,
             Some(Role::TlsServer) => role_tls_server(&cli).await,
             Some(Role::TunnelClient) => role_tunnel_client(&cli).await,
@@ -344,43 +328,8 @@ async fn fetch(socks: SocketAddr, target: SocketAddr, pat: &[u8]) -> Res<Duratio
 // ---------------------------------------------------------------------------
 // Child roles.
 
-fn need<'a, T>(v: &'a Option<T>, what: &str) -> Res<&'a T> {
-    v.as_ref()
-        .ok_or_else(|| format!("--role needs --{what}").into())
-}
-
-/// Answers control commands on stdin until it closes.
-async fn control_loop<F>(mut answer: F) -> Res<()>
-where
-    F: AsyncFnMut(&str) -> Res<String>,
-{
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
-        let reply = match answer(line.trim()).await {
-            Ok(r) => r,
-            Err(e) => format!("ERR {e}"),
-        };
-        println!("{reply}");
-    }
-    Ok(())
-}
-
-async fn role_server(cli: &Cli) -> Res<()> {
-    let id = Identity::from_pem_files(need(&cli.cert, "cert")?, need(&cli.key, "key")?)?;
-    let server = Server::bind("127.0.0.1:0", ServerConfig::new(PASSWORD, id)).await?;
-    let addr = server.local_addr()?;
-    let handle = server.shutdown_handle();
-    tokio::spawn(server.serve());
-    println!("READY {addr}");
-    control_loop(async |cmd| match cmd {
-        "stats" => Ok(format!("STATS active={}", handle.active_sessions())),
-        _ => Err(format!("unknown command {cmd:?}").into()),
-    })
-    .await
-}
-
 async fn role_tls_server(cli: &Cli) -> Res<()> {
-    let id = Identity::from_pem_files(need(&cli.cert, "cert")?, need(&cli.key, "key")?)?;
+    let id = cli.child.identity()?;
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&id, &[])?));
     let l = TcpListener::bind("127.0.0.1:0").await?;
     println!("READY {}", l.local_addr()?);
@@ -403,8 +352,8 @@ async fn role_tls_server(cli: &Cli) -> Res<()> {
 const TUNNEL_BUF: usize = 64 * 1024;
 
 async fn role_tunnel_client(cli: &Cli) -> Res<()> {
-    let server: SocketAddr = need(&cli.server, "server")?.parse()?;
-    let pin = parse_pin(need(&cli.pin, "pin")?)?;
+    let server: SocketAddr = need(&cli.child.server, "server")?.parse()?;
+    let pin = parse_pin(need(&cli.child.pin, "pin")?)?;
     let connector = TlsConnector::from(Arc::new(tls::client_config(&Verification::Pin(pin), &[])?));
     let l = TcpListener::bind("127.0.0.1:0").await?;
     println!("READY {}", l.local_addr()?);
@@ -431,8 +380,8 @@ async fn role_tunnel_client(cli: &Cli) -> Res<()> {
 }
 
 async fn role_tunnel_server(cli: &Cli) -> Res<()> {
-    let target: SocketAddr = need(&cli.server, "server")?.parse()?;
-    let id = Identity::from_pem_files(need(&cli.cert, "cert")?, need(&cli.key, "key")?)?;
+    let target: SocketAddr = need(&cli.child.server, "server")?.parse()?;
+    let id = cli.child.identity()?;
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&id, &[])?));
     let l = TcpListener::bind("127.0.0.1:0").await?;
     println!("READY {}", l.local_addr()?);
@@ -537,11 +486,11 @@ impl ClientRole {
 }
 
 async fn role_client(cli: &Cli) -> Res<()> {
-    let verification = match &cli.pin {
+    let verification = match &cli.child.pin {
         Some(p) => Verification::Pin(parse_pin(p)?),
         None => Verification::Insecure,
     };
-    let server = need(&cli.server, "server")?.clone();
+    let server = need(&cli.child.server, "server")?.clone();
     let (mut role, addr) = ClientRole::start(server, verification).await?;
     println!("READY {addr}");
     control_loop(async |cmd| {
@@ -580,24 +529,12 @@ impl Proc {
 
     fn rss_kib(&self) -> Res<u64> {
         let pid = self.pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| format!("no VmRSS for {}", self.name).into())
+        procs::status_kib(pid, "VmRSS:").ok_or_else(|| format!("no VmRSS for {}", self.name).into())
     }
 
     async fn line(&mut self) -> Res<String> {
-        let name = &self.name;
         let lines = self.lines.as_mut().ok_or("no control channel")?;
-        match timeout(STEP, lines.next_line()).await {
-            Err(_) => Err(format!("{name}: no answer within {STEP:?}").into()),
-            Ok(Err(e)) => Err(format!("{name}: {e}").into()),
-            Ok(Ok(None)) => Err(format!("{name} exited").into()),
-            Ok(Ok(Some(l))) if l.starts_with("ERR ") => Err(format!("{name}: {l}").into()),
-            Ok(Ok(Some(l))) => Ok(l),
-        }
+        procs::answer_line(&self.name, lines, STEP).await
     }
 
     async fn request(&mut self, cmd: &str) -> Res<String> {
@@ -609,14 +546,7 @@ impl Proc {
 
     async fn stats(&mut self) -> Res<HashMap<String, u64>> {
         let line = self.request("stats").await?;
-        let body = line
-            .strip_prefix("STATS")
-            .ok_or_else(|| format!("{}: unexpected answer {line:?}", self.name))?;
-        Ok(body
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect())
+        procs::parse_stats(&self.name, &line)
     }
 
     /// Polls `stats` until `cond` holds.
@@ -648,14 +578,7 @@ impl Proc {
 
     /// Starts `e2e --role ...` and reads its `READY <addr>`.
     async fn role(name: &str, args: Vec<OsString>) -> Res<(Proc, SocketAddr)> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut child = procs::spawn_self(args)?;
         let stdin = child.stdin.take();
         let lines = child.stdout.take().map(|s| BufReader::new(s).lines());
         let mut p = Proc {
@@ -721,10 +644,6 @@ fn ready_addr(line: &str) -> Res<SocketAddr> {
     line.strip_prefix("READY ")
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("expected READY <addr>, got {line:?}").into())
-}
-
-fn os(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
-    args.iter().map(|a| a.as_ref().to_owned()).collect()
 }
 
 async fn free_port() -> Res<u16> {

@@ -28,22 +28,20 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anytls_core::SessionLimits;
 use anytls_tokio::tls::{Identity, Verification, hex32, parse_pin};
-use anytls_tokio::{AnyTlsStream, Client, ClientConfig, Server, ServerConfig, SocksAddr};
+use anytls_tokio::{AnyTlsStream, Client, ClientConfig, SocksAddr};
 use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::timeout;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
+use anytls_benches::procs::{self, ChildArgs, Res, control_loop, need, os, reset_hwm, status_kib};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -81,14 +79,8 @@ struct Cli {
     // Child process roles (internal).
     #[arg(long, value_enum, hide = true)]
     role: Option<Role>,
-    #[arg(long, hide = true)]
-    cert: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    key: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    server: Option<String>,
-    #[arg(long, hide = true)]
-    pin: Option<String>,
+    #[command(flatten)]
+    child: ChildArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,19 +93,10 @@ enum Role {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("flood: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rt = procs::runtime("flood", 1);
     let res = rt.block_on(async {
         match cli.role {
-            Some(Role::Server) => role_server(&cli).await,
+            Some(Role::Server) => procs::role_server(&cli.child, PASSWORD).await,
             Some(Role::Client) => role_client(&cli).await,
             None => bench(&cli).await,
         }
@@ -259,41 +242,6 @@ fn fields(line: &str) -> HashMap<String, String> {
 // ---------------------------------------------------------------------------
 // Child roles.
 
-fn need<'a, T>(v: &'a Option<T>, what: &str) -> Res<&'a T> {
-    v.as_ref()
-        .ok_or_else(|| format!("--role needs --{what}").into())
-}
-
-/// Answers control commands on stdin until it closes.
-async fn control_loop<F>(mut answer: F) -> Res<()>
-where
-    F: AsyncFnMut(&str) -> Res<String>,
-{
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
-        let reply = match answer(line.trim()).await {
-            Ok(r) => r,
-            Err(e) => format!("ERR {e}"),
-        };
-        println!("{reply}");
-    }
-    Ok(())
-}
-
-async fn role_server(cli: &Cli) -> Res<()> {
-    let id = Identity::from_pem_files(need(&cli.cert, "cert")?, need(&cli.key, "key")?)?;
-    let server = Server::bind("127.0.0.1:0", ServerConfig::new(PASSWORD, id)).await?;
-    let addr = server.local_addr()?;
-    let handle = server.shutdown_handle();
-    tokio::spawn(server.serve());
-    println!("READY {addr}");
-    control_loop(async |cmd| match cmd {
-        "stats" => Ok(format!("STATS active={}", handle.active_sessions())),
-        _ => Err(format!("unknown command {cmd:?}").into()),
-    })
-    .await
-}
-
 /// One echo of `ECHO` bytes on a new stream: from `connect` to the last
 /// byte back.
 async fn echo_once(client: &Client, target: SocketAddr) -> Res<Duration> {
@@ -315,15 +263,15 @@ async fn echo_once(client: &Client, target: SocketAddr) -> Res<Duration> {
 }
 
 async fn role_client(cli: &Cli) -> Res<()> {
-    let pin = parse_pin(need(&cli.pin, "pin")?)?;
-    let mut cfg = ClientConfig::new(need(&cli.server, "server")?.clone(), PASSWORD);
+    let pin = parse_pin(need(&cli.child.pin, "pin")?)?;
+    let mut cfg = ClientConfig::new(need(&cli.child.server, "server")?.clone(), PASSWORD);
     cfg.sni = Some("localhost".into());
     cfg.verification = Verification::Pin(pin);
     let client = Client::new(cfg)?;
     // Streams kept open (never read) until `release`.
     let held: Arc<Mutex<Vec<AnyTlsStream>>> = Arc::default();
     let mut push: Option<Arc<Push>> = None;
-    println!("READY {}", need(&cli.server, "server")?);
+    println!("READY {}", need(&cli.child.server, "server")?);
     control_loop(async |cmd| {
         let args: Vec<&str> = cmd.split_whitespace().collect();
         match args.as_slice() {
@@ -386,14 +334,7 @@ struct Proc {
 impl Proc {
     /// Starts `flood --role ...` and reads its `READY <addr>`.
     async fn start(name: &str, args: Vec<OsString>) -> Res<(Proc, String)> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut child = procs::spawn_self(args)?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut p = Proc {
@@ -417,14 +358,7 @@ impl Proc {
     }
 
     async fn line(&mut self) -> Res<String> {
-        let name = &self.name;
-        match timeout(STEP, self.lines.next_line()).await {
-            Err(_) => Err(format!("{name}: no answer within {STEP:?}").into()),
-            Ok(Err(e)) => Err(format!("{name}: {e}").into()),
-            Ok(Ok(None)) => Err(format!("{name} exited").into()),
-            Ok(Ok(Some(l))) if l.starts_with("ERR ") => Err(format!("{name}: {l}").into()),
-            Ok(Ok(Some(l))) => Ok(l),
-        }
+        procs::answer_line(&self.name, &mut self.lines, STEP).await
     }
 
     async fn request(&mut self, cmd: &str) -> Res<String> {
@@ -444,24 +378,6 @@ impl Proc {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("{}: no {key} in the answer to {cmd}", self.name).into())
     }
-}
-
-fn os(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
-    args.iter().map(|a| a.as_ref().to_owned()).collect()
-}
-
-/// A `kB` field of `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Resets the peak RSS (VmHWM) of `pid` to its current RSS.
-fn reset_hwm(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 /// Bytes queued in the kernel (Recv-Q + Send-Q of both ends) on the

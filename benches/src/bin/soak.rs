@@ -58,8 +58,7 @@ use proto::{Rng, mix};
 use proxy::Proxy;
 use report::{Monitor, Snapshot};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
+use anytls_benches::procs::Res;
 
 /// Workload streams may still be finishing this long after `--seconds`.
 const WORKLOAD_GRACE: Duration = Duration::from_secs(240);
@@ -139,16 +138,7 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("soak: cannot start the runtime: {e}");
-            std::process::exit(2);
-        }
-    };
+    let rt = anytls_benches::procs::runtime("soak", 2);
     let res = rt.block_on(async {
         match cli.role {
             Some(Role::Server) => server::run(&cli).await.map(|()| true),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anytls_benches::procs::{reset_hwm, status_kib};
 use tokio::task::JoinSet;
 
 use super::{Ctx, MIB, Proc, Res, Route, STEP, Settings, download, fetch, open_and, verdict};
@@ -59,20 +60,6 @@ pub struct ParallelRun {
     pub mibps: f64,
     pub client: Peak,
     pub server: Peak,
-}
-
-/// A `kB` field of `/proc/<pid>/status`.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Resets the peak RSS (VmHWM) of `pid` to its current RSS.
-fn reset_hwm(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 /// Samples the VmRSS of `pids` on its own thread (the runtime's workers are

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::time::timeout;
+
+use anytls_benches::procs::{self, status_kib};
 
 use crate::Res;
 
@@ -31,30 +32,16 @@ pub struct Rss {
 }
 
 pub fn rss_of(pid: u32) -> Option<Rss> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    };
     Some(Rss {
-        rss: field("VmRSS:")?,
-        peak: field("VmHWM:")?,
+        rss: status_kib(pid, "VmRSS:")?,
+        peak: status_kib(pid, "VmHWM:")?,
     })
 }
 
 impl Proc {
     /// Starts this binary with `args` and returns it with its first line.
     pub async fn spawn(name: &'static str, args: Vec<OsString>) -> Res<(Proc, String)> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut child = procs::spawn_self(args)?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut p = Proc {
@@ -72,14 +59,7 @@ impl Proc {
     }
 
     async fn line(&mut self) -> Res<String> {
-        let name = self.name;
-        match timeout(STEP, self.lines.next_line()).await {
-            Err(_) => Err(format!("{name}: no answer within {STEP:?}").into()),
-            Ok(Err(e)) => Err(format!("{name}: {e}").into()),
-            Ok(Ok(None)) => Err(format!("{name} exited").into()),
-            Ok(Ok(Some(l))) if l.starts_with("ERR ") => Err(format!("{name}: {l}").into()),
-            Ok(Ok(Some(l))) => Ok(l),
-        }
+        procs::answer_line(self.name, &mut self.lines, STEP).await
     }
 
     pub async fn request(&mut self, cmd: &str) -> Res<String> {
@@ -96,14 +76,7 @@ impl Proc {
     /// `stats`, as key=value pairs.
     pub async fn stats(&mut self) -> Res<HashMap<String, u64>> {
         let line = self.request("stats").await?;
-        let body = line
-            .strip_prefix("STATS")
-            .ok_or_else(|| format!("{}: unexpected answer {line:?}", self.name))?;
-        Ok(body
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect())
+        procs::parse_stats(self.name, &line)
     }
 
     /// Closes stdin and waits (bounded) for the exit; kills it otherwise.
@@ -122,15 +95,7 @@ impl Proc {
 /// A child's control loop: answers each stdin line with `answer`'s result
 /// until stdin closes.
 pub async fn control_loop(mut answer: impl FnMut(&str) -> Res<String>) -> Res<()> {
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
-        let reply = match answer(line.trim()) {
-            Ok(r) => r,
-            Err(e) => format!("ERR {e}"),
-        };
-        println!("{reply}");
-    }
-    Ok(())
+    procs::control_loop(async |cmd| answer(cmd)).await
 }
 
 /// A stats map entry (0 when absent).

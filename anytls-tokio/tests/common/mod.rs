@@ -1,0 +1,131 @@
+//! Shared by `cli.rs` and `faults.rs`: an `anytls` child process whose
+//! stdout and stderr lines are read by threads; every wait is bounded.
+
+// Each test crate uses its own part of this.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_anytls");
+
+/// An `anytls` child process (stdout and stderr read by threads), killed when
+/// dropped.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<(bool, String)>,
+    /// Every line read so far, stdout and stderr.
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run anytls");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (is_out, r) in [
+            (true, Box::new(out) as Box<dyn Read + Send>),
+            (false, Box::new(err)),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send((is_out, line)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stdout line starting with `prefix` (the rest of it), within
+    /// `limit`. Inside a tokio runtime it blocks this worker thread
+    /// (multi-thread runtime only).
+    pub fn wait_stdout(&mut self, prefix: &str, limit: Duration) -> String {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.wait_stdout_blocking(prefix, limit))
+        } else {
+            self.wait_stdout_blocking(prefix, limit)
+        }
+    }
+
+    fn wait_stdout_blocking(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((is_out, line)) => {
+                    self.seen.push(line.clone());
+                    if is_out {
+                        if let Some(rest) = line.strip_prefix(prefix) {
+                            return rest.trim().to_owned();
+                        }
+                    }
+                }
+                Err(_) => panic!(
+                    "no line {prefix:?} within {limit:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {limit:?}; output:\n{}",
+                self.seen.join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything printed so far (after exit: everything), stdout and stderr.
+    pub fn drain(&mut self) -> (String, String) {
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Ok((is_out, line)) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            let s = if is_out { &mut out } else { &mut err };
+            s.push_str(&line);
+            s.push('\n');
+        }
+        (out, err)
+    }
+
+    #[cfg(unix)]
+    pub fn interrupt(&self) {
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
