@@ -111,10 +111,26 @@ pub enum PoolConfigError {
         /// The minimum.
         min: Duration,
     },
+    /// A duration is beyond [`MAX_DURATION`] (it could not be added to a
+    /// point in time).
+    #[error("{name} of {value:?} is too large (maximum {max:?})")]
+    TooLarge {
+        /// The option.
+        name: &'static str,
+        /// The configured value.
+        value: Duration,
+        /// The maximum.
+        max: Duration,
+    },
     /// `max_streams_per_session` is zero.
     #[error("max_streams_per_session must be at least 1")]
     NoStreams,
 }
+
+/// Longest duration any pool option may have: ten years. Longer values are
+/// surely mistakes, and would overflow deadline arithmetic (found by the
+/// `pool` fuzz target).
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 impl PoolConfig {
     /// Checks the settings: every interval at least [`MIN_INTERVAL`], the
@@ -123,10 +139,22 @@ impl PoolConfig {
         let check = |name, value: Duration, min| {
             if value < min {
                 Err(PoolConfigError::TooSmall { name, value, min })
+            } else if value > MAX_DURATION {
+                Err(PoolConfigError::TooLarge {
+                    name,
+                    value,
+                    max: MAX_DURATION,
+                })
             } else {
                 Ok(())
             }
         };
+        check(
+            "connection_lifetime_jitter",
+            self.lifetime_jitter,
+            Duration::ZERO,
+        )?;
+        check("max_dial_backoff", self.max_dial_backoff, Duration::ZERO)?;
         check(
             "idle_session_check_interval",
             self.check_interval,
@@ -404,6 +432,14 @@ impl Pool {
     /// A dial failed. Pre-warm failures back off the next ensure.
     pub fn dial_failed(&mut self, seq: SessionSeq, now: Instant) {
         let now = self.advance(now);
+        // Only a dial can fail (an established session ends with
+        // `session_closed`).
+        if !matches!(
+            self.entries.get(&seq).map(|e| &e.state),
+            Some(State::Dialing { .. })
+        ) {
+            return;
+        }
         let Some(e) = self.entries.remove(&seq) else {
             return;
         };
