@@ -125,7 +125,15 @@ pub enum PoolConfigError {
     /// `max_streams_per_session` is zero.
     #[error("max_streams_per_session must be at least 1")]
     NoStreams,
+    /// `ensure_idle_session` is above [`MAX_ENSURE_IDLE`].
+    #[error("ensure_idle_session of {0} is too large (maximum {MAX_ENSURE_IDLE})")]
+    TooManyIdle(usize),
 }
+
+/// Most sessions `ensure_idle_session` may keep pre-warmed (each is a TLS
+/// connection; a larger value is surely a mistake and would queue that many
+/// dials at once).
+pub const MAX_ENSURE_IDLE: usize = 1024;
 
 /// Longest duration any pool option may have: ten years. Longer values are
 /// surely mistakes, and would overflow deadline arithmetic (found by the
@@ -173,6 +181,9 @@ impl PoolConfig {
         check("dial_backoff", self.dial_backoff, Duration::from_millis(10))?;
         if self.max_streams_per_session == 0 {
             return Err(PoolConfigError::NoStreams);
+        }
+        if self.ensure_idle > MAX_ENSURE_IDLE {
+            return Err(PoolConfigError::TooManyIdle(self.ensure_idle));
         }
         Ok(())
     }
