@@ -570,20 +570,28 @@ impl Drop for AnyTlsStream {
 }
 
 impl AnyTlsStream {
+    /// At most `max` (> 0) bytes of the next chunk; the rest is kept for the
+    /// next read. `None` at EOF. Both `AsyncRead` impls read through this.
+    fn poll_read_at_most(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        Poll::Ready(Ok(ready!(self.poll_read_chunk(cx))?.map(|mut b| {
+            let head = b.split_to(b.len().min(max));
+            self.pending = b;
+            head
+        })))
+    }
+
     /// Copies the next stream bytes into `buf`; 0 at EOF.
     fn poll_read_into(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        match ready!(self.poll_read_chunk(cx))? {
-            Some(mut b) => {
-                let n = b.len().min(buf.len());
-                buf[..n].copy_from_slice(&b.split_to(n));
-                self.pending = b;
-                Poll::Ready(Ok(n))
-            }
-            None => Poll::Ready(Ok(0)),
-        }
+        let head = ready!(self.poll_read_at_most(cx, buf.len()))?.unwrap_or_default();
+        buf[..head.len()].copy_from_slice(&head);
+        Poll::Ready(Ok(head.len()))
     }
 }
 
@@ -624,14 +632,12 @@ impl tokio::io::AsyncRead for AnyTlsStream {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if let Some(mut b) = ready!(this.poll_read_chunk(cx))? {
-            let n = b.len().min(buf.remaining());
-            buf.put_slice(&b.split_to(n));
-            this.pending = b;
+        let max = buf.remaining();
+        if let Some(head) = ready!(self.get_mut().poll_read_at_most(cx, max))? {
+            buf.put_slice(&head);
         }
         Poll::Ready(Ok(()))
     }
