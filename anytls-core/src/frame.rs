@@ -376,6 +376,22 @@ impl FrameDecoder {
         self.header.as_ref()
     }
 
+    /// Streaming PSH data: after [`decode`](Self::decode) returned `None` with a
+    /// PSH header pending and part of its data in `buf`, takes that part (all
+    /// of `buf`, at least one byte); the frame's remaining length shrinks
+    /// accordingly. Stream data then never waits for (or is copied into) a
+    /// whole frame. `None` for other frames, or with nothing buffered.
+    pub fn take_partial_data(&mut self, buf: &mut BytesMut) -> Option<(StreamId, Bytes)> {
+        let h = self.header.as_mut()?;
+        let n = buf.len();
+        if h.cmd != Command::Psh || n == 0 || n >= usize::from(h.len) {
+            return None;
+        }
+        // n < h.len <= u16::MAX.
+        h.len -= n as u16;
+        Some((h.stream_id, buf.split().freeze()))
+    }
+
     /// How many more bytes `buf` needs (beyond `buffered`) before the next call to
     /// [`decode`](Self::decode) can yield a frame. Useful to size reads.
     pub fn bytes_needed(&self, buffered: usize) -> usize {

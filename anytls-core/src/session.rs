@@ -50,13 +50,20 @@ const CHUNK: usize = 16 * 1024;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct SessionSeq(pub u64);
 
-/// One TLS write: `len` bytes were appended to the caller's buffer. Write them
-/// and flush before polling the next transmit.
+/// One TLS write: `len` bytes were appended to the caller's buffer.
+///
+/// A `shaped` transmit (the client's preamble and every packet of the padding
+/// phase) must become its own TLS write: its size is part of the traffic
+/// shape. Other transmits carry no shape: the caller may coalesce consecutive
+/// ones into full-size TLS records and fewer socket writes.
 #[must_use]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Transmit {
     /// Number of bytes appended.
     pub len: usize,
+    /// Encrypt these bytes on their own (their own TLS record(s)), not
+    /// together with neighbouring transmits.
+    pub shaped: bool,
 }
 
 /// Something the owner of a session must know about.
@@ -457,6 +464,20 @@ impl Session {
         }
         let first = self.stats.bytes_received == 0;
         self.stats.bytes_received += data.len() as u64;
+        let mut data = data;
+        // Leftover input (a partial frame header, or part of a control frame)
+        // is completed with just the bytes it needs, so the bulk of `data`
+        // becomes the buffer as it is: stream data is never copied here.
+        while !self.recv_buf.is_empty()
+            && !data.is_empty()
+            && self.state == State::Open
+            && !self.input_paused()
+        {
+            let need = self.decoder.bytes_needed(self.recv_buf.len()).max(1);
+            let part = data.split_to(need.min(data.len()));
+            self.recv_buf.extend_from_slice(&part);
+            self.process_input();
+        }
         if self.recv_buf.is_empty() {
             self.recv_buf = data;
         } else {
@@ -736,7 +757,7 @@ impl Session {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit> {
         self.advance_clock(now);
         let start = buf.len();
-        self.fill_transmit(buf);
+        let shaped = self.fill_transmit(buf);
         let len = buf.len() - start;
         // A drained control queue may let paused input continue.
         self.resume_input();
@@ -749,18 +770,20 @@ impl Session {
         }
         self.stats.bytes_sent += len as u64;
         self.stats.transmits += 1;
-        Some(Transmit { len })
+        Some(Transmit { len, shaped })
     }
 
-    fn fill_transmit(&mut self, buf: &mut BytesMut) {
+    /// Appends the next transmit; returns whether it is shaped (see
+    /// [`Transmit::shaped`]).
+    fn fill_transmit(&mut self, buf: &mut BytesMut) -> bool {
         if matches!(self.state, State::Closed | State::Auth) {
-            return;
+            return false;
         }
         if let Role::Client(c) = &mut self.role {
             // Packet 0: the preamble, alone.
             if let Some(pre) = c.preamble.take() {
                 buf.extend_from_slice(&pre);
-                return;
+                return true;
             }
         }
         if let Some(cur) = &mut self.current {
@@ -768,7 +791,7 @@ impl Session {
                 let mut payload = &cur.data[cur.offset..];
                 rec.encode(&mut payload, buf);
                 cur.offset += rec.payload;
-                return;
+                return true;
             }
             self.current = None;
         }
@@ -783,7 +806,7 @@ impl Session {
                 let budget = self.limits.max_write;
                 self.gather_data(buf, budget);
             }
-            return;
+            return false;
         }
         // While shaping, control frames and data never share a write, so that
         // packet 1 is exactly Settings + SYN + destination, as in the reference.
@@ -795,10 +818,10 @@ impl Session {
             self.gather_data(&mut write, budget);
         }
         if write.is_empty() {
-            return;
+            return false;
         }
         let Role::Client(c) = &mut self.role else {
-            return;
+            return false;
         };
         if !c.settings_flushed {
             c.settings_flushed = true;
@@ -818,6 +841,7 @@ impl Session {
             cur.offset = rec.payload;
         }
         self.current = Some(cur);
+        true
     }
 
     /// Appends PSH and FIN frames from ready streams, round robin, until `out`
@@ -966,6 +990,15 @@ impl Session {
                 }
                 State::Open => match self.decoder.decode(&mut self.recv_buf) {
                     Ok(Some(frame)) => self.handle_frame(frame),
+                    Ok(None) if !self.recv_buf.is_empty() => {
+                        // Part of a PSH frame: deliver what is here now.
+                        let Some((id, data)) = self.decoder.take_partial_data(&mut self.recv_buf)
+                        else {
+                            return;
+                        };
+                        self.liveness_deadline = None;
+                        self.on_psh(id, data);
+                    }
                     Ok(None) => {
                         if self.recv_buf.is_empty() {
                             // Let go of the owner's read block: an idle session

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use anytls_core::{Event, Session, SessionError, SocksAddr, StreamError, StreamId};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::runtime::{Runtime, timeout};
@@ -251,20 +251,9 @@ where
                     g.session.handle_timeout(now);
                 }
                 if !tls.has_pending_output() && io_error.is_none() {
-                    let mut bytes = 0;
-                    while bytes < MAX_BATCH_BYTES {
-                        let Some(t) = g.session.poll_transmit(now, &mut out) else {
-                            break;
-                        };
-                        bytes += t.len;
-                        // One encryption per transmit: its own TLS record(s).
-                        let res = tls.encrypt(&out);
-                        out.clear();
-                        if let Err(e) = res {
-                            g.session.close(now);
-                            io_error = Some(e);
-                            break;
-                        }
+                    if let Err(e) = encrypt_batch(&mut g.session, now, &mut tls, &mut out) {
+                        g.session.close(now);
+                        io_error = Some(e);
                     }
                 }
                 g.drain_events();
@@ -374,6 +363,54 @@ where
     }
     DriveEnd::Closed(reason)
 }
+
+/// Encrypts the next batch of transmits into `tls`'s output. A shaped
+/// transmit is encrypted alone (its own TLS record(s), so padding shapes reach
+/// the wire); unshaped ones are coalesced into full-size records, encrypted
+/// as soon as a whole record's worth is staged, so `out` holds less than one
+/// record plus one transmit.
+fn encrypt_batch<IO>(
+    session: &mut Session,
+    now: Instant,
+    tls: &mut TlsIo<IO>,
+    out: &mut BytesMut,
+) -> io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    out.clear();
+    let mut bytes = 0;
+    while bytes < MAX_BATCH_BYTES {
+        let staged = out.len();
+        let Some(t) = session.poll_transmit(now, out) else {
+            break;
+        };
+        bytes += t.len;
+        if t.shaped {
+            if staged > 0 {
+                tls.encrypt(&out[..staged])?;
+            }
+            tls.encrypt(&out[staged..])?;
+            out.clear();
+        } else if out.len() >= RECORD_DATA {
+            let whole = out.len() / RECORD_DATA * RECORD_DATA;
+            tls.encrypt(&out[..whole])?;
+            out.advance(whole);
+        }
+    }
+    if !out.is_empty() {
+        tls.encrypt(out)?;
+    }
+    if bytes > 0 && bytes < RECORD_DATA {
+        // After a small batch the staging buffer goes, so a quiet session
+        // keeps none; a busy one reuses it.
+        *out = BytesMut::new();
+    }
+    Ok(())
+}
+
+/// Plaintext bytes in a full TLS record.
+const RECORD_DATA: usize = 16 * 1024;
 
 /// Polls of the driver loop before it yields to other tasks.
 const LOOP_BUDGET: usize = 32;
@@ -526,11 +563,33 @@ impl AnyTlsStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let len = buf.len();
+        self.poll_queue(cx, Bytes::copy_from_slice(buf))
+            .map_ok(|()| len)
+    }
+
+    /// Queues `data` on the stream without copying it: `Ready(Ok(()))` once
+    /// the whole of it is queued (`data` is then empty).
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.poll_queue(cx, data.clone()))?;
+        data.clear();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues `data` (all of it) once the stream has room.
+    fn poll_queue(&mut self, cx: &mut Context<'_>, data: Bytes) -> Poll<io::Result<()>> {
         let mut g = self.conn.lock();
-        match g.session.write(self.id, Bytes::copy_from_slice(buf)) {
+        match g.session.write(self.id, data) {
             Ok(()) => {
                 g.kick();
-                Poll::Ready(Ok(buf.len()))
+                Poll::Ready(Ok(()))
             }
             Err(StreamError::Blocked) => {
                 g.write_wakers.insert(self.id, cx.waker().clone());

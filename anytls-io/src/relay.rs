@@ -5,7 +5,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::conn::AnyTlsStream;
@@ -123,15 +126,33 @@ where
     Ok((up.moved, down.moved))
 }
 
+/// Chunks gathered into one vectored socket write, at most.
+const MAX_SLICES: usize = 16;
+/// Bytes gathered into one vectored socket write, about.
+const MAX_GATHER: usize = 64 * 1024;
+
 /// Stream data on its way out of an AnyTLS stream: chunks straight from the
-/// session's receive queue, written without another copy.
+/// session's receive queue, several per (vectored) socket write, never copied.
 struct ChunkHalf {
-    pending: Bytes,
+    pending: VecDeque<Bytes>,
+    queued: usize,
     read_done: bool,
+    /// A read error, reported once the data before it is written.
+    error: Option<io::Error>,
     moved: u64,
 }
 
 impl ChunkHalf {
+    fn new() -> ChunkHalf {
+        ChunkHalf {
+            pending: VecDeque::new(),
+            queued: 0,
+            read_done: false,
+            error: None,
+            moved: 0,
+        }
+    }
+
     fn poll_copy<B>(
         &mut self,
         cx: &mut Context<'_>,
@@ -142,25 +163,121 @@ impl ChunkHalf {
         B: AsyncWrite + Unpin + ?Sized,
     {
         loop {
-            if !self.pending.is_empty() {
-                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.pending))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            while !self.read_done
+                && self.error.is_none()
+                && self.queued < MAX_GATHER
+                && self.pending.len() < MAX_SLICES
+            {
+                match from.poll_read_chunk(cx) {
+                    Poll::Ready(Ok(Some(b))) => {
+                        self.queued += b.len();
+                        self.pending.push_back(b);
+                    }
+                    Poll::Ready(Ok(None)) => self.read_done = true,
+                    Poll::Ready(Err(e)) => self.error = Some(e),
+                    Poll::Pending => break,
                 }
-                let _ = self.pending.split_to(n);
-                self.moved += n as u64;
+            }
+            if self.pending.is_empty() {
+                if let Some(e) = self.error.take() {
+                    return Poll::Ready(Err(e));
+                }
+                ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                if self.read_done {
+                    return Pin::new(&mut *to).poll_close(cx);
+                }
+                return Poll::Pending;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            for (s, b) in slices.iter_mut().zip(&self.pending) {
+                *s = IoSlice::new(b);
+            }
+            let count = self.pending.len().min(MAX_SLICES);
+            let mut n = ready!(Pin::new(&mut *to).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.queued -= n;
+            self.moved += n as u64;
+            while n > 0 {
+                let Some(front) = self.pending.front_mut() else {
+                    break;
+                };
+                if front.len() <= n {
+                    n -= front.len();
+                    self.pending.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+    }
+}
+
+/// Data on its way into an AnyTLS stream: read from the socket into blocks
+/// that go to the session's send queue as they are, without another copy.
+struct BytesHalf {
+    /// The unread rest of the current block (initialised).
+    block: BytesMut,
+    /// Read but not yet queued.
+    chunk: Bytes,
+    read_size: usize,
+    read_done: bool,
+    moved: u64,
+}
+
+impl BytesHalf {
+    fn new() -> BytesHalf {
+        BytesHalf {
+            block: BytesMut::new(),
+            chunk: Bytes::new(),
+            read_size: MIN_BUF,
+            read_done: false,
+            moved: 0,
+        }
+    }
+
+    fn poll_copy<A>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut A,
+        to: &mut AnyTlsStream,
+    ) -> Poll<io::Result<()>>
+    where
+        A: AsyncRead + Unpin + ?Sized,
+    {
+        loop {
+            if !self.chunk.is_empty() {
+                let len = self.chunk.len();
+                ready!(to.poll_write_bytes(cx, &mut self.chunk))?;
+                self.moved += len as u64;
                 continue;
             }
             if self.read_done {
-                ready!(Pin::new(&mut *to).poll_flush(cx))?;
-                return Pin::new(&mut *to).poll_close(cx);
+                to.finish();
+                return Poll::Ready(Ok(()));
             }
-            match from.poll_read_chunk(cx) {
-                Poll::Ready(Ok(Some(b))) => self.pending = b,
-                Poll::Ready(Ok(None)) => self.read_done = true,
+            if self.block.len() < self.read_size / 2 {
+                // A fresh block; the last one lives on in the queued chunks.
+                self.block = BytesMut::zeroed(self.read_size);
+            }
+            let size = self.block.len().min(self.read_size);
+            match Pin::new(&mut *from).poll_read(cx, &mut self.block[..size]) {
+                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(n)) => {
+                    if n == size && self.read_size < MAX_STREAM_BUF {
+                        // The read filled what it was offered: read more at once.
+                        self.read_size *= 2;
+                    }
+                    self.chunk = self.block.split_to(n).freeze();
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                    if self.read_size == MIN_BUF {
+                        // Quiet: hold no block while waiting.
+                        self.block = BytesMut::new();
+                    }
                     return Poll::Pending;
                 }
             }
@@ -168,19 +285,20 @@ impl ChunkHalf {
     }
 }
 
-/// [`relay`] between an AnyTLS stream and another byte stream; data from the
-/// AnyTLS stream goes out without passing through a relay buffer. Returns the
-/// bytes moved `stream -> other` and `other -> stream`.
+/// Largest socket read into an AnyTLS stream (the block goes to the send
+/// queue as it is).
+const MAX_STREAM_BUF: usize = 64 * 1024;
+
+/// [`relay`] between an AnyTLS stream and another byte stream; data moves
+/// without passing through a relay buffer either way (see [`ChunkHalf`] and
+/// [`BytesHalf`]). Returns the bytes moved `stream -> other` and
+/// `other -> stream`.
 pub async fn relay_stream<B>(stream: &mut AnyTlsStream, other: &mut B) -> io::Result<(u64, u64)>
 where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut down = ChunkHalf {
-        pending: Bytes::new(),
-        read_done: false,
-        moved: 0,
-    };
-    let mut up = Half::new();
+    let mut down = ChunkHalf::new();
+    let mut up = BytesHalf::new();
     poll_fn(|cx| {
         if let Poll::Ready(r) = down.poll_copy(cx, stream, other) {
             return Poll::Ready(r);

@@ -26,8 +26,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Instant;
 
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
-
 pub use anytls_io::core;
 pub use anytls_io::{
     AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, ClientConfig, ClientError, Host,
@@ -40,7 +38,7 @@ pub use anytls_io::{
 pub struct Tokio;
 
 impl anytls_io::Runtime for Tokio {
-    type Tcp = Compat<tokio::net::TcpStream>;
+    type Tcp = TokioTcp;
     type Listener = tokio::net::TcpListener;
     type Timer = Pin<Box<tokio::time::Sleep>>;
 
@@ -62,7 +60,7 @@ impl anytls_io::Runtime for Tokio {
     async fn connect(addr: &str) -> io::Result<Self::Tcp> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        Ok(tcp.compat())
+        Ok(TokioTcp(tcp))
     }
 
     async fn bind(addr: SocketAddr) -> io::Result<Self::Listener> {
@@ -72,7 +70,7 @@ impl anytls_io::Runtime for Tokio {
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Tcp, SocketAddr)> {
         let (tcp, peer) = listener.accept().await?;
         tcp.set_nodelay(true)?;
-        Ok((tcp.compat(), peer))
+        Ok((TokioTcp(tcp), peer))
     }
 
     fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr> {
@@ -106,6 +104,67 @@ impl anytls_io::Runtime for Tokio {
 
     async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
         Ok(tokio::net::lookup_host(addr).await?.collect())
+    }
+}
+
+/// A tokio TCP socket as a `futures-io` byte stream, with vectored writes (a
+/// relay hands several queued chunks to one `writev`; tokio-util's `Compat`
+/// would write them one syscall each).
+#[derive(Debug)]
+pub struct TokioTcp(pub tokio::net::TcpStream);
+
+impl TokioTcp {
+    /// The tokio socket.
+    pub fn into_inner(self) -> tokio::net::TcpStream {
+        self.0
+    }
+}
+
+impl futures_io::AsyncRead for TokioTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        std::task::ready!(tokio::io::AsyncRead::poll_read(
+            Pin::new(&mut self.get_mut().0),
+            cx,
+            &mut rb
+        ))?;
+        std::task::Poll::Ready(Ok(rb.filled().len()))
+    }
+}
+
+impl futures_io::AsyncWrite for TokioTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write(Pin::new(&mut self.get_mut().0), cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write_vectored(Pin::new(&mut self.get_mut().0), cx, bufs)
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        tokio::io::AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().0), cx)
+    }
+
+    fn poll_close(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        tokio::io::AsyncWrite::poll_shutdown(Pin::new(&mut self.get_mut().0), cx)
     }
 }
 
