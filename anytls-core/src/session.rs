@@ -35,7 +35,7 @@ use crate::auth::{AuthVerdict, UserId, encode_preamble};
 use crate::config::{ClientConfig, ServerConfig, SessionLimits};
 use crate::error::{AddrError, ProtocolError, SessionError, StreamError};
 use crate::frame::{
-    Command, Frame, FrameDecoder, FrameHeader, MAX_FRAME_DATA, StreamId, encode_frame,
+    Command, Frame, FrameDecoder, FrameHeader, HEADER_LEN, MAX_FRAME_DATA, StreamId, encode_frame,
 };
 use crate::padding::{PaddingScheme, Record, Shaper};
 use crate::settings::{ClientSettings, PROTOCOL_VERSION, ReceivedClientSettings, StringMap};
@@ -43,8 +43,10 @@ use crate::stream::{Phase, Stream};
 
 /// The Alert text a server sends when a SYN arrives before Settings.
 pub const ALERT_NO_SETTINGS: &str = "client did not send its settings";
-/// Data taken from one stream per round-robin turn when assembling a write.
-const CHUNK: usize = 16 * 1024;
+/// Data taken from one stream per round-robin turn when assembling a write:
+/// with its header, a frame fills one full TLS record (2^14 bytes of
+/// plaintext) exactly, so bulk data goes out in whole records.
+const CHUNK: usize = 16 * 1024 - HEADER_LEN;
 
 /// Sequence number of a client session, from the pool's counter.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
@@ -1325,7 +1327,6 @@ impl Session {
     /// `max_input` is the largest chunk ever passed to `handle_input`.
     #[cfg(any(test, feature = "_fuzz"))]
     pub(crate) fn assert_invariants(&self, max_input: usize) {
-        use crate::frame::HEADER_LEN;
         let l = &self.limits;
         let recv: usize = self.streams.values().map(|s| s.recv.len()).sum();
         let send: usize = self.streams.values().map(|s| s.send.len()).sum();

@@ -1051,8 +1051,14 @@ proptest! {
 #[test]
 fn peer_fin_dropping_a_queue_wakes_blocked_writers() {
     let mut ccfg = client_config();
-    ccfg.limits = limits(1);
+    // Input pauses after b's first frame (16 377 bytes of data), with a's
+    // FIN, sent right behind that frame, in the same read.
+    ccfg.limits = SessionLimits {
+        session_recv_buffer: 12 * 1024,
+        ..limits(1)
+    };
     let mut p = Pair::with(1, ccfg, server_config());
+    p.s2c.max_piece = 1 << 20;
     p.sapp.echo = false;
     let a = p.open();
     let b = p.open();

@@ -1,0 +1,156 @@
+//! The bulk data path: which transmits may be coalesced into full TLS records
+//! (`Transmit::shaped`), and stream data that is delivered as it arrives and
+//! never copied on the way in.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anytls_core::auth::encode_preamble;
+use anytls_core::frame::encode_frame;
+use anytls_core::{
+    Command, Event, PaddingScheme, PasswordHash, Session, SessionSeq, StreamId, Transmit,
+};
+use bytes::{Bytes, BytesMut};
+use common::*;
+
+/// Preamble 0 = 5 bytes of padding, packets 1 and 2 shaped, 3 on unshaped.
+const FIXED: &str = "stop=3\n0=5-5\n1=200-200\n2=300-300";
+
+fn frame(cmd: Command, sid: u32, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode_frame(&mut b, cmd, StreamId(sid), data).unwrap();
+    b
+}
+
+fn payload(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Every transmit the session has now.
+fn transmits(s: &mut Session, now: Instant) -> Vec<(Transmit, Bytes)> {
+    let mut out = Vec::new();
+    let mut buf = BytesMut::new();
+    while let Some(t) = s.poll_transmit(now, &mut buf) {
+        out.push((t, buf.split().freeze()));
+        assert!(out.len() < 100_000, "transmits do not stop");
+    }
+    out
+}
+
+/// A v2 server that took a client's hello and stream 1 (to `dest()`), accepted.
+fn server_with_stream() -> (Session, Instant) {
+    let now = epoch();
+    let mut s = Session::server(Arc::new(server_config()), [3; 32], now);
+    let mut dst = Vec::new();
+    dest().encode(&mut dst).unwrap();
+    let text = "v=2\nclient=anytls/0.0.13\npadding-md5=75cff2ad89aadf5e257059ee571ebe11";
+    let mut hello = Vec::new();
+    encode_preamble(&PasswordHash::of(PASSWORD), 30, &mut hello);
+    hello.extend(frame(Command::Settings, 0, text.as_bytes()));
+    hello.extend(frame(Command::Syn, 1, &[]));
+    hello.extend(frame(Command::Psh, 1, &dst));
+    s.handle_input(now, BytesMut::from(&hello[..]));
+    s.accept_stream(StreamId(1), Ok(())).unwrap();
+    let _ = transmits(&mut s, now);
+    while s.poll_event().is_some() {}
+    (s, now)
+}
+
+#[test]
+fn only_the_preamble_and_padding_phase_packets_are_shaped() {
+    let now = epoch();
+    let scheme = PaddingScheme::parse(Bytes::from_static(FIXED.as_bytes())).unwrap();
+    let mut c = Session::client(
+        Arc::new(client_config()),
+        SessionSeq(1),
+        Arc::new(scheme),
+        [5; 32],
+        now,
+    );
+    let id = c.open_stream(now, &dest()).unwrap();
+    let mut flags = Vec::new();
+    for i in 0..8 {
+        c.write(id, Bytes::from(payload(5000, i))).unwrap();
+        flags.extend(transmits(&mut c, now).into_iter().map(|(t, _)| t.shaped));
+    }
+    // Preamble, then the packets of the padding phase (each may be split
+    // into several shaped records), then nothing shaped any more.
+    let shaped = flags.iter().take_while(|s| **s).count();
+    assert!(
+        shaped >= 3,
+        "preamble and packets 1-2 are shaped: {flags:?}"
+    );
+    assert!(
+        flags[shaped..].iter().all(|s| !s),
+        "a shaped transmit after the padding phase: {flags:?}"
+    );
+    assert!(flags.len() > shaped, "data after the padding phase");
+}
+
+#[test]
+fn server_transmits_are_never_shaped() {
+    let (mut s, now) = server_with_stream();
+    for i in 0..4 {
+        s.write(StreamId(1), Bytes::from(payload(40_000, i)))
+            .unwrap();
+        for (t, _) in transmits(&mut s, now) {
+            assert!(!t.shaped);
+        }
+    }
+}
+
+#[test]
+fn psh_data_is_readable_before_its_frame_is_complete() {
+    let (mut s, now) = server_with_stream();
+    let data = payload(60_000, 7);
+    let wire = frame(Command::Psh, 1, &data);
+    let mut got = Vec::new();
+    // 1000-byte reads: every read's data is readable at once.
+    for piece in wire.chunks(1000) {
+        s.handle_input(now, BytesMut::from(piece));
+        let before = got.len();
+        while let Ok(Some(b)) = s.read(StreamId(1)) {
+            got.extend_from_slice(&b);
+        }
+        let wanted = (before + piece.len()).min(data.len());
+        assert!(
+            got.len() + 7 >= wanted,
+            "{} of {wanted} bytes readable",
+            got.len()
+        );
+    }
+    assert_eq!(got, data);
+    assert!(
+        s.poll_event()
+            .is_some_and(|e| matches!(e, Event::StreamReadable { .. }))
+    );
+}
+
+#[test]
+fn stream_data_is_not_copied_on_the_way_in() {
+    let (mut s, now) = server_with_stream();
+    // A read ends 3 bytes into a frame header; the next read carries the rest
+    // of that header and 20 000 bytes of data. The data must be read out of
+    // that second read's own buffer, not out of a copy.
+    let data = payload(20_000, 9);
+    let wire = [frame(Command::Psh, 1, b"x"), frame(Command::Psh, 1, &data)].concat();
+    let split = 8 + 3;
+    s.handle_input(now, BytesMut::from(&wire[..split]));
+    assert_eq!(s.read(StreamId(1)), Ok(Some(Bytes::from_static(b"x"))));
+    let second = BytesMut::from(&wire[split..]);
+    let range = second.as_ptr() as usize..second.as_ptr() as usize + second.len();
+    s.handle_input(now, second);
+    let mut got = Vec::new();
+    while let Ok(Some(b)) = s.read(StreamId(1)) {
+        if b.len() > 64 {
+            let p = b.as_ptr() as usize;
+            assert!(range.contains(&p), "stream data was copied");
+        }
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, data);
+}
