@@ -287,7 +287,7 @@ impl BytesHalf {
 
 /// Largest socket read into an AnyTLS stream (the block goes to the send
 /// queue as it is).
-const MAX_STREAM_BUF: usize = 64 * 1024;
+const MAX_STREAM_BUF: usize = 32 * 1024;
 
 /// [`relay`] between an AnyTLS stream and another byte stream; data moves
 /// without passing through a relay buffer either way (see [`ChunkHalf`] and

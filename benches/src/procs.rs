@@ -24,10 +24,27 @@ pub type Res<T> = Result<T, BoxError>;
 /// A multi-threaded tokio runtime; on failure prints why (as `prog`) and
 /// exits with `code`.
 pub fn runtime(prog: &str, code: i32) -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    runtime_with_threads(prog, code, None)
+}
+
+/// A tokio runtime with `threads` workers (1: a current-thread runtime;
+/// `None`: tokio's default, one per core); on failure prints why (as
+/// `prog`) and exits with `code`.
+pub fn runtime_with_threads(
+    prog: &str,
+    code: i32,
+    threads: Option<usize>,
+) -> tokio::runtime::Runtime {
+    let mut b = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    match b.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{prog}: cannot start the runtime: {e}");
@@ -135,6 +152,9 @@ pub struct ChildArgs {
     /// Pinned server certificate (hex SHA-256).
     #[arg(long, hide = true)]
     pub pin: Option<String>,
+    /// Worker threads of this child's runtime (the parent's `--threads`).
+    #[arg(long, hide = true)]
+    pub child_threads: Option<usize>,
 }
 
 impl ChildArgs {

@@ -73,6 +73,9 @@ const TARGET_KIB_PER_SESSION: f64 = 12.0;
 
 /// The data sent is byte `i % 251` at offset `i`, in chunks of whole periods,
 /// so the receiver checks any slice with one comparison.
+/// The `--threads` of the parent, for its children.
+static CHILD_THREADS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
 const PERIOD: usize = 251;
 const CHUNK: usize = PERIOD * 256;
 
@@ -85,6 +88,11 @@ struct Cli {
     /// A run of a few seconds: small transfers, few rounds, 100 idle sessions.
     #[arg(long)]
     quick: bool,
+    /// Worker threads of every process the bench starts (our client and
+    /// server, the raw TLS server, the reference tunnel); 1 runs each on a
+    /// current-thread runtime [default: tokio's, one per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// MiB moved each way per throughput run [default: 512; --quick: 8].
     #[arg(long, value_name = "MIB")]
     mib: Option<u64>,
@@ -156,7 +164,13 @@ enum Role {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = procs::runtime("e2e", 1);
+    let threads = if cli.role.is_some() {
+        cli.child.child_threads
+    } else {
+        let _ = CHILD_THREADS.set(cli.threads);
+        None
+    };
+    let rt = procs::runtime_with_threads("e2e", 1, threads);
     let res = rt.block_on(async {
         match cli.role {
             Some(Role::Server) => procs::role_server(&cli.child, PASSWORD).await,
@@ -577,7 +591,10 @@ impl Proc {
     }
 
     /// Starts `e2e --role ...` and reads its `READY <addr>`.
-    async fn role(name: &str, args: Vec<OsString>) -> Res<(Proc, SocketAddr)> {
+    async fn role(name: &str, mut args: Vec<OsString>) -> Res<(Proc, SocketAddr)> {
+        if let Some(n) = CHILD_THREADS.get().copied().flatten() {
+            args.extend(["--child-threads".into(), n.to_string().into()]);
+        }
         let mut child = procs::spawn_self(args)?;
         let stdin = child.stdin.take();
         let lines = child.stdout.take().map(|s| BufReader::new(s).lines());
@@ -1414,8 +1431,13 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     // ---- report
     println!();
     println!(
-        "throughput, MiB/s ({} MiB each way, median of {})",
-        s.mib, s.reps
+        "throughput, MiB/s ({} MiB each way, median of {}; runtime threads per process: {})",
+        s.mib,
+        s.reps,
+        match CHILD_THREADS.get().copied().flatten() {
+            Some(n) => n.to_string(),
+            None => "one per core".into(),
+        }
     );
     println!(
         "  {:<42} {:>9} {:>9} {:>7} {:>7} {:>9}   target (ours vs raw TLS)",
