@@ -25,9 +25,6 @@ use futures_io::{AsyncRead, AsyncWrite};
 use crate::runtime::{Runtime, timeout};
 use crate::tls_io::TlsIo;
 
-/// Transmits encrypted in one batch (each is still its own TLS record(s)).
-const MAX_BATCH_BYTES: usize = 32 * 1024;
-
 pub(crate) struct Shared {
     pub(crate) session: Session,
     read_wakers: HashMap<StreamId, Waker>,
@@ -380,7 +377,8 @@ where
 {
     out.clear();
     let mut bytes = 0;
-    while bytes < MAX_BATCH_BYTES {
+    let limit = tls.batch_limit();
+    while bytes < limit {
         let staged = out.len();
         let Some(t) = session.poll_transmit(now, out) else {
             break;
@@ -401,6 +399,7 @@ where
     if !out.is_empty() {
         tls.encrypt(out)?;
     }
+    tls.batch_done(bytes);
     if bytes > 0 && bytes < RECORD_DATA {
         // After a small batch the staging buffer goes, so a quiet session
         // keeps none; a busy one reuses it.

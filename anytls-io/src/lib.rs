@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod budget;
 mod client;
 mod client_udp;
 pub mod config;

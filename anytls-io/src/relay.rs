@@ -11,6 +11,7 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
+use crate::budget::{self, Sizer};
 use crate::conn::AnyTlsStream;
 
 /// Largest relay read: a busy direction moves full 64 KiB socket reads.
@@ -223,6 +224,8 @@ struct BytesHalf {
     /// Read but not yet queued.
     chunk: Bytes,
     read_size: usize,
+    /// Large reads while busy, within the process budget.
+    sizer: Sizer,
     read_done: bool,
     moved: u64,
 }
@@ -233,6 +236,7 @@ impl BytesHalf {
             block: BytesMut::new(),
             chunk: Bytes::new(),
             read_size: MIN_BUF,
+            sizer: Sizer::default(),
             read_done: false,
             moved: 0,
         }
@@ -266,9 +270,15 @@ impl BytesHalf {
             match Pin::new(&mut *from).poll_read(cx, &mut self.block[..size]) {
                 Poll::Ready(Ok(0)) => self.read_done = true,
                 Poll::Ready(Ok(n)) => {
-                    if n == size && self.read_size < MAX_STREAM_BUF {
+                    if n == size {
                         // The read filled what it was offered: read more at once.
-                        self.read_size *= 2;
+                        if size >= budget::REGULAR {
+                            self.sizer.busy(&budget::RELAYS);
+                        }
+                        self.read_size = (self.read_size * 2).min(self.sizer.max());
+                    } else if n < size / 4 {
+                        self.sizer.quiet();
+                        self.read_size = MIN_BUF;
                     }
                     self.chunk = self.block.split_to(n).freeze();
                 }
@@ -284,10 +294,6 @@ impl BytesHalf {
         }
     }
 }
-
-/// Largest socket read into an AnyTLS stream (the block goes to the send
-/// queue as it is).
-const MAX_STREAM_BUF: usize = 32 * 1024;
 
 /// [`relay`] between an AnyTLS stream and another byte stream; data moves
 /// without passing through a relay buffer either way (see [`ChunkHalf`] and

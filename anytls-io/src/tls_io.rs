@@ -8,8 +8,9 @@
 //! encrypts a whole batch of transmits into one output buffer (one `encrypt`
 //! per transmit, so each transmit still becomes its own TLS record(s) and
 //! padding shapes reach the wire) and writes it with one `write`; reads take up
-//! to 32 KiB from the socket at once and decrypt every record in it; and an
-//! idle connection holds no buffer at all.
+//! to 32 KiB from the socket at once (64 KiB for the first few busy
+//! connections, see `budget.rs`) and decrypt every record in it; and an idle
+//! connection holds no buffer at all.
 
 use std::io;
 use std::pin::Pin;
@@ -17,14 +18,14 @@ use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
+
+use crate::budget::{self, Sizer};
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
 
-/// Largest socket read.
-const MAX_READ: usize = 32 * 1024;
 /// Socket read size of a quiet connection.
 const MIN_READ: usize = 4 * 1024;
 /// Largest TLS record on the wire (header, 2^14 + 256 bytes of ciphertext).
@@ -100,6 +101,10 @@ pub(crate) struct TlsIo<IO> {
     pub(crate) plain: BytesMut,
     close_notify_sent: bool,
     failed: Option<io::ErrorKind>,
+    /// Large reads and write batches while busy, within the process budget.
+    sizer: Sizer,
+    read_busy: bool,
+    send_busy: bool,
 }
 
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -132,6 +137,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             plain: BytesMut::new(),
             close_notify_sent: false,
             failed: None,
+            sizer: Sizer::default(),
+            read_busy: false,
+            send_busy: false,
+        }
+    }
+
+    /// Plaintext bytes the driver should encrypt per batch at most.
+    pub(crate) fn batch_limit(&self) -> usize {
+        self.sizer.max()
+    }
+
+    /// A batch of `bytes` plaintext bytes was encrypted.
+    pub(crate) fn batch_done(&mut self, bytes: usize) {
+        if bytes >= budget::REGULAR {
+            self.send_busy = true;
+        } else if bytes > 0 {
+            self.send_busy = false;
+        }
+        self.update_sizer();
+    }
+
+    fn update_sizer(&mut self) {
+        if self.read_busy || self.send_busy {
+            self.sizer.busy(&budget::TLS_CONNECTIONS);
+        } else {
+            self.sizer.quiet();
         }
     }
 
@@ -288,12 +319,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.end = held + n;
+                    if n == size && size >= budget::REGULAR {
+                        self.read_busy = true;
+                        self.update_sizer();
+                    } else if n < size / 4 && self.read_busy {
+                        self.read_busy = false;
+                        self.update_sizer();
+                    }
                     self.read_size = if n == size {
-                        (size * 2).clamp(MIN_READ, MAX_READ)
+                        (size * 2).clamp(MIN_READ, self.sizer.max())
                     } else if n < size / 4 {
                         MIN_READ
                     } else {
-                        self.read_size
+                        self.read_size.min(self.sizer.max())
                     };
                     let before = self.plain.len();
                     let handshaking = !self.traffic;
@@ -468,7 +506,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<IO> {
         let this = self.get_mut();
         // Keep at most one write's worth of records queued.
         ready!(this.poll_flush_tls(cx))?;
-        let n = buf.len().min(MAX_READ);
+        let n = buf.len().min(budget::REGULAR);
         this.encrypt(&buf[..n])?;
         if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
             return Poll::Ready(Err(e));

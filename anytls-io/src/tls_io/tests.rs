@@ -1293,7 +1293,7 @@ fn oversized_records_are_errors() {
         peer.io.inject(&rec);
         peer.io.shut();
         assert_invalid(run(recv_upto(&mut server, None)));
-        assert!(server.inc.len() <= MAX_INCOMING + MAX_READ);
+        assert!(server.inc.len() <= MAX_INCOMING + crate::budget::LARGE);
     }
 }
 
@@ -1312,7 +1312,7 @@ fn handshake_message_spread_over_tiny_records_is_bounded() {
     let mut server = tls_server(&server_cfg(id), b);
     let r = run(server.handshake());
     assert_invalid(r);
-    assert!(server.inc.len() <= MAX_INCOMING + MAX_READ);
+    assert!(server.inc.len() <= MAX_INCOMING + crate::budget::LARGE);
 }
 
 // ---------------------------------------------------------------------------
