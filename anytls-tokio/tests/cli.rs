@@ -34,6 +34,30 @@ fn demo_reports_latency_throughput_and_pool() {
     }
 }
 
+#[test]
+fn demo_runs_on_one_thread() {
+    // `--threads 1`: a current-thread runtime carries server, client, pool
+    // and relays alone.
+    let mut p = Proc::spawn(&[
+        "--threads",
+        "1",
+        "demo",
+        "--download-mib",
+        "8",
+        "--rounds",
+        "2",
+    ]);
+    let st = p.wait_exit(Duration::from_secs(120));
+    let (out, err) = p.drain();
+    assert!(
+        st.success(),
+        "demo failed: {st}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    for needle in ["warm", "MiB/s", "heartbeats"] {
+        assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+    }
+}
+
 fn temp_file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("anytls-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -27,6 +27,11 @@ RUST_LOG=info,anytls_core::pool=debug for the pool's maintenance decisions.";
 #[derive(Parser)]
 #[command(name = "anytls", version, about = "AnyTLS proxy: server, client (local SOCKS5) and a demo", after_help = AFTER_HELP)]
 struct Cli {
+    /// Runtime worker threads (1: everything on one thread, the cheapest per
+    /// byte when client, server and applications share a few cores)
+    /// [default: one per core].
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -148,10 +153,16 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("anytls: cannot start the runtime: {e}");
