@@ -335,7 +335,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                     };
                     let before = self.plain.len();
                     let handshaking = !self.traffic;
+                    if !handshaking {
+                        // The plaintext is shorter than the ciphertext: one
+                        // allocation, no copies while it grows.
+                        self.plain.reserve(self.end - self.start);
+                    }
                     let stop = self.process(Job::Nothing)?;
+                    if self.plain.is_empty() {
+                        // Only part of a record: keep no empty block.
+                        self.plain = BytesMut::new();
+                    }
                     if stop == Stop::Closed {
                         self.peer_closed = true;
                     }
