@@ -31,6 +31,8 @@ fn quick_run_prints_every_row() {
         "ours: SOCKS5>client>TLS>server>target",
         "reference: TCP>TLS tunnel>TCP, no AnyTLS",
         "ours vs the reference tunnel",
+        "plain TCP, one connection (no TLS)",
+        "ceiling of this topology: raw TLS + 2 plain hops",
         "cold    ours > ours",
         "warm    ours > ours",
         "reused  ours > ours",
