@@ -371,7 +371,9 @@ impl FrameDecoder {
         }))
     }
 
-    /// The header of a frame whose data is still incomplete, if any.
+    /// The header of a frame whose data is still incomplete, if any. After
+    /// [`take_partial_data`](Self::take_partial_data), its `len` is the data
+    /// still to come, not the frame's whole length.
     pub fn pending_header(&self) -> Option<&FrameHeader> {
         self.header.as_ref()
     }
@@ -525,6 +527,30 @@ mod tests {
             }
         );
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn partial_psh_data_is_taken_as_it_arrives() {
+        let mut dec = FrameDecoder::default();
+        // PSH sid 1, 5 bytes "hello", of which "hel" arrived.
+        let mut b = BytesMut::from(&hex::decode("0200000001000568656c").unwrap()[..]);
+        assert_eq!(dec.decode(&mut b).unwrap(), None);
+        let (id, part) = dec.take_partial_data(&mut b).unwrap();
+        assert_eq!((id, &part[..]), (sid(1), &b"hel"[..]));
+        assert!(b.is_empty());
+        assert_eq!(dec.pending_header().unwrap().len, 2, "the rest to come");
+        assert_eq!(dec.take_partial_data(&mut b), None, "nothing buffered");
+        b.extend_from_slice(b"lo");
+        // The whole rest is the frame's end: decoded as usual.
+        assert_eq!(dec.take_partial_data(&mut b), None);
+        let f = dec.decode(&mut b).unwrap().unwrap();
+        assert_eq!((f.cmd, &f.data[..]), (Command::Psh, &b"lo"[..]));
+        assert!(dec.pending_header().is_none());
+        // Control frames are never taken in parts (Settings, 5 bytes, "v").
+        let mut b = BytesMut::from(&hex::decode("0400000000000576").unwrap()[..]);
+        assert_eq!(dec.decode(&mut b).unwrap(), None);
+        assert_eq!(dec.take_partial_data(&mut b), None);
+        assert_eq!(&b[..], b"v");
     }
 
     #[test]

@@ -31,9 +31,12 @@
 //!   `poll_transmit` until `None`, then `poll_event` until `None`, then re-arm
 //!   one timer at `poll_timeout`. After `handle_timeout(now)`, `poll_timeout` is
 //!   later than `now` or `None`.
-//! * Each [`Transmit`] (and each [`padding::Record`] of a plan) MUST reach the
-//!   peer as its own TLS write, flushed before the next one: never merge or split
-//!   them, or the padding shapes are lost.
+//! * Each *shaped* [`Transmit`] (`shaped: true`: the client's preamble and
+//!   every packet of the padding phase, one [`padding::Record`] of a plan
+//!   each) MUST reach the peer as its own TLS write (its own record(s)):
+//!   never merge or split them, or the padding shapes are lost. Unshaped
+//!   transmits carry no shape and MAY be coalesced with their neighbours into
+//!   full-size TLS records and fewer socket writes (`anytls-io` does).
 //! * Seeds for the padding RNG and pool jitter SHOULD come from a cryptographic
 //!   source; the core never seeds anything itself.
 //! * Every buffer has a cap ([`SessionLimits`]); a full receive buffer turns

@@ -8,8 +8,9 @@
 //!   [`Session::handle_eof`], and expired deadlines with
 //!   [`Session::handle_timeout`].
 //! * After every input or command, drain in this order: [`Session::poll_transmit`]
-//!   until `None` (each [`Transmit`] is ONE TLS write: write it, flush it, clear
-//!   the buffer, never merge or split two), then [`Session::poll_event`] until
+//!   until `None` (a shaped [`Transmit`] is ONE TLS write: never merge or
+//!   split it; unshaped ones may be coalesced into full TLS records), then
+//!   [`Session::poll_event`] until
 //!   `None`, then re-arm one timer at [`Session::poll_timeout`].
 //! * [`Event::Closed`] is always the last event; then [`Session::is_closed`] is
 //!   true and the connection should be dropped.
@@ -59,6 +60,7 @@ pub struct SessionSeq(pub u64);
 /// shape. Other transmits carry no shape: the caller may coalesce consecutive
 /// ones into full-size TLS records and fewer socket writes.
 #[must_use]
+#[non_exhaustive]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Transmit {
     /// Number of bytes appended.
@@ -467,6 +469,10 @@ impl Session {
         let first = self.stats.bytes_received == 0;
         self.stats.bytes_received += data.len() as u64;
         let mut data = data;
+        // Partial PSH data left by a pause goes first, without a copy.
+        if !self.recv_buf.is_empty() && self.state == State::Open {
+            self.process_input();
+        }
         // Leftover input (a partial frame header, or part of a control frame)
         // is completed with just the bytes it needs, so the bulk of `data`
         // becomes the buffer as it is: stream data is never copied here.

@@ -6,7 +6,9 @@
 //! the memory a proxy may use. So the first few busy users in a process get
 //! the large size and everybody else the regular one, like TCP buffer
 //! auto-tuning under memory pressure. Users claim a slot when they turn busy
-//! and give it back when they go quiet or end.
+//! and give it back when they end or go quiet: a TLS connection after
+//! `IDLE_RELEASE` (1 s) without traffic, when its driver also frees the
+//! buffers of the busy spell; a relay direction when its socket runs dry.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -218,7 +218,8 @@ pub(crate) enum DriveEnd<IO> {
 /// event after it has been dispatched to the stream handles.
 ///
 /// One poll loop does everything: it pulls transmits from the session and
-/// encrypts a batch of them (each its own TLS record(s)) into the connection,
+/// encrypts a batch of them (shaped ones each as its own TLS record(s), see
+/// [`encrypt_batch`]) into the connection,
 /// writes the records with as few syscalls as the socket allows, reads and
 /// decrypts whatever arrived, and keeps the session's timer. Reading and
 /// writing proceed independently, so two peers that both write a lot never
@@ -238,6 +239,9 @@ where
     let mut fallback: Option<Bytes> = None;
     let mut events = Vec::new();
     let mut io_error: Option<io::Error> = None;
+    // Last time bytes moved; after `IDLE_RELEASE` without, buffers and the
+    // large-I/O slot a busy spell left behind are given back.
+    let mut last_active = Instant::now();
     poll_fn(|cx| {
         for _ in 0..LOOP_BUDGET {
             let mut progress = false;
@@ -248,10 +252,22 @@ where
                     g.session.handle_timeout(now);
                 }
                 if !tls.has_pending_output() && io_error.is_none() {
-                    if let Err(e) = encrypt_batch(&mut g.session, now, &mut tls, &mut out) {
-                        g.session.close(now);
-                        io_error = Some(e);
+                    match encrypt_batch(&mut g.session, now, &mut tls, &mut out) {
+                        Ok(0) => {}
+                        Ok(_) => last_active = now,
+                        Err(e) => {
+                            g.session.close(now);
+                            io_error = Some(e);
+                        }
                     }
+                }
+                let holds = tls.holds_busy_resources() || out.capacity() > 0;
+                if holds && now >= last_active + IDLE_RELEASE {
+                    tls.release_busy_resources();
+                    out = BytesMut::new();
+                    // What could not go yet (bytes in flight) is tried again
+                    // a period later, not in a loop.
+                    last_active = now;
                 }
                 g.drain_events();
                 // Taken, not appended: no event vector keeps its capacity
@@ -264,8 +280,10 @@ where
                 {
                     g.driver_waker = Some(cx.waker().clone());
                 }
+                let release = (tls.holds_busy_resources() || out.capacity() > 0)
+                    .then_some(last_active + IDLE_RELEASE);
                 (
-                    g.session.poll_timeout(),
+                    earliest(g.session.poll_timeout(), release),
                     g.session.wants_read(),
                     g.session.is_closed(),
                 )
@@ -294,6 +312,7 @@ where
             if wants_read && !closed && io_error.is_none() {
                 match tls.poll_read_more(cx) {
                     Poll::Ready(Ok(eof)) => {
+                        last_active = Instant::now();
                         let mut g = conn.lock();
                         if !tls.plain.is_empty() {
                             // Taken whole: the next read allocates afresh, so an idle
@@ -361,7 +380,20 @@ where
     DriveEnd::Closed(reason)
 }
 
-/// Encrypts the next batch of transmits into `tls`'s output. A shaped
+/// A connection quiet for this long gives back the buffers and the large-I/O
+/// slot its last busy spell left (see `budget.rs`); a busy one keeps reusing
+/// them.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Encrypts the next batch of transmits into `tls`'s output; returns the
+/// plaintext bytes encrypted. A shaped
 /// transmit is encrypted alone (its own TLS record(s), so padding shapes reach
 /// the wire); unshaped ones are coalesced into full-size records, encrypted
 /// as soon as a whole record's worth is staged, so `out` holds less than one
@@ -371,7 +403,7 @@ fn encrypt_batch<IO>(
     now: Instant,
     tls: &mut TlsIo<IO>,
     out: &mut BytesMut,
-) -> io::Result<()>
+) -> io::Result<usize>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -401,11 +433,11 @@ where
     }
     tls.batch_done(bytes);
     if bytes > 0 && bytes < RECORD_DATA {
-        // After a small batch the staging buffer goes, so a quiet session
-        // keeps none; a busy one reuses it.
+        // After a small batch the staging buffer goes; a busy session reuses
+        // it (and gives it back once quiet, see `IDLE_RELEASE`).
         *out = BytesMut::new();
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// Plaintext bytes in a full TLS record.

@@ -129,8 +129,9 @@ where
 
 /// Chunks gathered into one vectored socket write, at most.
 const MAX_SLICES: usize = 16;
-/// Bytes gathered into one vectored socket write, about.
-const MAX_GATHER: usize = 64 * 1024;
+/// Bytes gathered into one vectored socket write, about (they have left the
+/// session's receive accounting, so this stays small).
+const MAX_GATHER: usize = budget::REGULAR;
 
 /// Stream data on its way out of an AnyTLS stream: chunks straight from the
 /// session's receive queue, several per (vectored) socket write, never copied.
@@ -226,6 +227,8 @@ struct BytesHalf {
     read_size: usize,
     /// Large reads while busy, within the process budget.
     sizer: Sizer,
+    /// The last read did not fill what it was offered.
+    short_read: bool,
     read_done: bool,
     moved: u64,
 }
@@ -237,6 +240,7 @@ impl BytesHalf {
             chunk: Bytes::new(),
             read_size: MIN_BUF,
             sizer: Sizer::default(),
+            short_read: false,
             read_done: false,
             moved: 0,
         }
@@ -270,6 +274,7 @@ impl BytesHalf {
             match Pin::new(&mut *from).poll_read(cx, &mut self.block[..size]) {
                 Poll::Ready(Ok(0)) => self.read_done = true,
                 Poll::Ready(Ok(n)) => {
+                    self.short_read = n < size;
                     if n == size {
                         // The read filled what it was offered: read more at once.
                         if size >= budget::REGULAR {
@@ -284,6 +289,14 @@ impl BytesHalf {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
+                    if self.short_read && self.read_size > budget::REGULAR {
+                        // The socket ran dry: the sender is slower than we
+                        // are, large reads buy nothing. Give the slot and
+                        // the large block back.
+                        self.sizer.quiet();
+                        self.read_size = budget::REGULAR;
+                        self.block = BytesMut::new();
+                    }
                     if self.read_size == MIN_BUF {
                         // Quiet: hold no block while waiting.
                         self.block = BytesMut::new();

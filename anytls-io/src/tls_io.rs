@@ -5,9 +5,9 @@
 //! the stream wrappers write each `poll_write` to the socket on its own (a
 //! batch of N transmits costs N syscalls), and the buffered connection keeps a
 //! receive buffer of at least 4 KiB per connection forever. Here the driver
-//! encrypts a whole batch of transmits into one output buffer (one `encrypt`
-//! per transmit, so each transmit still becomes its own TLS record(s) and
-//! padding shapes reach the wire) and writes it with one `write`; reads take up
+//! encrypts a whole batch of transmits into one output buffer (a shaped
+//! transmit alone, so padding shapes reach the wire; unshaped ones coalesced
+//! into full 16 KiB records) and writes it with one `write`; reads take up
 //! to 32 KiB from the socket at once (64 KiB for the first few busy
 //! connections, see `budget.rs`) and decrypt every record in it; and an idle
 //! connection holds no buffer at all.
@@ -141,6 +141,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             read_busy: false,
             send_busy: false,
         }
+    }
+
+    /// Holds a buffer or the large-I/O slot that only a busy spell needs.
+    pub(crate) fn holds_busy_resources(&self) -> bool {
+        self.inc.capacity() > 0
+            || self.out.capacity() > 0
+            || self.plain.capacity() > 0
+            || self.read_size > MIN_READ
+            || self.sizer.max() > budget::REGULAR
+    }
+
+    /// Gives back what [`holds_busy_resources`](Self::holds_busy_resources)
+    /// reports, except bytes still to be processed or sent. Called by the
+    /// driver once the connection has been quiet for a while.
+    pub(crate) fn release_busy_resources(&mut self) {
+        if self.start == self.end {
+            self.inc = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+        if !self.has_pending_output() {
+            self.out = Vec::new();
+            self.out_pos = 0;
+            self.out_len = 0;
+        }
+        if self.plain.is_empty() {
+            self.plain = BytesMut::new();
+        }
+        self.read_size = MIN_READ;
+        self.read_busy = false;
+        self.send_busy = false;
+        self.update_sizer();
     }
 
     /// Plaintext bytes the driver should encrypt per batch at most.

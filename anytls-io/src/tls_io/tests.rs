@@ -1475,3 +1475,37 @@ fn calls_after_a_failure_fail_again_without_panicking() {
         assert!(run(recv_upto(&mut server, None)).is_err());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Resources of a busy spell (found by review: an idle connection kept its
+// large-I/O slot and a 96 KiB read buffer).
+
+#[test]
+fn a_quiet_connection_gives_back_its_buffers_and_slot() {
+    let id = identity();
+    for extra in [0, 6144, 20_480] {
+        let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        let n = 256 * 1024 + extra;
+        let d = vec![7u8; n];
+        let (s, c) = run2(send(&mut server, &d), recv(&mut client, n));
+        s.unwrap();
+        assert_eq!(c.unwrap().len(), n);
+        // The transfer is over; the socket has nothing more.
+        let waker = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
+        let mut cx = Context::from_waker(&waker);
+        assert!(client.poll_read_more(&mut cx).is_pending());
+        assert!(
+            client.holds_busy_resources(),
+            "a bulk transfer leaves buffers to give back"
+        );
+        client.release_busy_resources();
+        assert!(!client.holds_busy_resources());
+        assert_eq!(client.sizer.max(), crate::budget::REGULAR);
+        assert_eq!(client.inc.capacity(), 0);
+        // And it still works afterwards.
+        let (s, c) = run2(send(&mut server, b"again"), recv(&mut client, 5));
+        s.unwrap();
+        assert_eq!(c.unwrap(), b"again");
+    }
+}

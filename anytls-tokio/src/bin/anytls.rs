@@ -30,8 +30,9 @@ struct Cli {
     /// Runtime worker threads (1: everything on one thread, the cheapest per
     /// byte when client, server and applications share a few cores)
     /// [default: one per core].
-    #[arg(long, global = true, value_name = "N")]
-    threads: Option<usize>,
+    #[arg(long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -157,7 +158,7 @@ fn main() {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
+            b.worker_threads(usize::from(n));
             b
         }
         None => tokio::runtime::Builder::new_multi_thread(),

@@ -71,11 +71,11 @@ const PASSWORD: &str = "e2e-bench-Pw_1";
 const TARGET_RATIO: f64 = 0.70;
 const TARGET_KIB_PER_SESSION: f64 = 12.0;
 
-/// The data sent is byte `i % 251` at offset `i`, in chunks of whole periods,
-/// so the receiver checks any slice with one comparison.
 /// The `--threads` of the parent, for its children.
 static CHILD_THREADS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
 
+/// The data sent is byte `i % 251` at offset `i`, in chunks of whole periods,
+/// so the receiver checks any slice with one comparison.
 const PERIOD: usize = 251;
 const CHUNK: usize = PERIOD * 256;
 
@@ -91,8 +91,8 @@ struct Cli {
     /// Worker threads of every process the bench starts (our client and
     /// server, the raw TLS server, the reference tunnel); 1 runs each on a
     /// current-thread runtime [default: tokio's, one per core].
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// MiB moved each way per throughput run [default: 512; --quick: 8].
     #[arg(long, value_name = "MIB")]
     mib: Option<u64>,
@@ -167,7 +167,7 @@ fn main() {
     let threads = if cli.role.is_some() {
         cli.child.child_threads
     } else {
-        let _ = CHILD_THREADS.set(cli.threads);
+        let _ = CHILD_THREADS.set(cli.threads.map(usize::from));
         None
     };
     let rt = procs::runtime_with_threads("e2e", 1, threads);
