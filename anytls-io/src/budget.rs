@@ -8,7 +8,8 @@
 //! auto-tuning under memory pressure. Users claim a slot when they turn busy
 //! and give it back when they end or go quiet: a TLS connection after
 //! `IDLE_RELEASE` (1 s) without traffic, when its driver also frees the
-//! buffers of the busy spell; a relay direction when its socket runs dry.
+//! buffers of the busy spell; a relay direction when its reads turn small
+//! (under a quarter of what they were offered).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
