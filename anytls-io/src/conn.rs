@@ -398,7 +398,7 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// the wire); unshaped ones are coalesced into full-size records, encrypted
 /// as soon as a whole record's worth is staged, so `out` holds less than one
 /// record plus one transmit.
-fn encrypt_batch<IO>(
+pub(crate) fn encrypt_batch<IO>(
     session: &mut Session,
     now: Instant,
     tls: &mut TlsIo<IO>,

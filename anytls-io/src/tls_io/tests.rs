@@ -1509,3 +1509,113 @@ fn a_quiet_connection_gives_back_its_buffers_and_slot() {
         assert_eq!(c.unwrap(), b"again");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The driver's batches (`conn::encrypt_batch`): shaped transmits are records
+// of their own; bulk data leaves in full 16 KiB records.
+
+/// Plaintext sizes of the TLS 1.3 records queued in `t`'s output (which is
+/// then dropped, as if written).
+fn take_records(t: &mut TlsIo<End>) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut rest = &t.out[t.out_pos..t.out_len];
+    while rest.len() >= 5 {
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        // Content type byte and AEAD tag.
+        sizes.push(len - 17);
+        rest = &rest[5 + len..];
+    }
+    assert!(rest.is_empty(), "a partial record");
+    t.out_pos = 0;
+    t.out_len = 0;
+    sizes
+}
+
+#[test]
+fn shaped_transmits_stay_alone_and_bulk_data_fills_whole_records() {
+    use anytls_core::{PaddingScheme, Session, SessionSeq, SocksAddr};
+    use std::time::Instant;
+
+    let id = identity();
+    let (mut tls, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut tls, &mut server);
+    let now = Instant::now();
+    // Transmits of at most 5 000 bytes: only coalescing makes full records.
+    let mut cfg = anytls_core::ClientConfig::new("pw");
+    cfg.limits.max_write = 5000;
+    let cfg = Arc::new(cfg);
+    let session = || {
+        Session::client(
+            cfg.clone(),
+            SessionSeq(1),
+            Arc::new(PaddingScheme::default_scheme()),
+            [9; 32],
+            now,
+        )
+    };
+    // Two identical sessions: one shows the transmits, the other goes
+    // through the driver's batching.
+    let (mut twin, mut s) = (session(), session());
+    let dest = SocksAddr::domain("example.com", 443);
+    let (a, b) = (
+        twin.open_stream(now, &dest).unwrap(),
+        s.open_stream(now, &dest).unwrap(),
+    );
+    let mut shaped = Vec::new();
+    let mut total = 0;
+    let mut records = Vec::new();
+    let mut staging = BytesMut::new();
+    for i in 0..40u8 {
+        let data = bytes::Bytes::from(vec![i; 20_000]);
+        twin.write(a, data.clone()).unwrap();
+        s.write(b, data).unwrap();
+        let mut buf = BytesMut::new();
+        while let Some(t) = twin.poll_transmit(now, &mut buf) {
+            if t.shaped {
+                shaped.push(t.len);
+            }
+            total += t.len;
+            buf.clear();
+        }
+        loop {
+            let n = crate::conn::encrypt_batch(&mut s, now, &mut tls, &mut staging).unwrap();
+            if n == 0 {
+                break;
+            }
+            records.push(take_records(&mut tls));
+        }
+    }
+    let flat: Vec<usize> = records.iter().flatten().copied().collect();
+    assert_eq!(flat.iter().sum::<usize>(), total, "every byte, once");
+    // The padding phase: each shaped transmit is its own record(s) (one,
+    // unless it is longer than a record), never shared with other bytes.
+    assert!(shaped.len() >= 3, "{shaped:?}");
+    let mut i = 0;
+    for n in &shaped {
+        let mut got = 0;
+        while got < *n {
+            got += flat[i];
+            i += 1;
+        }
+        assert_eq!(
+            got, *n,
+            "a record crosses a shaped transmit's end: {shaped:?} {flat:?}"
+        );
+    }
+    // Then bulk data: within a batch, every record but the last is full.
+    let mut full = 0;
+    let mut after = flat.len() - i;
+    for batch in records.iter().rev() {
+        if after == 0 {
+            break;
+        }
+        let n = batch.len().min(after);
+        let tail = &batch[batch.len() - n..];
+        for r in &tail[..tail.len().saturating_sub(1)] {
+            assert_eq!(*r, 16384, "a short record inside a batch: {batch:?}");
+            full += 1;
+        }
+        after -= n;
+    }
+    assert!(full >= 30, "{full} full records");
+}
