@@ -49,6 +49,10 @@ pub const ALERT_NO_SETTINGS: &str = "client did not send its settings";
 /// plaintext) exactly, so bulk data goes out in whole records.
 const CHUNK: usize = 16 * 1024 - HEADER_LEN;
 
+/// Received stream data shorter than this is copied out of the owner's read
+/// block instead of being kept as a view into it (see `on_psh`).
+const MIN_SHARED_CHUNK: usize = 4 * 1024;
+
 /// Sequence number of a client session, from the pool's counter.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct SessionSeq(pub u64);
@@ -1096,6 +1100,17 @@ impl Session {
         if data.is_empty() {
             return;
         }
+        // Stream data is a view into the owner's read block. A small view
+        // would keep a whole block (tens of KiB) alive while counting only its
+        // own bytes against the receive caps: a peer sending tiny frames on
+        // many streams could pin far more memory than the caps allow. Small
+        // chunks are copied out, so a queued chunk pins at most a few times
+        // its size; bulk data (large chunks) is still never copied.
+        let data = if data.len() < MIN_SHARED_CHUNK {
+            Bytes::copy_from_slice(&data)
+        } else {
+            data
+        };
         let hard_limit = self.stream_hard_limit();
         let Some(s) = self.streams.get_mut(&id) else {
             return;
