@@ -314,11 +314,19 @@ where
                     Poll::Ready(Ok(eof)) => {
                         last_active = Instant::now();
                         let mut g = conn.lock();
-                        if !tls.plain.is_empty() {
-                            // Taken whole: the next read allocates afresh, so an idle
-                            // session keeps no half-used block alive.
-                            let data = std::mem::take(&mut tls.plain);
-                            g.session.handle_input(Instant::now(), data);
+                        // One block per TLS record (as a Go server reads
+                        // them); the session keeps views of them as stream
+                        // data. Records after the one that closed the
+                        // session (a rejected preamble) stay with the TLS
+                        // connection: a fallback gets them next.
+                        let now = Instant::now();
+                        let mut blocks = tls.plain.take_blocks();
+                        while let Some(block) = blocks.pop_front() {
+                            g.session.handle_input(now, block);
+                            if g.session.is_closed() {
+                                tls.plain.restore(blocks);
+                                break;
+                            }
                         }
                         if eof {
                             g.session.handle_eof(Instant::now());

@@ -12,6 +12,7 @@
 //! connections, see `budget.rs`) and decrypt every record in it; and an idle
 //! connection holds no buffer at all.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -76,6 +77,84 @@ enum Job<'a> {
     CloseNotify,
 }
 
+/// Decrypted bytes: one block per TLS record, allocated to its size.
+///
+/// The session keeps received stream data as views into these blocks, so a
+/// block is never larger than one record (16 KiB): a queued chunk cannot keep
+/// a whole socket read's worth of memory alive (see SECURITY.md).
+#[derive(Default)]
+pub(crate) struct Plain {
+    blocks: VecDeque<BytesMut>,
+    len: usize,
+}
+
+impl Plain {
+    fn push_record(&mut self, payload: &[u8]) {
+        if !payload.is_empty() {
+            self.blocks.push_back(BytesMut::from(payload));
+            self.len += payload.len();
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn holds_memory(&self) -> bool {
+        self.blocks.capacity() > 0
+    }
+
+    /// Takes every block, in order.
+    pub(crate) fn take_blocks(&mut self) -> VecDeque<BytesMut> {
+        self.len = 0;
+        std::mem::take(&mut self.blocks)
+    }
+
+    /// Puts back blocks taken by [`take_blocks`](Self::take_blocks) and not
+    /// used (none can have arrived in between).
+    pub(crate) fn restore(&mut self, blocks: VecDeque<BytesMut>) {
+        debug_assert!(self.blocks.is_empty());
+        self.len = blocks.iter().map(BytesMut::len).sum();
+        self.blocks = blocks;
+    }
+
+    /// Everything, as one buffer (copied when there are several blocks).
+    #[cfg(test)]
+    pub(crate) fn split(&mut self) -> BytesMut {
+        let mut blocks = self.take_blocks();
+        let mut first = blocks.pop_front().unwrap_or_default();
+        for b in blocks {
+            first.extend_from_slice(&b);
+        }
+        first
+    }
+
+    /// Copies the first bytes into `buf`; returns how many.
+    fn read_into(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(front) = self.blocks.front_mut() else {
+                break;
+            };
+            let k = front.len().min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&front.split_to(k));
+            n += k;
+            if front.is_empty() {
+                self.blocks.pop_front();
+            }
+        }
+        self.len -= n;
+        if self.blocks.is_empty() {
+            self.blocks = VecDeque::new();
+        }
+        n
+    }
+}
+
 /// A rustls connection over a socket.
 pub(crate) struct TlsIo<IO> {
     pub(crate) io: IO,
@@ -98,7 +177,7 @@ pub(crate) struct TlsIo<IO> {
     out_pos: usize,
     out_len: usize,
     /// Decrypted bytes not yet taken.
-    pub(crate) plain: BytesMut,
+    pub(crate) plain: Plain,
     close_notify_sent: bool,
     failed: Option<io::ErrorKind>,
     /// Large reads and write batches while busy, within the process budget.
@@ -134,7 +213,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             out: Vec::new(),
             out_pos: 0,
             out_len: 0,
-            plain: BytesMut::new(),
+            plain: Plain::default(),
             close_notify_sent: false,
             failed: None,
             sizer: Sizer::default(),
@@ -147,7 +226,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
     pub(crate) fn holds_busy_resources(&self) -> bool {
         self.inc.capacity() > 0
             || self.out.capacity() > 0
-            || self.plain.capacity() > 0
+            || self.plain.holds_memory()
             || self.read_size > MIN_READ
             || self.sizer.max() > budget::REGULAR
     }
@@ -167,7 +246,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             self.out_len = 0;
         }
         if self.plain.is_empty() {
-            self.plain = BytesMut::new();
+            self.plain = Plain::default();
         }
         self.read_size = MIN_READ;
         self.read_busy = false;
@@ -367,16 +446,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                     };
                     let before = self.plain.len();
                     let handshaking = !self.traffic;
-                    if !handshaking {
-                        // The plaintext is shorter than the ciphertext: one
-                        // allocation, no copies while it grows.
-                        self.plain.reserve(self.end - self.start);
-                    }
                     let stop = self.process(Job::Nothing)?;
-                    if self.plain.is_empty() {
-                        // Only part of a record: keep no empty block.
-                        self.plain = BytesMut::new();
-                    }
                     if stop == Stop::Closed {
                         self.peer_closed = true;
                     }
@@ -432,7 +502,7 @@ enum Step {
 /// discard from the front of the input and what to do next.
 fn step<Data>(
     status: UnbufferedStatus<'_, '_, Data>,
-    plain: &mut BytesMut,
+    plain: &mut Plain,
     out: &mut Vec<u8>,
     out_len: &mut usize,
     job: &mut Job<'_>,
@@ -443,7 +513,7 @@ fn step<Data>(
             while let Some(rec) = r.next_record() {
                 let rec = rec.map_err(invalid)?;
                 discard += rec.discard;
-                plain.extend_from_slice(rec.payload);
+                plain.push_record(rec.payload);
             }
             Step::Again
         }
@@ -523,9 +593,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<IO> {
         let this = self.get_mut();
         loop {
             if !this.plain.is_empty() {
-                let n = buf.len().min(this.plain.len());
-                buf[..n].copy_from_slice(&this.plain.split_to(n));
-                return Poll::Ready(Ok(n));
+                return Poll::Ready(Ok(this.plain.read_into(buf)));
             }
             // Output produced while reading (tickets, alerts) goes out too.
             if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {

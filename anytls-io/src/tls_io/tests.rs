@@ -1495,10 +1495,8 @@ fn a_quiet_connection_gives_back_its_buffers_and_slot() {
         let waker = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
         let mut cx = Context::from_waker(&waker);
         assert!(client.poll_read_more(&mut cx).is_pending());
-        assert!(
-            client.holds_busy_resources(),
-            "a bulk transfer leaves buffers to give back"
-        );
+        // Depending on how the last reads fell, the busy spell may have left
+        // a buffer, the read size or the slot behind: all go now.
         client.release_busy_resources();
         assert!(!client.holds_busy_resources());
         assert_eq!(client.sizer.max(), crate::budget::REGULAR);
@@ -1618,4 +1616,36 @@ fn shaped_transmits_stay_alone_and_bulk_data_fills_whole_records() {
         after -= n;
     }
     assert!(full >= 30, "{full} full records");
+}
+
+#[test]
+fn decrypted_data_comes_in_one_block_per_record() {
+    // The session keeps views into these blocks: none may be larger than a
+    // record, or a small view could pin a whole socket read (SECURITY.md).
+    let id = identity();
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    let n = 100_000;
+    let (s, got) = run2(send(&mut server, &vec![3u8; n]), async {
+        let mut blocks = Vec::new();
+        let mut total = 0;
+        while total < n {
+            let more = poll_fn(|cx| client.poll_read_more(cx)).await?;
+            assert!(!more, "EOF");
+            for b in client.plain.take_blocks() {
+                total += b.len();
+                blocks.push((b.len(), b.capacity()));
+            }
+        }
+        io::Result::Ok(blocks)
+    });
+    s.unwrap();
+    let blocks = got.unwrap();
+    assert!(blocks.len() >= n / 16384, "{blocks:?}");
+    for (len, cap) in blocks {
+        assert!(
+            len <= 16384 && cap <= 16384,
+            "a block of {len} bytes ({cap} allocated)"
+        );
+    }
 }
