@@ -312,14 +312,14 @@ where
             if wants_read && !closed && io_error.is_none() {
                 match tls.poll_read_more(cx) {
                     Poll::Ready(Ok(eof)) => {
-                        last_active = Instant::now();
+                        let now = Instant::now();
+                        last_active = now;
                         let mut g = conn.lock();
                         // One block per TLS record (as a Go server reads
                         // them); the session keeps views of them as stream
                         // data. Records after the one that closed the
                         // session (a rejected preamble) stay with the TLS
                         // connection: a fallback gets them next.
-                        let now = Instant::now();
                         let mut blocks = tls.plain.take_blocks();
                         while let Some(block) = blocks.pop_front() {
                             g.session.handle_input(now, block);
@@ -329,7 +329,7 @@ where
                             }
                         }
                         if eof {
-                            g.session.handle_eof(Instant::now());
+                            g.session.handle_eof(now);
                         }
                         g.drain_events();
                         progress = true;

@@ -168,6 +168,22 @@ impl futures_io::AsyncWrite for TokioTcp {
     }
 }
 
+/// The tokio runtime the `anytls` program runs on: `threads` workers (1: a
+/// current-thread runtime, everything on the calling thread), or one per core
+/// when `None`; I/O and timers enabled.
+pub fn runtime(threads: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
+    let mut b = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    b.enable_all().build()
+}
+
 /// An AnyTLS client on tokio. See [`anytls_io::Client`].
 pub type Client = anytls_io::Client<Tokio>;
 /// An AnyTLS server on tokio. See [`anytls_io::Server`].

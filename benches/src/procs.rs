@@ -35,16 +35,7 @@ pub fn runtime_with_threads(
     code: i32,
     threads: Option<usize>,
 ) -> tokio::runtime::Runtime {
-    let mut b = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    match b.enable_all().build() {
+    match anytls_tokio::runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{prog}: cannot start the runtime: {e}");

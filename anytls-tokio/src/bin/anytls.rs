@@ -154,16 +154,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let mut builder = match cli.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(usize::from(n));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let rt = match builder.enable_all().build() {
+    let rt = match anytls_tokio::runtime(cli.threads.map(usize::from)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("anytls: cannot start the runtime: {e}");
