@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{Authenticator, PasswordHash};
+use crate::error::ConfigError;
 use crate::frame::FrameLimits;
 use crate::padding::PaddingScheme;
 
@@ -15,6 +16,7 @@ use crate::padding::PaddingScheme;
 /// Receive caps are soft by at most one frame (65535 bytes): a frame is
 /// accepted whole, then reading pauses.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionLimits {
     /// Received bytes buffered per stream before the session stops reading.
     pub stream_recv_buffer: usize,
@@ -65,8 +67,65 @@ impl Default for SessionLimits {
     }
 }
 
+/// Longest accepted timeout: ten years (longer ones would overflow deadline
+/// arithmetic and are surely mistakes).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+pub(crate) fn check_duration(name: &'static str, value: Duration) -> Result<(), ConfigError> {
+    let min = Duration::from_millis(1);
+    if value < min {
+        return Err(ConfigError::TooShort { name, value, min });
+    }
+    if value > MAX_TIMEOUT {
+        return Err(ConfigError::TooLong {
+            name,
+            value,
+            max: MAX_TIMEOUT,
+        });
+    }
+    Ok(())
+}
+
+fn check_size(name: &'static str, value: usize, min: usize) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::TooSmall { name, value, min });
+    }
+    Ok(())
+}
+
+impl SessionLimits {
+    /// Checks that no cap would stall a session: every buffer, the stream
+    /// count and the write size at least 1 (a zero send cap would block every
+    /// write forever, a zero `max_write` would never send data, a zero control
+    /// queue would never read), the control queue large enough for one
+    /// control frame, the stall timeout non-zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_size("stream_recv_buffer", self.stream_recv_buffer, 1)?;
+        check_size("session_recv_buffer", self.session_recv_buffer, 1)?;
+        check_size("stream_send_buffer", self.stream_send_buffer, 1)?;
+        check_size("session_send_buffer", self.session_send_buffer, 1)?;
+        check_size("control_queue", self.control_queue, MIN_CONTROL_QUEUE)?;
+        check_size("max_streams", self.max_streams, 1)?;
+        check_size("max_write", self.max_write, 1)?;
+        check_size("stream_recv_limit", self.stream_recv_limit, 1)?;
+        check_size(
+            "frames.max_settings",
+            self.frames.max_settings,
+            MIN_SETTINGS_TEXT,
+        )?;
+        check_duration("stalled_stream_timeout", self.stalled_stream_timeout)
+    }
+}
+
+/// Smallest control queue: room for a few control frames (SYN and address,
+/// FIN, SYNACK, heartbeats); smaller would pause input for good.
+pub const MIN_CONTROL_QUEUE: usize = 1024;
+/// Smallest accepted cap on Settings text: the peer's real Settings must fit.
+pub const MIN_SETTINGS_TEXT: usize = 256;
+
 /// Configuration of client sessions.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// SHA-256 of the password.
     pub password: PasswordHash,
@@ -108,10 +167,20 @@ impl ClientConfig {
             limits: SessionLimits::default(),
         }
     }
+
+    /// Checks the timeouts and the limits (see [`SessionLimits::validate`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_duration("stream_open_timeout", self.stream_open_timeout)?;
+        if let Some(t) = self.heartbeat_timeout {
+            check_duration("heartbeat_timeout", t)?;
+        }
+        self.limits.validate()
+    }
 }
 
 /// Configuration of server sessions.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// The users.
     pub users: Authenticator,
@@ -142,5 +211,12 @@ impl ServerConfig {
             decide_on_first_input: false,
             limits: SessionLimits::default(),
         }
+    }
+
+    /// Checks the handshake timeout and the limits (see
+    /// [`SessionLimits::validate`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_duration("handshake_timeout", self.handshake_timeout)?;
+        self.limits.validate()
     }
 }

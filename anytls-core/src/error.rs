@@ -197,13 +197,12 @@ pub enum StreamError {
     /// locally.
     #[error("stream closed")]
     Closed,
-    /// The server refused the stream (SYNACK with an error message).
-    #[error("remote: {0}")]
-    Refused(String),
-    /// The stream was reset locally: its reader fell too far behind (see
-    /// `SessionLimits::stream_recv_limit`).
+    /// The stream was refused before it carried data both ways.
+    #[error("stream refused: {0}")]
+    Refused(RefuseReason),
+    /// The stream ended abnormally after it was open.
     #[error("stream reset: {0}")]
-    Reset(String),
+    Reset(ResetReason),
     /// The session allows no more concurrent streams.
     #[error("too many streams on this session")]
     TooManyStreams,
@@ -213,12 +212,99 @@ pub enum StreamError {
     /// The destination cannot be encoded.
     #[error("bad destination: {0}")]
     BadAddress(#[from] AddrError),
-    /// Only a client opens streams; only a server accepts them.
-    #[error("operation not available in this session role")]
-    WrongRole,
     /// Stream ids are used up on this session (after 2^32 - 1 streams).
     #[error("stream ids exhausted")]
     IdsExhausted,
+}
+
+/// Why a stream was refused: it never carried data both ways.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// The server answered the SYN with a SYNACK carrying this error text
+    /// (verbatim, lossily decoded as UTF-8).
+    #[error("server: {0}")]
+    Server(String),
+    /// Server role: the destination address the client sent cannot be decoded.
+    #[error("bad destination: {0}")]
+    BadDestination(AddrError),
+    /// Client endpoint: the connection the stream was waiting for could not be
+    /// established (the owner's description of the failure).
+    #[error("dial failed: {0}")]
+    DialFailed(String),
+    /// The session ended before the stream was established.
+    #[error("session closed before the stream was established: {0}")]
+    SessionClosed(SessionError),
+    /// The client endpoint was closed before the stream had a session.
+    #[error("client closed")]
+    EndpointClosed,
+}
+
+/// Why an open stream ended abnormally.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResetReason {
+    /// Its reader fell behind by more than `SessionLimits::stream_recv_limit`
+    /// while it could not pause the session; FIN went to the peer.
+    #[error("receive buffer overflow: the reader fell behind")]
+    ReceiveOverflow,
+    /// The session carrying it ended.
+    #[error("session closed: {0}")]
+    SessionClosed(SessionError),
+}
+
+/// What a transport (TCP + TLS) under a session reported when it failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The peer closed or reset the connection (EOF without close_notify,
+    /// `ECONNRESET`, broken pipe).
+    #[error("connection closed by peer")]
+    PeerClosed,
+    /// Any other failure (a TLS error, a local I/O error), described by the owner.
+    #[error("transport failed: {0}")]
+    Failed(String),
+}
+
+/// A configuration value that cannot work: it would stall, deadlock or
+/// overflow. Returned where the configuration is used to build a state
+/// machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A size or count below its minimum.
+    #[error("{name} of {value} is too small (minimum {min})")]
+    TooSmall {
+        /// The option.
+        name: &'static str,
+        /// The configured value.
+        value: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// A duration that is zero (or below its minimum).
+    #[error("{name} of {value:?} is too short (minimum {min:?})")]
+    TooShort {
+        /// The option.
+        name: &'static str,
+        /// The configured value.
+        value: std::time::Duration,
+        /// The minimum.
+        min: std::time::Duration,
+    },
+    /// A duration too long to add to a point in time.
+    #[error("{name} of {value:?} is too long (maximum {max:?})")]
+    TooLong {
+        /// The option.
+        name: &'static str,
+        /// The configured value.
+        value: std::time::Duration,
+        /// The maximum.
+        max: std::time::Duration,
+    },
+    /// The pool settings.
+    #[error("pool: {0}")]
+    Pool(#[from] crate::pool::PoolConfigError),
 }
 
 /// Why a session ended. Carried by the last event, `Event::Closed`.
@@ -246,20 +332,32 @@ pub enum SessionError {
     /// The owner closed the session.
     #[error("session closed locally")]
     LocallyClosed,
+    /// The transport under the session failed (reported by its owner).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The client endpoint closed the session (see `CloseReason`).
+    #[error("closed by the pool: {0:?}")]
+    Pool(crate::pool::CloseReason),
+}
+
+/// The `io::ErrorKind` a session's end maps to.
+fn session_error_kind(e: &SessionError) -> std::io::ErrorKind {
+    use std::io::ErrorKind;
+    match e {
+        SessionError::PeerEof => ErrorKind::UnexpectedEof,
+        SessionError::LocallyClosed | SessionError::Pool(_) => ErrorKind::NotConnected,
+        SessionError::AuthFailed => ErrorKind::PermissionDenied,
+        SessionError::HandshakeTimeout | SessionError::HeartbeatTimeout => ErrorKind::TimedOut,
+        SessionError::Alert(_) => ErrorKind::ConnectionAborted,
+        SessionError::Transport(TransportError::PeerClosed) => ErrorKind::ConnectionReset,
+        SessionError::Transport(_) => ErrorKind::BrokenPipe,
+        _ => ErrorKind::InvalidData,
+    }
 }
 
 impl From<SessionError> for std::io::Error {
     fn from(e: SessionError) -> Self {
-        use std::io::ErrorKind;
-        let kind = match &e {
-            SessionError::PeerEof => ErrorKind::UnexpectedEof,
-            SessionError::LocallyClosed => ErrorKind::NotConnected,
-            SessionError::AuthFailed => ErrorKind::PermissionDenied,
-            SessionError::HandshakeTimeout | SessionError::HeartbeatTimeout => ErrorKind::TimedOut,
-            SessionError::Alert(_) => ErrorKind::ConnectionAborted,
-            _ => ErrorKind::InvalidData,
-        };
-        std::io::Error::new(kind, e)
+        std::io::Error::new(session_error_kind(&e), e)
     }
 }
 
@@ -268,6 +366,8 @@ impl From<StreamError> for std::io::Error {
         use std::io::ErrorKind;
         let kind = match &e {
             StreamError::Blocked => ErrorKind::WouldBlock,
+            StreamError::Refused(RefuseReason::SessionClosed(s))
+            | StreamError::Reset(ResetReason::SessionClosed(s)) => session_error_kind(s),
             StreamError::Refused(_) => ErrorKind::ConnectionRefused,
             StreamError::Reset(_) => ErrorKind::ConnectionReset,
             StreamError::Closed | StreamError::UnknownStream(_) => ErrorKind::BrokenPipe,

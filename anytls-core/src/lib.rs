@@ -103,6 +103,7 @@ pub mod pool;
 pub mod session;
 pub mod settings;
 mod stream;
+pub mod timer;
 pub mod uot;
 
 #[cfg(any(test, feature = "_fuzz"))]

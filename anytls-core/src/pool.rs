@@ -31,7 +31,7 @@
 //! "<= 5 s becomes 30 s" clamp); [`PoolConfig::validate`] rejects zero and
 //! absurdly small values instead.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
@@ -39,14 +39,26 @@ use rand_core::{RngCore, SeedableRng};
 use tracing::debug;
 
 use crate::session::SessionSeq;
+use crate::timer::TimerTable;
+
+/// The pool's deadlines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PoolTimer {
+    /// The next maintenance run.
+    Maintenance,
+    /// A session's next heartbeat.
+    Heartbeat(SessionSeq),
+}
 
 /// Smallest accepted check interval, idle timeout and heartbeat interval.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Smallest accepted heartbeat response timeout.
 pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Pool settings. Field names follow sing-box's outbound options.
+/// Pool settings. Field names follow sing-box's outbound options. Build one
+/// with `PoolConfig::default()` and set the fields; [`Pool::new`] validates it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// How often maintenance runs (`idle_session_check_interval`, 30 s).
     pub check_interval: Duration,
@@ -285,7 +297,6 @@ enum State {
 struct Entry {
     state: State,
     expires: Option<Instant>,
-    next_beat: Option<Instant>,
     /// Past its lifetime while busy: close when the stream ends.
     retire: bool,
 }
@@ -295,9 +306,8 @@ struct Entry {
 pub struct Pool {
     cfg: PoolConfig,
     entries: BTreeMap<SessionSeq, Entry>,
-    beats: BTreeSet<(Instant, SessionSeq)>,
+    timers: TimerTable<PoolTimer>,
     next_seq: u64,
-    next_check: Instant,
     backoff_until: Option<Instant>,
     failures: u32,
     actions: VecDeque<PoolAction>,
@@ -312,11 +322,12 @@ impl Pool {
     /// Pre-warm dials (if `ensure_idle > 0`) are queued at once.
     pub fn new(cfg: PoolConfig, seed: [u8; 32], now: Instant) -> Result<Pool, PoolConfigError> {
         cfg.validate()?;
+        let mut timers = TimerTable::default();
+        timers.set(PoolTimer::Maintenance, now + cfg.check_interval);
         let mut pool = Pool {
-            next_check: now + cfg.check_interval,
             cfg,
             entries: BTreeMap::new(),
-            beats: BTreeSet::new(),
+            timers,
             next_seq: 1,
             backoff_until: None,
             failures: 0,
@@ -350,7 +361,6 @@ impl Pool {
             Entry {
                 state: State::Dialing { prewarm },
                 expires: None,
-                next_beat: None,
                 retire: false,
             },
         );
@@ -392,7 +402,7 @@ impl Pool {
 
     /// A dial finished its handshake (Settings sent). A pre-warmed session joins
     /// the idle pool; a user's dial carries its stream.
-    pub fn established(&mut self, seq: SessionSeq, now: Instant) {
+    pub fn established(&mut self, now: Instant, seq: SessionSeq) {
         let now = self.advance(now);
         let lifetime = self.cfg.max_session_lifetime.map(|l| {
             let j = self.cfg.lifetime_jitter.as_nanos() as u64;
@@ -422,9 +432,8 @@ impl Pool {
             State::Busy { streams: 1 }
         };
         e.expires = lifetime;
-        e.next_beat = first_beat;
         if let Some(t) = first_beat {
-            self.beats.insert((t, seq));
+            self.timers.set(PoolTimer::Heartbeat(seq), t);
         }
         self.stats.established += 1;
         if self.failures > 0 {
@@ -441,7 +450,7 @@ impl Pool {
     }
 
     /// A dial failed. Pre-warm failures back off the next ensure.
-    pub fn dial_failed(&mut self, seq: SessionSeq, now: Instant) {
+    pub fn dial_failed(&mut self, now: Instant, seq: SessionSeq) {
         let now = self.advance(now);
         // Only a dial can fail (an established session ends with
         // `session_closed`).
@@ -481,7 +490,7 @@ impl Pool {
 
     /// A stream on `seq` ended and the session is healthy. When it carries no
     /// other stream it becomes idle (or is closed: `disable_reuse`, lifetime).
-    pub fn checkin(&mut self, seq: SessionSeq, now: Instant) {
+    pub fn checkin(&mut self, now: Instant, seq: SessionSeq) {
         let now = self.advance(now);
         let Some(e) = self.entries.get_mut(&seq) else {
             return;
@@ -509,12 +518,10 @@ impl Pool {
     }
 
     /// The session died or was closed (by anyone): it leaves the pool.
-    pub fn session_closed(&mut self, seq: SessionSeq, now: Instant) {
+    pub fn session_closed(&mut self, now: Instant, seq: SessionSeq) {
         self.advance(now);
         if let Some(e) = self.entries.remove(&seq) {
-            if let Some(t) = e.next_beat {
-                self.beats.remove(&(t, seq));
-            }
+            self.timers.clear(PoolTimer::Heartbeat(seq));
             if matches!(e.state, State::Dialing { .. }) {
                 self.stats.dial_failures += 1;
             } else {
@@ -543,10 +550,8 @@ impl Pool {
     }
 
     fn close(&mut self, seq: SessionSeq, reason: CloseReason) {
-        if let Some(e) = self.entries.remove(&seq) {
-            if let Some(t) = e.next_beat {
-                self.beats.remove(&(t, seq));
-            }
+        if self.entries.remove(&seq).is_some() {
+            self.timers.clear(PoolTimer::Heartbeat(seq));
             *self.stats.closed.entry(reason).or_default() += 1;
             self.actions.push_back(PoolAction::Close { seq, reason });
         }
@@ -558,27 +563,30 @@ impl Pool {
         if self.closed {
             return;
         }
-        if now >= self.next_check {
+        if let Some(due) = self
+            .timers
+            .get(PoolTimer::Maintenance)
+            .filter(|&t| t <= now)
+        {
             self.maintain(now);
-            self.next_check += self.cfg.check_interval;
-            if self.next_check <= now {
+            let mut next = due + self.cfg.check_interval;
+            if next <= now {
                 // Far behind (a suspended process): resume the cadence from now.
-                self.next_check = now + self.cfg.check_interval;
+                next = now + self.cfg.check_interval;
             }
+            self.timers.set(PoolTimer::Maintenance, next);
         }
         if let Some(interval) = self.cfg.heartbeat {
-            while let Some(&(t, seq)) = self.beats.first() {
-                if t > now {
-                    break;
-                }
-                self.beats.pop_first();
+            while let Some((timer, t)) = self.timers.pop_expired(now) {
+                let PoolTimer::Heartbeat(seq) = timer else {
+                    continue;
+                };
                 let mut next = t + interval;
                 if next <= now {
                     next = now + interval;
                 }
-                if let Some(e) = self.entries.get_mut(&seq) {
-                    e.next_beat = Some(next);
-                    self.beats.insert((next, seq));
+                if self.entries.contains_key(&seq) {
+                    self.timers.set(PoolTimer::Heartbeat(seq), next);
                     self.stats.heartbeats += 1;
                     self.actions.push_back(PoolAction::Heartbeat {
                         seq,
@@ -684,8 +692,7 @@ impl Pool {
         if self.closed {
             return None;
         }
-        let beat = self.beats.first().map(|(t, _)| *t);
-        Some(beat.map_or(self.next_check, |b| b.min(self.next_check)))
+        self.timers.next()
     }
 
     /// Counters and gauges.

@@ -21,8 +21,9 @@
 //! reference client does. A session created without a stream (a pre-warmed pool
 //! session) sends its Settings alone, which every server accepts.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,13 +35,17 @@ use tracing::{debug, warn};
 use crate::addr::{MAX_ENCODED_LEN, SocksAddr};
 use crate::auth::{AuthVerdict, UserId, encode_preamble};
 use crate::config::{ClientConfig, ServerConfig, SessionLimits};
-use crate::error::{AddrError, ProtocolError, SessionError, StreamError};
+use crate::error::{
+    AddrError, ConfigError, ProtocolError, RefuseReason, ResetReason, SessionError, StreamError,
+    TransportError,
+};
 use crate::frame::{
     Command, Frame, FrameDecoder, FrameHeader, HEADER_LEN, MAX_FRAME_DATA, StreamId, encode_frame,
 };
 use crate::padding::{PaddingScheme, Record, Shaper};
 use crate::settings::{ClientSettings, PROTOCOL_VERSION, ReceivedClientSettings, StringMap};
 use crate::stream::{Phase, Stream};
+use crate::timer::TimerTable;
 
 /// The Alert text a server sends when a SYN arrives before Settings.
 pub const ALERT_NO_SETTINGS: &str = "client did not send its settings";
@@ -110,7 +115,11 @@ pub enum Event {
         /// Where the client wants to go (IP literals in domain form are parsed).
         dest: SocksAddr,
     },
-    /// Client: the server connected the stream (SYNACK without error).
+    /// Client: the server connected the stream: a SYNACK without error (v2
+    /// servers), or, from a v1 server (which sends no SYNACK), implicitly:
+    /// data arrived on the stream, or the server showed it is v1 (a frame
+    /// other than padding, Waste or ServerSettings came first, or
+    /// `stream_open_timeout` passed without ServerSettings).
     StreamConnected {
         /// The stream.
         id: StreamId,
@@ -122,8 +131,8 @@ pub enum Event {
     StreamRefused {
         /// The stream.
         id: StreamId,
-        /// The server's message.
-        reason: String,
+        /// Why.
+        reason: RefuseReason,
     },
     /// The stream was reset because its reader fell behind by more than
     /// `SessionLimits::stream_recv_limit` while it could not pause the session.
@@ -132,9 +141,15 @@ pub enum Event {
         /// The stream.
         id: StreamId,
         /// Why.
-        reason: String,
+        reason: ResetReason,
     },
     /// The stream has data (or its EOF) to read.
+    ///
+    /// Edge-triggered: raised once when a stream goes from nothing to read to
+    /// something to read (data or EOF), and not again until a read found the
+    /// stream empty (`read` returned `Err(Blocked)`). An owner that stops
+    /// reading while data is left gets no new event for it: it must read
+    /// until `Blocked` (or EOF) before waiting for the next one.
     StreamReadable {
         /// The stream.
         id: StreamId,
@@ -182,7 +197,7 @@ pub struct SessionStats {
     pub heartbeats_sent: u64,
 }
 
-struct ClientRole {
+struct ClientData {
     cfg: Arc<ClientConfig>,
     seq: SessionSeq,
     padding: Arc<PaddingScheme>,
@@ -190,9 +205,12 @@ struct ClientRole {
     preamble: Option<Bytes>,
     next_id: u32,
     settings_flushed: bool,
+    /// The server's version is known: ServerSettings arrived, or it showed it
+    /// is v1.
+    version_known: bool,
 }
 
-struct ServerRole {
+struct ServerData {
     cfg: Arc<ServerConfig>,
     padding_md5: String,
     user: Option<UserId>,
@@ -200,8 +218,51 @@ struct ServerRole {
 }
 
 enum Role {
-    Client(Box<ClientRole>),
-    Server(Box<ServerRole>),
+    Client(Box<ClientData>),
+    Server(Box<ServerData>),
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The role of a [`Session`] as a type: [`Client`] or [`Server`]. Methods that
+/// only make sense in one role exist only on that role's sessions.
+pub trait SessionRole: sealed::Sealed + Send + Sync + 'static {
+    /// Whether this is the client role.
+    const IS_CLIENT: bool;
+}
+
+/// The client role: a [`ClientSession`] opens streams.
+#[derive(Debug)]
+pub enum Client {}
+/// The server role: a [`ServerSession`] authenticates and accepts streams.
+#[derive(Debug)]
+pub enum Server {}
+impl sealed::Sealed for Client {}
+impl sealed::Sealed for Server {}
+impl SessionRole for Client {
+    const IS_CLIENT: bool = true;
+}
+impl SessionRole for Server {
+    const IS_CLIENT: bool = false;
+}
+
+/// A client session (one TLS connection to a server).
+pub type ClientSession = Session<Client>;
+/// A server session (one TLS connection from a client).
+pub type ServerSession = Session<Server>;
+
+/// A session's deadlines (the stall deadline is derived from the input state,
+/// see `stall_deadline`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Server: preamble and Settings must have arrived.
+    Handshake,
+    /// Any frame must arrive (after a HeartRequest with a timeout).
+    Liveness,
+    /// Client: a stream's SYNACK wait.
+    StreamOpen(StreamId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,9 +289,11 @@ fn stream_mut(
     streams.get_mut(&id).ok_or(StreamError::UnknownStream(id.0))
 }
 
-/// An AnyTLS session. See the [module docs](self) for how to drive it.
-pub struct Session {
+/// An AnyTLS session in role `R` ([`ClientSession`] or [`ServerSession`]).
+/// See the [module docs](self) for how to drive it.
+pub struct Session<R: SessionRole> {
     role: Role,
+    _role: PhantomData<fn() -> R>,
     limits: SessionLimits,
     state: State,
     now: Instant,
@@ -255,19 +318,17 @@ pub struct Session {
     current: Option<ShapedWrite>,
     events: VecDeque<Event>,
     peer_version: u8,
-    handshake_deadline: Option<Instant>,
-    /// Any received frame clears it; expiry closes the session.
-    liveness_deadline: Option<Instant>,
+    /// Every deadline but the stall deadline.
+    timers: TimerTable<Timer>,
     /// When the oldest unanswered HeartRequest was sent (for the RTT).
     heartbeat_sent_at: Option<Instant>,
-    open_deadlines: BTreeSet<(Instant, StreamId)>,
     stats: SessionStats,
 }
 
-impl fmt::Debug for Session {
+impl<R: SessionRole> fmt::Debug for Session<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("role", &if self.is_client() { "client" } else { "server" })
+            .field("role", &if R::IS_CLIENT { "client" } else { "server" })
             .field("state", &self.state)
             .field("peer_version", &self.peer_version)
             .field("streams", &self.streams.len())
@@ -276,10 +337,11 @@ impl fmt::Debug for Session {
     }
 }
 
-impl Session {
+impl<R: SessionRole> Session<R> {
     fn new(role: Role, limits: SessionLimits, state: State, seed: [u8; 32], now: Instant) -> Self {
         Session {
             role,
+            _role: PhantomData,
             decoder: FrameDecoder::new(limits.frames),
             limits,
             state,
@@ -296,116 +358,17 @@ impl Session {
             current: None,
             events: VecDeque::new(),
             peer_version: 1,
-            handshake_deadline: None,
-            liveness_deadline: None,
+            timers: TimerTable::default(),
             heartbeat_sent_at: None,
-            open_deadlines: BTreeSet::new(),
             stats: SessionStats::default(),
         }
-    }
-
-    /// A client session on a freshly established TLS connection. `padding` is
-    /// the client's current scheme (the default one, or the last one a server
-    /// sent); `seed` seeds the padding RNG and must come from a cryptographic
-    /// source. The preamble and the Settings frame are queued at once.
-    pub fn client(
-        cfg: Arc<ClientConfig>,
-        seq: SessionSeq,
-        padding: Arc<PaddingScheme>,
-        seed: [u8; 32],
-        now: Instant,
-    ) -> Session {
-        let limits = cfg.limits.clone();
-        let mut s = Session::new(
-            Role::Client(Box::new(ClientRole {
-                cfg: cfg.clone(),
-                seq,
-                padding: padding.clone(),
-                shaper: Shaper::new(),
-                preamble: None,
-                next_id: 1,
-                settings_flushed: false,
-            })),
-            limits,
-            State::Open,
-            seed,
-            now,
-        );
-        let pad = padding.preamble_padding_len(&mut s.rng);
-        let mut pre = BytesMut::with_capacity(34 + usize::from(pad));
-        encode_preamble(&cfg.password, pad, &mut pre);
-        let settings = ClientSettings {
-            version: PROTOCOL_VERSION,
-            client: cfg.client_name.clone(),
-            padding_md5: padding.md5_hex(),
-        };
-        // The client name is configured; a name with a newline would corrupt
-        // the text, so it is dropped rather than sent.
-        let text = settings.encode().unwrap_or_else(|_| {
-            ClientSettings {
-                client: String::new(),
-                ..settings
-            }
-            .encode()
-            .unwrap_or_default()
-        });
-        s.push_control(Command::Settings, StreamId::SESSION, &text);
-        if let Role::Client(c) = &mut s.role {
-            c.preamble = Some(pre.freeze());
-        }
-        s
-    }
-
-    /// A server session on a freshly accepted TLS connection. The handshake
-    /// deadline starts now.
-    pub fn server(cfg: Arc<ServerConfig>, seed: [u8; 32], now: Instant) -> Session {
-        let limits = cfg.limits.clone();
-        let deadline = now + cfg.handshake_timeout;
-        let mut s = Session::new(
-            Role::Server(Box::new(ServerRole {
-                padding_md5: cfg.padding.md5_hex(),
-                cfg,
-                user: None,
-                settings_received: false,
-            })),
-            limits,
-            State::Auth,
-            seed,
-            now,
-        );
-        s.handshake_deadline = Some(deadline);
-        s
     }
 
     // ----- getters -----
 
     /// Whether this is a client session.
     pub fn is_client(&self) -> bool {
-        matches!(self.role, Role::Client(_))
-    }
-
-    /// The client session's sequence number (0 for a server).
-    pub fn seq(&self) -> SessionSeq {
-        match &self.role {
-            Role::Client(c) => c.seq,
-            Role::Server(_) => SessionSeq(0),
-        }
-    }
-
-    /// Server: the authenticated user.
-    pub fn user(&self) -> Option<UserId> {
-        match &self.role {
-            Role::Server(s) => s.user,
-            Role::Client(_) => None,
-        }
-    }
-
-    /// Client: the padding scheme this session uses now.
-    pub fn padding_scheme(&self) -> Option<&Arc<PaddingScheme>> {
-        match &self.role {
-            Role::Client(c) => Some(&c.padding),
-            Role::Server(_) => None,
-        }
+        R::IS_CLIENT
     }
 
     /// The peer's protocol version as known so far (1 until shown otherwise).
@@ -440,15 +403,10 @@ impl Session {
         if matches!(self.state, State::Closed) {
             return None;
         }
-        [
-            self.handshake_deadline,
-            self.liveness_deadline,
-            self.open_deadlines.first().map(|(t, _)| *t),
-            self.stall_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        match (self.timers.next(), self.stall_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next event.
@@ -523,6 +481,15 @@ impl Session {
         }
     }
 
+    /// The transport under the session failed: the session ends with
+    /// [`SessionError::Transport`] (every stream with it).
+    pub fn handle_transport_error(&mut self, now: Instant, error: TransportError) {
+        self.advance_clock(now);
+        if self.state != State::Closed {
+            self.close_with(SessionError::Transport(error));
+        }
+    }
+
     /// Deadlines up to `now` expire. Calling it early does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance_clock(now);
@@ -530,8 +497,8 @@ impl Session {
         if matches!(self.state, State::Closed) {
             return;
         }
-        if self.handshake_deadline.is_some_and(|t| t <= now) {
-            self.handshake_deadline = None;
+        if self.timers.is_expired(Timer::Handshake, now) {
+            self.timers.clear(Timer::Handshake);
             if self.state == State::Auth {
                 // Also with nothing read: a silent prober is handed to the
                 // fallback, whose own idle timeout then decides, as a plain
@@ -543,7 +510,7 @@ impl Session {
             self.close_with(SessionError::HandshakeTimeout);
             return;
         }
-        if self.liveness_deadline.is_some_and(|t| t <= now) {
+        if self.timers.is_expired(Timer::Liveness, now) {
             debug!("no frame since heartbeat: closing session");
             self.close_with(SessionError::HeartbeatTimeout);
             return;
@@ -560,16 +527,23 @@ impl Session {
             }
             self.resume_input();
         }
-        while let Some(&(t, id)) = self.open_deadlines.first() {
-            if t > now {
-                break;
+        while let Some((timer, _)) = self.timers.pop_expired(now) {
+            let Timer::StreamOpen(id) = timer else {
+                // Handshake and liveness were handled above.
+                continue;
+            };
+            let waiting = self
+                .streams
+                .get(&id)
+                .is_some_and(|s| s.phase == Phase::Opening);
+            if waiting && !self.version_known() {
+                // No ServerSettings within the SYNACK wait: a v2 server sends
+                // it at once, so this is a v1 server, which sends no SYNACK.
+                debug!("no ServerSettings in time: the server is v1");
+                self.learn_v1();
+                continue;
             }
-            self.open_deadlines.pop_first();
-            let waiting = self.streams.get_mut(&id).is_some_and(|s| {
-                s.open_deadline = None;
-                s.phase == Phase::Opening
-            });
-            if waiting && self.peer_version >= 2 && self.liveness_deadline.is_none() {
+            if waiting && self.peer_version >= 2 && self.timers.get(Timer::Liveness).is_none() {
                 debug!(
                     stream = id.0,
                     "SYNACK is slow: probing the session with a heartbeat"
@@ -585,76 +559,27 @@ impl Session {
 
     // ----- commands -----
 
-    /// Client: opens a stream to `dest`. Queues SYN and the destination; data can
-    /// be written at once.
-    pub fn open_stream(&mut self, now: Instant, dest: &SocksAddr) -> Result<StreamId, StreamError> {
-        self.advance_clock(now);
-        if self.state != State::Open {
-            return Err(StreamError::SessionClosed);
-        }
-        if self.streams.len() >= self.limits.max_streams {
-            return Err(StreamError::TooManyStreams);
-        }
-        let Role::Client(c) = &mut self.role else {
-            return Err(StreamError::WrongRole);
-        };
-        if c.next_id == 0 {
-            return Err(StreamError::IdsExhausted);
-        }
-        let mut addr = Vec::with_capacity(dest.encoded_len());
-        dest.encode(&mut addr)?;
-        let id = StreamId(c.next_id);
-        c.next_id = c.next_id.wrapping_add(1);
-        let deadline = self.now + c.cfg.stream_open_timeout;
-        let mut stream = Stream::new(Phase::Opening);
-        stream.open_deadline = Some(deadline);
-        self.open_deadlines.insert((deadline, id));
-        self.streams.insert(id, stream);
-        self.push_control(Command::Syn, id, &[]);
-        self.push_control(Command::Psh, id, &addr);
-        self.stats.streams_opened += 1;
-        Ok(id)
+    /// Queues as much of `data` as fits under the stream's and the session's
+    /// send caps (copied once); returns how much it took. `Err(Blocked)` when
+    /// nothing fits: `Event::StreamWritable` follows when there is room.
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let room = self.write_room(id, data.len())?;
+        self.queue_send(id, Bytes::copy_from_slice(&data[..room]));
+        Ok(room)
     }
 
-    /// Server: the owner's verdict on a stream from `Event::StreamOpened`.
-    /// `Ok` sends a success SYNACK (v2 clients); `Err(message)` sends SYNACK with
-    /// the message (v2 clients), then FIN (unless the client already sent FIN),
-    /// and forgets the stream.
-    pub fn accept_stream(
-        &mut self,
-        id: StreamId,
-        result: Result<(), String>,
-    ) -> Result<(), StreamError> {
-        if !matches!(self.role, Role::Server(_)) {
-            return Err(StreamError::WrongRole);
-        }
-        if self.state != State::Open {
-            return Err(StreamError::SessionClosed);
-        }
-        let stream = stream_mut(&mut self.streams, id)?;
-        if stream.phase != Phase::AwaitingAccept {
-            return Err(StreamError::Closed);
-        }
-        match result {
-            Ok(()) => {
-                stream.phase = Phase::Open;
-                let writable = std::mem::take(&mut stream.write_blocked);
-                if self.peer_version >= 2 {
-                    self.push_control(Command::SynAck, id, &[]);
-                }
-                if writable {
-                    self.events.push_back(Event::StreamWritable { id });
-                }
-            }
-            Err(msg) => self.refuse(id, &msg, false),
-        }
-        Ok(())
+    /// Like [`write`](Self::write), without copying: takes the longest
+    /// prefix of `data` that fits (a view, shared with the caller's buffer)
+    /// and advances `data` past it.
+    pub fn write_bytes(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, StreamError> {
+        let room = self.write_room(id, data.len())?;
+        let head = data.split_to(room);
+        self.queue_send(id, head);
+        Ok(room)
     }
 
-    /// Queues data on a stream. Returns `Blocked` when the stream's or the
-    /// session's send buffer is full; `Event::StreamWritable` follows when there
-    /// is room again.
-    pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<(), StreamError> {
+    /// Bytes of a `len`-byte write the stream can take now (`len` when 0).
+    fn write_room(&mut self, id: StreamId, len: usize) -> Result<usize, StreamError> {
         if self.state != State::Open {
             return Err(StreamError::SessionClosed);
         }
@@ -662,19 +587,36 @@ impl Session {
         if stream.local_fin || stream.peer_fin {
             return Err(StreamError::Closed);
         }
-        if data.is_empty() {
-            return Ok(());
+        if len == 0 {
+            return Ok(0);
         }
         if matches!(stream.phase, Phase::AwaitingAddress | Phase::AwaitingAccept) {
             // Server: no data before the SYNACK (`StreamWritable` follows accept).
             stream.write_blocked = true;
             return Err(StreamError::Blocked);
         }
-        if stream.send.len() >= self.limits.stream_send_buffer
-            || self.send_total >= self.limits.session_send_buffer
-        {
+        let room = self
+            .limits
+            .stream_send_buffer
+            .saturating_sub(stream.send.len())
+            .min(
+                self.limits
+                    .session_send_buffer
+                    .saturating_sub(self.send_total),
+            );
+        if room == 0 {
             stream.write_blocked = true;
             return Err(StreamError::Blocked);
+        }
+        Ok(room.min(len))
+    }
+
+    fn queue_send(&mut self, id: StreamId, data: Bytes) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if data.is_empty() {
+            return;
         }
         self.send_total += data.len();
         stream.send.push(data);
@@ -682,7 +624,6 @@ impl Session {
             stream.queued = true;
             self.ready.push_back(id);
         }
-        Ok(())
     }
 
     /// Reads the next chunk of a stream: `Ok(Some(data))`, `Ok(None)` at EOF
@@ -733,9 +674,7 @@ impl Session {
         }
         stream.local_fin = true;
         self.recv_total -= stream.recv.clear();
-        if let Some(t) = stream.open_deadline.take() {
-            self.open_deadlines.remove(&(t, id));
-        }
+        self.timers.clear(Timer::StreamOpen(id));
         if !stream.queued {
             stream.queued = true;
             self.ready.push_back(id);
@@ -929,9 +868,44 @@ impl Session {
             self.heartbeat_sent_at = Some(now);
         }
         if let Some(t) = timeout.filter(|_| self.peer_version >= 2) {
-            if self.liveness_deadline.is_none() {
-                self.liveness_deadline = Some(now + t);
+            if self.timers.get(Timer::Liveness).is_none() {
+                self.timers.set(Timer::Liveness, now + t);
             }
+        }
+    }
+
+    /// Client: whether the server's version is known yet.
+    fn version_known(&self) -> bool {
+        match &self.role {
+            Role::Client(c) => c.version_known,
+            Role::Server(_) => true,
+        }
+    }
+
+    /// Client: the server is v1. It sends no SYNACK, so every stream still
+    /// waiting for one is connected now.
+    fn learn_v1(&mut self) {
+        let Role::Client(c) = &mut self.role else {
+            return;
+        };
+        if c.version_known {
+            return;
+        }
+        c.version_known = true;
+        self.peer_version = 1;
+        self.events.push_back(Event::PeerVersion { version: 1 });
+        let opening: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Opening)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in opening {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.phase = Phase::Open;
+            }
+            self.timers.clear(Timer::StreamOpen(id));
+            self.events.push_back(Event::StreamConnected { id });
         }
     }
 
@@ -968,16 +942,13 @@ impl Session {
     }
 
     /// Resets a stream whose reader fell behind (see `stream_recv_limit`).
-    fn reset_stream(&mut self, id: StreamId, reason: &str) {
+    fn reset_stream(&mut self, id: StreamId, reason: ResetReason) {
         debug!(stream = id.0, "{reason}: resetting the stream");
         if !self.streams.get(&id).is_some_and(|s| s.peer_fin) {
             self.push_control(Command::Fin, id, &[]);
         }
         self.remove_stream(id);
-        self.events.push_back(Event::StreamReset {
-            id,
-            reason: reason.to_owned(),
-        });
+        self.events.push_back(Event::StreamReset { id, reason });
     }
 
     fn resume_input(&mut self) {
@@ -1008,7 +979,7 @@ impl Session {
                         else {
                             return;
                         };
-                        self.liveness_deadline = None;
+                        self.timers.clear(Timer::Liveness);
                         self.on_psh(id, data);
                     }
                     Ok(None) => {
@@ -1057,12 +1028,22 @@ impl Session {
 
     fn handle_frame(&mut self, frame: Frame) {
         // Any frame shows the peer is alive.
-        self.liveness_deadline = None;
+        self.timers.clear(Timer::Liveness);
         let Frame {
             cmd,
             stream_id: id,
             data,
         } = frame;
+        if !self.version_known()
+            && !matches!(
+                cmd,
+                Command::Waste | Command::UpdatePaddingScheme | Command::ServerSettings
+            )
+        {
+            // A v2 server sends ServerSettings before anything but a padding
+            // update; any other frame first means a v1 server.
+            self.learn_v1();
+        }
         match cmd {
             Command::Psh => self.on_psh(id, data),
             Command::Syn => self.on_syn(id),
@@ -1083,10 +1064,18 @@ impl Session {
                 }
             }
             Command::ServerSettings if !data.is_empty() => {
-                if let Role::Client(_) = self.role {
-                    if let Some(v) = crate::settings::server_version(&StringMap::parse(&data)) {
-                        self.peer_version = v;
-                        self.events.push_back(Event::PeerVersion { version: v });
+                if let Role::Client(c) = &mut self.role {
+                    if c.version_known {
+                        return;
+                    }
+                    let version = crate::settings::server_version(&StringMap::parse(&data));
+                    match version {
+                        Some(v) if v >= 2 => {
+                            c.version_known = true;
+                            self.peer_version = v;
+                            self.events.push_back(Event::PeerVersion { version: v });
+                        }
+                        _ => self.learn_v1(),
                     }
                 }
             }
@@ -1122,7 +1111,7 @@ impl Session {
         s.recv.push(data);
         let buffered = s.recv.len();
         if buffered > hard_limit {
-            self.reset_stream(id, "receive buffer overflow: the reader fell behind");
+            self.reset_stream(id, ResetReason::ReceiveOverflow);
             return;
         }
         if buffered >= self.limits.stream_recv_buffer && self.blocked_on != Some(id) {
@@ -1131,9 +1120,16 @@ impl Session {
         }
         if s.phase == Phase::AwaitingAddress {
             self.parse_destination(id);
-        } else {
-            self.signal_readable(id);
+            return;
         }
+        if s.phase == Phase::Opening {
+            // Data from the server: the stream was accepted (a v2 server
+            // sends its SYNACK first; a v1 server sends none).
+            s.phase = Phase::Open;
+            self.timers.clear(Timer::StreamOpen(id));
+            self.events.push_back(Event::StreamConnected { id });
+        }
+        self.signal_readable(id);
     }
 
     fn signal_readable(&mut self, id: StreamId) {
@@ -1197,12 +1193,16 @@ impl Session {
                 }
             }
             Err(AddrError::Truncated { .. }) => {}
-            Err(e) => self.refuse(id, &format!("bad destination: {e}"), true),
+            Err(e) => self.refuse(
+                id,
+                &format!("bad destination: {e}"),
+                Some(RefuseReason::BadDestination(e)),
+            ),
         }
     }
 
     /// Server: refuses a stream: SYNACK with the message (v2), FIN, forget it.
-    fn refuse(&mut self, id: StreamId, msg: &str, notify_owner: bool) {
+    fn refuse(&mut self, id: StreamId, msg: &str, event: Option<RefuseReason>) {
         self.stats.streams_refused += 1;
         if self.peer_version >= 2 {
             let mut end = msg
@@ -1220,11 +1220,8 @@ impl Session {
             self.push_control(Command::Fin, id, &[]);
         }
         self.remove_stream(id);
-        if notify_owner {
-            self.events.push_back(Event::StreamRefused {
-                id,
-                reason: msg.to_owned(),
-            });
+        if let Some(reason) = event {
+            self.events.push_back(Event::StreamRefused { id, reason });
         }
     }
 
@@ -1242,9 +1239,7 @@ impl Session {
         s.write_blocked = false;
         let freed = s.send.clear();
         self.send_total -= freed;
-        if let Some(t) = s.open_deadline.take() {
-            self.open_deadlines.remove(&(t, id));
-        }
+        self.timers.clear(Timer::StreamOpen(id));
         self.events.push_back(Event::StreamFinished { id });
         self.signal_readable(id);
         if freed > 0 {
@@ -1261,7 +1256,7 @@ impl Session {
         let received = ReceivedClientSettings::from_map(&StringMap::parse(data));
         let first = !srv.settings_received;
         srv.settings_received = true;
-        self.handshake_deadline = None;
+        self.timers.clear(Timer::Handshake);
         let update = received
             .needs_padding_update(&srv.padding_md5)
             .then(|| srv.cfg.padding.raw().clone());
@@ -1298,15 +1293,13 @@ impl Session {
     }
 
     fn on_synack(&mut self, id: StreamId, data: &[u8]) {
-        if !self.is_client() {
+        if !R::IS_CLIENT {
             return;
         }
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if let Some(t) = s.open_deadline.take() {
-            self.open_deadlines.remove(&(t, id));
-        }
+        self.timers.clear(Timer::StreamOpen(id));
         if data.is_empty() {
             if s.phase == Phase::Opening {
                 s.phase = Phase::Open;
@@ -1322,7 +1315,10 @@ impl Session {
             self.push_control(Command::Fin, id, &[]);
         }
         self.remove_stream(id);
-        self.events.push_back(Event::StreamRefused { id, reason });
+        self.events.push_back(Event::StreamRefused {
+            id,
+            reason: RefuseReason::Server(reason),
+        });
     }
 
     fn remove_stream(&mut self, id: StreamId) {
@@ -1330,9 +1326,7 @@ impl Session {
             self.recv_total -= s.recv.clear();
             let freed = s.send.clear();
             self.send_total -= freed;
-            if let Some(t) = s.open_deadline {
-                self.open_deadlines.remove(&(t, id));
-            }
+            self.timers.clear(Timer::StreamOpen(id));
             if self.blocked_on == Some(id) {
                 self.blocked_on = None;
                 self.stalled_since = None;
@@ -1381,12 +1375,196 @@ impl Session {
         self.recv_buf = BytesMut::new();
         self.control = BytesMut::new();
         self.current = None;
-        self.open_deadlines.clear();
-        self.handshake_deadline = None;
-        self.liveness_deadline = None;
+        self.timers.clear_all();
         if let Role::Client(c) = &mut self.role {
             c.preamble = None;
         }
         self.events.push_back(Event::Closed { reason });
+    }
+}
+
+impl Session<Client> {
+    /// A client session on a freshly established TLS connection. `padding` is
+    /// the client's current scheme (the default one, or the last one a server
+    /// sent); `seed` seeds the padding RNG and must come from a cryptographic
+    /// source. The preamble and the Settings frame are queued at once.
+    /// A configuration that fails [`ClientConfig::validate`] is refused.
+    pub fn client(
+        cfg: Arc<ClientConfig>,
+        seq: SessionSeq,
+        padding: Arc<PaddingScheme>,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Result<ClientSession, ConfigError> {
+        cfg.validate()?;
+        let limits = cfg.limits.clone();
+        let mut s = Session::new(
+            Role::Client(Box::new(ClientData {
+                cfg: cfg.clone(),
+                seq,
+                padding: padding.clone(),
+                shaper: Shaper::new(),
+                preamble: None,
+                next_id: 1,
+                settings_flushed: false,
+                version_known: false,
+            })),
+            limits,
+            State::Open,
+            seed,
+            now,
+        );
+        let pad = padding.preamble_padding_len(&mut s.rng);
+        let mut pre = BytesMut::with_capacity(34 + usize::from(pad));
+        encode_preamble(&cfg.password, pad, &mut pre);
+        let settings = ClientSettings {
+            version: PROTOCOL_VERSION,
+            client: cfg.client_name.clone(),
+            padding_md5: padding.md5_hex(),
+        };
+        // The client name is configured; a name with a newline would corrupt
+        // the text, so it is dropped rather than sent.
+        let text = settings.encode().unwrap_or_else(|_| {
+            ClientSettings {
+                client: String::new(),
+                ..settings
+            }
+            .encode()
+            .unwrap_or_default()
+        });
+        s.push_control(Command::Settings, StreamId::SESSION, &text);
+        if let Role::Client(c) = &mut s.role {
+            c.preamble = Some(pre.freeze());
+        }
+        Ok(s)
+    }
+
+    /// The session's sequence number (its key in a client endpoint or pool).
+    pub fn seq(&self) -> SessionSeq {
+        match &self.role {
+            Role::Client(c) => c.seq,
+            Role::Server(_) => SessionSeq(0),
+        }
+    }
+
+    /// The padding scheme this session uses now.
+    pub fn padding_scheme(&self) -> &Arc<PaddingScheme> {
+        match &self.role {
+            Role::Client(c) => &c.padding,
+            Role::Server(s) => &s.cfg.padding,
+        }
+    }
+
+    /// Whether the server's protocol version is known: ServerSettings
+    /// arrived, or the server showed it is v1 (see `Event::StreamConnected`).
+    pub fn peer_version_known(&self) -> bool {
+        match &self.role {
+            Role::Client(c) => c.version_known,
+            Role::Server(_) => true,
+        }
+    }
+
+    /// Client: opens a stream to `dest`. Queues SYN and the destination; data can
+    /// be written at once.
+    pub fn open_stream(&mut self, now: Instant, dest: &SocksAddr) -> Result<StreamId, StreamError> {
+        self.advance_clock(now);
+        if self.state != State::Open {
+            return Err(StreamError::SessionClosed);
+        }
+        if self.streams.len() >= self.limits.max_streams {
+            return Err(StreamError::TooManyStreams);
+        }
+        let Role::Client(c) = &mut self.role else {
+            return Err(StreamError::SessionClosed);
+        };
+        if c.next_id == 0 {
+            return Err(StreamError::IdsExhausted);
+        }
+        let mut addr = Vec::with_capacity(dest.encoded_len());
+        dest.encode(&mut addr)?;
+        let id = StreamId(c.next_id);
+        c.next_id = c.next_id.wrapping_add(1);
+        if c.version_known && self.peer_version < 2 {
+            // A v1 server sends no SYNACK: the stream is connected at once.
+            self.streams.insert(id, Stream::new(Phase::Open));
+            self.events.push_back(Event::StreamConnected { id });
+        } else {
+            let deadline = self.now + c.cfg.stream_open_timeout;
+            self.timers.set(Timer::StreamOpen(id), deadline);
+            self.streams.insert(id, Stream::new(Phase::Opening));
+        }
+        self.push_control(Command::Syn, id, &[]);
+        self.push_control(Command::Psh, id, &addr);
+        self.stats.streams_opened += 1;
+        Ok(id)
+    }
+}
+
+impl Session<Server> {
+    /// A server session on a freshly accepted TLS connection. The handshake
+    /// deadline starts now. A configuration that fails
+    /// [`ServerConfig::validate`] is refused.
+    pub fn server(
+        cfg: Arc<ServerConfig>,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Result<ServerSession, ConfigError> {
+        cfg.validate()?;
+        let limits = cfg.limits.clone();
+        let deadline = now + cfg.handshake_timeout;
+        let mut s = Session::new(
+            Role::Server(Box::new(ServerData {
+                padding_md5: cfg.padding.md5_hex(),
+                cfg,
+                user: None,
+                settings_received: false,
+            })),
+            limits,
+            State::Auth,
+            seed,
+            now,
+        );
+        s.timers.set(Timer::Handshake, deadline);
+        Ok(s)
+    }
+
+    /// The authenticated user (after `Event::Authenticated`).
+    pub fn user(&self) -> Option<UserId> {
+        match &self.role {
+            Role::Server(s) => s.user,
+            Role::Client(_) => None,
+        }
+    }
+
+    /// Server: the owner's verdict on a stream from `Event::StreamOpened`.
+    /// `Ok` sends a success SYNACK (v2 clients); `Err(message)` sends SYNACK with
+    /// the message (v2 clients), then FIN (unless the client already sent FIN),
+    /// and forgets the stream.
+    pub fn accept_stream(
+        &mut self,
+        id: StreamId,
+        result: Result<(), String>,
+    ) -> Result<(), StreamError> {
+        if self.state != State::Open {
+            return Err(StreamError::SessionClosed);
+        }
+        let stream = stream_mut(&mut self.streams, id)?;
+        if stream.phase != Phase::AwaitingAccept {
+            return Err(StreamError::Closed);
+        }
+        match result {
+            Ok(()) => {
+                stream.phase = Phase::Open;
+                let writable = std::mem::take(&mut stream.write_blocked);
+                if self.peer_version >= 2 {
+                    self.push_control(Command::SynAck, id, &[]);
+                }
+                if writable {
+                    self.events.push_back(Event::StreamWritable { id });
+                }
+            }
+            Err(msg) => self.refuse(id, &msg, None),
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,6 @@
 //! Per-stream state: bounded receive and send queues of `Bytes` chunks.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -120,8 +119,6 @@ pub(crate) struct Stream {
     pub(crate) write_blocked: bool,
     /// The stream is in the session's round-robin queue of streams with output.
     pub(crate) queued: bool,
-    /// Client: when the SYNACK wait ends (v2 servers only).
-    pub(crate) open_deadline: Option<Instant>,
     /// Over its receive cap, this stream may pause the session's input (lost
     /// when its reader stalls; see `SessionLimits::stalled_stream_timeout`).
     pub(crate) may_pause: bool,
@@ -138,7 +135,6 @@ impl Stream {
             local_fin: false,
             write_blocked: false,
             queued: false,
-            open_deadline: None,
             may_pause: true,
         }
     }
