@@ -96,6 +96,7 @@
 pub mod addr;
 pub mod auth;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod padding;
@@ -108,17 +109,23 @@ pub mod uot;
 
 #[cfg(any(test, feature = "_fuzz"))]
 #[doc(hidden)]
+pub mod fuzz_endpoint;
+#[cfg(any(test, feature = "_fuzz"))]
+#[doc(hidden)]
 pub mod fuzzing;
 
 pub use addr::{Host, SocksAddr};
 pub use auth::{AuthVerdict, Authenticator, PasswordHash, UserId};
 pub use config::{ClientConfig, ServerConfig, SessionLimits};
+pub use endpoint::{Action, ClientEndpoint, ClientEvent, EndpointStats, StreamHandle, StreamState};
 pub use error::{
-    AddrError, AuthError, FrameError, PaddingError, ProtocolError, SessionError, SettingsError,
-    StreamError, UotError,
+    AddrError, AuthError, ConfigError, FrameError, PaddingError, ProtocolError, RefuseReason,
+    ResetReason, SessionError, SettingsError, StreamError, TransportError, UotError,
 };
 pub use frame::{Command, Frame, FrameDecoder, FrameHeader, FrameLimits, StreamId};
 pub use padding::{PaddingScheme, Record, Shaper};
 pub use pool::{Checkout, CloseReason, Pool, PoolAction, PoolConfig, PoolConfigError, PoolStats};
-pub use session::{Event, Session, SessionSeq, SessionStats, Transmit};
+pub use session::{
+    ClientSession, Event, ServerSession, Session, SessionRole, SessionSeq, SessionStats, Transmit,
+};
 pub use settings::StringMap;

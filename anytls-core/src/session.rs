@@ -409,6 +409,11 @@ impl<R: SessionRole> Session<R> {
         }
     }
 
+    /// Whether events are waiting for [`poll_event`](Self::poll_event).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
