@@ -328,6 +328,11 @@ impl ClientEndpoint {
         matches!(self.conns.get(&e.conn), Some(Conn::Live(_))).then_some(e.conn)
     }
 
+    /// The stream's id on its session, once it has one.
+    pub fn stream_id(&self, stream: StreamHandle) -> Option<StreamId> {
+        self.streams.get(&stream)?.id
+    }
+
     /// Bytes ready to read on a stream.
     pub fn readable_len(&self, stream: StreamHandle) -> usize {
         self.locate(stream)

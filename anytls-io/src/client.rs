@@ -2,16 +2,23 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use anytls_core::pool::{Checkout, Pool, PoolAction, PoolConfig, PoolConfigError, PoolStats};
-use anytls_core::{Event, PaddingScheme, SessionError, SessionLimits, SessionSeq, SocksAddr};
+use anytls_core::pool::{PoolConfig, PoolConfigError, PoolStats};
+use anytls_core::{
+    Action, ClientEndpoint, ClientEvent, ConfigError, Event, PaddingScheme, SessionError,
+    SessionLimits, SessionSeq, SocksAddr, StreamError, StreamHandle, StreamState, Transmit,
+    TransportError,
+};
+use bytes::{Bytes, BytesMut};
 
-use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
-use crate::runtime::{Notify, Runtime, lock, timeout};
+use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive};
+use crate::runtime::{Notify, Runtime, timeout};
 use crate::tls::{TlsError, Verification, client_config, server_name};
 use crate::tls_io::TlsIo;
 
@@ -82,33 +89,123 @@ pub enum ClientError {
     /// Pool settings.
     #[error("pool: {0}")]
     Pool(#[from] PoolConfigError),
+    /// Session settings (limits, timeouts).
+    #[error("session: {0}")]
+    Session(ConfigError),
     /// The server address has no port.
     #[error("server address {0:?} must be host:port")]
     BadServer(String),
 }
 
+/// What the driver tasks, the stream handles and the endpoint task share:
+/// the core's client endpoint and the wakers of whoever waits on it.
+struct Shared {
+    ep: ClientEndpoint,
+    read_wakers: HashMap<StreamHandle, Waker>,
+    write_wakers: HashMap<StreamHandle, Waker>,
+    /// Tasks waiting for a stream's session or verdict.
+    open_wakers: HashMap<StreamHandle, Waker>,
+    /// Each connection's driver task.
+    drivers: HashMap<SessionSeq, Waker>,
+    /// Connections the endpoint closed, with why (until their driver ends).
+    closed: HashMap<SessionSeq, SessionError>,
+    /// Dials the endpoint asked for, for the endpoint task to start.
+    dials: Vec<SessionSeq>,
+}
+
+impl Shared {
+    /// Carries out what the endpoint asked for after an input or command:
+    /// dials (for the endpoint task), closes and wake-ups.
+    fn after(&mut self, kick: &Notify) {
+        while let Some(a) = self.ep.poll_action() {
+            match a {
+                Action::Dial { conn } => {
+                    self.dials.push(conn);
+                    kick.notify();
+                }
+                Action::Close { conn, reason } => {
+                    tracing::debug!(seq = conn.0, "session closed: {reason}");
+                    self.closed.insert(conn, reason);
+                    self.wake_driver(conn);
+                }
+                _ => {}
+            }
+        }
+        let wake = |m: &mut HashMap<StreamHandle, Waker>, h: &StreamHandle| {
+            if let Some(w) = m.remove(h) {
+                w.wake();
+            }
+        };
+        while let Some(ev) = self.ep.poll_event() {
+            match &ev {
+                ClientEvent::StreamReadable(h) => {
+                    wake(&mut self.read_wakers, h);
+                    wake(&mut self.open_wakers, h);
+                }
+                ClientEvent::StreamWritable(h) => {
+                    wake(&mut self.write_wakers, h);
+                    wake(&mut self.open_wakers, h);
+                }
+                ClientEvent::StreamConnected(h) => wake(&mut self.open_wakers, h),
+                ClientEvent::StreamFinished(h)
+                | ClientEvent::StreamRefused { stream: h, .. }
+                | ClientEvent::StreamReset { stream: h, .. } => {
+                    wake(&mut self.read_wakers, h);
+                    wake(&mut self.write_wakers, h);
+                    wake(&mut self.open_wakers, h);
+                }
+                ClientEvent::PaddingSchemeUpdated(s) => {
+                    tracing::debug!("server sent a new padding scheme (md5 {})", s.md5_hex());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn wake_driver(&mut self, conn: SessionSeq) {
+        if let Some(w) = self.drivers.get(&conn) {
+            w.wake_by_ref();
+        }
+    }
+
+    fn wake_all_drivers(&self) {
+        for w in self.drivers.values() {
+            w.wake_by_ref();
+        }
+    }
+}
+
 struct Inner {
     cfg: ClientConfig,
-    core: Arc<anytls_core::ClientConfig>,
     tls: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
-    padding: Mutex<Arc<PaddingScheme>>,
-    pool: Mutex<Pool>,
-    sessions: Mutex<HashMap<SessionSeq, Arc<Conn>>>,
+    shared: Mutex<Shared>,
+    /// Wakes the endpoint task: dials to start, a new deadline.
     kick: Arc<Notify>,
-    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock is a bug; keep serving the others.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // The last `Client` is gone: nobody can use the sessions any more.
-        for conn in lock(&self.sessions).values() {
-            conn.close();
-        }
+        let mut g = self.lock();
+        g.ep.close(Instant::now());
+        g.after(&self.kick);
+        g.wake_all_drivers();
     }
 }
 
 /// An AnyTLS client on runtime `R`. Cheap to clone; all clones share one pool.
+///
+/// The protocol and the pool live in the core's
+/// [`ClientEndpoint`](anytls_core::ClientEndpoint); this type moves bytes:
+/// one task per TLS connection, one task for the endpoint's timer and dials.
 pub struct Client<R> {
     inner: Arc<Inner>,
     _runtime: PhantomData<fn() -> R>,
@@ -127,7 +224,7 @@ impl<R> fmt::Debug for Client<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("server", &self.inner.cfg.server)
-            .field("stats", &lock(&self.inner.pool).stats())
+            .field("stats", &self.inner.lock().ep.stats().pool)
             .finish()
     }
 }
@@ -162,103 +259,259 @@ impl<R: Runtime> Client<R> {
         core.stream_open_timeout = cfg.stream_open_timeout;
         core.heartbeat_timeout = cfg.pool.heartbeat_timeout;
         core.limits = cfg.limits.clone();
-        let pool = Pool::new(cfg.pool.clone(), seed(), Instant::now())?;
+        let ep = ClientEndpoint::new(core, cfg.pool.clone(), seed(), Instant::now()).map_err(
+            |e| match e {
+                ConfigError::Pool(p) => ClientError::Pool(p),
+                other => ClientError::Session(other),
+            },
+        )?;
+        let mut shared = Shared {
+            ep,
+            read_wakers: HashMap::new(),
+            write_wakers: HashMap::new(),
+            open_wakers: HashMap::new(),
+            drivers: HashMap::new(),
+            closed: HashMap::new(),
+            dials: Vec::new(),
+        };
+        let kick = Arc::new(Notify::default());
+        shared.after(&kick);
         let inner = Arc::new(Inner {
             tls: Arc::new(tls),
             name,
-            core: Arc::new(core),
-            padding: Mutex::new(Arc::new(PaddingScheme::default_scheme())),
-            pool: Mutex::new(pool),
-            sessions: Mutex::new(HashMap::new()),
-            kick: Arc::new(Notify::default()),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            shared: Mutex::new(shared),
+            kick: kick.clone(),
             cfg,
         });
-        R::spawn(pool_task::<R>(Arc::downgrade(&inner), inner.kick.clone()));
+        R::spawn(endpoint_task::<R>(Arc::downgrade(&inner), kick));
         Ok(Client {
             inner,
             _runtime: PhantomData,
         })
     }
 
-    /// Opens a stream to `dest` on a pooled session (or a new one).
+    /// Opens a stream to `dest` on a pooled session (or a new one). Returns
+    /// once the stream has a session (after the dial, if one was needed); the
+    /// server's verdict comes later (see [`AnyTlsStream::established`]).
     pub async fn connect(&self, dest: impl Into<SocksAddr>) -> io::Result<AnyTlsStream> {
         let dest = dest.into();
         let inner = &self.inner;
-        if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "client closed"));
-        }
-        for _ in 0..4 {
-            let co = lock(&inner.pool).checkout(Instant::now());
-            let (seq, stream) = match co {
-                Checkout::Reuse(seq) => {
-                    let conn = lock(&inner.sessions).get(&seq).cloned();
-                    match conn.map(|c| c.open_stream(&dest)) {
-                        Some(Ok(s)) => (seq, s),
-                        _ => {
-                            // Died under us: forget it and try the next one.
-                            lock(&inner.pool).session_closed(seq, Instant::now());
-                            continue;
-                        }
-                    }
+        let h = {
+            let mut g = inner.lock();
+            let h = g.ep.open_stream(Instant::now(), &dest);
+            g.after(&inner.kick);
+            h?
+        };
+        let mut end = ClientEnd {
+            inner: inner.clone(),
+            h,
+        };
+        let id = poll_fn(|cx| {
+            let mut g = inner.lock();
+            if let Some(id) = g.ep.stream_id(h).filter(|_| g.ep.stream_session(h).is_some()) {
+                return Poll::Ready(Ok(id));
+            }
+            match g.ep.stream_state(h) {
+                Some(StreamState::Opening) => {
+                    g.open_wakers.insert(h, cx.waker().clone());
+                    Poll::Pending
                 }
-                Checkout::Dial(seq) => match dial::<R>(inner, seq, Some(&dest)).await {
-                    Ok(Some(s)) => (seq, s),
-                    Ok(None) => unreachable!("a dial with a destination returns a stream"),
-                    Err(e) => {
-                        lock(&inner.pool).dial_failed(seq, Instant::now());
-                        inner.kick.notify();
-                        return Err(e);
-                    }
-                },
-            };
-            return Ok(with_checkin(inner, seq, stream));
+                _ => Poll::Ready(Err(end_error(&g.ep, h))),
+            }
+        })
+        .await;
+        match id {
+            Ok(id) => Ok(AnyTlsStream::from_end(Box::new(end), id)),
+            Err(e) => {
+                end.release();
+                std::mem::forget(end);
+                Err(e)
+            }
         }
-        Err(io::Error::other("no usable session"))
     }
 
     /// Pool statistics.
     pub fn stats(&self) -> PoolStats {
-        lock(&self.inner.pool).stats()
+        self.inner.lock().ep.stats().pool
     }
 
     /// The padding scheme new sessions start with (the server's, once it sent one).
     pub fn padding_scheme(&self) -> Arc<PaddingScheme> {
-        lock(&self.inner.padding).clone()
+        self.inner.lock().ep.padding_scheme().clone()
     }
 
     /// Closes every session and stops the pool.
     pub fn close(&self) {
         let inner = &self.inner;
-        inner
-            .closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        lock(&inner.pool).shutdown(Instant::now());
-        for conn in lock(&inner.sessions).values() {
-            conn.close();
-        }
+        let mut g = inner.lock();
+        g.ep.close(Instant::now());
+        g.after(&inner.kick);
+        g.wake_all_drivers();
         inner.kick.notify();
     }
 }
 
-fn with_checkin(inner: &Arc<Inner>, seq: SessionSeq, mut s: AnyTlsStream) -> AnyTlsStream {
-    let weak = Arc::downgrade(inner);
-    s.set_on_close(move || {
-        if let Some(inner) = weak.upgrade() {
-            lock(&inner.pool).checkin(seq, Instant::now());
-            inner.kick.notify();
-        }
-    });
-    s
+/// The error a stream's handle reports once the stream is over.
+fn end_error(ep: &ClientEndpoint, h: StreamHandle) -> io::Error {
+    let e = match ep.stream_state(h) {
+        Some(StreamState::Refused(r)) => StreamError::Refused(r.clone()),
+        Some(StreamState::Reset(r)) => StreamError::Reset(r.clone()),
+        Some(StreamState::Finished) => StreamError::Closed,
+        _ => StreamError::SessionClosed,
+    };
+    e.into()
 }
 
-/// Dials a session; opens the first stream before anything is sent so that
-/// Settings, SYN and the destination form packet 1.
-async fn dial<R: Runtime>(
-    inner: &Arc<Inner>,
-    seq: SessionSeq,
-    first: Option<&SocksAddr>,
-) -> io::Result<Option<AnyTlsStream>> {
+/// A stream of the client endpoint.
+struct ClientEnd {
+    inner: Arc<Inner>,
+    h: StreamHandle,
+}
+
+impl ClientEnd {
+    fn release(&mut self) {
+        let mut g = self.inner.lock();
+        let conn = g.ep.stream_session(self.h);
+        g.ep.release(Instant::now(), self.h);
+        g.read_wakers.remove(&self.h);
+        g.write_wakers.remove(&self.h);
+        g.open_wakers.remove(&self.h);
+        g.after(&self.inner.kick);
+        if let Some(conn) = conn {
+            g.wake_driver(conn);
+        }
+    }
+
+    /// Runs a stream operation under the lock; the stream's driver is woken
+    /// when it may have output.
+    fn op<T>(
+        &mut self,
+        f: impl FnOnce(&mut ClientEndpoint, StreamHandle) -> Result<T, StreamError>,
+        waiters: fn(&mut Shared) -> &mut HashMap<StreamHandle, Waker>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        let mut g = self.inner.lock();
+        let res = f(&mut g.ep, self.h);
+        g.after(&self.inner.kick);
+        if let Some(conn) = g.ep.stream_session(self.h) {
+            g.wake_driver(conn);
+        }
+        match res {
+            Ok(v) => Poll::Ready(Ok(v)),
+            Err(StreamError::Blocked) => {
+                waiters(&mut g).insert(self.h, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+impl StreamEnd for ClientEnd {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        self.op(|ep, h| ep.read(h), |g| &mut g.read_wakers, cx)
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        self.op(|ep, h| ep.write_bytes(h, data), |g| &mut g.write_wakers, cx)
+    }
+
+    fn finish(&mut self) {
+        let mut g = self.inner.lock();
+        g.ep.finish(Instant::now(), self.h);
+        g.after(&self.inner.kick);
+        if let Some(conn) = g.ep.stream_session(self.h) {
+            g.wake_driver(conn);
+        }
+    }
+
+    fn poll_established(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut g = self.inner.lock();
+        match g.ep.stream_state(self.h) {
+            Some(StreamState::Connected | StreamState::Finished) => Poll::Ready(Ok(())),
+            Some(StreamState::Opening) if g.ep.readable_len(self.h) > 0 => Poll::Ready(Ok(())),
+            Some(StreamState::Opening) => {
+                g.open_wakers.insert(self.h, cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(Err(end_error(&g.ep, self.h))),
+        }
+    }
+}
+
+impl Drop for ClientEnd {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// One connection of the endpoint, as its driver task sees it.
+struct ConnLink {
+    inner: Arc<Inner>,
+    conn: SessionSeq,
+}
+
+struct ConnView<'a> {
+    g: &'a mut Shared,
+    kick: &'a Notify,
+    conn: SessionSeq,
+}
+
+impl Link for ConnLink {
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Machine) -> T) -> T {
+        let mut g = self.inner.lock();
+        f(&mut ConnView {
+            g: &mut g,
+            kick: &self.inner.kick,
+            conn: self.conn,
+        })
+    }
+}
+
+impl Machine for ConnView<'_> {
+    fn handle_timeout(&mut self, _now: Instant) {
+        // The endpoint task keeps every timer of the endpoint.
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit> {
+        self.g.ep.poll_transmit_on(now, self.conn, buf)
+    }
+    fn handle_input(&mut self, now: Instant, data: BytesMut) {
+        self.g.ep.handle_input(now, self.conn, data);
+    }
+    fn handle_eof(&mut self, now: Instant) {
+        self.g.ep.handle_eof(now, self.conn);
+    }
+    fn handle_transport_error(&mut self, now: Instant, error: TransportError) {
+        self.g.ep.handle_transport_error(now, self.conn, error);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn wants_read(&self) -> bool {
+        self.g.ep.wants_read(self.conn)
+    }
+    fn is_closed(&self) -> bool {
+        !self.g.ep.is_live(self.conn)
+    }
+    fn closed_reason(&self) -> Option<SessionError> {
+        self.g.closed.get(&self.conn).cloned()
+    }
+    fn dispatch(&mut self, _observed: &mut Vec<Event>) {
+        self.g.after(self.kick);
+        // A new deadline (a heartbeat's answer is due, a SYNACK wait) is
+        // the endpoint task's to keep.
+        self.kick.notify();
+    }
+    fn set_driver_waker(&mut self, waker: &Waker) {
+        let w = self.g.drivers.entry(self.conn).or_insert_with(|| waker.clone());
+        if !w.will_wake(waker) {
+            *w = waker.clone();
+        }
+    }
+}
+
+/// Dials a connection the endpoint asked for and drives it until it ends.
+async fn dial<R: Runtime>(inner: Arc<Inner>, conn: SessionSeq) {
     let cfg = &inner.cfg;
     let tls = timeout::<R, _>(cfg.connect_timeout, async {
         let tcp = R::connect(&cfg.server).await?;
@@ -270,101 +523,79 @@ async fn dial<R: Runtime>(
         io::Result::Ok(tls)
     })
     .await
-    .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "connect/TLS handshake timed out"))??;
-    let padding = lock(&inner.padding).clone();
-    let session =
-        anytls_core::Session::client(inner.core.clone(), seq, padding, seed(), Instant::now());
-    let conn = Conn::new(session);
-    let stream = first.map(|d| conn.open_stream(d)).transpose()?;
-    lock(&inner.sessions).insert(seq, conn.clone());
-    lock(&inner.pool).established(seq, Instant::now());
-    inner.kick.notify();
-    let weak = Arc::downgrade(inner);
-    let observer_weak = weak.clone();
-    R::spawn(async move {
-        // Boxed: the driver's state is allocated at its exact size.
-        let end = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| {
-            let Some(inner) = observer_weak.upgrade() else {
-                return;
-            };
-            match ev {
-                Event::HeartbeatAck { rtt } => lock(&inner.pool).heartbeat_ack(seq, *rtt),
-                Event::PaddingSchemeUpdated(s) => {
-                    tracing::debug!("server sent a new padding scheme (md5 {})", s.md5_hex());
-                    *lock(&inner.padding) = s.clone();
-                }
-                Event::Closed { reason } => {
-                    tracing::debug!(seq = seq.0, "session closed: {reason}");
-                    lock(&inner.pool).session_closed(seq, Instant::now());
-                    lock(&inner.sessions).remove(&seq);
-                    inner.kick.notify();
-                }
-                _ => {}
-            }
-        }))
-        .await;
-        if let Some(inner) = weak.upgrade() {
-            lock(&inner.sessions).remove(&seq);
-            lock(&inner.pool).session_closed(seq, Instant::now());
-            inner.kick.notify();
-        }
-        if let DriveEnd::Closed(SessionError::PeerEof) = end {
-            tracing::debug!(seq = seq.0, "server closed the session");
-        }
+    .unwrap_or_else(|| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connect/TLS handshake timed out",
+        ))
     });
-    Ok(stream)
+    let tls = {
+        let mut g = inner.lock();
+        match tls {
+            Ok(tls) => {
+                g.ep.handle_connected(Instant::now(), conn);
+                g.after(&inner.kick);
+                tls
+            }
+            Err(e) => {
+                tracing::debug!(seq = conn.0, "dial failed: {e}");
+                g.ep.handle_dial_failed(Instant::now(), conn, e.to_string());
+                g.after(&inner.kick);
+                return;
+            }
+        }
+    };
+    let link = ConnLink {
+        inner: inner.clone(),
+        conn,
+    };
+    drop(inner);
+    // Boxed: the driver's state is allocated at its exact size.
+    let end = Box::pin(drive::<R, _>(link, Box::new(tls), |_| {})).await;
+    if let DriveEnd::Closed(SessionError::PeerEof) = end {
+        tracing::debug!(seq = conn.0, "server closed the session");
+    }
 }
 
-async fn pool_task<R: Runtime>(weak: std::sync::Weak<Inner>, kick: Arc<Notify>) {
+/// Keeps the endpoint's timer (pool maintenance, heartbeats, every
+/// session's deadlines) and starts the dials it asks for.
+async fn endpoint_task<R: Runtime>(weak: Weak<Inner>, kick: Arc<Notify>) {
     loop {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let (timeout, actions) = {
-            let mut pool = lock(&inner.pool);
+        let (deadline, dials, closed) = {
+            let mut g = inner.lock();
             let now = Instant::now();
-            if pool.poll_timeout().is_some_and(|t| t <= now) {
-                pool.handle_timeout(now);
+            if g.ep.poll_timeout().is_some_and(|t| t <= now) {
+                g.ep.handle_timeout(now);
+                g.after(&inner.kick);
+                // Heartbeats and timeouts may have output on any connection.
+                g.wake_all_drivers();
             }
-            let mut actions = Vec::new();
-            while let Some(a) = pool.poll_action() {
-                actions.push(a);
+            // Drivers that ended are forgotten.
+            let live: Vec<SessionSeq> = g.drivers.keys().copied().collect();
+            for conn in live {
+                if !g.ep.is_live(conn) && g.closed.contains_key(&conn) {
+                    g.drivers.remove(&conn).map(|w| w.wake());
+                    g.closed.remove(&conn);
+                }
             }
-            (pool.poll_timeout(), actions)
+            let dials = std::mem::take(&mut g.dials);
+            (g.ep.poll_timeout(), dials, g.ep.is_closed())
         };
-        for a in actions {
-            match a {
-                PoolAction::Dial { seq } => {
-                    let inner = inner.clone();
-                    R::spawn(async move {
-                        if let Err(e) = dial::<R>(&inner, seq, None).await {
-                            tracing::debug!(seq = seq.0, "pre-warm dial failed: {e}");
-                            lock(&inner.pool).dial_failed(seq, Instant::now());
-                            inner.kick.notify();
-                        }
-                    });
-                }
-                PoolAction::Close { seq, reason } => {
-                    tracing::debug!(seq = seq.0, "pool closes session: {reason:?}");
-                    if let Some(c) = lock(&inner.sessions).remove(&seq) {
-                        c.close();
-                    }
-                }
-                PoolAction::Heartbeat { seq, timeout } => {
-                    if let Some(c) = lock(&inner.sessions).get(&seq) {
-                        c.heartbeat(timeout);
-                    }
-                }
-            }
+        for conn in dials {
+            R::spawn(dial::<R>(inner.clone(), conn));
         }
-        if inner.closed.load(std::sync::atomic::Ordering::Acquire) && timeout.is_none() {
+        if closed && deadline.is_none() {
             return;
         }
         drop(inner);
         let kicked = kick.notified();
-        match timeout {
+        match deadline {
             Some(t) => futures_lite::future::or(kicked, R::timer(t)).await,
             None => kicked.await,
         }
     }
 }
+

@@ -1,16 +1,18 @@
-//! One TLS connection driving one `anytls_core::Session`.
+//! One TLS connection driving one connection of a core state machine: a
+//! server's `ServerSession` ([`Conn`]), or one session of the client's
+//! `ClientEndpoint` (see `client.rs`).
 //!
-//! The session sits behind a mutex shared by the connection's driver task and
-//! its stream handles (the quinn pattern): a handle reads and writes stream
-//! data straight into the core under the lock, and kicks the driver, which
-//! moves bytes between the core and the TLS stream, dispatches events and keeps
-//! the session's single timer. The lock is never held across an await.
+//! The state machine sits behind a mutex shared by the connection's driver
+//! task and its stream handles (the quinn pattern): a handle reads and writes
+//! stream data straight into the core under the lock, and kicks the driver,
+//! which moves bytes between the core and the TLS stream, dispatches events
+//! and keeps the timer. The lock is never held across an await.
 //!
 //! The driver reads and writes concurrently (a write in flight owns the write
 //! half), so two peers that both write a lot never deadlock waiting for each
 //! other to read.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
@@ -18,24 +20,64 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use anytls_core::{Event, Session, SessionError, SocksAddr, StreamError, StreamId};
+use anytls_core::session::ServerSession;
+use anytls_core::{
+    Event, SessionError, SocksAddr, StreamError, StreamId, Transmit, TransportError,
+};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::runtime::{Runtime, timeout};
 use crate::tls_io::TlsIo;
 
+/// One connection of a core state machine, as its driver task sees it.
+pub(crate) trait Machine {
+    /// Runs the deadlines that are due (a no-op when another task keeps the
+    /// timers).
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit>;
+    fn handle_input(&mut self, now: Instant, data: BytesMut);
+    fn handle_eof(&mut self, now: Instant);
+    fn handle_transport_error(&mut self, now: Instant, error: TransportError);
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn wants_read(&self) -> bool;
+    fn is_closed(&self) -> bool;
+    /// Why it ended (once it did).
+    fn closed_reason(&self) -> Option<SessionError>;
+    /// Dispatches new events to the stream handles; events the driver's
+    /// observer should see are moved to `observed`.
+    fn dispatch(&mut self, observed: &mut Vec<Event>);
+    /// Remembers the driver's waker (to be woken when there is output).
+    fn set_driver_waker(&mut self, waker: &Waker);
+}
+
+/// Something a driver task can lock to reach its [`Machine`].
+pub(crate) trait Link: Send + Sync + 'static {
+    /// Runs `f` on the machine under the lock.
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Machine) -> T) -> T;
+}
+
+/// Maps a TLS read or write error to what the core is told. A connection the
+/// peer closed or reset is `PeerClosed`.
+pub(crate) fn transport_error(e: &io::Error) -> TransportError {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    ) {
+        TransportError::PeerClosed
+    } else {
+        TransportError::Failed(e.to_string())
+    }
+}
+
 pub(crate) struct Shared {
-    pub(crate) session: Session,
+    pub(crate) session: ServerSession,
     read_wakers: HashMap<StreamId, Waker>,
     write_wakers: HashMap<StreamId, Waker>,
     /// Streams the server refused or the session reset: the error their
     /// handles report.
     refused: HashMap<StreamId, StreamError>,
-    /// Client: streams the server accepted with a SYNACK.
-    connected: HashSet<StreamId>,
-    /// Client: tasks waiting in `AnyTlsStream::established`.
-    open_wakers: HashMap<StreamId, Waker>,
     /// Server: streams whose destination arrived, not yet taken by the owner.
     pub(crate) incoming: VecDeque<(StreamId, SocksAddr)>,
     incoming_waker: Option<Waker>,
@@ -50,16 +92,72 @@ pub(crate) struct Conn {
     shared: Mutex<Shared>,
 }
 
+impl Link for Arc<Conn> {
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Machine) -> T) -> T {
+        f(&mut *self.lock())
+    }
+}
+
+impl Machine for Shared {
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.session.poll_timeout().is_some_and(|t| t <= now) {
+            self.session.handle_timeout(now);
+        }
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit> {
+        self.session.poll_transmit(now, buf)
+    }
+    fn handle_input(&mut self, now: Instant, data: BytesMut) {
+        self.session.handle_input(now, data);
+    }
+    fn handle_eof(&mut self, now: Instant) {
+        self.session.handle_eof(now);
+    }
+    fn handle_transport_error(&mut self, now: Instant, error: TransportError) {
+        if error == TransportError::PeerClosed {
+            self.session.handle_eof(now);
+        } else {
+            self.session.handle_transport_error(now, error);
+        }
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.session.poll_timeout()
+    }
+    fn wants_read(&self) -> bool {
+        self.session.wants_read()
+    }
+    fn is_closed(&self) -> bool {
+        self.session.is_closed()
+    }
+    fn closed_reason(&self) -> Option<SessionError> {
+        self.closed.clone()
+    }
+    fn dispatch(&mut self, observed: &mut Vec<Event>) {
+        self.drain_events();
+        // Taken, not drained: no event vector keeps its capacity on an idle
+        // session.
+        let mut new = std::mem::take(&mut self.observed);
+        if observed.is_empty() {
+            *observed = new;
+        } else {
+            observed.append(&mut new);
+        }
+    }
+    fn set_driver_waker(&mut self, waker: &Waker) {
+        if !self.driver_waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.driver_waker = Some(waker.clone());
+        }
+    }
+}
+
 impl Conn {
-    pub(crate) fn new(session: Session) -> Arc<Conn> {
+    pub(crate) fn new(session: ServerSession) -> Arc<Conn> {
         Arc::new(Conn {
             shared: Mutex::new(Shared {
                 session,
                 read_wakers: HashMap::new(),
                 write_wakers: HashMap::new(),
                 refused: HashMap::new(),
-                connected: HashSet::new(),
-                open_wakers: HashMap::new(),
                 incoming: VecDeque::new(),
                 incoming_waker: None,
                 closed: None,
@@ -72,23 +170,6 @@ impl Conn {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
         // A panic while holding the lock is a bug; keep serving the others.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Why the session ended, if it did.
-    pub(crate) fn closed_reason(&self) -> Option<SessionError> {
-        self.lock().closed.clone()
-    }
-
-    /// Opens a client stream.
-    pub(crate) fn open_stream(self: &Arc<Self>, dest: &SocksAddr) -> io::Result<AnyTlsStream> {
-        let mut g = self.lock();
-        if let Some(e) = &g.closed {
-            return Err(e.clone().into());
-        }
-        let id = g.session.open_stream(Instant::now(), dest)?;
-        g.kick();
-        drop(g);
-        Ok(AnyTlsStream::new(self.clone(), id))
     }
 
     /// Server: the next stream with its destination.
@@ -112,13 +193,6 @@ impl Conn {
         let mut g = self.lock();
         g.session.close(Instant::now());
         g.drain_events();
-        g.kick();
-    }
-
-    /// Sends a heartbeat.
-    pub(crate) fn heartbeat(&self, timeout: Option<std::time::Duration>) {
-        let mut g = self.lock();
-        g.session.send_heartbeat(Instant::now(), timeout);
         g.kick();
     }
 }
@@ -153,36 +227,22 @@ impl Shared {
             }
         };
         match ev {
-            Event::StreamReadable { id } => {
-                wake(&mut self.read_wakers, id);
-                wake(&mut self.open_wakers, id);
-            }
+            Event::StreamReadable { id } => wake(&mut self.read_wakers, id),
             Event::StreamFinished { id } => {
                 // FIN closes both ways: a writer waiting for room now fails.
                 wake(&mut self.read_wakers, id);
                 wake(&mut self.write_wakers, id);
-                wake(&mut self.open_wakers, id);
             }
             Event::StreamWritable { id } => wake(&mut self.write_wakers, id),
-            Event::StreamConnected { id } => {
-                self.connected.insert(*id);
-                wake(&mut self.open_wakers, id);
-            }
-            Event::PeerVersion { .. } => {
-                // Waiters decide again with the server's version known.
-                for (_, w) in self.open_wakers.drain() {
-                    w.wake();
-                }
-            }
-            Event::StreamRefused { id, reason } | Event::StreamReset { id, reason } => {
+            Event::StreamRefused { id, .. } | Event::StreamReset { id, .. } => {
                 let err = match ev {
-                    Event::StreamReset { .. } => StreamError::Reset(reason.clone()),
-                    _ => StreamError::Refused(reason.clone()),
+                    Event::StreamReset { reason, .. } => StreamError::Reset(reason.clone()),
+                    Event::StreamRefused { reason, .. } => StreamError::Refused(reason.clone()),
+                    _ => return,
                 };
                 self.refused.insert(*id, err);
                 wake(&mut self.read_wakers, id);
                 wake(&mut self.write_wakers, id);
-                wake(&mut self.open_wakers, id);
             }
             Event::StreamOpened { id, dest } => {
                 self.incoming.push_back((*id, dest.clone()));
@@ -192,8 +252,7 @@ impl Shared {
             }
             Event::Closed { reason } => {
                 self.closed = Some(reason.clone());
-                let all = self.read_wakers.drain().chain(self.write_wakers.drain());
-                for (_, w) in all.chain(self.open_wakers.drain()) {
+                for (_, w) in self.read_wakers.drain().chain(self.write_wakers.drain()) {
                     w.wake();
                 }
                 if let Some(w) = self.incoming_waker.take() {
@@ -214,8 +273,9 @@ pub(crate) enum DriveEnd<IO> {
     Fallback { tls: Box<TlsIo<IO>>, replay: Bytes },
 }
 
-/// Drives `conn` over `tls` until the session closes. `observer` sees every
-/// event after it has been dispatched to the stream handles.
+/// Drives the connection behind `link` over `tls` until its session closes.
+/// `observer` sees every event the machine hands out after it has been
+/// dispatched to the stream handles.
 ///
 /// One poll loop does everything: it pulls transmits from the session and
 /// encrypts a batch of them (shaped ones each as its own TLS record(s), see
@@ -225,7 +285,7 @@ pub(crate) enum DriveEnd<IO> {
 /// writing proceed independently, so two peers that both write a lot never
 /// deadlock waiting for each other to read.
 pub(crate) async fn drive<R, IO>(
-    conn: Arc<Conn>,
+    link: impl Link,
     mut tls: Box<TlsIo<IO>>,
     mut observer: impl FnMut(&Event) + Send,
 ) -> DriveEnd<IO>
@@ -245,18 +305,15 @@ where
     poll_fn(|cx| {
         for _ in 0..LOOP_BUDGET {
             let mut progress = false;
-            let (timeout, wants_read, closed) = {
-                let mut g = conn.lock();
+            let (timeout, wants_read, closed) = link.with(|m| {
                 let now = Instant::now();
-                if g.session.poll_timeout().is_some_and(|t| t <= now) {
-                    g.session.handle_timeout(now);
-                }
+                m.handle_timeout(now);
                 if !tls.has_pending_output() && io_error.is_none() {
-                    match encrypt_batch(&mut g.session, now, &mut tls, &mut out) {
+                    match encrypt_batch(|b| m.poll_transmit(now, b), &mut tls, &mut out) {
                         Ok(0) => {}
                         Ok(_) => last_active = now,
                         Err(e) => {
-                            g.session.close(now);
+                            m.handle_transport_error(now, TransportError::Failed(e.to_string()));
                             io_error = Some(e);
                         }
                     }
@@ -269,25 +326,16 @@ where
                     // a period later, not in a loop.
                     last_active = now;
                 }
-                g.drain_events();
-                // Taken, not appended: no event vector keeps its capacity
-                // on an idle session.
-                events = std::mem::take(&mut g.observed);
-                if !g
-                    .driver_waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    g.driver_waker = Some(cx.waker().clone());
-                }
+                m.dispatch(&mut events);
+                m.set_driver_waker(cx.waker());
                 let release = (tls.holds_busy_resources() || out.capacity() > 0)
                     .then_some(last_active + IDLE_RELEASE);
                 (
-                    earliest(g.session.poll_timeout(), release),
-                    g.session.wants_read(),
-                    g.session.is_closed(),
+                    earliest(m.poll_timeout(), release),
+                    m.wants_read(),
+                    m.is_closed(),
                 )
-            };
+            });
             for ev in std::mem::take(&mut events) {
                 if let Event::AuthRejected { replay } = &ev {
                     fallback = Some(replay.clone());
@@ -299,7 +347,7 @@ where
                     Poll::Ready(Ok(())) => progress = true,
                     Poll::Ready(Err(e)) => {
                         tracing::debug!("TLS write failed: {e}");
-                        fail(&conn, &e);
+                        fail(&link, &e);
                         io_error = Some(e);
                         continue;
                     }
@@ -314,29 +362,30 @@ where
                     Poll::Ready(Ok(eof)) => {
                         let now = Instant::now();
                         last_active = now;
-                        let mut g = conn.lock();
-                        // One block per TLS record (as a Go server reads
-                        // them); the session keeps views of them as stream
-                        // data. Records after the one that closed the
-                        // session (a rejected preamble) stay with the TLS
-                        // connection: a fallback gets them next.
-                        let mut blocks = tls.plain.take_blocks();
-                        while let Some(block) = blocks.pop_front() {
-                            g.session.handle_input(now, block);
-                            if g.session.is_closed() {
-                                tls.plain.restore(blocks);
-                                break;
+                        link.with(|m| {
+                            // One block per TLS record (as a Go server reads
+                            // them); the session keeps views of them as stream
+                            // data. Records after the one that closed the
+                            // session (a rejected preamble) stay with the TLS
+                            // connection: a fallback gets them next.
+                            let mut blocks = tls.plain.take_blocks();
+                            while let Some(block) = blocks.pop_front() {
+                                m.handle_input(now, block);
+                                if m.is_closed() {
+                                    tls.plain.restore(blocks);
+                                    break;
+                                }
                             }
-                        }
-                        if eof {
-                            g.session.handle_eof(now);
-                        }
-                        g.drain_events();
+                            if eof {
+                                m.handle_eof(now);
+                            }
+                            m.dispatch(&mut events);
+                        });
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => {
                         tracing::debug!("TLS read failed: {e}");
-                        fail(&conn, &e);
+                        fail(&link, &e);
                         io_error = Some(e);
                         progress = true;
                     }
@@ -367,7 +416,15 @@ where
         Poll::Pending
     })
     .await;
-    let reason = conn.closed_reason().unwrap_or(SessionError::LocallyClosed);
+    let reason = link
+        .with(|m| {
+            m.dispatch(&mut events);
+            m.closed_reason()
+        })
+        .unwrap_or(SessionError::LocallyClosed);
+    for ev in std::mem::take(&mut events) {
+        observer(&ev);
+    }
     if let Some(e) = &io_error {
         tracing::debug!("connection ended after I/O error: {e}");
     }
@@ -407,8 +464,7 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// as soon as a whole record's worth is staged, so `out` holds less than one
 /// record plus one transmit.
 pub(crate) fn encrypt_batch<IO>(
-    session: &mut Session,
-    now: Instant,
+    mut next_transmit: impl FnMut(&mut BytesMut) -> Option<Transmit>,
     tls: &mut TlsIo<IO>,
     out: &mut BytesMut,
 ) -> io::Result<usize>
@@ -420,7 +476,7 @@ where
     let limit = tls.batch_limit();
     while bytes < limit {
         let staged = out.len();
-        let Some(t) = session.poll_transmit(now, out) else {
+        let Some(t) = next_transmit(out) else {
             break;
         };
         bytes += t.len;
@@ -454,66 +510,33 @@ const RECORD_DATA: usize = 16 * 1024;
 /// Polls of the driver loop before it yields to other tasks.
 const LOOP_BUDGET: usize = 32;
 
-/// Ends the session after a TLS read or write error. A connection the peer
-/// closed or reset ends as `PeerEof`; anything else as a local close.
-fn fail(conn: &Conn, e: &io::Error) {
-    use io::ErrorKind::*;
-    let mut g = conn.lock();
-    if matches!(
-        e.kind(),
-        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-    ) {
-        g.session.handle_eof(Instant::now());
-    } else {
-        g.session.close(Instant::now());
-    }
-    g.drain_events();
+/// Ends the session after a TLS read or write error, once, in the core (the
+/// driver's next turn dispatches the events).
+fn fail(link: &impl Link, e: &io::Error) {
+    link.with(|m| m.handle_transport_error(Instant::now(), transport_error(e)));
 }
 
-/// One AnyTLS stream: `AsyncRead + AsyncWrite`.
-///
-/// Implements `futures_io::AsyncRead + AsyncWrite` (and, with the `tokio`
-/// feature, tokio's traits). `close` (tokio: `shutdown`) sends FIN, which in AnyTLS closes both directions (there is no
-/// half-close): reads end too. Dropping the handle does the same.
-pub struct AnyTlsStream {
+/// The stream operations of one AnyTLS stream, on whichever state machine
+/// carries it (a server session or the client endpoint).
+pub(crate) trait StreamEnd: Send + Sync {
+    /// Next chunk of stream data; `None` at EOF.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>>;
+    /// Queues a prefix of `data` (what fits now), advancing `data` past it;
+    /// `Ready(Ok(n))` with `n > 0`, or `Pending` until there is room.
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>>;
+    /// Sends FIN and lets the stream go.
+    fn finish(&mut self);
+    /// See [`AnyTlsStream::established`].
+    fn poll_established(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+/// A server session's stream.
+struct ServerEnd {
     conn: Arc<Conn>,
     id: StreamId,
-    pending: Bytes,
-    eof: bool,
-    finished: bool,
-    on_close: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
-impl std::fmt::Debug for AnyTlsStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnyTlsStream")
-            .field("id", &self.id.0)
-            .finish()
-    }
-}
-
-impl AnyTlsStream {
-    pub(crate) fn new(conn: Arc<Conn>, id: StreamId) -> AnyTlsStream {
-        AnyTlsStream {
-            conn,
-            id,
-            pending: Bytes::new(),
-            eof: false,
-            finished: false,
-            on_close: None,
-        }
-    }
-
-    /// Runs `f` once when the stream is done (for the pool).
-    pub(crate) fn set_on_close(&mut self, f: impl FnOnce() + Send + Sync + 'static) {
-        self.on_close = Some(Box::new(f));
-    }
-
-    /// The stream id within its session.
-    pub fn id(&self) -> StreamId {
-        self.id
-    }
-
+impl ServerEnd {
     fn stream_error(g: &Shared, id: StreamId, e: StreamError) -> io::Error {
         if let Some(err) = g.refused.get(&id) {
             return err.clone().into();
@@ -523,50 +546,10 @@ impl AnyTlsStream {
         }
         e.into()
     }
+}
 
-    /// Waits for the server's verdict on this (client) stream: `Ok` once a v2
-    /// server sent a SYNACK without error, or once the stream has data or its
-    /// EOF to read; the server's refusal (`ConnectionRefused` with its message)
-    /// or the session's end as an error. A v1 server never sends a SYNACK: when
-    /// the session has heard from the server and it did not announce v2, this
-    /// resolves at once. Against a v1 server that has sent nothing yet it waits
-    /// for data, so callers bound it with a timeout.
-    pub async fn established(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_established(cx)).await
-    }
-
-    /// Poll form of [`established`](Self::established).
-    pub fn poll_established(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.pending.is_empty() || self.eof {
-            return Poll::Ready(Ok(()));
-        }
-        let mut g = self.conn.lock();
-        if g.connected.contains(&self.id) {
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(err) = g.refused.get(&self.id) {
-            return Poll::Ready(Err(err.clone().into()));
-        }
-        if let Some(reason) = &g.closed {
-            return Poll::Ready(Err(reason.clone().into()));
-        }
-        let s = &g.session;
-        let v1_answered = s.peer_version() < 2 && s.stats().bytes_received > 0;
-        if v1_answered || s.readable_len(self.id) > 0 {
-            return Poll::Ready(Ok(()));
-        }
-        g.open_wakers.insert(self.id, cx.waker().clone());
-        Poll::Pending
-    }
-
-    /// Next chunk of stream data; `None` at EOF.
-    pub fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        if !self.pending.is_empty() {
-            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
-        }
-        if self.eof || self.finished {
-            return Poll::Ready(Ok(None));
-        }
+impl StreamEnd for ServerEnd {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         let mut g = self.conn.lock();
         let was_reading = g.session.wants_read();
         let res = g.session.read(self.id);
@@ -577,11 +560,7 @@ impl AnyTlsStream {
             g.kick();
         }
         match res {
-            Ok(Some(b)) => Poll::Ready(Ok(Some(b))),
-            Ok(None) => {
-                self.eof = true;
-                Poll::Ready(Ok(None))
-            }
+            Ok(chunk) => Poll::Ready(Ok(chunk)),
             Err(StreamError::Blocked) => {
                 g.read_wakers.insert(self.id, cx.waker().clone());
                 Poll::Pending
@@ -593,42 +572,12 @@ impl AnyTlsStream {
         }
     }
 
-    /// Queues `buf` on the stream (copied once into the core's queue).
-    pub fn poll_write_slice(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let len = buf.len();
-        self.poll_queue(cx, Bytes::copy_from_slice(buf))
-            .map_ok(|()| len)
-    }
-
-    /// Queues `data` on the stream without copying it: `Ready(Ok(()))` once
-    /// the whole of it is queued (`data` is then empty).
-    pub fn poll_write_bytes(
-        &mut self,
-        cx: &mut Context<'_>,
-        data: &mut Bytes,
-    ) -> Poll<io::Result<()>> {
-        if data.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        ready!(self.poll_queue(cx, data.clone()))?;
-        data.clear();
-        Poll::Ready(Ok(()))
-    }
-
-    /// Queues `data` (all of it) once the stream has room.
-    fn poll_queue(&mut self, cx: &mut Context<'_>, data: Bytes) -> Poll<io::Result<()>> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
         let mut g = self.conn.lock();
-        match g.session.write(self.id, data) {
-            Ok(()) => {
+        match g.session.write_bytes(self.id, data) {
+            Ok(n) => {
                 g.kick();
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(n))
             }
             Err(StreamError::Blocked) => {
                 g.write_wakers.insert(self.id, cx.waker().clone());
@@ -641,25 +590,136 @@ impl AnyTlsStream {
         }
     }
 
+    fn finish(&mut self) {
+        let mut g = self.conn.lock();
+        let _ = g.session.finish(self.id);
+        g.read_wakers.remove(&self.id);
+        g.write_wakers.remove(&self.id);
+        g.refused.remove(&self.id);
+        g.kick();
+    }
+
+    fn poll_established(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A server's stream is established once the owner accepted it.
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One AnyTLS stream: `AsyncRead + AsyncWrite`.
+///
+/// Implements `futures_io::AsyncRead + AsyncWrite` (and, with the `tokio`
+/// feature, tokio's traits). `close` (tokio: `shutdown`) sends FIN, which in AnyTLS closes both directions (there is no
+/// half-close): reads end too. Dropping the handle does the same.
+pub struct AnyTlsStream {
+    end: Box<dyn StreamEnd>,
+    id: StreamId,
+    pending: Bytes,
+    eof: bool,
+    finished: bool,
+}
+
+impl std::fmt::Debug for AnyTlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnyTlsStream")
+            .field("id", &self.id.0)
+            .finish()
+    }
+}
+
+impl AnyTlsStream {
+    /// A server session's stream.
+    pub(crate) fn new(conn: Arc<Conn>, id: StreamId) -> AnyTlsStream {
+        AnyTlsStream::from_end(Box::new(ServerEnd { conn, id }), id)
+    }
+
+    pub(crate) fn from_end(end: Box<dyn StreamEnd>, id: StreamId) -> AnyTlsStream {
+        AnyTlsStream {
+            end,
+            id,
+            pending: Bytes::new(),
+            eof: false,
+            finished: false,
+        }
+    }
+
+    /// The stream id within its session.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Waits for the server's verdict on this (client) stream: `Ok` once the
+    /// server accepted it (a v2 server's SYNACK; for a v1 server, which sends
+    /// none, as the core decides: data arrived, or the server showed it is v1),
+    /// or once the stream has data or its EOF to read; the server's refusal
+    /// (`ConnectionRefused` with its message) or the session's end as an
+    /// error. A server's own streams are established at once.
+    pub async fn established(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_established(cx)).await
+    }
+
+    /// Poll form of [`established`](Self::established).
+    pub fn poll_established(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.pending.is_empty() || self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        self.end.poll_established(cx)
+    }
+
+    /// Next chunk of stream data; `None` at EOF.
+    pub fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
+        if self.eof || self.finished {
+            return Poll::Ready(Ok(None));
+        }
+        let chunk = ready!(self.end.poll_read_chunk(cx))?;
+        if chunk.is_none() {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(chunk))
+    }
+
+    /// Queues as much of `buf` as fits (copied once into the core's queue).
+    pub fn poll_write_slice(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // The core takes at most its send cap; copy no more than that.
+        let take = buf.len().min(MAX_COPY);
+        let mut data = Bytes::copy_from_slice(&buf[..take]);
+        self.end.poll_write(cx, &mut data)
+    }
+
+    /// Queues `data` on the stream without copying it: `Ready(Ok(()))` once
+    /// the whole of it is queued (`data` is then empty). What was taken
+    /// before a `Pending` is gone from `data`.
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        while !data.is_empty() {
+            ready!(self.end.poll_write(cx, data))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Sends FIN (once).
     pub fn finish(&mut self) {
         if !self.finished {
             self.finished = true;
-            let mut g = self.conn.lock();
-            let _ = g.session.finish(self.id);
-            g.read_wakers.remove(&self.id);
-            g.write_wakers.remove(&self.id);
-            g.refused.remove(&self.id);
-            g.connected.remove(&self.id);
-            g.open_wakers.remove(&self.id);
-            g.kick();
-            drop(g);
-            if let Some(f) = self.on_close.take() {
-                f();
-            }
+            self.end.finish();
         }
     }
 }
+
+/// Largest slice copied per `poll_write_slice` (the default stream send cap).
+const MAX_COPY: usize = 64 * 1024;
 
 impl Drop for AnyTlsStream {
     fn drop(&mut self) {

@@ -265,6 +265,8 @@ impl<R: Runtime> Server<R> {
         // rustls hands over whole records: decide as the Go servers do.
         core.decide_on_first_input = true;
         core.limits = cfg.limits.clone();
+        core.validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if let Err(e) = cfg.padding.validate_strict() {
             tracing::warn!("padding scheme fails the strict rules of newer clients: {e}");
         }
@@ -425,7 +427,14 @@ async fn serve_connection<R, H, F>(
     };
     let mut seed = [0u8; 32];
     let _ = getrandom::fill(&mut seed);
-    let session = anytls_core::Session::server(core.clone(), seed, Instant::now());
+    // The configuration was validated in `bind`.
+    let session = match anytls_core::Session::server(core.clone(), seed, Instant::now()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("server session configuration: {e}");
+            return;
+        }
+    };
     let conn = Conn::new(session);
     {
         let mut r = lock(&registry);

@@ -427,11 +427,13 @@ impl<R: Runtime> State<R> {
                 if batch.is_empty() {
                     break;
                 }
-                let written = poll_fn(|cx| lock(&self.stream).poll_write_slice(cx, &batch)).await;
+                // The stream takes what fits under its send cap each time.
+                let mut data = batch.split().freeze();
+                let written =
+                    poll_fn(|cx| lock(&self.stream).poll_write_bytes(cx, &mut data)).await;
                 if let Err(e) = written {
                     return UotEnd::Io(e);
                 }
-                batch.clear();
             }
         }
     }

@@ -107,9 +107,10 @@ pub async fn run_local_demo() -> io::Result<Report> {
     let mut cfg = ClientConfig::new(server_addr.to_string(), password);
     cfg.sni = Some("localhost".into());
     cfg.verification = Verification::Pin(pin);
-    cfg.pool = PoolConfig {
-        ensure_idle: 1,
-        ..PoolConfig::default()
+    cfg.pool = {
+        let mut c = PoolConfig::default();
+        c.ensure_idle = 1;
+        c
     };
     let client = Client::new(cfg).map_err(io::Error::other)?;
 

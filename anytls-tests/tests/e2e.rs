@@ -291,12 +291,13 @@ async fn ensure_idle_prewarms_sessions_before_any_request<C: TestRuntime, S: Tes
     let (srv, pin) = default_server::<S>().await;
     let echo = echo_target();
     let mut cfg = client_config(srv.addr, pin);
-    cfg.pool = PoolConfig {
-        ensure_idle: 3,
+    cfg.pool = {
+        let mut c = PoolConfig::default();
+        c.ensure_idle = 3;
         // Only the start-up ensure runs during the test.
-        check_interval: Duration::from_secs(60),
-        idle_timeout: Duration::from_secs(60),
-        ..PoolConfig::default()
+        c.check_interval = Duration::from_secs(60);
+        c.idle_timeout = Duration::from_secs(60);
+        c
     };
     let client = Client::<C>::new(cfg).unwrap();
     let h = srv.handle.clone();
@@ -330,12 +331,13 @@ async fn ensure_idle_prewarms_sessions_before_any_request<C: TestRuntime, S: Tes
 async fn heartbeats_are_answered_on_idle_prewarmed_sessions<C: TestRuntime, S: TestRuntime>() {
     let (srv, pin) = default_server::<S>().await;
     let mut cfg = client_config(srv.addr, pin);
-    cfg.pool = PoolConfig {
-        ensure_idle: 2,
-        heartbeat: Some(Duration::from_secs(1)),
-        check_interval: Duration::from_secs(60),
-        idle_timeout: Duration::from_secs(60),
-        ..PoolConfig::default()
+    cfg.pool = {
+        let mut c = PoolConfig::default();
+        c.ensure_idle = 2;
+        c.heartbeat = Some(Duration::from_secs(1));
+        c.check_interval = Duration::from_secs(60);
+        c.idle_timeout = Duration::from_secs(60);
+        c
     };
     let client = Client::<C>::new(cfg).unwrap();
     // Each session beats first after 0.8-1 s, then every second.
@@ -369,15 +371,16 @@ async fn heartbeat_deadline_kills_silent_sessions_and_ensure_replaces_them<
     let echo = echo_target();
     let mut cfg = client_config(proxy.addr(), pin);
     cfg.connect_timeout = Duration::from_secs(1);
-    cfg.pool = PoolConfig {
-        ensure_idle: 2,
-        heartbeat: Some(Duration::from_secs(1)),
-        heartbeat_timeout: Some(Duration::from_millis(500)),
-        check_interval: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(60),
-        dial_backoff: Duration::from_millis(100),
-        max_dial_backoff: Duration::from_millis(500),
-        ..PoolConfig::default()
+    cfg.pool = {
+        let mut c = PoolConfig::default();
+        c.ensure_idle = 2;
+        c.heartbeat = Some(Duration::from_secs(1));
+        c.heartbeat_timeout = Some(Duration::from_millis(500));
+        c.check_interval = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(60);
+        c.dial_backoff = Duration::from_millis(100);
+        c.max_dial_backoff = Duration::from_millis(500);
+        c
     };
     let client = Client::<C>::new(cfg).unwrap();
     wait_until::<C>(STEP, "2 idle sessions with answered heartbeats", || {

@@ -75,13 +75,14 @@ async fn server_process_killed_mid_transfer() {
     let source = source_target().await;
 
     let mut cfg = client_config(&listen, pin);
-    cfg.pool = PoolConfig {
-        ensure_idle: 1,
-        check_interval: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(60),
-        dial_backoff: Duration::from_millis(100),
-        max_dial_backoff: Duration::from_millis(500),
-        ..PoolConfig::default()
+    cfg.pool = {
+        let mut c = PoolConfig::default();
+        c.ensure_idle = 1;
+        c.check_interval = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(60);
+        c.dial_backoff = Duration::from_millis(100);
+        c.max_dial_backoff = Duration::from_millis(500);
+        c
     };
     let client = Client::new(cfg).unwrap();
     wait_until(STEP, "a pre-warmed session", || client.stats().idle == 1).await;
@@ -308,9 +309,10 @@ async fn target_refuses_or_resets() {
     let resetter = reset_target(RESET_AFTER).await;
     let closed = closed_port();
     let mut cfg = client_config(&addr.to_string(), pin);
-    cfg.pool = PoolConfig {
-        max_streams_per_session: 8,
-        ..PoolConfig::default()
+    cfg.pool = {
+        let mut c = PoolConfig::default();
+        c.max_streams_per_session = 8;
+        c
     };
     let client = Client::new(cfg).unwrap();
 
@@ -391,9 +393,10 @@ async fn slow_reader_stalls_only_its_own_stream() {
     let echo = echo_target().await;
     let hole = blackhole_target(Duration::from_secs(30)).await;
     let mut cfg = client_config(&addr.to_string(), pin);
-    cfg.pool = PoolConfig {
-        max_streams_per_session: 2,
-        ..PoolConfig::default()
+    cfg.pool = {
+        let mut c = PoolConfig::default();
+        c.max_streams_per_session = 2;
+        c
     };
     let client = Client::new(cfg).unwrap();
 

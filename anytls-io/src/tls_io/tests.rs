@@ -1550,6 +1550,7 @@ fn shaped_transmits_stay_alone_and_bulk_data_fills_whole_records() {
             [9; 32],
             now,
         )
+        .expect("valid config")
     };
     // Two identical sessions: one shows the transmits, the other goes
     // through the driver's batching.
@@ -1565,8 +1566,8 @@ fn shaped_transmits_stay_alone_and_bulk_data_fills_whole_records() {
     let mut staging = BytesMut::new();
     for i in 0..40u8 {
         let data = bytes::Bytes::from(vec![i; 20_000]);
-        twin.write(a, data.clone()).unwrap();
-        s.write(b, data).unwrap();
+        assert_eq!(twin.write(a, &data).unwrap(), data.len());
+        assert_eq!(s.write(b, &data).unwrap(), data.len());
         let mut buf = BytesMut::new();
         while let Some(t) = twin.poll_transmit(now, &mut buf) {
             if t.shaped {
@@ -1576,7 +1577,8 @@ fn shaped_transmits_stay_alone_and_bulk_data_fills_whole_records() {
             buf.clear();
         }
         loop {
-            let n = crate::conn::encrypt_batch(&mut s, now, &mut tls, &mut staging).unwrap();
+            let n = crate::conn::encrypt_batch(|b| s.poll_transmit(now, b), &mut tls, &mut staging)
+                .unwrap();
             if n == 0 {
                 break;
             }

@@ -142,17 +142,18 @@ impl Drop for Gauge<'_> {
 }
 
 pub fn pool_config(cli: &Cli) -> PoolConfig {
-    PoolConfig {
-        check_interval: CHECK_INTERVAL,
-        idle_timeout: IDLE_TIMEOUT,
-        min_idle: cli.ensure_idle,
-        ensure_idle: cli.ensure_idle,
-        heartbeat: Some(HEARTBEAT),
-        heartbeat_timeout: Some(HEARTBEAT_TIMEOUT),
-        max_streams_per_session: cli.streams_per_session as usize,
-        dial_backoff: Duration::from_millis(100),
-        max_dial_backoff: Duration::from_secs(2),
-        ..PoolConfig::default()
+    {
+        let mut c = PoolConfig::default();
+        c.check_interval = CHECK_INTERVAL;
+        c.idle_timeout = IDLE_TIMEOUT;
+        c.min_idle = cli.ensure_idle;
+        c.ensure_idle = cli.ensure_idle;
+        c.heartbeat = Some(HEARTBEAT);
+        c.heartbeat_timeout = Some(HEARTBEAT_TIMEOUT);
+        c.max_streams_per_session = cli.streams_per_session as usize;
+        c.dial_backoff = Duration::from_millis(100);
+        c.max_dial_backoff = Duration::from_secs(2);
+        c
     }
 }
 
