@@ -1,31 +1,59 @@
-//! An AnyTLS client with no async runtime at all: a blocking
-//! `std::net::TcpStream`, rustls driven by hand, and one
-//! [`anytls_core::Session`] in a single-threaded loop whose only timer is the
-//! socket's read timeout.
+//! An AnyTLS client with no async runtime: one thread, blocking std
+//! `TcpStream`s, rustls driven by hand, and one [`anytls_core::ClientEndpoint`]:
+//! the whole client (session pool, sessions, streams) as a sans-IO state
+//! machine.
 //!
 //! ```text
 //! cargo run -p anytls-core --example blocking_client
-//! cargo run -p anytls-core --example blocking_client -- HOST:PORT PASSWORD [DEST]
 //! ```
 //!
-//! Without arguments it is self-contained: it starts, on 127.0.0.1 only, a tiny
-//! HTTP-ish target and an AnyTLS server (written the same way: blocking
-//! sockets, a rustls `ServerConnection` and `Session::server`, with a fresh
-//! self-signed certificate that the client trusts and nothing else), then
-//! connects through the server to the target.
+//! It is self-contained. On 127.0.0.1 it starts an HTTP-ish echo target and
+//! an AnyTLS server (helper threads: blocking sockets, a rustls
+//! `ServerConnection`, `Session::server`, a fresh self-signed certificate that
+//! the client trusts and nothing else). The client, with
+//! `ensure_idle_session = 2`, `min_idle_session = 1` and a heartbeat every
+//! second, then pre-warms two sessions and prints them; sends three requests
+//! one after another (each on the newest idle session: no dial) and three at
+//! once (the two idle sessions, and one dial on demand); idles until
+//! heartbeats have been answered; prints the pool, closes everything and
+//! exits, after about a second.
 //!
-//! With arguments it connects to a real AnyTLS server WITHOUT verifying its
-//! certificate (see [`InsecureVerifier`]; good for trying a test server, not
-//! for real use) and requests `http://DEST/` (default `example.com:80`).
+//! # How to read it
 //!
-//! Either way the client opens one stream, sends an HTTP/1.0 request, prints
-//! the response, sends one heartbeat (v2 servers), prints its round-trip time
-//! and exits.
+//! **Read [`Client`] first** (part 1): the endpoint's driving contract for a
+//! program that owns blocking sockets, in two methods.
 //!
-//! The part to read is [`Conn`]: it owns a session, its TLS connection and its
-//! socket, and implements the core's driving contract (see the crate docs of
-//! `anytls_core`) in three methods: [`Conn::drain`], [`Conn::step`] and
-//! [`Conn::shutdown`]. Everything else is application code on top of them.
+//! ```text
+//! Client::drain()       after EVERY input or command, until nothing moves:
+//!   ep.poll_action()      Dial{conn}: TCP connect + TLS handshake, then
+//!                           ep.handle_connected(conn) or ep.handle_dial_failed(conn)
+//!                         Close{conn}: close that socket
+//!   ep.poll_transmit()    (conn, bytes): a shaped transmit is ONE TLS write of
+//!                           exactly those bytes, flushed at once; unshaped ones
+//!                           are batched into full TLS records
+//!   ep.poll_event()       kept for the application
+//!
+//! Client::turn(until)   one round of waiting:
+//!   for each connection, while ep.wants_read(conn):
+//!     read the socket (at most POLL_SLICE, never past the next deadline)
+//!     ep.handle_input / handle_eof / handle_transport_error; drain()
+//!   if ep.poll_timeout() <= now: ep.handle_timeout(now); drain()
+//!   return the events
+//!
+//! application           ep.open_stream / write_bytes / read / release, drain();
+//!                       turn() again until its work is done
+//! ```
+//!
+//! Part 2 is the demo application, part 3 one TLS connection on one blocking
+//! socket, part 4 the demo's server and target.
+//!
+//! Two shortcuts keep the loop short: std cannot wait on several sockets at
+//! once, so `turn` reads the connections in turns, each read waiting at most
+//! [`POLL_SLICE`] (a real program waits on all of them with epoll/mio, or
+//! uses `anytls-tokio`); and a dial blocks the loop until its TLS handshake is
+//! done (bounded by [`IO_TIMEOUT`]; a real program dials in the background
+//! and reports the outcome later, which the endpoint allows). The clock is
+//! read in one place, [`now`]: the core never reads it.
 
 // This file is an adapter: it owns sockets, which `anytls-core/clippy.toml`
 // bans in the core itself.
@@ -33,39 +61,45 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anytls_core::{
-    Authenticator, ClientConfig, Event, PaddingScheme, ServerConfig, Session, SessionSeq,
-    SocksAddr, StreamError, StreamId,
+    Action, Authenticator, ClientConfig, ClientEndpoint, ClientEvent, EndpointStats, Event,
+    PoolConfig, ServerConfig, ServerSession, Session, SessionError, SessionSeq, SocksAddr,
+    StreamError, StreamHandle, StreamId, TransportError,
 };
 use bytes::{Bytes, BytesMut};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// Bound on connecting, on the TLS handshake's reads and writes, and on every
-/// socket write: nothing in this file blocks without a limit.
+/// Bound on connecting, on the TLS handshake, and on every socket write.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on a whole client run and on the demo server's connection.
+/// Bound on the whole client run and on each demo server connection.
 const RUN_TIME: Duration = Duration::from_secs(20);
-/// Largest chunk of TLS plaintext handed to the session at once.
+/// Longest a single socket read waits before the loop moves on to the next
+/// connection (std has no way to wait on several sockets at once).
+const POLL_SLICE: Duration = Duration::from_millis(2);
+/// Largest chunk of TLS plaintext handed to the endpoint at once.
 const READ_CHUNK: usize = 64 * 1024;
-/// Response bytes kept (the rest is read and dropped).
-const MAX_RESPONSE: usize = 1024 * 1024;
-/// Destination when none is given on the command line.
-const DEFAULT_DEST: &str = "example.com:80";
+/// Unshaped transmits are batched up to this much plaintext (one full TLS
+/// record) before they are sealed.
+const BATCH: usize = 16 * 1024;
+/// Response bytes kept per request (the rest is read and dropped).
+const MAX_RESPONSE: usize = 64 * 1024;
+/// Sessions the pool keeps idle and pre-warmed (`ensure_idle_session`).
+const PREWARM: usize = 2;
+/// Heartbeat interval of every session.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The demo idles until this many heartbeats were answered.
+const HEARTBEATS_WANTED: usize = 3;
 /// Password of the local demo server.
 const DEMO_PASSWORD: &str = "blocking-demo";
-
-// ---------------------------------------------------------------------------
-// The adapter's clock and randomness: the core takes both as parameters.
-// ---------------------------------------------------------------------------
 
 /// The only place this file reads the clock. The core never does: every `now`
 /// it is given comes from here.
@@ -74,8 +108,15 @@ fn now() -> Instant {
     Instant::now()
 }
 
-/// A seed for a session's padding RNG, from rustls' cryptographic RNG (the core
-/// never seeds anything itself).
+/// Sleeps (the demo's helper threads poll their listeners with it, and the
+/// client loop when it has no connection to wait on).
+#[allow(clippy::disallowed_methods)] // the adapter may block; the core may not
+fn pause(d: Duration) {
+    thread::sleep(d)
+}
+
+/// A seed from rustls' cryptographic RNG (the core never seeds anything
+/// itself).
 fn seed() -> io::Result<[u8; 32]> {
     let mut s = [0u8; 32];
     provider()
@@ -90,253 +131,621 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-// ---------------------------------------------------------------------------
-// The blocking driver: one socket, one TLS connection, one session.
-// ---------------------------------------------------------------------------
+// ===========================================================================
+// Part 1 -- READ THIS FIRST: the client loop that drives the endpoint.
+// ===========================================================================
 
-/// One TLS connection carrying one AnyTLS session, driven by blocking calls
-/// from a single thread.
-///
-/// The owner's loop, client or server, is always:
-///
-/// ```text
-/// loop {
-///     for ev in conn.step(max_wait) { ... }   // wait for input or a deadline
-///     conn.session.<command>(..);             // open_stream, write, read, finish, ...
-///     conn.drain();                           // after EVERY command
-/// }
-/// conn.shutdown();
-/// ```
-///
-/// A few commands in a row (reading a stream chunk by chunk) may share one
-/// `drain`: their outputs wait in the session. What must never happen is
-/// handing in the next input, or starting to wait, before that drain.
-pub struct Conn {
-    /// The AnyTLS state machine. The owner calls its commands directly and then
-    /// [`Conn::drain`].
-    pub session: Session,
-    tls: rustls::Connection,
-    sock: TcpStream,
-    /// Plaintext of the transmit being written (the core appends to it).
-    out: BytesMut,
-    /// Plaintext taken out of rustls.
-    inb: Vec<u8>,
-    /// Events drained since the owner last collected them with [`Conn::step`].
-    events: Vec<Event>,
-    /// The I/O error that ended the session, if one did.
-    pub io_error: Option<io::Error>,
+/// Where and how the client dials its connections.
+pub struct Dialer {
+    /// The AnyTLS server.
+    pub server: SocketAddr,
+    /// Name sent as SNI and checked against the certificate.
+    pub server_name: ServerName<'static>,
+    /// TLS settings, including how the certificate is verified.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
-/// One input for the session.
+/// The whole client: the endpoint (all the protocol) plus the sockets it
+/// asked for. The application calls the endpoint's commands on [`Client::ep`]
+/// and then [`Client::drain`]; it waits with [`Client::turn`].
+pub struct Client {
+    /// Pool, sessions and streams: the application's commands go here.
+    pub ep: ClientEndpoint,
+    /// One TLS connection per live session, named as the endpoint names them.
+    links: BTreeMap<SessionSeq, TlsSocket>,
+    dialer: Dialer,
+    /// Plaintext of the transmit being written (the endpoint appends to it).
+    out: BytesMut,
+    /// Events drained since the application last took them.
+    events: Vec<ClientEvent>,
+}
+
+impl Client {
+    /// A client around `ep`. The endpoint queued its pre-warm dials when it
+    /// was made; the first drain carries them out.
+    pub fn new(ep: ClientEndpoint, dialer: Dialer) -> Client {
+        let mut client = Client {
+            ep,
+            links: BTreeMap::new(),
+            dialer,
+            out: BytesMut::with_capacity(BATCH),
+            events: Vec::new(),
+        };
+        client.drain();
+        client
+    }
+
+    /// Contract: after every input or command, drain the outputs, in this
+    /// order, until none is left (carrying out an action is an input again).
+    ///
+    /// 1. `poll_action`: dial or close a connection.
+    /// 2. `poll_transmit`: bytes for a connection. A *shaped* transmit (the
+    ///    preamble, padding-phase packets) carries the padding scheme's
+    ///    packet size: it becomes ONE TLS write of exactly its bytes, flushed
+    ///    to the socket before anything else. Unshaped ones may be merged:
+    ///    they are batched and sealed into full records after the loop.
+    /// 3. `poll_event`: kept for the application ([`Client::turn`] returns
+    ///    them).
+    ///
+    /// There is no timer to re-arm: [`Client::turn`] reads `poll_timeout`
+    /// each time it is about to wait.
+    pub fn drain(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(action) = self.ep.poll_action() {
+                moved = true;
+                match action {
+                    Action::Dial { conn } => self.dial(conn),
+                    Action::Close { conn, reason } => self.close_link(conn, &reason),
+                    _ => {}
+                }
+            }
+            while let Some((conn, t)) = self.ep.poll_transmit(now(), &mut self.out) {
+                moved = true;
+                let sent = match self.links.get_mut(&conn) {
+                    Some(link) => link.send(&self.out[..t.len], t.shaped),
+                    None => Ok(()), // not reached: transmits are for live connections
+                };
+                self.out.clear();
+                if let Err(e) = sent {
+                    self.ep
+                        .handle_transport_error(now(), conn, transport_error(&e));
+                }
+            }
+            let mut failed = Vec::new();
+            for (&conn, link) in &mut self.links {
+                if let Err(e) = link.flush() {
+                    failed.push((conn, e));
+                }
+            }
+            for (conn, e) in failed {
+                moved = true;
+                self.ep
+                    .handle_transport_error(now(), conn, transport_error(&e));
+            }
+            while let Some(ev) = self.ep.poll_event() {
+                moved = true;
+                self.events.push(ev);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// `Action::Dial`: TCP connect and TLS handshake (blocking, bounded by
+    /// [`IO_TIMEOUT`]), then tell the endpoint how it went. Its session
+    /// starts on `handle_connected`; streams waiting for it open at once.
+    fn dial(&mut self, conn: SessionSeq) {
+        let started = now();
+        match TlsSocket::connect(&self.dialer) {
+            Ok(link) => {
+                println!(
+                    "[client] dial #{}: TCP + TLS up in {:?}",
+                    conn.0,
+                    now() - started
+                );
+                self.links.insert(conn, link);
+                self.ep.handle_connected(now(), conn);
+            }
+            Err(e) => {
+                println!("[client] dial #{} failed: {e}", conn.0);
+                self.ep.handle_dial_failed(now(), conn, e.to_string());
+            }
+        }
+    }
+
+    /// `Action::Close`: the session is over; close its connection
+    /// (close_notify, best effort). Nothing more will be sent on it.
+    fn close_link(&mut self, conn: SessionSeq, reason: &SessionError) {
+        if let Some(link) = self.links.remove(&conn) {
+            println!("[client] session #{} over ({reason}): closing it", conn.0);
+            link.close();
+        }
+    }
+
+    /// Contract: one round of waiting. Reads each connection whose session
+    /// `wants_read` (never past the endpoint's next deadline or `until`),
+    /// hands what came to the endpoint and drains after each input; then, if
+    /// the endpoint's deadline has passed, `handle_timeout` and drain.
+    /// Returns the events drained since the last call.
+    ///
+    /// A connection whose session does not want to read (its receive buffers
+    /// are full until the application reads its streams) is not read at all:
+    /// its bytes wait in rustls and in the kernel, which is the backpressure.
+    pub fn turn(&mut self, until: Instant) -> Vec<ClientEvent> {
+        let wake = self.ep.poll_timeout().map_or(until, |t| t.min(until));
+        let mut waited = false;
+        let conns: Vec<SessionSeq> = self.links.keys().copied().collect();
+        for conn in conns {
+            // The first read may wait a little; the following ones only take
+            // what rustls has already decrypted.
+            let mut wait = wake.saturating_duration_since(now()).min(POLL_SLICE);
+            while self.ep.wants_read(conn) {
+                let Some(link) = self.links.get_mut(&conn) else {
+                    break; // closed by the last drain
+                };
+                waited = true;
+                let input = link.next_input(wait);
+                wait = Duration::ZERO;
+                match input {
+                    Ok(None) => break,
+                    Ok(Some(Input::Data(data))) => self.ep.handle_input(now(), conn, data),
+                    Ok(Some(Input::Eof)) => self.ep.handle_eof(now(), conn),
+                    Err(e) => self
+                        .ep
+                        .handle_transport_error(now(), conn, transport_error(&e)),
+                }
+                self.drain();
+            }
+        }
+        if !waited {
+            // Nothing to read from: wait for the deadline (in slices).
+            pause(wake.saturating_duration_since(now()).min(POLL_SLICE));
+        }
+        let t = now();
+        if self.ep.poll_timeout().is_some_and(|deadline| deadline <= t) {
+            // Pool maintenance, heartbeats, every session's timers. Afterwards
+            // `poll_timeout` is later than `t`, so this never spins.
+            self.ep.handle_timeout(t);
+            self.drain();
+        }
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// What the endpoint is told about a failed socket or TLS operation: a
+/// connection the peer closed or reset, or anything else.
+fn transport_error(e: &io::Error) -> TransportError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => TransportError::PeerClosed,
+        _ => TransportError::Failed(e.to_string()),
+    }
+}
+
+// ===========================================================================
+// Part 2 -- the demo application on top of the loop.
+// ===========================================================================
+
+/// One request and its response, on one stream.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The path asked for.
+    pub path: String,
+    /// The session that carried it (known at once when it took an idle one).
+    pub session: Option<SessionSeq>,
+    /// Dials the endpoint had started once the stream was opened.
+    pub dials_at_open: u64,
+    /// The target's answer (at most [`MAX_RESPONSE`] bytes).
+    pub response: Vec<u8>,
+    stream: StreamHandle,
+    /// Request bytes the endpoint has not taken yet.
+    unsent: Bytes,
+    done: bool,
+}
+
+impl Exchange {
+    /// Opens a stream (on the newest idle session, or the endpoint asks for
+    /// a dial) and writes what fits of an HTTP/1.0 request.
+    fn start(client: &mut Client, dest: &SocksAddr, path: &str) -> io::Result<Exchange> {
+        let stream = client.ep.open_stream(now(), dest)?;
+        let session = client.ep.stream_session(stream);
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut x = Exchange {
+            path: path.to_owned(),
+            session,
+            dials_at_open: 0,
+            response: Vec::new(),
+            stream,
+            unsent: Bytes::from(request),
+            done: false,
+        };
+        x.push(&mut client.ep)?;
+        client.drain(); // after the commands; carries out the dial, if one was asked for
+        x.dials_at_open = client.ep.stats().pool.dials;
+        let on = session.map_or("no idle session: dialled one".into(), |s| {
+            format!("on idle session #{} (no dial)", s.0)
+        });
+        println!(
+            "[client] GET {path}: {on}; dials so far {}",
+            x.dials_at_open
+        );
+        Ok(x)
+    }
+
+    /// Writes what the endpoint takes of the rest of the request.
+    fn push(&mut self, ep: &mut ClientEndpoint) -> io::Result<()> {
+        while !self.unsent.is_empty() {
+            match ep.write_bytes(self.stream, &mut self.unsent) {
+                Ok(_) => {}
+                // No session yet, or its buffers are full: StreamWritable follows.
+                Err(StreamError::Blocked) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads everything the stream has (until `Blocked`: readiness is
+    /// edge-triggered). At its end (the server's FIN) the stream is released,
+    /// which gives its session back to the pool.
+    fn pull(&mut self, ep: &mut ClientEndpoint) -> io::Result<()> {
+        loop {
+            match ep.read(self.stream) {
+                Ok(Some(data)) => {
+                    let keep = data.len().min(MAX_RESPONSE - self.response.len());
+                    self.response.extend_from_slice(&data[..keep]);
+                }
+                Ok(None) => {
+                    ep.release(now(), self.stream);
+                    self.done = true;
+                    return Ok(());
+                }
+                Err(StreamError::Blocked) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Acts on the events of this exchange's stream.
+    fn on_event(&mut self, ep: &mut ClientEndpoint, ev: &ClientEvent) -> io::Result<()> {
+        let fail = |what: &str| Err(io::Error::other(format!("GET {}: {what}", self.path)));
+        match ev {
+            ClientEvent::StreamWritable(h) | ClientEvent::StreamConnected(h)
+                if *h == self.stream =>
+            {
+                self.session = self.session.or(ep.stream_session(self.stream));
+                self.push(ep)
+            }
+            ClientEvent::StreamReadable(h) | ClientEvent::StreamFinished(h)
+                if *h == self.stream && !self.done =>
+            {
+                self.pull(ep)
+            }
+            ClientEvent::StreamRefused { stream, reason } if *stream == self.stream => {
+                fail(&format!("refused: {reason}"))
+            }
+            ClientEvent::StreamReset { stream, reason } if *stream == self.stream => {
+                fail(&format!("reset: {reason}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a client run saw.
+#[derive(Debug)]
+pub struct Report {
+    /// Idle sessions after the pre-warm dials, before any stream (newest first).
+    pub prewarmed: Vec<SessionSeq>,
+    /// Dials started before the first stream (all of them pre-warm dials).
+    pub dials_before_streams: u64,
+    /// The exchanges, in the order the requests were sent.
+    pub exchanges: Vec<Exchange>,
+    /// Answered heartbeats: session and round-trip time.
+    pub heartbeat_acks: Vec<(SessionSeq, Duration)>,
+    /// Idle sessions at the end (newest first).
+    pub idle_at_end: Vec<SessionSeq>,
+    /// The endpoint's counters at the end, before it was closed.
+    pub stats_at_end: EndpointStats,
+    /// Live sessions after the endpoint was closed and drained.
+    pub sessions_after_close: usize,
+}
+
+/// The application: the client and what it has seen.
+struct Demo {
+    client: Client,
+    dest: SocksAddr,
+    deadline: Instant,
+    acks: Vec<(SessionSeq, Duration)>,
+}
+
+impl Demo {
+    /// One turn of the loop: wait, then hand each event to the exchanges in
+    /// flight; their reads and writes are commands, so drain afterwards.
+    fn step(&mut self, exchanges: &mut [Exchange]) -> io::Result<()> {
+        if now() >= self.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "demo too slow"));
+        }
+        for ev in self.client.turn(self.deadline) {
+            match &ev {
+                ClientEvent::SessionEstablished { conn } => {
+                    println!("[client] session #{}: Settings sent", conn.0)
+                }
+                ClientEvent::PeerVersion { conn, version } => {
+                    println!("[client] session #{}: server speaks v{version}", conn.0)
+                }
+                ClientEvent::HeartbeatAck { conn, rtt } => {
+                    println!(
+                        "[client] heartbeat on session #{} answered in {rtt:?}",
+                        conn.0
+                    );
+                    self.acks.push((*conn, *rtt));
+                }
+                _ => {}
+            }
+            for x in exchanges.iter_mut() {
+                x.on_event(&mut self.client.ep, &ev)?;
+            }
+        }
+        self.client.drain();
+        Ok(())
+    }
+
+    /// Sends a request per path, all at once, and waits for every answer.
+    fn fetch(&mut self, paths: &[String]) -> io::Result<Vec<Exchange>> {
+        let mut xs = Vec::new();
+        for path in paths {
+            xs.push(Exchange::start(&mut self.client, &self.dest, path)?);
+        }
+        while xs.iter().any(|x| !x.done) {
+            self.step(&mut xs)?;
+        }
+        for x in &xs {
+            let text = String::from_utf8_lossy(&x.response);
+            let status = text.lines().next().unwrap_or_default();
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().trim_end();
+            let seq = x.session.map_or(0, |s| s.0);
+            println!(
+                "[client] GET {} <- session #{seq}: {status} | {body}",
+                x.path
+            );
+        }
+        Ok(xs)
+    }
+}
+
+/// Runs the client against `dialer`'s server, asking for `dest`.
+pub fn run_client(dialer: Dialer, password: &str, dest: SocksAddr) -> io::Result<Report> {
+    let mut pool = PoolConfig::default();
+    pool.ensure_idle = PREWARM;
+    pool.min_idle = 1;
+    pool.heartbeat = Some(HEARTBEAT);
+    let ep = ClientEndpoint::new(ClientConfig::new(password), pool, seed()?, now())
+        .map_err(io::Error::other)?;
+    let deadline = now() + RUN_TIME;
+    let client = Client::new(ep, dialer);
+    let mut demo = Demo {
+        client,
+        dest,
+        deadline,
+        acks: Vec::new(),
+    };
+
+    // 1. Pre-warm: the endpoint asked for PREWARM dials as it was made, and
+    //    this loop dials synchronously, so they are done. Wait until the
+    //    server has answered on each (ServerSettings: it speaks v2).
+    let answered = |ep: &ClientEndpoint| {
+        let idle = ep.idle_sessions();
+        let known = |s: SessionSeq| ep.session(s).is_some_and(|s| s.peer_version_known());
+        idle.len() >= PREWARM && idle.iter().all(|(s, _)| known(*s))
+    };
+    while !answered(&demo.client.ep) {
+        demo.step(&mut [])?;
+    }
+    let prewarmed = idle(&demo.client.ep);
+    let stats = demo.client.ep.stats();
+    println!(
+        "[client] pre-warmed, before any stream: idle {}; dials {} (pre-warm {}); live sessions {}",
+        seqs(&prewarmed),
+        stats.pool.dials,
+        stats.pool.prewarm_dials,
+        stats.sessions
+    );
+
+    // 2. One after another: each takes the newest idle session.
+    let mut exchanges = Vec::new();
+    for i in 1..=3 {
+        exchanges.extend(demo.fetch(&[format!("/one-by-one/{i}")])?);
+    }
+    // 3. Three at once: the two idle sessions, and one dial on demand.
+    let at_once: Vec<String> = (1..=3).map(|i| format!("/at-once/{i}")).collect();
+    exchanges.extend(demo.fetch(&at_once)?);
+
+    // 4. Idle until heartbeats have been answered.
+    while demo.acks.len() < HEARTBEATS_WANTED {
+        demo.step(&mut [])?;
+    }
+
+    // 5. The pool now; then close everything.
+    let idle_at_end = idle(&demo.client.ep);
+    let end = demo.client.ep.stats();
+    println!(
+        "[client] at the end: idle {}; dials {} (pre-warm {}); reused {}; heartbeats {} (answered {})",
+        seqs(&idle_at_end),
+        end.pool.dials,
+        end.pool.prewarm_dials,
+        end.pool.reused,
+        end.pool.heartbeats,
+        end.pool.heartbeat_acks
+    );
+    demo.client.ep.close(now());
+    demo.client.drain();
+    Ok(Report {
+        prewarmed,
+        dials_before_streams: stats.pool.dials,
+        exchanges,
+        heartbeat_acks: demo.acks,
+        idle_at_end,
+        stats_at_end: end,
+        sessions_after_close: demo.client.ep.stats().sessions,
+    })
+}
+
+fn idle(ep: &ClientEndpoint) -> Vec<SessionSeq> {
+    ep.idle_sessions().into_iter().map(|(s, _)| s).collect()
+}
+
+fn seqs(s: &[SessionSeq]) -> String {
+    let names: Vec<String> = s.iter().map(|s| format!("#{}", s.0)).collect();
+    format!("[{}]", names.join(", "))
+}
+
+// ===========================================================================
+// Part 3 -- one TLS connection on one blocking socket.
+// ===========================================================================
+
+/// A TCP connection with rustls on it. Writes block (bounded by
+/// [`IO_TIMEOUT`]); reads wait as long as they are told to.
+struct TlsSocket {
+    sock: TcpStream,
+    tls: rustls::Connection,
+    /// Plaintext of unshaped transmits not yet given to rustls.
+    batch: Vec<u8>,
+    /// Plaintext taken out of rustls.
+    inb: Box<[u8]>,
+}
+
+/// Something that came in on a connection.
 enum Input {
     /// TLS plaintext.
     Data(BytesMut),
-    /// The peer closed the connection (close_notify, or TCP EOF without one).
+    /// The peer closed the connection cleanly (close_notify).
     Eof,
-    /// Nothing arrived before the deadline.
-    Nothing,
 }
 
-/// Completes the TLS handshake on a blocking socket (every read and write
-/// bounded by [`IO_TIMEOUT`]). The session is created afterwards, on the
-/// established connection, as `Session::client` and `Session::server` expect.
-fn handshake(
-    mut sock: TcpStream,
-    mut tls: rustls::Connection,
-) -> io::Result<(TcpStream, rustls::Connection)> {
-    sock.set_read_timeout(Some(IO_TIMEOUT))?;
-    sock.set_write_timeout(Some(IO_TIMEOUT))?;
-    sock.set_nodelay(true)?;
-    let deadline = now() + IO_TIMEOUT;
-    while tls.is_handshaking() {
-        if now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            ));
-        }
-        tls.complete_io(&mut sock)?;
-    }
-    // Whatever is left (a server's session tickets) goes out now.
-    while tls.wants_write() {
-        tls.write_tls(&mut sock)?;
-    }
-    // `drain` flushes after every transmit and a transmit is at most
-    // `SessionLimits::max_write` (64 KiB), so rustls' own send-buffer cap is
-    // not needed; with it, `write_all` of a 64 KiB transmit would stop short.
-    tls.set_buffer_limit(None);
-    Ok((sock, tls))
-}
-
-impl Conn {
-    /// A driver for `session` over an established TLS connection.
-    pub fn new(session: Session, tls: rustls::Connection, sock: TcpStream) -> Conn {
-        Conn {
-            session,
-            tls,
-            sock,
-            out: BytesMut::with_capacity(16 * 1024),
-            inb: vec![0; READ_CHUNK],
-            events: Vec::new(),
-            io_error: None,
-        }
+impl TlsSocket {
+    /// Connects to the server and completes the TLS handshake.
+    fn connect(d: &Dialer) -> io::Result<TlsSocket> {
+        let sock = TcpStream::connect_timeout(&d.server, IO_TIMEOUT)?;
+        let tls = rustls::ClientConnection::new(d.tls.clone(), d.server_name.clone())
+            .map_err(io::Error::other)?;
+        TlsSocket::handshake(sock, tls.into())
     }
 
-    /// Contract: after every input or command, drain the outputs in order.
-    ///
-    /// 1. `poll_transmit` until `None`. Each [`anytls_core::Transmit`] is ONE
-    ///    TLS write: its plaintext goes to `writer().write_all` in one call
-    ///    (rustls seals it in its own record(s), never sharing a record with
-    ///    the next write), and the records are written to the socket before
-    ///    the next transmit is polled. Merging or splitting transmits would
-    ///    lose the padding scheme's record sizes.
-    /// 2. `poll_event` until `None`. The events are kept for the owner, who
-    ///    gets them from the next [`Conn::step`]. `Event::Closed` is always
-    ///    the last one.
-    /// 3. Re-arming the timer needs no code here: [`Conn::step`] reads
-    ///    `poll_timeout` each time it is about to wait.
-    pub fn drain(&mut self) {
-        while let Some(t) = self.session.poll_transmit(now(), &mut self.out) {
-            let res = self.write_transmit(t.len);
-            self.out.clear();
-            if let Err(e) = res {
-                // The session closes, so the next poll_transmit returns None.
-                self.fail(e);
+    /// Completes a TLS handshake (client or server side), every socket
+    /// operation bounded by [`IO_TIMEOUT`] and the whole by a deadline.
+    fn handshake(mut sock: TcpStream, mut tls: rustls::Connection) -> io::Result<TlsSocket> {
+        sock.set_read_timeout(Some(IO_TIMEOUT))?;
+        sock.set_write_timeout(Some(IO_TIMEOUT))?;
+        sock.set_nodelay(true)?;
+        let deadline = now() + IO_TIMEOUT;
+        while tls.is_handshaking() {
+            if now() >= deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake"));
             }
+            tls.complete_io(&mut sock)?;
         }
-        while let Some(ev) = self.session.poll_event() {
-            self.events.push(ev);
+        // What is left to send (a server's session tickets) goes now.
+        while tls.wants_write() {
+            tls.write_tls(&mut sock)?;
+        }
+        // Every write is flushed to the socket right away and is bounded by
+        // the core's send caps, so rustls' own send-buffer cap is not needed
+        // (with it, `write_all` of a large transmit would stop short).
+        tls.set_buffer_limit(None);
+        Ok(TlsSocket {
+            sock,
+            tls,
+            batch: Vec::new(),
+            inb: vec![0; READ_CHUNK].into_boxed_slice(),
+        })
+    }
+
+    /// Writes one transmit. A shaped one is one TLS write of exactly its
+    /// bytes, sent at once (after any batched bytes before it). An unshaped
+    /// one joins the batch, sealed when it holds a full record or at
+    /// [`TlsSocket::flush`].
+    fn send(&mut self, data: &[u8], shaped: bool) -> io::Result<()> {
+        if shaped {
+            self.seal_batch()?;
+            self.tls.writer().write_all(data)?;
+            self.write_records()
+        } else {
+            self.batch.extend_from_slice(data);
+            if self.batch.len() >= BATCH {
+                self.flush()?;
+            }
+            Ok(())
         }
     }
 
-    /// Writes one transmit's plaintext as one TLS write and flushes it.
-    fn write_transmit(&mut self, len: usize) -> io::Result<()> {
-        self.tls.writer().write_all(&self.out[..len])?;
-        self.flush_tls()
+    /// Seals the batch and writes every record to the socket.
+    fn flush(&mut self) -> io::Result<()> {
+        self.seal_batch()?;
+        self.write_records()
     }
 
-    /// Writes every sealed TLS record to the socket (blocking, bounded by the
-    /// socket's write timeout).
-    fn flush_tls(&mut self) -> io::Result<()> {
+    fn seal_batch(&mut self) -> io::Result<()> {
+        if !self.batch.is_empty() {
+            self.tls.writer().write_all(&self.batch)?;
+            self.batch.clear();
+        }
+        Ok(())
+    }
+
+    fn write_records(&mut self) -> io::Result<()> {
         while self.tls.wants_write() {
             self.tls.write_tls(&mut self.sock)?;
         }
         Ok(())
     }
 
-    /// Contract: wait for ONE input, feed it, handle expired deadlines, and
-    /// drain after each of these. Returns every event drained since the last
-    /// call (including those from the owner's `drain` calls).
-    ///
-    /// 1. The wait ends at the session's deadline (`poll_timeout`) or after
-    ///    `max_wait`, whichever comes first: the socket read timeout is the
-    ///    timer.
-    /// 2. Input is read only while `wants_read()` is true. When it is false
-    ///    (the session's receive buffers are full), `step` does not wait: the
-    ///    owner must read its streams to make room, which turns it true again.
-    /// 3. Plaintext goes to `handle_input`; the end of the connection to
-    ///    `handle_eof`; an I/O error ends the session ([`Conn::fail`]).
-    /// 4. If the deadline has passed, `handle_timeout(now)`. (Calling it early
-    ///    would be a harmless no-op; after it, `poll_timeout` is in the future
-    ///    or `None`, so this loop never spins.)
-    pub fn step(&mut self, max_wait: Duration) -> Vec<Event> {
-        if !self.session.is_closed() && self.session.wants_read() {
-            let limit = now() + max_wait;
-            let wake_at = self.session.poll_timeout().map_or(limit, |t| t.min(limit));
-            match self.next_input(wake_at) {
-                Ok(Input::Data(data)) => self.session.handle_input(now(), data),
-                Ok(Input::Eof) => self.session.handle_eof(now()),
-                Ok(Input::Nothing) => {}
-                Err(e) => self.fail(e),
-            }
-            self.drain();
-        }
-        let t = now();
-        if self.session.poll_timeout().is_some_and(|d| d <= t) {
-            self.session.handle_timeout(t);
-            self.drain();
-        }
-        std::mem::take(&mut self.events)
-    }
-
-    /// Gets the next input, waiting at most until `wake_at`.
-    fn next_input(&mut self, wake_at: Instant) -> io::Result<Input> {
-        // Plaintext rustls has already decrypted (one socket read can bring
-        // several records, and the handshake's last read may bring the first
-        // data) is taken first, without blocking.
+    /// The next input, waiting at most `wait` for the socket; `None` when
+    /// nothing came. Plaintext rustls already holds comes first, at once.
+    fn next_input(&mut self, wait: Duration) -> io::Result<Option<Input>> {
         if let Some(input) = self.take_plaintext()? {
-            return Ok(input);
+            return Ok(Some(input));
         }
-        let wait = wake_at.saturating_duration_since(now());
         if wait.is_zero() {
-            return Ok(Input::Nothing);
+            return Ok(None);
         }
-        // The timer: the read returns when bytes arrive or the deadline is due.
         self.sock.set_read_timeout(Some(wait))?;
         match self.tls.read_tls(&mut self.sock) {
-            // Ok(0) is TCP EOF: rustls notes it and `take_plaintext` reports
-            // it once the data before it has been taken.
+            // Ok(0) is TCP EOF: rustls notes it, and `take_plaintext` reports
+            // it after the data before it.
             Ok(_) => {}
-            Err(e) if is_timeout(&e) => return Ok(Input::Nothing),
+            Err(e) if is_timeout(&e) => return Ok(None),
             Err(e) => return Err(e),
         }
         let processed = self.tls.process_new_packets();
-        // rustls may have something to send: an alert after an error, an
-        // answer to a KeyUpdate.
-        let flushed = self.flush_tls();
+        // rustls may have something to send: an alert, a KeyUpdate answer.
+        let written = self.write_records();
         processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        flushed?;
-        Ok(self.take_plaintext()?.unwrap_or(Input::Nothing))
+        written?;
+        self.take_plaintext()
     }
 
-    /// Takes up to [`READ_CHUNK`] bytes of decrypted plaintext, if rustls has
-    /// any, or the end of the connection.
+    /// Up to [`READ_CHUNK`] bytes of decrypted plaintext, or the clean end
+    /// of the connection. A TCP EOF without close_notify is an
+    /// `UnexpectedEof` error.
     fn take_plaintext(&mut self) -> io::Result<Option<Input>> {
         match self.tls.reader().read(&mut self.inb) {
             Ok(0) => Ok(Some(Input::Eof)),
             Ok(n) => Ok(Some(Input::Data(BytesMut::from(&self.inb[..n])))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            // TCP closed without close_notify: an EOF all the same.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(Input::Eof)),
             Err(e) => Err(e),
         }
     }
 
-    /// Ends the session after an I/O error, as the tokio adapter does: a peer
-    /// that went away is an EOF, anything else a local close. The caller
-    /// drains afterwards, which yields `Event::Closed`.
-    fn fail(&mut self, e: io::Error) {
-        use io::ErrorKind::*;
-        if matches!(
-            e.kind(),
-            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-        ) {
-            self.session.handle_eof(now());
-        } else {
-            self.session.close(now());
-        }
-        self.io_error = Some(e);
-    }
-
-    /// Closes the session (no FINs: the core's `close`), then the TLS
-    /// connection (close_notify, best effort) and the socket. Returns the last
-    /// events, ending with `Event::Closed` unless it was seen before.
-    pub fn shutdown(mut self) -> Vec<Event> {
-        self.session.close(now());
-        self.drain();
+    /// Sends close_notify (best effort) and closes the socket.
+    fn close(mut self) {
         self.tls.send_close_notify();
-        let _ = self.flush_tls();
-        let _ = self.sock.shutdown(Shutdown::Write);
-        self.events
-    }
-}
-
-/// The error of a session that ended: the I/O error behind it, if any, else
-/// the session's reason.
-fn closed_error(conn: &Conn, reason: anytls_core::SessionError) -> io::Error {
-    match &conn.io_error {
-        Some(e) => io::Error::new(e.kind(), format!("{reason} ({e})")),
-        None => reason.into(),
+        let _ = self.write_records();
+        let _ = self.sock.shutdown(Shutdown::Both);
     }
 }
 
@@ -349,376 +758,208 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn timed_out(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
-}
+// ===========================================================================
+// Part 4 -- the demo's AnyTLS server and target (helper threads).
+// ===========================================================================
 
-// ---------------------------------------------------------------------------
-// The client.
-// ---------------------------------------------------------------------------
+/// How often the helpers look at their listeners, and at the server's
+/// destinations while streams are open.
+const TICK: Duration = Duration::from_millis(5);
 
-/// Where and how the client connects.
-pub struct ClientSetup {
-    /// The AnyTLS server.
-    pub server: SocketAddr,
-    /// Name sent as SNI and checked against the certificate (an IP address
-    /// sends no SNI).
-    pub server_name: ServerName<'static>,
-    /// TLS settings, including how the certificate is verified.
-    pub tls: Arc<rustls::ClientConfig>,
-    /// The AnyTLS password.
-    pub password: String,
-    /// Where the stream goes.
-    pub dest: SocksAddr,
-}
-
-/// What a client run saw.
-#[derive(Debug)]
-pub struct Report {
-    /// The destination's answer (at most [`MAX_RESPONSE`] bytes).
-    pub response: Vec<u8>,
-    /// The heartbeat's round-trip time (`None`: a v1 server, which does not
-    /// answer heartbeats).
-    pub heartbeat_rtt: Option<Duration>,
-    /// The server's protocol version.
-    pub peer_version: u8,
-}
-
-/// Connects, sends `request` on one stream, reads the whole response (until
-/// the server's FIN), sends one heartbeat and closes. Bounded by [`RUN_TIME`].
-pub fn run_client(setup: &ClientSetup, request: &[u8]) -> io::Result<Report> {
+/// Calls `serve` with each connection to the non-blocking `listener` until
+/// `stop` is set (or [`RUN_TIME`] has passed).
+fn accept_until_stop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    mut serve: impl FnMut(TcpStream) -> io::Result<()>,
+) -> io::Result<()> {
     let deadline = now() + RUN_TIME;
-
-    // TCP and TLS first; the session starts on the established connection.
-    let sock = TcpStream::connect_timeout(&setup.server, IO_TIMEOUT)?;
-    let tls = rustls::ClientConnection::new(setup.tls.clone(), setup.server_name.clone())
-        .map_err(io::Error::other)?;
-    let (sock, tls) = handshake(sock, tls.into())?;
-    println!("[client] TLS established with {}", setup.server);
-
-    // The first stream and its request are queued before the first
-    // poll_transmit, so that Settings, SYN and the destination leave together
-    // as the reference client's shaped "packet 1".
-    let mut session = Session::client(
-        Arc::new(ClientConfig::new(&setup.password)),
-        SessionSeq(1),
-        Arc::new(PaddingScheme::default_scheme()),
-        seed()?,
-        now(),
-    );
-    let id = session.open_stream(now(), &setup.dest)?;
-    session.write(id, Bytes::copy_from_slice(request))?;
-    let mut conn = Conn::new(session, tls, sock);
-    conn.drain();
-
-    // 1. Request and response: read the stream until its EOF.
-    let mut response = Vec::new();
-    let mut done = false;
-    while !done {
-        let left = deadline.saturating_duration_since(now());
-        if left.is_zero() {
-            return Err(timed_out("no complete response in time"));
-        }
-        for ev in conn.step(left) {
-            match ev {
-                Event::Established { .. } => println!("[client] Settings sent"),
-                Event::PeerVersion { version } => {
-                    println!("[client] server speaks protocol v{version}")
-                }
-                Event::StreamConnected { id } => {
-                    println!("[client] stream {} connected to {}", id.0, setup.dest)
-                }
-                Event::StreamRefused { reason, .. } => {
-                    return Err(io::Error::other(format!("stream refused: {reason}")));
-                }
-                Event::StreamReadable { id } => done |= read_stream(&mut conn, id, &mut response)?,
-                Event::Closed { reason } => return Err(closed_error(&conn, reason)),
-                _ => {}
+    while !stop.load(Ordering::Relaxed) && now() < deadline {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                sock.set_nonblocking(false)?;
+                serve(sock)?;
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => pause(TICK),
+            Err(e) => return Err(e),
         }
     }
-    println!("[client] response complete: {} bytes", response.len());
+    Ok(())
+}
 
-    // 2. One heartbeat. v1 servers do not answer HeartRequest, so only v2.
-    let peer_version = conn.session.peer_version();
-    let mut heartbeat_rtt = None;
-    if peer_version >= 2 {
-        conn.session.send_heartbeat(now(), Some(IO_TIMEOUT));
-        conn.drain();
-        while heartbeat_rtt.is_none() {
-            let left = deadline.saturating_duration_since(now());
-            if left.is_zero() {
-                return Err(timed_out("no heartbeat answer in time"));
-            }
-            for ev in conn.step(left) {
-                match ev {
-                    Event::HeartbeatAck { rtt } => {
-                        println!("[client] heartbeat answered in {rtt:?}");
-                        heartbeat_rtt = Some(rtt);
-                    }
-                    Event::Closed { reason } => return Err(closed_error(&conn, reason)),
-                    _ => {}
-                }
-            }
+/// The target: answers each request with its request line, and closes.
+fn serve_target(mut sock: TcpStream) -> io::Result<()> {
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    sock.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8 * 1024 {
+        match sock.read(&mut buf)? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
         }
-    } else {
-        println!("[client] v1 server: heartbeats are not answered, none sent");
     }
-
-    // 3. Done: close the session and the connection.
-    conn.shutdown();
-    println!("[client] closed");
-    Ok(Report {
-        response,
-        heartbeat_rtt,
-        peer_version,
-    })
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let body = format!("you asked for {:?}\n", String::from_utf8_lossy(line));
+    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+    sock.write_all((head + &body).as_bytes())
 }
-
-/// Reads everything a stream has now. Returns true at its EOF (the server's
-/// FIN, after all data), when the stream has also been released.
-fn read_stream(conn: &mut Conn, id: StreamId, response: &mut Vec<u8>) -> io::Result<bool> {
-    let eof = loop {
-        match conn.session.read(id) {
-            Ok(Some(data)) => {
-                let keep = data.len().min(MAX_RESPONSE - response.len());
-                response.extend_from_slice(&data[..keep]);
-            }
-            Ok(None) => {
-                // After the peer's FIN, `finish` only releases the stream.
-                conn.session.finish(id)?;
-                break true;
-            }
-            Err(StreamError::Blocked) => break false,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    // Reading is a command: it may resume paused input, so drain.
-    conn.drain();
-    Ok(eof)
-}
-
-/// An HTTP/1.0 request for `/` (the server closes after its answer, which ends
-/// the stream).
-pub fn http_request(host: &str) -> Vec<u8> {
-    format!(
-        "GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: anytls-rs-blocking-example\r\n\
-         Connection: close\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-// ---------------------------------------------------------------------------
-// The demo's AnyTLS server: the same driver in the server role.
-// ---------------------------------------------------------------------------
 
 /// A stream's connection to its destination.
 struct Upstream {
     sock: TcpStream,
-    /// Data read from the destination that the session refused (`Blocked`);
-    /// retried on each pass, and nothing more is read until it goes.
-    pending: Option<Bytes>,
+    /// Read from the destination, not yet taken by the session.
+    pending: Bytes,
+    eof: bool,
 }
 
-/// How often the server loop wakes while streams are open. A std-only loop
-/// cannot wait on the TLS socket and the destinations' sockets at once, so it
-/// takes turns; a real server waits on all of them with mio/epoll (or uses
-/// `anytls-tokio`).
-const TICK: Duration = Duration::from_millis(10);
-/// How long one pass waits for a destination's data.
-const UPSTREAM_POLL: Duration = Duration::from_millis(1);
-
-/// Serves one AnyTLS connection until its session closes, relaying each stream
-/// to its destination (127.0.0.1 only: this is a demo server).
-fn serve_connection(
+/// Serves one AnyTLS connection with one server session until it closes,
+/// relaying each stream to its destination (127.0.0.1 only). The same
+/// contract as the client's, for one session: drain after every input or
+/// command, wait for input or the session's deadline, then the timer.
+fn serve_anytls(
     sock: TcpStream,
     tls: Arc<rustls::ServerConfig>,
     cfg: Arc<ServerConfig>,
 ) -> io::Result<()> {
     let deadline = now() + RUN_TIME;
-    let tls = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
-    let (sock, tls) = handshake(sock, tls.into())?;
-    let mut conn = Conn::new(Session::server(cfg, seed()?, now()), tls, sock);
-    let mut upstreams: BTreeMap<StreamId, Upstream> = BTreeMap::new();
-    while !conn.session.is_closed() {
-        let left = deadline.saturating_duration_since(now());
-        if left.is_zero() {
-            conn.shutdown();
-            return Err(timed_out("demo server: connection lasted too long"));
+    let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
+    let mut link = TlsSocket::handshake(sock, conn.into())?;
+    let mut s = Session::server(cfg, seed()?, now()).map_err(io::Error::other)?;
+    let mut ups = BTreeMap::new();
+    let mut out = BytesMut::new();
+    loop {
+        server_drain(&mut s, &mut link, &mut out, &mut ups);
+        if s.is_closed() {
+            return Ok(());
         }
-        let max_wait = if upstreams.is_empty() { left } else { TICK };
-        for ev in conn.step(max_wait) {
-            match ev {
-                Event::Authenticated { user } => {
-                    println!("[server] client authenticated ({user:?})")
-                }
-                Event::AuthRejected { .. } => {
-                    // A real server hands the replay bytes to a fallback web server.
-                    println!("[server] wrong password: closing")
-                }
-                Event::StreamOpened { id, dest } => {
-                    open_upstream(&mut conn, &mut upstreams, id, &dest)
-                }
-                Event::StreamReadable { id } => to_upstream(&mut conn, &mut upstreams, id),
-                Event::Closed { reason } => println!("[server] session closed: {reason}"),
-                _ => {}
-            }
+        if now() >= deadline {
+            return Err(io::Error::other("demo server: connection lasted too long"));
         }
-        from_upstreams(&mut conn, &mut upstreams);
+        let mut wake = s.poll_timeout().map_or(deadline, |t| t.min(deadline));
+        if !ups.is_empty() {
+            wake = wake.min(now() + TICK); // the destinations are polled too
+        }
+        let input = match s.wants_read() {
+            true => link.next_input(wake.saturating_duration_since(now())),
+            false => Ok(None), // the relay below reads the streams, freeing room
+        };
+        match input {
+            Ok(Some(Input::Data(data))) => s.handle_input(now(), data),
+            Ok(Some(Input::Eof)) => s.handle_eof(now()),
+            Ok(None) => {}
+            Err(e) => s.handle_transport_error(now(), transport_error(&e)),
+        }
+        server_drain(&mut s, &mut link, &mut out, &mut ups);
+        if s.poll_timeout().is_some_and(|t| t <= now()) {
+            s.handle_timeout(now());
+            server_drain(&mut s, &mut link, &mut out, &mut ups);
+        }
+        from_upstreams(&mut s, &mut ups); // commands: drained at the top
     }
-    Ok(())
 }
 
-/// Answers `StreamOpened`: connects to the destination and accepts the stream
-/// (SYNACK), or refuses it with the error.
-fn open_upstream(
-    conn: &mut Conn,
-    upstreams: &mut BTreeMap<StreamId, Upstream>,
-    id: StreamId,
-    dest: &SocksAddr,
+/// Drains one server session: transmits (each its own TLS write), then
+/// events, acting on each (a command, which may queue transmits again).
+fn server_drain(
+    s: &mut ServerSession,
+    link: &mut TlsSocket,
+    out: &mut BytesMut,
+    ups: &mut BTreeMap<StreamId, Upstream>,
 ) {
-    let connected = match dest.socket_addr() {
-        Some(addr) if addr.ip().is_loopback() => TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .and_then(|sock| {
-                sock.set_read_timeout(Some(UPSTREAM_POLL))?;
-                sock.set_write_timeout(Some(IO_TIMEOUT))?;
-                Ok(sock)
-            }),
-        _ => Err(io::Error::other(
-            "this demo server only connects to 127.0.0.1",
-        )),
-    };
-    let verdict = match connected {
-        Ok(sock) => {
-            println!("[server] stream {} -> {dest}", id.0);
-            upstreams.insert(
-                id,
-                Upstream {
-                    sock,
-                    pending: None,
-                },
-            );
-            Ok(())
+    loop {
+        while let Some(t) = s.poll_transmit(now(), out) {
+            if let Err(e) = link.send(&out[..t.len], true) {
+                s.handle_transport_error(now(), transport_error(&e));
+            }
+            out.clear();
         }
-        Err(e) => {
-            println!("[server] stream {} -> {dest} refused: {e}", id.0);
-            Err(e.to_string())
+        let Some(ev) = s.poll_event() else {
+            return;
+        };
+        match ev {
+            Event::Authenticated { user } => println!("[server] client authenticated ({user:?})"),
+            Event::StreamOpened { id, dest } => {
+                let addr = dest.socket_addr().filter(|a| a.ip().is_loopback());
+                let connected = addr
+                    .ok_or_else(|| io::Error::other("this demo server only serves 127.0.0.1"))
+                    .and_then(|addr| TcpStream::connect_timeout(&addr, IO_TIMEOUT))
+                    .and_then(|sock| {
+                        sock.set_read_timeout(Some(Duration::from_millis(1)))?;
+                        sock.set_write_timeout(Some(IO_TIMEOUT))?;
+                        Ok(Upstream {
+                            sock,
+                            pending: Bytes::new(),
+                            eof: false,
+                        })
+                    });
+                let verdict = connected.map(|up| drop(ups.insert(id, up)));
+                let _ = s.accept_stream(id, verdict.map_err(|e| e.to_string()));
+            }
+            Event::StreamReadable { id } | Event::StreamFinished { id } => to_upstream(s, ups, id),
+            Event::Closed { reason } => println!("[server] session closed: {reason:?}"),
+            _ => {}
         }
-    };
-    let _ = conn.session.accept_stream(id, verdict);
-    conn.drain();
+    }
 }
 
-/// Answers `StreamReadable`: client data goes to the destination. At the
-/// stream's EOF (the client's FIN) the stream is released and the destination
-/// closed.
-fn to_upstream(conn: &mut Conn, upstreams: &mut BTreeMap<StreamId, Upstream>, id: StreamId) {
-    let Some(up) = upstreams.get_mut(&id) else {
+/// Client data goes to the destination; at the client's FIN the stream is
+/// released and the destination dropped.
+fn to_upstream(s: &mut ServerSession, ups: &mut BTreeMap<StreamId, Upstream>, id: StreamId) {
+    let Some(up) = ups.get_mut(&id) else {
         return;
     };
-    let end = loop {
-        match conn.session.read(id) {
-            Ok(Some(data)) => {
-                if up.sock.write_all(&data).is_err() {
-                    break true;
-                }
-            }
-            Ok(None) => break true,
-            Err(StreamError::Blocked) => break false,
-            Err(_) => break true,
+    loop {
+        match s.read(id) {
+            Ok(Some(data)) if up.sock.write_all(&data).is_ok() => {}
+            Err(StreamError::Blocked) => return,
+            _ => break,
         }
-    };
-    if end {
-        // FIN to the client (or, after its FIN, just the release).
-        let _ = conn.session.finish(id);
-        let _ = up.sock.shutdown(Shutdown::Both);
-        upstreams.remove(&id);
     }
-    conn.drain();
+    let _ = s.finish(id);
+    ups.remove(&id);
 }
 
-/// One pass over the destinations: their data goes to the client; a
-/// destination that closed gets its stream finished (FIN after the data).
-fn from_upstreams(conn: &mut Conn, upstreams: &mut BTreeMap<StreamId, Upstream>) {
-    let mut ended = Vec::new();
+/// One pass over the destinations: their data goes to the client (what the
+/// session takes); one that closed gets its stream finished (FIN after the
+/// data).
+fn from_upstreams(s: &mut ServerSession, ups: &mut BTreeMap<StreamId, Upstream>) {
     let mut buf = [0u8; 16 * 1024];
-    for (&id, up) in upstreams.iter_mut() {
-        if let Some(data) = up.pending.take() {
-            match conn.session.write(id, data.clone()) {
-                Ok(()) => {}
-                Err(StreamError::Blocked) => {
-                    up.pending = Some(data);
-                    continue;
-                }
-                Err(_) => {
-                    ended.push(id);
-                    continue;
-                }
+    ups.retain(|&id, up| {
+        if up.pending.is_empty() && !up.eof {
+            match up.sock.read(&mut buf) {
+                Ok(0) => up.eof = true,
+                Ok(n) => up.pending = Bytes::copy_from_slice(&buf[..n]),
+                Err(e) if is_timeout(&e) => {}
+                Err(_) => up.eof = true,
             }
         }
-        match up.sock.read(&mut buf) {
-            Ok(0) => ended.push(id),
-            Ok(n) => match conn.session.write(id, Bytes::copy_from_slice(&buf[..n])) {
-                Ok(()) => {}
-                Err(StreamError::Blocked) => up.pending = Some(Bytes::copy_from_slice(&buf[..n])),
-                Err(_) => ended.push(id),
-            },
-            Err(e) if is_timeout(&e) => {}
-            Err(_) => ended.push(id),
+        let written = match up.pending.is_empty() {
+            true => Ok(0),
+            false => s.write_bytes(id, &mut up.pending),
+        };
+        let ended = up.eof && up.pending.is_empty();
+        if ended {
+            let _ = s.finish(id);
         }
-    }
-    for id in ended {
-        let _ = conn.session.finish(id);
-        upstreams.remove(&id);
-    }
-    conn.drain();
+        !ended && matches!(written, Ok(_) | Err(StreamError::Blocked))
+    });
 }
 
-/// A tiny HTTP-ish server for one request: reads the request head, answers with
-/// a short text and closes.
-fn serve_http_once(listener: TcpListener) -> io::Result<()> {
-    let (mut sock, _) = listener.accept()?;
-    sock.set_read_timeout(Some(IO_TIMEOUT))?;
-    sock.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > 8 * 1024 {
-            return Err(io::Error::other("target: request head too long"));
-        }
-        match sock.read(&mut buf)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let body = format!(
-        "hello from the local target; you asked for {:?}\n",
-        String::from_utf8_lossy(line)
-    );
-    println!("[target] answering {:?}", String::from_utf8_lossy(line));
-    let answer = format!(
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(answer.as_bytes())
-}
-
-// ---------------------------------------------------------------------------
-// Entry points.
-// ---------------------------------------------------------------------------
-
-/// Runs the whole demo on 127.0.0.1: a target and an AnyTLS server, each for
-/// one connection on its own thread, and the client through them.
-#[allow(clippy::disallowed_methods)] // spawns the demo's helper threads: the adapter may, the core may not
+/// Runs the whole demo on 127.0.0.1: the target and the AnyTLS server on
+/// helper threads (the server: one more per connection), the client on this
+/// one.
+#[allow(clippy::disallowed_methods)] // the demo's helper threads; the core spawns nothing
 pub fn run_local_demo() -> io::Result<Report> {
-    // The destination.
+    let stop = Arc::new(AtomicBool::new(false));
     let target = TcpListener::bind("127.0.0.1:0")?;
-    let target_addr = target.local_addr()?;
-    let target_thread = thread::spawn(move || serve_http_once(target));
+    let server = TcpListener::bind("127.0.0.1:0")?;
+    let (target_addr, server_addr) = (target.local_addr()?, server.local_addr()?);
+    target.set_nonblocking(true)?;
+    server.set_nonblocking(true)?;
 
-    // The AnyTLS server, with a fresh self-signed certificate for "localhost".
+    // TLS: a fresh self-signed certificate for "localhost", which the client
+    // trusts and nothing else.
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .map_err(io::Error::other)?;
     let cert: CertificateDer<'static> = ck.cert.der().clone();
@@ -729,16 +970,6 @@ pub fn run_local_demo() -> io::Result<Report> {
         .with_no_client_auth()
         .with_single_cert(vec![cert.clone()], key)
         .map_err(io::Error::other)?;
-    let server_cfg = ServerConfig::new(Authenticator::single(DEMO_PASSWORD));
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let server_addr = listener.local_addr()?;
-    let server_thread = thread::spawn(move || {
-        let (sock, _) = listener.accept()?;
-        serve_connection(sock, Arc::new(server_tls), Arc::new(server_cfg))
-    });
-    println!("[demo] target on {target_addr}, AnyTLS server on {server_addr}");
-
-    // The client trusts that one certificate and nothing else.
     let mut roots = RootCertStore::empty();
     roots.add(cert).map_err(io::Error::other)?;
     let client_tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -746,132 +977,56 @@ pub fn run_local_demo() -> io::Result<Report> {
         .map_err(io::Error::other)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let setup = ClientSetup {
+
+    let stop_target = stop.clone();
+    let target_thread =
+        thread::spawn(move || accept_until_stop(&target, &stop_target, serve_target));
+    let (tls, cfg) = (
+        Arc::new(server_tls),
+        Arc::new(ServerConfig::new(Authenticator::single(DEMO_PASSWORD))),
+    );
+    let stop_server = stop.clone();
+    let server_thread = thread::spawn(move || {
+        let mut conns = Vec::new();
+        accept_until_stop(&server, &stop_server, |sock| {
+            let (tls, cfg) = (tls.clone(), cfg.clone());
+            conns.push(thread::spawn(move || serve_anytls(sock, tls, cfg)));
+            Ok(())
+        })?;
+        conns
+            .into_iter()
+            .try_for_each(|c| c.join().unwrap_or_else(|_| Err(panicked())))
+    });
+    println!("[demo] target on {target_addr}, AnyTLS server on {server_addr}");
+
+    let dialer = Dialer {
         server: server_addr,
         server_name: ServerName::try_from("localhost").map_err(io::Error::other)?,
         tls: Arc::new(client_tls),
-        password: DEMO_PASSWORD.to_owned(),
-        dest: SocksAddr::from(target_addr),
     };
-    let report = run_client(&setup, &http_request("127.0.0.1"))?;
+    let report = run_client(dialer, DEMO_PASSWORD, SocksAddr::from(target_addr));
 
-    // Both helpers end on their own once the client is done (the server sees
-    // the client's close_notify); their errors are the demo's errors.
-    for (name, t) in [("server", server_thread), ("target", target_thread)] {
-        t.join()
-            .map_err(|_| io::Error::other(format!("{name} thread panicked")))??;
-    }
-    Ok(report)
+    // The client has closed its connections (or dropped them, after an
+    // error), so the server's connection threads end; `stop` ends the rest.
+    stop.store(true, Ordering::Relaxed);
+    server_thread.join().unwrap_or_else(|_| Err(panicked()))?;
+    target_thread.join().unwrap_or_else(|_| Err(panicked()))?;
+    report
 }
 
-/// Connects to a real AnyTLS server at `server` (`HOST:PORT`) and requests
-/// `http://dest/`. The server's certificate is NOT verified.
-pub fn run_remote(server: &str, password: &str, dest: &str) -> io::Result<Report> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
-    let (host, _) = server
-        .rsplit_once(':')
-        .ok_or_else(|| bad("server must be HOST:PORT"))?;
-    let addr = server
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| bad("server name resolves to nothing"))?;
-    let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-        .map_err(|_| bad("invalid server name"))?;
-    let (dest_host, dest_port) = dest
-        .rsplit_once(':')
-        .ok_or_else(|| bad("DEST must be HOST:PORT"))?;
-    let dest_port: u16 = dest_port.parse().map_err(|_| bad("invalid DEST port"))?;
-
-    println!("[client] WARNING: the server's certificate is NOT verified (example only)");
-    let provider = provider();
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(InsecureVerifier(provider)))
-        .with_no_client_auth();
-    let setup = ClientSetup {
-        server: addr,
-        server_name,
-        tls: Arc::new(tls),
-        password: password.to_owned(),
-        dest: SocksAddr::domain(dest_host, dest_port),
-    };
-    run_client(&setup, &http_request(dest_host.trim_matches(['[', ']'])))
-}
-
-/// INSECURE: accepts any server certificate for any name (handshake signatures
-/// are still checked, so the peer holds the key of the certificate it sent,
-/// but nothing says that certificate is the right one). For trying the example
-/// against a test server only; a real client verifies the certificate or pins
-/// it, as `anytls-tokio` does.
-#[derive(Debug)]
-pub struct InsecureVerifier(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for InsecureVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+fn panicked() -> io::Error {
+    io::Error::other("a demo thread panicked")
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.as_slice() {
-        [] => run_local_demo(),
-        [server, password] => run_remote(server, password, DEFAULT_DEST),
-        [server, password, dest] => run_remote(server, password, dest),
-        _ => {
-            eprintln!("usage: blocking_client [HOST:PORT PASSWORD [DEST]]");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
+    if std::env::args().len() > 1 {
+        eprintln!("usage: blocking_client   (a self-contained demo on 127.0.0.1)");
+        return ExitCode::from(2);
+    }
+    match run_local_demo() {
         Ok(report) => {
-            println!("--- response ---");
-            let shown = &report.response[..report.response.len().min(2048)];
-            print!("{}", String::from_utf8_lossy(shown));
-            if shown.len() < report.response.len() {
-                println!("\n[... {} more bytes]", report.response.len() - shown.len());
-            }
-            println!("----------------");
-            match report.heartbeat_rtt {
-                Some(rtt) => println!("heartbeat RTT: {rtt:?} (server v{})", report.peer_version),
-                None => println!(
-                    "heartbeat: not answered by a v{} server",
-                    report.peer_version
-                ),
-            }
+            let (n, acks) = (report.exchanges.len(), report.heartbeat_acks.len());
+            println!("[demo] done: {n} responses, {acks} heartbeats answered");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -198,7 +198,7 @@ pub enum StreamError {
     #[error("stream closed")]
     Closed,
     /// The stream was refused before it carried data both ways.
-    #[error("stream refused: {0}")]
+    #[error("{0}")]
     Refused(RefuseReason),
     /// The stream ended abnormally after it was open.
     #[error("stream reset: {0}")]
@@ -223,7 +223,7 @@ pub enum StreamError {
 pub enum RefuseReason {
     /// The server answered the SYN with a SYNACK carrying this error text
     /// (verbatim, lossily decoded as UTF-8).
-    #[error("server: {0}")]
+    #[error("remote: {0}")]
     Server(String),
     /// Server role: the destination address the client sent cannot be decoded.
     #[error("bad destination: {0}")]
@@ -366,8 +366,12 @@ impl From<StreamError> for std::io::Error {
         use std::io::ErrorKind;
         let kind = match &e {
             StreamError::Blocked => ErrorKind::WouldBlock,
+            // The stream's end is the session's: report that, as a session
+            // error would be.
             StreamError::Refused(RefuseReason::SessionClosed(s))
-            | StreamError::Reset(ResetReason::SessionClosed(s)) => session_error_kind(s),
+            | StreamError::Reset(ResetReason::SessionClosed(s)) => {
+                return std::io::Error::new(session_error_kind(s), s.clone());
+            }
             StreamError::Refused(_) => ErrorKind::ConnectionRefused,
             StreamError::Reset(_) => ErrorKind::ConnectionReset,
             StreamError::Closed | StreamError::UnknownStream(_) => ErrorKind::BrokenPipe,

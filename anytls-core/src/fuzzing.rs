@@ -17,7 +17,7 @@ use crate::frame::HEADER_LEN;
 use crate::frame::{Command, StreamId, encode_frame};
 use crate::frame::{FrameDecoder, FrameLimits, MAX_FRAME_DATA};
 use crate::padding::{Item, PaddingScheme, Record, Shaper, validate_strict_text};
-use crate::session::{Event, Session, SessionSeq};
+use crate::session::{Client, Event, Server, Session, SessionRole, SessionSeq};
 use crate::settings::ClientSettings;
 use crate::settings::StringMap;
 use crate::uot::{
@@ -270,10 +270,36 @@ fn fuzz_limits(flags: u8) -> SessionLimits {
     l
 }
 
+/// What the fuzzing owner does that only one role can do.
+trait RoleOwner {
+    /// Server: answers `Event::StreamOpened`.
+    fn answer_open(&mut self, _id: StreamId, _verdict: Result<(), String>) {}
+    /// Client: opens a stream.
+    fn try_open(&mut self, _now: Instant) -> Option<StreamId> {
+        None
+    }
+}
+
+impl RoleOwner for Session<Server> {
+    fn answer_open(&mut self, id: StreamId, verdict: Result<(), String>) {
+        let _ = self.accept_stream(id, verdict);
+    }
+}
+
+impl RoleOwner for Session<Client> {
+    fn try_open(&mut self, now: Instant) -> Option<StreamId> {
+        self.open_stream(now, &SocksAddr::domain("fuzz.example", 80))
+            .ok()
+    }
+}
+
 /// Drives a session with input cut from `data`, acting as a busy owner: it
 /// accepts or refuses streams, reads, writes, finishes, sends heartbeats and lets
 /// time pass. Asserts the memory caps and the event contract throughout.
-fn drive_session(s: &mut Session, input: &[u8], ctl: &[u8], epoch: Instant) {
+fn drive_session<R: SessionRole>(s: &mut Session<R>, input: &[u8], ctl: &[u8], epoch: Instant)
+where
+    Session<R>: RoleOwner,
+{
     let mut now = epoch;
     let mut out = BytesMut::new();
     let mut closed = false;
@@ -299,7 +325,7 @@ fn drive_session(s: &mut Session, input: &[u8], ctl: &[u8], epoch: Instant) {
                     } else {
                         Ok(())
                     };
-                    let _ = s.accept_stream(id, verdict);
+                    s.answer_open(id, verdict);
                     opened.push(id);
                 }
                 Event::StreamReadable { id } if ctl.next().unwrap_or(0) & 7 != 0 => {
@@ -336,7 +362,7 @@ fn drive_session(s: &mut Session, input: &[u8], ctl: &[u8], epoch: Instant) {
                 if let Some(&id) = opened.get(usize::from(op >> 3) % opened.len().max(1)) {
                     static FILL: [u8; 2048] = [0x5a; 2048];
                     let n = usize::from(ctl.next().unwrap_or(0)) * 8;
-                    let _ = s.write(id, Bytes::from_static(&FILL[..n]));
+                    let _ = s.write(id, &FILL[..n]);
                 }
             }
             2 => {
@@ -345,11 +371,7 @@ fn drive_session(s: &mut Session, input: &[u8], ctl: &[u8], epoch: Instant) {
                 }
             }
             3 => s.send_heartbeat(now, Some(Duration::from_secs(1))),
-            4 if s.is_client() => {
-                if let Ok(id) = s.open_stream(now, &SocksAddr::domain("fuzz.example", 80)) {
-                    opened.push(id);
-                }
-            }
+            4 => opened.extend(s.try_open(now)),
             5 => {
                 // Read every known stream (owner catching up).
                 for &id in &opened {
@@ -393,7 +415,7 @@ pub fn server_session(data: &[u8], epoch: Instant) {
     let (flags, ctl, input) = split_input(data);
     let mut cfg = ServerConfig::new(crate::auth::Authenticator::single("letmein"));
     cfg.limits = fuzz_limits(flags);
-    let mut s = Session::server(Arc::new(cfg), [1; 32], epoch);
+    let mut s = Session::server(Arc::new(cfg), [1; 32], epoch).expect("valid fuzz config");
     let mut wire = Vec::new();
     if flags & 0x20 == 0 {
         encode_preamble(
@@ -432,7 +454,8 @@ pub fn client_session(data: &[u8], epoch: Instant) {
         Arc::new(PaddingScheme::default_scheme()),
         [2; 32],
         epoch,
-    );
+    )
+    .expect("valid fuzz config");
     if flags & 0x20 == 0 {
         let _ = s.open_stream(epoch, &SocksAddr::domain("example.com", 443));
     }
@@ -902,7 +925,7 @@ impl PoolDriver {
 
     fn established(&mut self, seq: SessionSeq, at: Instant) {
         let now = self.advance(at);
-        self.pool.established(seq, at);
+        self.pool.established(at, seq);
         if let Some(PoolSess::Dialing { prewarm }) = self.live.get(&seq).copied() {
             let streams = usize::from(!prewarm);
             let beat = None;
@@ -923,7 +946,7 @@ impl PoolDriver {
 
     fn dial_failed(&mut self, seq: SessionSeq, at: Instant) {
         let now = self.advance(at);
-        self.pool.dial_failed(seq, at);
+        self.pool.dial_failed(at, seq);
         if let Some(PoolSess::Dialing { prewarm }) = self.live.get(&seq).copied() {
             self.live.remove(&seq);
             self.dead.insert(seq);
@@ -947,7 +970,7 @@ impl PoolDriver {
 
     fn checkin(&mut self, seq: SessionSeq, at: Instant) {
         let now = self.advance(at);
-        self.pool.checkin(seq, at);
+        self.pool.checkin(at, seq);
         let mut returned = None;
         if let Some(PoolSess::Open {
             streams,
@@ -980,7 +1003,7 @@ impl PoolDriver {
 
     fn session_closed(&mut self, seq: SessionSeq, at: Instant) {
         self.advance(at);
-        self.pool.session_closed(seq, at);
+        self.pool.session_closed(at, seq);
         if let Some(s) = self.live.remove(&seq) {
             self.dead.insert(seq);
             match s {

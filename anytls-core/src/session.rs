@@ -486,9 +486,16 @@ impl<R: SessionRole> Session<R> {
         }
     }
 
-    /// The transport under the session failed: the session ends with
-    /// [`SessionError::Transport`] (every stream with it).
+    /// The transport under the session failed: the session ends (every
+    /// stream with it). A peer that closed or reset the connection
+    /// ([`TransportError::PeerClosed`]) is an EOF ([`SessionError::PeerEof`],
+    /// see [`handle_eof`](Self::handle_eof)); anything else ends it with
+    /// [`SessionError::Transport`].
     pub fn handle_transport_error(&mut self, now: Instant, error: TransportError) {
+        if error == TransportError::PeerClosed {
+            self.handle_eof(now);
+            return;
+        }
         self.advance_clock(now);
         if self.state != State::Closed {
             self.close_with(SessionError::Transport(error));

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anytls_core::auth::encode_preamble;
 use anytls_core::frame::encode_frame;
+use anytls_core::session::{ServerSession, SessionRole};
 use anytls_core::{
     Command, Event, PaddingScheme, PasswordHash, Session, SessionSeq, StreamId, Transmit,
 };
@@ -31,7 +32,7 @@ fn payload(n: usize, seed: u8) -> Vec<u8> {
 }
 
 /// Every transmit the session has now.
-fn transmits(s: &mut Session, now: Instant) -> Vec<(Transmit, Bytes)> {
+fn transmits<R: SessionRole>(s: &mut Session<R>, now: Instant) -> Vec<(Transmit, Bytes)> {
     let mut out = Vec::new();
     let mut buf = BytesMut::new();
     while let Some(t) = s.poll_transmit(now, &mut buf) {
@@ -42,9 +43,9 @@ fn transmits(s: &mut Session, now: Instant) -> Vec<(Transmit, Bytes)> {
 }
 
 /// A v2 server that took a client's hello and stream 1 (to `dest()`), accepted.
-fn server_with_stream() -> (Session, Instant) {
+fn server_with_stream() -> (ServerSession, Instant) {
     let now = epoch();
-    let mut s = Session::server(Arc::new(server_config()), [3; 32], now);
+    let mut s = Session::server(Arc::new(server_config()), [3; 32], now).expect("valid config");
     let mut dst = Vec::new();
     dest().encode(&mut dst).unwrap();
     let text = "v=2\nclient=anytls/0.0.13\npadding-md5=75cff2ad89aadf5e257059ee571ebe11";
@@ -70,11 +71,12 @@ fn only_the_preamble_and_padding_phase_packets_are_shaped() {
         Arc::new(scheme),
         [5; 32],
         now,
-    );
+    )
+    .expect("valid config");
     let id = c.open_stream(now, &dest()).unwrap();
     let mut flags = Vec::new();
     for i in 0..8 {
-        c.write(id, Bytes::from(payload(5000, i))).unwrap();
+        assert_eq!(c.write(id, &payload(5000, i)), Ok(5000));
         flags.extend(transmits(&mut c, now).into_iter().map(|(t, _)| t.shaped));
     }
     // Preamble, then the packets of the padding phase (each may be split
@@ -95,8 +97,7 @@ fn only_the_preamble_and_padding_phase_packets_are_shaped() {
 fn server_transmits_are_never_shaped() {
     let (mut s, now) = server_with_stream();
     for i in 0..4 {
-        s.write(StreamId(1), Bytes::from(payload(40_000, i)))
-            .unwrap();
+        assert_eq!(s.write(StreamId(1), &payload(40_000, i)), Ok(40_000));
         for (t, _) in transmits(&mut s, now) {
             assert!(!t.shaped);
         }

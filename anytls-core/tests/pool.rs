@@ -84,9 +84,9 @@ impl Sim {
                     self.pending_dials.retain(|(t, _)| *t > self.now);
                     for seq in due {
                         if self.server_down {
-                            self.pool.dial_failed(seq, self.now);
+                            self.pool.dial_failed(self.now, seq);
                         } else {
-                            self.pool.established(seq, self.now);
+                            self.pool.established(self.now, seq);
                         }
                     }
                     if self.pool.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -108,7 +108,7 @@ impl Sim {
         let seq = match self.pool.checkout(self.now) {
             Checkout::Reuse(seq) => seq,
             Checkout::Dial(seq) => {
-                self.pool.established(seq, self.now);
+                self.pool.established(self.now, seq);
                 seq
             }
         };
@@ -125,14 +125,20 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// The default pool configuration with `set` applied.
+fn config(set: impl FnOnce(&mut PoolConfig)) -> PoolConfig {
+    let mut c = PoolConfig::default();
+    set(&mut c);
+    c
+}
+
 fn timeline_config() -> PoolConfig {
-    PoolConfig {
-        check_interval: secs(30),
-        idle_timeout: secs(300),
-        min_idle: 2,
-        ensure_idle: 5,
-        ..PoolConfig::default()
-    }
+    config(|c| {
+        c.check_interval = secs(30);
+        c.idle_timeout = secs(300);
+        c.min_idle = 2;
+        c.ensure_idle = 5;
+    })
 }
 
 /// Timeline (a): min_idle_session=2, ensure_idle_session=5, idle timeout 5m,
@@ -152,7 +158,7 @@ fn timeline_a_min_idle_and_ensure() {
     // Returned before the 60 s check -> 5 idle, nothing dialled.
     s.run_until(secs(59));
     for seq in used {
-        s.pool.checkin(seq, s.now);
+        s.pool.checkin(s.now, seq);
     }
     assert_eq!(s.idle(), 5, "returned -> 5");
     s.run_until(secs(61));
@@ -201,10 +207,8 @@ fn timeline_a_min_idle_and_ensure() {
 /// closed.
 #[test]
 fn timeline_b_with_heartbeat() {
-    let cfg = PoolConfig {
-        heartbeat: Some(secs(30)),
-        ..timeline_config()
-    };
+    let mut cfg = timeline_config();
+    cfg.heartbeat = Some(secs(30));
     let mut s = Sim::new(cfg);
     s.run_until(secs(31));
     assert_eq!(s.idle(), 5);
@@ -213,7 +217,7 @@ fn timeline_b_with_heartbeat() {
     // Busy sessions beat too (each had its first beat at 24..30 s and the next
     // one 30 s later, whatever its state; the gaps are checked below).
     for seq in used {
-        s.pool.checkin(seq, s.now);
+        s.pool.checkin(s.now, seq);
     }
     s.run_until(secs(6 * 60 + 1));
     for seq in 1..=5 {
@@ -251,13 +255,12 @@ fn timeline_b_with_heartbeat() {
 
 #[test]
 fn failed_prewarm_dials_back_off_and_never_storm() {
-    let cfg = PoolConfig {
-        ensure_idle: 3,
-        check_interval: secs(10),
-        dial_backoff: secs(10),
-        max_dial_backoff: secs(80),
-        ..PoolConfig::default()
-    };
+    let cfg = config(|c| {
+        c.ensure_idle = 3;
+        c.check_interval = secs(10);
+        c.dial_backoff = secs(10);
+        c.max_dial_backoff = secs(80);
+    });
     let mut s = Sim::new(cfg);
     s.server_down = true;
     s.run_until(secs(600));
@@ -286,8 +289,8 @@ fn dead_sessions_are_replaced_within_one_interval() {
     let mut s = Sim::new(timeline_config());
     s.run_until(secs(5));
     assert_eq!(s.idle(), 5);
-    s.pool.session_closed(SessionSeq(2), s.now);
-    s.pool.session_closed(SessionSeq(4), s.now);
+    s.pool.session_closed(s.now, SessionSeq(2));
+    s.pool.session_closed(s.now, SessionSeq(4));
     assert_eq!(s.idle(), 3);
     s.run_until(secs(31));
     assert_eq!(s.idle(), 5);
@@ -296,14 +299,13 @@ fn dead_sessions_are_replaced_within_one_interval() {
 
 #[test]
 fn lifetime_and_disable_reuse() {
-    let cfg = PoolConfig {
-        max_session_lifetime: Some(secs(60)),
-        lifetime_jitter: secs(10),
-        ensure_idle: 1,
-        idle_timeout: secs(600),
-        check_interval: secs(10),
-        ..PoolConfig::default()
-    };
+    let cfg = config(|c| {
+        c.max_session_lifetime = Some(secs(60));
+        c.lifetime_jitter = secs(10);
+        c.ensure_idle = 1;
+        c.idle_timeout = secs(600);
+        c.check_interval = secs(10);
+    });
     let mut s = Sim::new(cfg);
     s.run_until(secs(1));
     let seq = s.checkout();
@@ -311,7 +313,7 @@ fn lifetime_and_disable_reuse() {
     s.run_until(secs(100));
     // Busy past its lifetime: closed when its stream ends, not before.
     assert!(!s.closed.iter().any(|c| c.1 == seq));
-    s.pool.checkin(seq, s.now);
+    s.pool.checkin(s.now, seq);
     s.actions();
     assert!(s.closed.contains(&(secs(100), seq, CloseReason::Lifetime)));
     // Idle sessions are closed around their lifetime (55..65 s) and replaced.
@@ -323,44 +325,41 @@ fn lifetime_and_disable_reuse() {
         .count();
     assert!(lifetimes >= 4, "{:?}", s.closed);
 
-    let cfg = PoolConfig {
-        disable_reuse: true,
-        ensure_idle: 3,
-        ..PoolConfig::default()
-    };
+    let cfg = config(|c| {
+        c.disable_reuse = true;
+        c.ensure_idle = 3;
+    });
     let mut s = Sim::new(cfg);
     assert!(s.dials.is_empty(), "no pre-warm without reuse");
     let a = s.checkout();
     let b = s.checkout();
     assert_ne!(a, b);
-    s.pool.checkin(a, s.now);
+    s.pool.checkin(s.now, a);
     s.actions();
     assert_eq!(s.closed, vec![(Duration::ZERO, a, CloseReason::NoReuse)]);
 }
 
 #[test]
 fn multiplexing_is_opt_in() {
-    let mut s = Sim::new(PoolConfig {
-        max_streams_per_session: 2,
-        ..PoolConfig::default()
-    });
+    let mut s = Sim::new(config(|c| {
+        c.max_streams_per_session = 2;
+    }));
     let a = s.checkout();
     let b = s.checkout();
     let c = s.checkout();
     assert_eq!(a, b);
     assert_ne!(a, c);
-    s.pool.checkin(a, s.now);
+    s.pool.checkin(s.now, a);
     assert_eq!(s.idle(), 0);
-    s.pool.checkin(a, s.now);
+    s.pool.checkin(s.now, a);
     assert_eq!(s.idle(), 1);
 }
 
 #[test]
 fn zero_or_tiny_durations_are_config_errors() {
-    let bad = PoolConfig {
-        check_interval: Duration::ZERO,
-        ..PoolConfig::default()
-    };
+    let bad = config(|c| {
+        c.check_interval = Duration::ZERO;
+    });
     assert_eq!(
         bad.validate(),
         Err(PoolConfigError::TooSmall {
@@ -371,18 +370,16 @@ fn zero_or_tiny_durations_are_config_errors() {
     );
     let msg = bad.validate().unwrap_err().to_string();
     assert!(msg.contains("idle_session_check_interval"), "{msg}");
-    let bad = PoolConfig {
-        heartbeat: Some(Duration::from_millis(10)),
-        ..PoolConfig::default()
-    };
+    let bad = config(|c| {
+        c.heartbeat = Some(Duration::from_millis(10));
+    });
     assert!(bad.validate().is_err());
     assert!(Pool::new(bad, [0; 32], epoch()).is_err());
     // 5 s is honoured as written (the reference would use 30 s).
-    let five = PoolConfig {
-        check_interval: secs(5),
-        idle_timeout: secs(5),
-        ..PoolConfig::default()
-    };
+    let five = config(|c| {
+        c.check_interval = secs(5);
+        c.idle_timeout = secs(5);
+    });
     let start = epoch();
     let pool = Pool::new(five, [0; 32], start).unwrap();
     assert_eq!(pool.poll_timeout(), Some(start + secs(5)));
@@ -398,6 +395,6 @@ fn shutdown_closes_everything() {
     assert_eq!(s.closed.len(), 5);
     assert!(s.closed.iter().all(|c| c.2 == CloseReason::Shutdown));
     assert_eq!(s.pool.poll_timeout(), None);
-    s.pool.checkin(busy, s.now);
+    s.pool.checkin(s.now, busy);
     assert!(matches!(s.pool.checkout(s.now), Checkout::Dial(_)));
 }

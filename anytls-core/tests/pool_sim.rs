@@ -86,82 +86,83 @@ fn mins(n: u64) -> Duration {
     Duration::from_secs(60 * n)
 }
 
+/// The default pool configuration with `set` applied.
+fn config(set: impl FnOnce(&mut PoolConfig)) -> PoolConfig {
+    let mut c = PoolConfig::default();
+    set(&mut c);
+    c
+}
+
 /// The five preset configurations (see the table in the file docs).
 fn presets() -> [(&'static str, PoolConfig); 5] {
-    let d = PoolConfig::default;
     [
         (
             "balanced",
-            PoolConfig {
-                check_interval: secs(30),
-                idle_timeout: secs(60),
-                min_idle: 2,
-                ensure_idle: 3,
-                heartbeat: Some(secs(30)),
-                heartbeat_timeout: Some(secs(10)),
-                dial_backoff: secs(1),
-                max_dial_backoff: secs(60),
-                ..d()
-            },
+            config(|c| {
+                c.check_interval = secs(30);
+                c.idle_timeout = secs(60);
+                c.min_idle = 2;
+                c.ensure_idle = 3;
+                c.heartbeat = Some(secs(30));
+                c.heartbeat_timeout = Some(secs(10));
+                c.dial_backoff = secs(1);
+                c.max_dial_backoff = secs(60);
+            }),
         ),
         (
             "low-latency",
-            PoolConfig {
-                check_interval: secs(10),
-                idle_timeout: mins(5),
-                min_idle: 5,
-                ensure_idle: 8,
-                ensure_create_rate: 4,
-                heartbeat: Some(secs(15)),
-                heartbeat_timeout: Some(secs(10)),
-                dial_backoff: ms(500),
-                max_dial_backoff: secs(30),
-                ..d()
-            },
+            config(|c| {
+                c.check_interval = secs(10);
+                c.idle_timeout = mins(5);
+                c.min_idle = 5;
+                c.ensure_idle = 8;
+                c.ensure_create_rate = 4;
+                c.heartbeat = Some(secs(15));
+                c.heartbeat_timeout = Some(secs(10));
+                c.dial_backoff = ms(500);
+                c.max_dial_backoff = secs(30);
+            }),
         ),
         (
             "mobile-nat",
-            PoolConfig {
-                check_interval: secs(20),
-                idle_timeout: mins(2),
-                min_idle: 1,
-                ensure_idle: 2,
-                heartbeat: Some(secs(20)),
-                heartbeat_timeout: Some(secs(10)),
-                dial_backoff: secs(2),
-                max_dial_backoff: mins(2),
-                ..d()
-            },
+            config(|c| {
+                c.check_interval = secs(20);
+                c.idle_timeout = mins(2);
+                c.min_idle = 1;
+                c.ensure_idle = 2;
+                c.heartbeat = Some(secs(20));
+                c.heartbeat_timeout = Some(secs(10));
+                c.dial_backoff = secs(2);
+                c.max_dial_backoff = mins(2);
+            }),
         ),
         (
             "high-availability",
-            PoolConfig {
-                check_interval: secs(15),
-                idle_timeout: mins(10),
-                min_idle: 4,
-                ensure_idle: 6,
-                heartbeat: Some(secs(10)),
-                heartbeat_timeout: Some(secs(5)),
-                max_session_lifetime: Some(mins(60)),
-                lifetime_jitter: mins(10),
-                dial_backoff: secs(1),
-                max_dial_backoff: secs(30),
-                ..d()
-            },
+            config(|c| {
+                c.check_interval = secs(15);
+                c.idle_timeout = mins(10);
+                c.min_idle = 4;
+                c.ensure_idle = 6;
+                c.heartbeat = Some(secs(10));
+                c.heartbeat_timeout = Some(secs(5));
+                c.max_session_lifetime = Some(mins(60));
+                c.lifetime_jitter = mins(10);
+                c.dial_backoff = secs(1);
+                c.max_dial_backoff = secs(30);
+            }),
         ),
         (
             "iot",
-            PoolConfig {
-                check_interval: mins(5),
-                idle_timeout: mins(30),
-                min_idle: 1,
-                ensure_idle: 1,
-                heartbeat: Some(mins(4)),
-                heartbeat_timeout: Some(secs(30)),
-                dial_backoff: mins(1),
-                max_dial_backoff: mins(60),
-                ..d()
-            },
+            config(|c| {
+                c.check_interval = mins(5);
+                c.idle_timeout = mins(30);
+                c.min_idle = 1;
+                c.ensure_idle = 1;
+                c.heartbeat = Some(mins(4));
+                c.heartbeat_timeout = Some(secs(30));
+                c.dial_backoff = mins(1);
+                c.max_dial_backoff = mins(60);
+            }),
         ),
     ]
 }
@@ -818,7 +819,7 @@ impl Harness {
     }
 
     fn established(&mut self, seq: SessionSeq, now: Instant) -> Vec<PoolAction> {
-        self.pool.established(seq, now);
+        self.pool.established(now, seq);
         let acts = drain(&mut self.pool);
         let mut a = Acts::new(&acts);
         self.model.established(seq, now, &mut a);
@@ -827,13 +828,13 @@ impl Harness {
     }
 
     fn dial_failed(&mut self, seq: SessionSeq, now: Instant) {
-        self.pool.dial_failed(seq, now);
+        self.pool.dial_failed(now, seq);
         assert!(drain(&mut self.pool).is_empty());
         self.model.dial_failed(seq, now);
     }
 
     fn checkin(&mut self, seq: SessionSeq, now: Instant) -> Vec<PoolAction> {
-        self.pool.checkin(seq, now);
+        self.pool.checkin(now, seq);
         let acts = drain(&mut self.pool);
         let mut a = Acts::new(&acts);
         self.model.checkin(seq, now, &mut a);
@@ -842,7 +843,7 @@ impl Harness {
     }
 
     fn session_closed(&mut self, seq: SessionSeq, now: Instant) {
-        self.pool.session_closed(seq, now);
+        self.pool.session_closed(now, seq);
         assert!(drain(&mut self.pool).is_empty());
         self.model.session_closed(seq, now);
     }
@@ -1664,20 +1665,22 @@ fn pool_config() -> impl Strategy<Value = PoolConfig> {
                 (heartbeat, heartbeat_timeout),
                 (lifetime, jitter),
                 (disable_reuse, streams, backoff, max_backoff),
-            )| PoolConfig {
-                check_interval: ms(check),
-                idle_timeout: ms(idle),
-                min_idle,
-                ensure_idle,
-                ensure_create_rate: rate,
-                heartbeat,
-                heartbeat_timeout,
-                max_session_lifetime: lifetime,
-                lifetime_jitter: ms(jitter),
-                disable_reuse,
-                max_streams_per_session: streams,
-                dial_backoff: ms(backoff),
-                max_dial_backoff: ms(max_backoff),
+            )| {
+                config(|c| {
+                    c.check_interval = ms(check);
+                    c.idle_timeout = ms(idle);
+                    c.min_idle = min_idle;
+                    c.ensure_idle = ensure_idle;
+                    c.ensure_create_rate = rate;
+                    c.heartbeat = heartbeat;
+                    c.heartbeat_timeout = heartbeat_timeout;
+                    c.max_session_lifetime = lifetime;
+                    c.lifetime_jitter = ms(jitter);
+                    c.disable_reuse = disable_reuse;
+                    c.max_streams_per_session = streams;
+                    c.dial_backoff = ms(backoff);
+                    c.max_dial_backoff = ms(max_backoff);
+                })
             },
         )
 }

@@ -11,11 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anytls_core::auth::encode_preamble;
+use anytls_core::error::{ConfigError, RefuseReason, ResetReason};
 use anytls_core::frame::encode_frame;
 use anytls_core::padding::DEFAULT_SCHEME;
+use anytls_core::session::{Client, ClientSession, Server, SessionRole};
 use anytls_core::{
-    ClientConfig, Command, Event, Frame, Host, PaddingScheme, PasswordHash, ProtocolError,
-    ServerConfig, Session, SessionError, SessionSeq, SocksAddr, StreamError, StreamId, UserId,
+    AddrError, ClientConfig, Command, Event, Frame, Host, PaddingScheme, PasswordHash,
+    ProtocolError, ServerConfig, Session, SessionError, SessionSeq, SocksAddr, StreamError,
+    StreamId, UserId,
 };
 use bytes::{Bytes, BytesMut};
 use common::*;
@@ -107,11 +110,20 @@ fn readable(id: u32) -> Event {
     Event::StreamReadable { id: StreamId(id) }
 }
 
+/// A client's events when it learns the server is v1 with stream `id`
+/// waiting for its SYNACK: a v1 server sends none, so it is connected.
+fn v1_decided(id: u32) -> Vec<Event> {
+    vec![
+        Event::PeerVersion { version: 1 },
+        Event::StreamConnected { id: StreamId(id) },
+    ]
+}
+
 // ----- one session driven by hand -----
 
 /// One real session; the test plays its peer.
-struct Solo {
-    s: Session,
+struct Solo<R: SessionRole> {
+    s: Session<R>,
     now: Instant,
     /// Every transmit, in order (for a client, after the preamble).
     transmits: Vec<Bytes>,
@@ -123,8 +135,8 @@ struct Solo {
     events: Vec<Event>,
 }
 
-impl Solo {
-    fn new(s: Session, now: Instant) -> Solo {
+impl<R: SessionRole> Solo<R> {
+    fn new(s: Session<R>, now: Instant) -> Solo<R> {
         Solo {
             s,
             now,
@@ -134,22 +146,25 @@ impl Solo {
             events: Vec::new(),
         }
     }
+}
 
-    fn server(cfg: ServerConfig) -> Solo {
+impl Solo<Server> {
+    fn server(cfg: ServerConfig) -> Solo<Server> {
         let now = epoch();
-        Solo::new(Session::server(Arc::new(cfg), [3; 32], now), now)
+        let s = Session::server(Arc::new(cfg), [3; 32], now).expect("valid config");
+        Solo::new(s, now)
     }
 
     /// A server that took a crafted client's preamble and Settings; its answers
     /// and events stay unread.
-    fn server_after_hello(cfg: ServerConfig, v: &str, md5: &str) -> Solo {
+    fn server_after_hello(cfg: ServerConfig, v: &str, md5: &str) -> Solo<Server> {
         let mut s = Solo::server(cfg);
         s.input(&[preamble(PASSWORD, 30), settings(v, md5)].concat());
         s
     }
 
     /// A v2 server after the hello, with its answers and events consumed.
-    fn v2_server() -> Solo {
+    fn v2_server() -> Solo<Server> {
         let mut s = Solo::server_after_hello(server_config(), "2", DEFAULT_MD5);
         assert_eq!(s.frames(), vec![f(Command::ServerSettings, 0, b"v=2")]);
         s.take_events();
@@ -158,9 +173,17 @@ impl Solo {
 
     /// A client; with `open`, stream 1 to `dest()` is opened before the first
     /// write. The preamble is taken off the output.
-    fn client(cfg: ClientConfig, scheme: PaddingScheme, open: bool) -> Solo {
+    fn accept(&mut self, id: u32, res: Result<(), String>) {
+        self.s.accept_stream(StreamId(id), res).unwrap();
+        self.pump();
+    }
+}
+
+impl Solo<Client> {
+    fn client(cfg: ClientConfig, scheme: PaddingScheme, open: bool) -> Solo<Client> {
         let now = epoch();
-        let mut s = Session::client(Arc::new(cfg), SessionSeq(1), Arc::new(scheme), [5; 32], now);
+        let mut s = Session::client(Arc::new(cfg), SessionSeq(1), Arc::new(scheme), [5; 32], now)
+            .expect("valid config");
         if open {
             assert_eq!(s.open_stream(now, &dest()), Ok(StreamId(1)));
         }
@@ -173,13 +196,15 @@ impl Solo {
     }
 
     /// A client with stream 1 open, its first write and events consumed.
-    fn opened_client() -> Solo {
+    fn opened_client() -> Solo<Client> {
         let mut c = Solo::client(client_config(), PaddingScheme::default_scheme(), true);
         c.frames();
         c.take_events();
         c
     }
+}
 
+impl<R: SessionRole> Solo<R> {
     /// Drains transmits, then events.
     fn pump(&mut self) {
         let mut buf = BytesMut::new();
@@ -270,11 +295,6 @@ impl Solo {
         }
         self.pump();
         (data, eof)
-    }
-
-    fn accept(&mut self, id: u32, res: Result<(), String>) {
-        self.s.accept_stream(StreamId(id), res).unwrap();
-        self.pump();
     }
 }
 
@@ -425,8 +445,7 @@ fn v1_client_gets_the_update_but_no_server_settings_and_no_synack() {
     s.accept(1, Ok(()));
     assert_eq!(s.frames(), vec![]);
     assert_eq!(s.read_all(1), (b"hello".to_vec(), false));
-    s.s.write(StreamId(1), Bytes::from_static(b"world"))
-        .unwrap();
+    assert_eq!(s.s.write(StreamId(1), b"world"), Ok(5));
     s.pump();
     assert_eq!(s.frames(), vec![f(Command::Psh, 1, b"world")]);
 
@@ -459,7 +478,7 @@ fn v1_client_gets_the_update_but_no_server_settings_and_no_synack() {
         s.take_events(),
         vec![Event::StreamRefused {
             id: StreamId(5),
-            reason: "bad destination: unknown address type 0x07".into()
+            reason: RefuseReason::BadDestination(AddrError::BadAddressType(7))
         }]
     );
 
@@ -507,9 +526,10 @@ fn v2_client_with_a_v1_server_stays_v1_and_never_probes() {
         vec![Event::Established { peer_version: 1 }]
     );
 
-    // A v1 server sends no ServerSettings and no SYNACK, only data.
+    // A v1 server sends no ServerSettings and no SYNACK, only data: the data
+    // shows it is v1 and connects the stream.
     c.input(&frame(Command::Psh, 1, b"from v1"));
-    assert_eq!(c.take_events(), vec![readable(1)]);
+    assert_eq!(c.take_events(), [v1_decided(1), vec![readable(1)]].concat());
     assert_eq!(c.read_all(1), (b"from v1".to_vec(), false));
     let id2 = c.s.open_stream(c.now, &dest()).unwrap();
     c.pump();
@@ -517,6 +537,9 @@ fn v2_client_with_a_v1_server_stays_v1_and_never_probes() {
         no_waste(c.frames()),
         vec![e(Command::Syn, 2), f(Command::Psh, 2, &addr(&dest()))]
     );
+    // The server is known to be v1: connected at once, no SYNACK wait.
+    assert_eq!(c.take_events(), vec![Event::StreamConnected { id: id2 }]);
+    assert_eq!(c.s.poll_timeout(), None);
 
     // The stream-open deadlines (3 s) pass: no probe, no close.
     for _ in 0..8 {
@@ -539,7 +562,7 @@ fn v2_client_with_a_v1_server_stays_v1_and_never_probes() {
     assert!(!c.s.is_closed());
 
     // Data flows on both streams.
-    c.s.write(id2, Bytes::from_static(b"abc")).unwrap();
+    assert_eq!(c.s.write(id2, b"abc"), Ok(3));
     c.pump();
     assert_eq!(no_waste(c.frames()), vec![f(Command::Psh, 2, b"abc")]);
     c.input(&frame(Command::Psh, 2, b"xyz"));
@@ -591,10 +614,7 @@ fn server_scheme_comes_before_server_settings_and_shapes_later_writes() {
         .position(|e| *e == Event::PeerVersion { version: 2 })
         .unwrap();
     assert!(at < version_at, "update processed before ServerSettings");
-    assert_eq!(
-        p.client.padding_scheme().unwrap().md5_hex(),
-        scheme.md5_hex()
-    );
+    assert_eq!(p.client.padding_scheme().md5_hex(), scheme.md5_hex());
 
     // The rest of this session uses it: packet 2 is cut at exactly 300 bytes
     // (1007 = PSH header + 1000), packet 3 is past stop and unshaped.
@@ -616,8 +636,9 @@ fn server_scheme_comes_before_server_settings_and_shapes_later_writes() {
         new.clone(),
         [9; 32],
         p.now,
-    );
-    let server2 = Session::server(Arc::new(scfg), [8; 32], p.now);
+    )
+    .expect("valid config");
+    let server2 = Session::server(Arc::new(scfg), [8; 32], p.now).expect("valid config");
     let mut q = Pair::from_sessions(client2, server2, p.now, ChaCha8Rng::seed_from_u64(22));
     let id = q.open();
     q.drain();
@@ -677,8 +698,9 @@ fn scheme_md5_is_over_the_raw_bytes() {
         new,
         [1; 32],
         p.now,
-    );
-    let server2 = Session::server(Arc::new(scfg), [2; 32], p.now);
+    )
+    .expect("valid config");
+    let server2 = Session::server(Arc::new(scfg), [2; 32], p.now).expect("valid config");
     let mut q = Pair::from_sessions(client2, server2, p.now, ChaCha8Rng::seed_from_u64(24));
     q.open();
     q.drive();
@@ -714,14 +736,14 @@ fn invalid_or_empty_padding_update_is_ignored() {
         assert_eq!(c.take_events(), vec![], "{bad:?}");
         assert_eq!(c.frames(), vec![]);
         assert!(!c.s.is_closed());
-        assert_eq!(c.s.padding_scheme().unwrap().md5(), default.md5());
+        assert_eq!(c.s.padding_scheme().md5(), default.md5());
     }
     c.input(&frame(Command::UpdatePaddingScheme, 0, FIXED.as_bytes()));
     assert_eq!(
         c.take_events(),
         vec![Event::PaddingSchemeUpdated(Arc::new(fixed_scheme()))]
     );
-    assert_eq!(c.s.padding_scheme().unwrap().raw(), FIXED.as_bytes());
+    assert_eq!(c.s.padding_scheme().raw(), FIXED.as_bytes());
 }
 
 // ----- Settings, Alert (3.3, 5.2, 10.4, 10.5; checklist 9) -----
@@ -818,6 +840,8 @@ fn empty_alert_is_ignored_and_alert_with_text_closes_either_side() {
     );
     assert_eq!(no_waste(c.frames()), vec![e(Command::HeartResponse, 0)]);
     assert!(!c.s.is_closed());
+    // Frames before ServerSettings: the server is v1 (stream 1 is connected).
+    assert_eq!(c.take_events(), v1_decided(1));
     c.input(
         &[
             frame(Command::Alert, 0, b"go away"),
@@ -838,8 +862,7 @@ fn empty_alert_is_ignored_and_alert_with_text_closes_either_side() {
     let mut s = Solo::v2_server();
     s.input(&unhex(&format!("{SYN_1}{PSH_1_EXAMPLE}")));
     s.accept(1, Ok(()));
-    s.s.write(StreamId(1), Bytes::from_static(b"queued"))
-        .unwrap();
+    assert_eq!(s.s.write(StreamId(1), b"queued"), Ok(6));
     s.pump();
     assert_eq!(
         s.frames(),
@@ -855,8 +878,7 @@ fn empty_alert_is_ignored_and_alert_with_text_closes_either_side() {
     );
     assert_eq!(s.frames(), vec![e(Command::HeartResponse, 0)]);
     assert!(!s.s.is_closed());
-    s.s.write(StreamId(1), Bytes::from_static(b"never"))
-        .unwrap();
+    assert_eq!(s.s.write(StreamId(1), b"never"), Ok(5));
     s.input(
         &[
             frame(Command::Alert, 0, b"bye"),
@@ -901,7 +923,8 @@ fn unknown_commands_are_consumed_and_ignored_both_roles() {
     let mut c = Solo::opened_client();
     c.input(&[junk, frame(Command::Psh, 1, b"after")].concat());
     assert_eq!(no_waste(c.frames()), vec![e(Command::HeartResponse, 5)]);
-    assert_eq!(c.take_events(), vec![readable(1)]);
+    // Frames before ServerSettings: the server is v1.
+    assert_eq!(c.take_events(), [v1_decided(1), vec![readable(1)]].concat());
     assert_eq!(c.read_all(1), (b"after".to_vec(), false));
 }
 
@@ -999,7 +1022,8 @@ fn heart_request_is_answered_with_its_stream_id_both_roles() {
     let mut c = Solo::opened_client();
     c.input(&requests);
     assert_eq!(no_waste(c.frames()), responses);
-    assert_eq!(c.take_events(), vec![]);
+    // No heartbeat event; HeartRequests before ServerSettings show a v1 server.
+    assert_eq!(c.take_events(), v1_decided(1));
 }
 
 // ----- stream ids (3.3, 4.3, 10.8) -----
@@ -1101,10 +1125,7 @@ fn client_ignores_unknown_ids_and_data_after_fin() {
         vec![readable(1), Event::StreamFinished { id: StreamId(1) }]
     );
     assert_eq!(c.read_all(1), (b"ab".to_vec(), true));
-    assert_eq!(
-        c.s.write(StreamId(1), Bytes::from_static(b"no")),
-        Err(StreamError::Closed)
-    );
+    assert_eq!(c.s.write(StreamId(1), b"no"), Err(StreamError::Closed));
     c.s.finish(StreamId(1)).unwrap();
     c.pump();
     c.input(&[frame(Command::Psh, 1, b"gh"), frame(Command::Fin, 1, b"")].concat());
@@ -1142,25 +1163,29 @@ fn frames_meant_for_the_other_role_are_ignored() {
         .concat(),
     );
     assert_eq!(no_waste(c.frames()), vec![e(Command::HeartResponse, 0)]);
-    assert_eq!(c.take_events(), vec![]);
+    // No StreamOpened; only the v1 decision (frames before ServerSettings).
+    assert_eq!(c.take_events(), v1_decided(1));
     assert_eq!(c.s.stream_count(), 1);
 
-    // ServerSettings: empty or without a positive integer v changes nothing;
-    // otherwise v is the peer version (order-free text).
-    c.input(
-        &[
-            frame(Command::ServerSettings, 0, b""),
-            frame(Command::ServerSettings, 0, b"v=x"),
-            frame(Command::ServerSettings, 0, b"v=0"),
-            frame(Command::ServerSettings, 0, b"v=2\r"),
-        ]
-        .concat(),
-    );
+    // ServerSettings: an empty one changes nothing; the first non-empty one
+    // decides: v (order-free text) when it is 2 or more, else v1.
+    let mut c = Solo::opened_client();
+    c.input(&frame(Command::ServerSettings, 0, b""));
     assert_eq!(c.take_events(), vec![]);
-    assert_eq!(c.s.peer_version(), 1);
+    assert!(!c.s.peer_version_known());
     c.input(&frame(Command::ServerSettings, 0, b"x=y\nv=3"));
     assert_eq!(c.take_events(), vec![Event::PeerVersion { version: 3 }]);
     assert_eq!(c.s.peer_version(), 3);
+    for text in [&b"v=x"[..], b"v=0", b"v=2\r", b"v=1"] {
+        let mut c = Solo::opened_client();
+        c.input(&frame(Command::ServerSettings, 0, text));
+        assert_eq!(c.take_events(), v1_decided(1), "{text:?}");
+        assert_eq!(c.s.peer_version(), 1);
+        // Decided: a later ServerSettings changes nothing.
+        c.input(&frame(Command::ServerSettings, 0, b"v=2"));
+        assert_eq!(c.take_events(), vec![]);
+        assert_eq!(c.s.peer_version(), 1);
+    }
 }
 
 // ----- destination addresses (4.2) -----
@@ -1245,7 +1270,7 @@ fn destination_split_shared_bad_and_truncated() {
         s.take_events(),
         vec![Event::StreamRefused {
             id: StreamId(7),
-            reason: reason.into()
+            reason: RefuseReason::BadDestination(AddrError::BadAddressType(7))
         }]
     );
 
@@ -1374,6 +1399,22 @@ fn slow_synack_is_probed_with_a_heartbeat_and_still_connects() {
 }
 
 #[test]
+fn no_server_settings_within_the_synack_wait_means_a_v1_server() {
+    // A v1 server answers nothing until it has data: after the 3 s wait the
+    // client decides, connects the waiting stream and sends no probe.
+    let mut c = Solo::opened_client();
+    c.advance(Duration::from_millis(2999));
+    assert_eq!(c.take_events(), vec![]);
+    c.advance(Duration::from_millis(1));
+    assert_eq!(c.take_events(), v1_decided(1));
+    assert!(c.s.peer_version_known());
+    assert_eq!(no_waste(c.frames()), vec![]);
+    assert_eq!(c.s.stats().heartbeats_sent, 0);
+    assert_eq!(c.s.poll_timeout(), None);
+    assert!(!c.s.is_closed());
+}
+
+#[test]
 fn probe_deadline_closes_the_session_when_the_server_is_dead() {
     let mut p = Pair::new(32);
     p.open();
@@ -1470,10 +1511,10 @@ fn a_stalled_lone_reader_past_the_limit_is_reset_and_the_session_lives() {
     p.capp.send(&mut p.client, id, payload(300_000, 7));
     p.drive();
     assert!(
-        p.capp
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::StreamReset { id: r, .. } if *r == id)),
+        p.capp.events.contains(&Event::StreamReset {
+            id,
+            reason: ResetReason::ReceiveOverflow
+        }),
         "{:?}",
         p.capp.events
     );
@@ -1526,10 +1567,10 @@ fn a_reader_that_stops_stalls_only_its_own_stream() {
     );
     p.drive();
     assert!(
-        p.capp
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::StreamReset { id, .. } if *id == a)),
+        p.capp.events.contains(&Event::StreamReset {
+            id: a,
+            reason: ResetReason::ReceiveOverflow
+        }),
         "a overflowed its limit and was reset: {:?}",
         p.capp.events
     );
@@ -1545,23 +1586,127 @@ fn writer_is_blocked_at_the_send_cap_then_writable() {
     let mut p = Pair::with(42, ccfg, server_config());
     let id = p.open();
     p.drive();
-    let chunk = Bytes::from(vec![7u8; 4096]);
-    let mut accepted = 0;
-    for _ in 0..10 {
-        match p.client.write(id, chunk.clone()) {
-            Ok(()) => accepted += 1,
-            Err(StreamError::Blocked) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    assert_eq!(accepted, 2);
-    assert_eq!(p.client.write(id, chunk.clone()), Err(StreamError::Blocked));
+    let chunk = [7u8; 4096];
+    assert_eq!(p.client.write(id, &chunk), Ok(4096));
+    assert_eq!(p.client.write(id, &chunk), Ok(4096));
+    assert_eq!(p.client.write(id, &chunk), Err(StreamError::Blocked));
     assert!(!p.capp.events.contains(&Event::StreamWritable { id }));
     p.drain();
     assert!(p.capp.events.contains(&Event::StreamWritable { id }));
-    p.client.write(id, chunk).unwrap();
+    assert_eq!(p.client.write(id, &chunk), Ok(4096));
     p.drive();
     assert_eq!(p.capp.received[&id], vec![7u8; 3 * 4096]);
+}
+
+#[test]
+fn a_huge_write_takes_only_what_fits_then_blocks_until_drained() {
+    let mut c = Solo::opened_client();
+    let cap = client_config().limits.stream_send_buffer;
+    let id = StreamId(1);
+    // 100 MiB in one call: the stream takes its send cap and says so.
+    let huge = vec![9u8; 100 << 20];
+    assert_eq!(c.s.write(id, &huge), Ok(cap));
+    assert_eq!(c.s.write(id, &huge[cap..]), Err(StreamError::Blocked));
+    // The same without a copy: nothing fits, nothing is taken.
+    let mut rest = Bytes::from(huge).slice(cap..);
+    assert_eq!(c.s.write_bytes(id, &mut rest), Err(StreamError::Blocked));
+    assert_eq!(rest.len(), (100 << 20) - cap);
+    assert_eq!(c.s.poll_event(), None, "no StreamWritable before a drain");
+    // Transmits drain the queue, then StreamWritable comes.
+    c.pump();
+    let sent: usize = (c.frames().iter())
+        .filter(|f| f.cmd == Command::Psh && f.stream_id == id)
+        .map(|f| f.data.len())
+        .sum();
+    assert_eq!(sent, cap);
+    assert_eq!(c.take_events(), vec![Event::StreamWritable { id }]);
+    // Room again: the next cap's worth, taken as a view of `rest`.
+    assert_eq!(c.s.write_bytes(id, &mut rest), Ok(cap));
+    assert_eq!(rest.len(), (100 << 20) - 2 * cap);
+    assert_eq!(c.s.write(id, b"x"), Err(StreamError::Blocked));
+}
+
+/// `StreamReadable` is edge-triggered: raised when a stream goes from nothing
+/// to read to something to read (data or EOF), and not again until a read
+/// returned `Err(Blocked)`.
+#[test]
+fn stream_readable_is_edge_triggered() {
+    let mut c = Solo::opened_client();
+    c.input(
+        &[
+            frame(Command::ServerSettings, 0, b"v=2"),
+            frame(Command::SynAck, 1, b""),
+        ]
+        .concat(),
+    );
+    c.take_events();
+    let id = StreamId(1);
+    // Data arrives: one event.
+    c.input(&frame(Command::Psh, 1, b"a"));
+    assert_eq!(c.take_events(), vec![readable(1)]);
+    // More data while unread: none.
+    c.input(&frame(Command::Psh, 1, b"b"));
+    assert_eq!(c.take_events(), vec![]);
+    // A read that leaves data behind does not re-arm it.
+    assert_eq!(c.s.read(id), Ok(Some(Bytes::from_static(b"a"))));
+    c.input(&frame(Command::Psh, 1, b"c"));
+    assert_eq!(c.take_events(), vec![]);
+    // Reading the stream empty does not either; only `Blocked` does.
+    assert_eq!(c.s.read(id), Ok(Some(Bytes::from_static(b"b"))));
+    assert_eq!(c.s.read(id), Ok(Some(Bytes::from_static(b"c"))));
+    c.input(&frame(Command::Psh, 1, b"d"));
+    assert_eq!(c.take_events(), vec![]);
+    assert_eq!(c.s.read(id), Ok(Some(Bytes::from_static(b"d"))));
+    assert_eq!(c.s.read(id), Err(StreamError::Blocked));
+    c.input(&frame(Command::Psh, 1, b"e"));
+    assert_eq!(c.take_events(), vec![readable(1)]);
+    assert_eq!(c.read_all(1), (b"e".to_vec(), false));
+    // EOF after FIN is signalled the same way.
+    c.input(&frame(Command::Fin, 1, b""));
+    assert_eq!(
+        c.take_events(),
+        vec![Event::StreamFinished { id }, readable(1)]
+    );
+    assert_eq!(c.s.read(id), Ok(None));
+}
+
+// ----- configuration -----
+
+fn client_session(cfg: ClientConfig) -> Result<ClientSession, ConfigError> {
+    let scheme = Arc::new(PaddingScheme::default_scheme());
+    Session::client(Arc::new(cfg), SessionSeq(1), scheme, [1; 32], epoch())
+}
+
+#[test]
+fn client_configs_that_would_stall_are_refused() {
+    assert!(client_session(client_config()).is_ok());
+    let too_small = |name, min| ConfigError::TooSmall {
+        name,
+        value: 0,
+        min,
+    };
+
+    let mut cfg = client_config();
+    cfg.limits.max_write = 0;
+    let err = client_session(cfg).err();
+    assert_eq!(err, Some(too_small("max_write", 1)));
+
+    let mut cfg = client_config();
+    cfg.limits.stream_send_buffer = 0;
+    let err = client_session(cfg).err();
+    assert_eq!(err, Some(too_small("stream_send_buffer", 1)));
+
+    let mut cfg = client_config();
+    cfg.stream_open_timeout = Duration::ZERO;
+    let err = client_session(cfg).err();
+    assert_eq!(
+        err,
+        Some(ConfigError::TooShort {
+            name: "stream_open_timeout",
+            value: Duration::ZERO,
+            min: Duration::from_millis(1),
+        })
+    );
 }
 
 // ----- authentication (2.1, 2.2; checklist 1) -----
@@ -1652,8 +1797,7 @@ fn peer_eof_closes_without_sending_anything() {
     s.accept(1, Ok(()));
     s.frames();
     s.take_events();
-    s.s.write(StreamId(1), Bytes::from_static(b"unsent"))
-        .unwrap();
+    assert_eq!(s.s.write(StreamId(1), b"unsent"), Ok(6));
     s.s.handle_eof(s.now);
     s.pump();
     assert_eq!(s.frames(), vec![], "no data, no FINs");
@@ -1666,8 +1810,7 @@ fn peer_eof_closes_without_sending_anything() {
     assert_eq!(s.s.stream_count(), 0);
 
     let mut c = Solo::opened_client();
-    c.s.write(StreamId(1), Bytes::from_static(b"unsent"))
-        .unwrap();
+    assert_eq!(c.s.write(StreamId(1), b"unsent"), Ok(6));
     c.s.handle_eof(c.now);
     c.pump();
     assert_eq!(c.frames(), vec![]);
@@ -1721,7 +1864,7 @@ fn a_stream_the_peer_already_closed_gets_no_fin_back() {
         c.take_events(),
         vec![Event::StreamRefused {
             id: StreamId(1),
-            reason: "refused".into()
+            reason: RefuseReason::Server("refused".into())
         }]
     );
     assert_eq!(c.s.stream_count(), 0);
@@ -1747,7 +1890,8 @@ fn preamble_padding_comes_from_the_first_item_of_line_0() {
                 Arc::new(scheme.clone()),
                 [seed; 32],
                 now,
-            );
+            )
+            .expect("valid config");
             let mut buf = BytesMut::new();
             let t = s.poll_transmit(now, &mut buf).unwrap();
             assert!(lens.contains(&t.len), "{scheme:?}: {}", t.len);

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use anytls_core::error::RefuseReason;
 use anytls_core::{Command, Event, SessionError, StreamId};
 use bytes::Bytes;
 use common::*;
@@ -170,8 +171,8 @@ fn peer_fin_gives_eof_after_buffered_data() {
     p.capp.send(&mut p.client, id, Bytes::from_static(b"x"));
     p.drive();
     // The server writes then finishes: the client reads both chunks, then EOF.
-    p.server.write(id, Bytes::from_static(b"abc")).unwrap();
-    p.server.write(id, Bytes::from_static(b"def")).unwrap();
+    assert_eq!(p.server.write(id, b"abc"), Ok(3));
+    assert_eq!(p.server.write(id, b"def"), Ok(3));
     p.server.finish(id).unwrap();
     p.drive();
     assert_eq!(p.capp.received[&id], b"abcdef");
@@ -179,7 +180,7 @@ fn peer_fin_gives_eof_after_buffered_data() {
     assert!(p.capp.events.contains(&Event::StreamFinished { id }));
     assert_eq!(p.client.stream_count(), 0, "released on EOF");
     assert_eq!(
-        p.client.write(id, Bytes::from_static(b"late")),
+        p.client.write(id, b"late"),
         Err(anytls_core::StreamError::UnknownStream(id.0))
     );
     let client_fins = frames_of(&p.c2s.log[64..])
@@ -201,7 +202,7 @@ fn synack_error_reaches_the_stream_owner_and_server_fins() {
         p.capp.refused,
         vec![(
             id,
-            "dial tcp 127.0.0.1:9: connect: connection refused".to_string()
+            RefuseReason::Server("dial tcp 127.0.0.1:9: connect: connection refused".into())
         )]
     );
     let s2c = frames_of(&p.s2c.log);
@@ -311,7 +312,7 @@ fn short_first_read_is_decided_at_once_when_configured() {
     cfg.decide_on_first_input = true;
     let cfg = Arc::new(cfg);
     // A probe shorter than the hash: rejected on its first read, every byte replayed.
-    let mut s = Session::server(cfg.clone(), [1; 32], now);
+    let mut s = Session::server(cfg.clone(), [1; 32], now).expect("valid config");
     s.handle_input(now, bytes::BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
     assert_eq!(
         s.poll_event(),
@@ -326,7 +327,7 @@ fn short_first_read_is_decided_at_once_when_configured() {
         })
     );
     // A real preamble in one record is accepted, even when later bytes trickle.
-    let mut s = Session::server(cfg, [1; 32], now);
+    let mut s = Session::server(cfg, [1; 32], now).expect("valid config");
     let mut pre = bytes::BytesMut::new();
     anytls_core::auth::encode_preamble(&anytls_core::PasswordHash::of(PASSWORD), 30, &mut pre);
     let tail = pre.split_off(40);

@@ -114,11 +114,7 @@ impl Machine for Shared {
         self.session.handle_eof(now);
     }
     fn handle_transport_error(&mut self, now: Instant, error: TransportError) {
-        if error == TransportError::PeerClosed {
-            self.session.handle_eof(now);
-        } else {
-            self.session.handle_transport_error(now, error);
-        }
+        self.session.handle_transport_error(now, error);
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.session.poll_timeout()

@@ -18,15 +18,13 @@ const CHECK: Duration = Duration::from_secs(30);
 /// pre-warm dial fails last, so that ensure backs off for an hour and a sweep
 /// does not dial replacements.
 fn pool(start: Instant, idle_timeout: Duration) -> Pool {
-    let cfg = PoolConfig {
-        check_interval: CHECK,
-        idle_timeout,
-        min_idle: 100,
-        ensure_idle: SESSIONS + 1,
-        dial_backoff: Duration::from_secs(3600),
-        max_dial_backoff: Duration::from_secs(3600),
-        ..PoolConfig::default()
-    };
+    let mut cfg = PoolConfig::default();
+    cfg.check_interval = CHECK;
+    cfg.idle_timeout = idle_timeout;
+    cfg.min_idle = 100;
+    cfg.ensure_idle = SESSIONS + 1;
+    cfg.dial_backoff = Duration::from_secs(3600);
+    cfg.max_dial_backoff = Duration::from_secs(3600);
     let mut p = Pool::new(cfg, [7; 32], start).unwrap();
     let mut seqs = Vec::with_capacity(SESSIONS + 1);
     while let Some(a) = p.poll_action() {
@@ -38,12 +36,12 @@ fn pool(start: Instant, idle_timeout: Duration) -> Pool {
     let failed = seqs.pop().unwrap();
     let (old, new) = seqs.split_at(SESSIONS / 2);
     for &seq in old {
-        p.established(seq, start + Duration::from_secs(1));
+        p.established(start + Duration::from_secs(1), seq);
     }
     for &seq in new {
-        p.established(seq, start + Duration::from_secs(20));
+        p.established(start + Duration::from_secs(20), seq);
     }
-    p.dial_failed(failed, start + Duration::from_secs(20));
+    p.dial_failed(start + Duration::from_secs(20), failed);
     assert_eq!(p.stats().idle, SESSIONS);
     p
 }
@@ -69,7 +67,7 @@ fn checkout_checkin(c: &mut Criterion) {
             let Checkout::Reuse(seq) = p.checkout(now) else {
                 unreachable!("an idle session is available")
             };
-            p.checkin(black_box(seq), now);
+            p.checkin(now, black_box(seq));
         })
     });
     // The newest 5 000 sessions carry streams: checkout walks past them to the
@@ -81,7 +79,7 @@ fn checkout_checkin(c: &mut Criterion) {
             let Checkout::Reuse(seq) = p.checkout(now) else {
                 unreachable!("an idle session is available")
             };
-            p.checkin(black_box(seq), now);
+            p.checkin(now, black_box(seq));
         })
     });
     // Every session carries a stream: checkout walks all of them, then asks
@@ -93,7 +91,7 @@ fn checkout_checkin(c: &mut Criterion) {
             let Checkout::Dial(seq) = p.checkout(now) else {
                 unreachable!("no idle session")
             };
-            p.dial_failed(black_box(seq), now);
+            p.dial_failed(now, black_box(seq));
         })
     });
     g.finish();

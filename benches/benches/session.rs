@@ -26,18 +26,27 @@ fn pump(total: usize, chunk: &Bytes) -> usize {
         Arc::new(PaddingScheme::default_scheme()),
         [1; 32],
         now,
-    );
-    let mut s = Session::server(scfg, [2; 32], now);
+    )
+    .expect("valid config");
+    let mut s = Session::server(scfg, [2; 32], now).expect("valid config");
     let id = c
         .open_stream(now, &SocksAddr::domain("example.com", 443))
         .unwrap();
     let mut written = 0;
+    let mut pending = Bytes::new();
     let mut read = 0;
     let mut out = BytesMut::with_capacity(128 * 1024);
     let mut back = BytesMut::with_capacity(4096);
     while read < total {
-        while written < total && c.write(id, chunk.clone()).is_ok() {
-            written += chunk.len();
+        // The session takes what fits; the rest of a chunk waits.
+        while written < total {
+            if pending.is_empty() {
+                pending = chunk.clone();
+            }
+            match c.write_bytes(id, &mut pending) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
         }
         while c.poll_transmit(now, &mut out).is_some() {
             if s.wants_read() {

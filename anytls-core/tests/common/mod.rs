@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anytls_core::error::RefuseReason;
+use anytls_core::session::{ClientSession, ServerSession, SessionRole};
 use anytls_core::{
     Authenticator, ClientConfig, Event, PaddingScheme, ServerConfig, Session, SessionSeq,
     SocksAddr, StreamError, StreamId,
@@ -92,7 +94,12 @@ impl Pipe {
     }
 
     /// Delivers what is due. Returns whether anything happened.
-    fn deliver(&mut self, now: Instant, to: &mut Session, rng: &mut ChaCha8Rng) -> bool {
+    fn deliver<R: SessionRole>(
+        &mut self,
+        now: Instant,
+        to: &mut Session<R>,
+        rng: &mut ChaCha8Rng,
+    ) -> bool {
         if self.stalled {
             return false;
         }
@@ -128,6 +135,35 @@ impl Pipe {
     }
 }
 
+/// What only one role can do, for owners written once for both roles.
+pub trait RoleOps {
+    /// Server: the verdict on a stream from `Event::StreamOpened` (a client
+    /// never reports one).
+    fn answer(&mut self, id: StreamId, verdict: Result<(), String>) -> Result<(), StreamError>;
+    /// Client: opens a stream to [`dest`]; `None` on a server.
+    fn try_open(&mut self, now: Instant) -> Option<Result<StreamId, StreamError>>;
+}
+
+impl RoleOps for ServerSession {
+    fn answer(&mut self, id: StreamId, verdict: Result<(), String>) -> Result<(), StreamError> {
+        self.accept_stream(id, verdict)
+    }
+
+    fn try_open(&mut self, _: Instant) -> Option<Result<StreamId, StreamError>> {
+        None
+    }
+}
+
+impl RoleOps for ClientSession {
+    fn answer(&mut self, id: StreamId, _: Result<(), String>) -> Result<(), StreamError> {
+        panic!("a client session reported StreamOpened for {id:?}");
+    }
+
+    fn try_open(&mut self, now: Instant) -> Option<Result<StreamId, StreamError>> {
+        Some(self.open_stream(now, &dest()))
+    }
+}
+
 /// What one side's application does with its session's events.
 #[derive(Default)]
 pub struct App {
@@ -135,7 +171,7 @@ pub struct App {
     pub received: BTreeMap<StreamId, Vec<u8>>,
     pub eof: BTreeSet<StreamId>,
     pub opened: Vec<(StreamId, SocksAddr)>,
-    pub refused: Vec<(StreamId, String)>,
+    pub refused: Vec<(StreamId, RefuseReason)>,
     pending_out: BTreeMap<StreamId, VecDeque<Bytes>>,
     finish_after_flush: BTreeSet<StreamId>,
     /// Server: answer StreamOpened with this verdict (None: leave it to the test).
@@ -157,7 +193,12 @@ impl App {
     }
 
     /// Queues data for a stream and writes as much as the session takes.
-    pub fn send(&mut self, s: &mut Session, id: StreamId, data: impl Into<Bytes>) {
+    pub fn send<R: SessionRole>(
+        &mut self,
+        s: &mut Session<R>,
+        id: StreamId,
+        data: impl Into<Bytes>,
+    ) {
         self.pending_out
             .entry(id)
             .or_default()
@@ -166,20 +207,23 @@ impl App {
     }
 
     /// Finishes a stream once all queued data is written.
-    pub fn finish_when_flushed(&mut self, s: &mut Session, id: StreamId) {
+    pub fn finish_when_flushed<R: SessionRole>(&mut self, s: &mut Session<R>, id: StreamId) {
         self.finish_after_flush.insert(id);
         self.flush(s, id);
     }
 
-    fn flush(&mut self, s: &mut Session, id: StreamId) {
+    /// Writes queued data until the session takes no more (a partial write
+    /// is followed by one that reports `Blocked`, which arms
+    /// `StreamWritable`).
+    fn flush<R: SessionRole>(&mut self, s: &mut Session<R>, id: StreamId) {
         let q = self.pending_out.entry(id).or_default();
-        while let Some(b) = q.pop_front() {
-            match s.write(id, b.clone()) {
-                Ok(()) => {}
-                Err(StreamError::Blocked) => {
-                    q.push_front(b);
-                    return;
+        while let Some(b) = q.front_mut() {
+            match s.write_bytes(id, b) {
+                Ok(_) if b.is_empty() => {
+                    q.pop_front();
                 }
+                Ok(_) => {}
+                Err(StreamError::Blocked) => return,
                 Err(_) => {
                     q.clear();
                     break;
@@ -191,7 +235,7 @@ impl App {
         }
     }
 
-    pub fn read_all(&mut self, s: &mut Session, id: StreamId) {
+    pub fn read_all<R: SessionRole>(&mut self, s: &mut Session<R>, id: StreamId) {
         loop {
             match s.read(id) {
                 Ok(Some(b)) => {
@@ -215,12 +259,15 @@ impl App {
         }
     }
 
-    fn handle(&mut self, s: &mut Session, ev: Event) {
+    fn handle<R: SessionRole>(&mut self, s: &mut Session<R>, ev: Event)
+    where
+        Session<R>: RoleOps,
+    {
         match &ev {
             Event::StreamOpened { id, dest } => {
                 self.opened.push((*id, dest.clone()));
                 if let Some(v) = self.auto_accept.clone() {
-                    s.accept_stream(*id, v).unwrap();
+                    s.answer(*id, v).unwrap();
                 }
                 if !self.paused {
                     self.read_all(s, *id);
@@ -235,7 +282,7 @@ impl App {
     }
 
     /// Reads every readable stream (after un-pausing).
-    pub fn resume(&mut self, s: &mut Session) {
+    pub fn resume<R: SessionRole>(&mut self, s: &mut Session<R>) {
         self.paused = false;
         let ids: Vec<StreamId> = self
             .opened
@@ -250,8 +297,8 @@ impl App {
 }
 
 pub struct Pair {
-    pub client: Session,
-    pub server: Session,
+    pub client: ClientSession,
+    pub server: ServerSession,
     pub capp: App,
     pub sapp: App,
     pub c2s: Pipe,
@@ -279,16 +326,18 @@ impl Pair {
             Arc::new(PaddingScheme::default_scheme()),
             cseed,
             now,
-        );
-        Pair::from_sessions(
-            client,
-            Session::server(Arc::new(scfg), [7; 32], now),
-            now,
-            rng,
         )
+        .expect("valid client config");
+        let server = Session::server(Arc::new(scfg), [7; 32], now).expect("valid server config");
+        Pair::from_sessions(client, server, now, rng)
     }
 
-    pub fn from_sessions(client: Session, server: Session, now: Instant, rng: ChaCha8Rng) -> Pair {
+    pub fn from_sessions(
+        client: ClientSession,
+        server: ServerSession,
+        now: Instant,
+        rng: ChaCha8Rng,
+    ) -> Pair {
         let sapp = App {
             auto_accept: Some(Ok(())),
             echo: true,
@@ -365,17 +414,8 @@ impl Pair {
         if next > self.now {
             self.now = next;
         }
-        for s in [&mut self.client, &mut self.server] {
-            if s.poll_timeout().is_some_and(|t| t <= self.now) {
-                s.handle_timeout(self.now);
-                if let Some(t) = s.poll_timeout() {
-                    assert!(
-                        t > self.now,
-                        "poll_timeout stuck in the past after handle_timeout"
-                    );
-                }
-            }
-        }
+        fire_timeout(&mut self.client, self.now);
+        fire_timeout(&mut self.server, self.now);
         true
     }
 
@@ -432,6 +472,19 @@ impl Pair {
     /// Opens a stream on the client to the default destination.
     pub fn open(&mut self) -> StreamId {
         self.client.open_stream(self.now, &dest()).unwrap()
+    }
+}
+
+/// Runs a session's expired deadlines, as the owner's timer does.
+fn fire_timeout<R: SessionRole>(s: &mut Session<R>, now: Instant) {
+    if s.poll_timeout().is_some_and(|t| t <= now) {
+        s.handle_timeout(now);
+        if let Some(t) = s.poll_timeout() {
+            assert!(
+                t > now,
+                "poll_timeout stuck in the past after handle_timeout"
+            );
+        }
     }
 }
 
