@@ -21,7 +21,10 @@
 //! * [`session`]: one AnyTLS session (one TLS connection) in the client or the
 //!   server role, with its streams, limits and timers ([`Session`]);
 //! * [`pool`]: the client's idle-session pool policy ([`Pool`]): idle timeout,
-//!   `min_idle_session`, `ensure_idle_session`, heartbeats, lifetimes.
+//!   `min_idle_session`, `ensure_idle_session`, heartbeats, lifetimes;
+//! * [`endpoint`]: the whole client ([`ClientEndpoint`]): the pool, the padding
+//!   scheme, every client session and stream, one input/output surface;
+//! * [`timer`]: the [`TimerTable`] every state machine keeps its deadlines in.
 //!
 //! ## Driving contract
 //!
@@ -43,7 +46,108 @@
 //!   [`Session::wants_read`] false, and the owner SHOULD stop reading the
 //!   connection until it turns true again.
 //!
-//! ## Example: a client and a server session in memory
+//! ## The whole client in one loop
+//!
+//! [`ClientEndpoint`] is the complete client: the pool (`min_idle_session`,
+//! `ensure_idle_session`, heartbeats, idle sweep, lifetimes, dial back-off),
+//! the current padding scheme, every session and every stream. The owner's
+//! loop only moves bytes, dials and closes connections, and keeps one timer.
+//! Here the "network" is in memory: each connection the endpoint dials is a
+//! [`ServerSession`] (a real program connects TCP + TLS instead, see
+//! `examples/blocking_client.rs`).
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//!
+//! use anytls_core::{
+//!     Action, Authenticator, ClientConfig, ClientEndpoint, ClientEvent, Event, PoolConfig,
+//!     ServerConfig, ServerSession, Session, SocksAddr, StreamState,
+//! };
+//! use bytes::BytesMut;
+//!
+//! let mut now = Instant::now(); // the owner keeps the clock; the core never reads it
+//! let mut pool = PoolConfig::default();
+//! pool.ensure_idle = 2; // two sessions pre-warmed
+//! pool.min_idle = 1; // the newest idle session survives the idle sweep
+//! pool.heartbeat = Some(Duration::from_secs(10));
+//! let mut ep = ClientEndpoint::new(ClientConfig::new("pw"), pool, [1; 32], now)?;
+//! let server_cfg = Arc::new(ServerConfig::new(Authenticator::single("pw")));
+//! let mut conns: BTreeMap<_, ServerSession> = BTreeMap::new(); // "sockets"
+//! let mut buf = BytesMut::new();
+//! let mut heartbeats_answered = 0;
+//!
+//! let mut stream = None;
+//! for round in 0..200 {
+//!     // 1. Connections: dial or close what the endpoint asks for.
+//!     while let Some(action) = ep.poll_action() {
+//!         match action {
+//!             Action::Dial { conn } => {
+//!                 // Real code: TCP connect + TLS handshake, then:
+//!                 conns.insert(conn, Session::server(server_cfg.clone(), [2; 32], now)?);
+//!                 ep.handle_connected(now, conn); // or handle_dial_failed(now, conn, why)
+//!             }
+//!             Action::Close { conn, .. } => drop(conns.remove(&conn)),
+//!             _ => {}
+//!         }
+//!     }
+//!     // 2. Bytes out, tagged with their connection (a shaped transmit is one TLS write).
+//!     while let Some((conn, t)) = ep.poll_transmit(now, &mut buf) {
+//!         let bytes = buf.split_to(t.len);
+//!         conns.get_mut(&conn).map(|s| s.handle_input(now, bytes));
+//!     }
+//!     // 3. Bytes in (here: what each server answers; a real loop reads TLS
+//!     //    while `ep.wants_read(conn)`, EOF -> handle_eof, errors ->
+//!     //    handle_transport_error).
+//!     for (&conn, server) in conns.iter_mut() {
+//!         while let Some(ev) = server.poll_event() {
+//!             if let Event::StreamOpened { id, .. } = ev {
+//!                 server.accept_stream(id, Ok(()))?;
+//!                 let _ = server.write(id, b"hello from the target");
+//!             }
+//!         }
+//!         while let Some(t) = server.poll_transmit(now, &mut buf) {
+//!             ep.handle_input(now, conn, buf.split_to(t.len));
+//!         }
+//!     }
+//!     // 4. Events: stream readiness, heartbeats, padding updates.
+//!     while let Some(ev) = ep.poll_event() {
+//!         if let ClientEvent::HeartbeatAck { .. } = ev {
+//!             heartbeats_answered += 1;
+//!         }
+//!     }
+//!     // The application: once two sessions are warm, one request.
+//!     if stream.is_none() && ep.idle_sessions().len() == 2 {
+//!         let s = ep.open_stream(now, &SocksAddr::domain("example.com", 80))?;
+//!         assert!(ep.stream_session(s).is_some()); // a pre-warmed session: no dial
+//!         ep.write(s, b"GET / HTTP/1.0\r\n\r\n")?;
+//!         stream = Some(s);
+//!     }
+//!     if let Some(s) = stream {
+//!         if let Ok(Some(data)) = ep.read(s) {
+//!             assert_eq!(&data[..], b"hello from the target");
+//!             assert_eq!(ep.stream_state(s), Some(&StreamState::Connected));
+//!             ep.release(now, s); // its session goes back to the pool
+//!         }
+//!     }
+//!     // 5. One timer for everything: sleep until it, then handle_timeout.
+//!     if round % 10 == 9 {
+//!         now = ep.poll_timeout().expect("the pool always has a next check");
+//!         ep.handle_timeout(now);
+//!     }
+//! }
+//! assert!(heartbeats_answered > 0);
+//! let pool = ep.stats().pool;
+//! assert_eq!(pool.dials, pool.prewarm_dials); // the request needed no dial of its own
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## One session in memory
+//!
+//! [`Session`] is one TLS connection in either role; the endpoint drives
+//! its client sessions, a server drives one [`ServerSession`] per accepted
+//! connection:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -53,7 +157,7 @@
 //!     Authenticator, ClientConfig, Event, PaddingScheme, ServerConfig, Session, SessionSeq,
 //!     SocksAddr,
 //! };
-//! use bytes::{Bytes, BytesMut};
+//! use bytes::BytesMut;
 //!
 //! let now = Instant::now(); // an adapter reads the clock; the core never does
 //! let mut client = Session::client(
@@ -62,14 +166,14 @@
 //!     Arc::new(PaddingScheme::default_scheme()),
 //!     [1; 32], // seed: from the OS RNG in real use
 //!     now,
-//! );
+//! )?;
 //! let mut server = Session::server(
 //!     Arc::new(ServerConfig::new(Authenticator::single("pw"))),
 //!     [2; 32],
 //!     now,
-//! );
-//! let id = client.open_stream(now, &SocksAddr::domain("example.com", 443)).unwrap();
-//! client.write(id, Bytes::from_static(b"hello")).unwrap();
+//! )?;
+//! let id = client.open_stream(now, &SocksAddr::domain("example.com", 443))?;
+//! assert_eq!(client.write(id, b"hello")?, 5); // takes what fits under the send cap
 //!
 //! // An adapter writes each transmit to TLS; here it goes straight to the server.
 //! let mut buf = BytesMut::new();
@@ -84,8 +188,9 @@
 //! }
 //! let (sid, dest) = opened.unwrap();
 //! assert_eq!(dest.to_string(), "example.com:443");
-//! server.accept_stream(sid, Ok(())).unwrap(); // queues SYNACK for v2 clients
-//! assert_eq!(&server.read(sid).unwrap().unwrap()[..], b"hello");
+//! server.accept_stream(sid, Ok(()))?; // queues SYNACK for v2 clients
+//! assert_eq!(&server.read(sid)?.unwrap()[..], b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! [AnyTLS]: https://github.com/anytls/anytls-go
@@ -129,3 +234,4 @@ pub use session::{
     ClientSession, Event, ServerSession, Session, SessionRole, SessionSeq, SessionStats, Transmit,
 };
 pub use settings::StringMap;
+pub use timer::TimerTable;
