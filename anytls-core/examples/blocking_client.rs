@@ -28,9 +28,8 @@
 //!   ep.poll_action()      Dial{conn}: TCP connect + TLS handshake, then
 //!                           ep.handle_connected(conn) or ep.handle_dial_failed(conn)
 //!                         Close{conn}: close that socket
-//!   ep.poll_transmit()    (conn, bytes): a shaped transmit is ONE TLS write of
-//!                           exactly those bytes, flushed at once; unshaped ones
-//!                           are batched into full TLS records
+//!   ep.poll_transmit()    (conn, bytes): ONE TLS write of exactly those bytes,
+//!                           flushed to the socket at once
 //!   ep.poll_event()       kept for the application
 //!
 //! Client::turn(until)   one round of waiting:
@@ -47,11 +46,11 @@
 //! Part 2 is the demo application, part 3 one TLS connection on one blocking
 //! socket, part 4 the demo's server and target.
 //!
-//! Two shortcuts keep the loop short: std cannot wait on several sockets at
+//! Two shortcuts keep the loop short. std cannot wait on several sockets at
 //! once, so `turn` reads the connections in turns, each read waiting at most
 //! [`POLL_SLICE`] (a real program waits on all of them with epoll/mio, or
-//! uses `anytls-tokio`); and a dial blocks the loop until its TLS handshake is
-//! done (bounded by [`IO_TIMEOUT`]; a real program dials in the background
+//! uses `anytls-tokio`). And a dial blocks the loop until its TLS handshake
+//! is done, at most [`IO_TIMEOUT`] (a real program dials in the background
 //! and reports the outcome later, which the endpoint allows). The clock is
 //! read in one place, [`now`]: the core never reads it.
 
@@ -78,25 +77,21 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// Bound on connecting, on the TLS handshake, and on every socket write.
+/// Bound on connecting, on a TLS handshake, and on every socket write.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the whole client run and on each demo server connection.
 const RUN_TIME: Duration = Duration::from_secs(20);
-/// Longest a single socket read waits before the loop moves on to the next
-/// connection (std has no way to wait on several sockets at once).
+/// Longest one socket read waits before the loop moves on to the next one.
 const POLL_SLICE: Duration = Duration::from_millis(2);
-/// Largest chunk of TLS plaintext handed to the endpoint at once.
+/// Largest chunk of TLS plaintext handed to the core at once.
 const READ_CHUNK: usize = 64 * 1024;
-/// Unshaped transmits are batched up to this much plaintext (one full TLS
-/// record) before they are sealed.
-const BATCH: usize = 16 * 1024;
 /// Response bytes kept per request (the rest is read and dropped).
 const MAX_RESPONSE: usize = 64 * 1024;
 /// Sessions the pool keeps idle and pre-warmed (`ensure_idle_session`).
 const PREWARM: usize = 2;
 /// Heartbeat interval of every session.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// The demo idles until this many heartbeats were answered.
+/// The demo idles until this many heartbeats have been answered.
 const HEARTBEATS_WANTED: usize = 3;
 /// Password of the local demo server.
 const DEMO_PASSWORD: &str = "blocking-demo";
@@ -108,21 +103,20 @@ fn now() -> Instant {
     Instant::now()
 }
 
-/// Sleeps (the demo's helper threads poll their listeners with it, and the
-/// client loop when it has no connection to wait on).
+/// Sleeps: the helper threads poll their listeners with it, and the client
+/// loop waits with it when it has no connection to read.
 #[allow(clippy::disallowed_methods)] // the adapter may block; the core may not
 fn pause(d: Duration) {
     thread::sleep(d)
 }
 
-/// A seed from rustls' cryptographic RNG (the core never seeds anything
-/// itself).
+/// A seed from rustls' cryptographic RNG (the core never seeds anything).
 fn seed() -> io::Result<[u8; 32]> {
     let mut s = [0u8; 32];
-    provider()
-        .secure_random
+    let random = provider().secure_random;
+    random
         .fill(&mut s)
-        .map_err(|_| io::Error::other("no secure randomness available"))?;
+        .map_err(|_| io::Error::other("no secure randomness"))?;
     Ok(s)
 }
 
@@ -135,13 +129,11 @@ fn provider() -> Arc<CryptoProvider> {
 // Part 1 -- READ THIS FIRST: the client loop that drives the endpoint.
 // ===========================================================================
 
-/// Where and how the client dials its connections.
+/// Where and how the client dials: the AnyTLS server's address, the name
+/// sent as SNI and checked against its certificate, the TLS settings.
 pub struct Dialer {
-    /// The AnyTLS server.
     pub server: SocketAddr,
-    /// Name sent as SNI and checked against the certificate.
     pub server_name: ServerName<'static>,
-    /// TLS settings, including how the certificate is verified.
     pub tls: Arc<rustls::ClientConfig>,
 }
 
@@ -168,7 +160,7 @@ impl Client {
             ep,
             links: BTreeMap::new(),
             dialer,
-            out: BytesMut::with_capacity(BATCH),
+            out: BytesMut::new(),
             events: Vec::new(),
         };
         client.drain();
@@ -180,10 +172,11 @@ impl Client {
     ///
     /// 1. `poll_action`: dial or close a connection.
     /// 2. `poll_transmit`: bytes for a connection. A *shaped* transmit (the
-    ///    preamble, padding-phase packets) carries the padding scheme's
-    ///    packet size: it becomes ONE TLS write of exactly its bytes, flushed
-    ///    to the socket before anything else. Unshaped ones may be merged:
-    ///    they are batched and sealed into full records after the loop.
+    ///    preamble, padding-phase packets) carries a packet size of the
+    ///    padding scheme: it MUST be one TLS write of exactly its bytes,
+    ///    flushed before the next. Unshaped ones MAY be merged into fuller
+    ///    records (anytls-io does); writing each on its own, as here, is
+    ///    always right.
     /// 3. `poll_event`: kept for the application ([`Client::turn`] returns
     ///    them).
     ///
@@ -202,26 +195,14 @@ impl Client {
             }
             while let Some((conn, t)) = self.ep.poll_transmit(now(), &mut self.out) {
                 moved = true;
-                let sent = match self.links.get_mut(&conn) {
-                    Some(link) => link.send(&self.out[..t.len], t.shaped),
-                    None => Ok(()), // not reached: transmits are for live connections
-                };
+                // Transmits are only for live connections, which have a link.
+                if let Some(link) = self.links.get_mut(&conn) {
+                    if let Err(e) = link.send(&self.out[..t.len]) {
+                        let err = transport_error(&e);
+                        self.ep.handle_transport_error(now(), conn, err);
+                    }
+                }
                 self.out.clear();
-                if let Err(e) = sent {
-                    self.ep
-                        .handle_transport_error(now(), conn, transport_error(&e));
-                }
-            }
-            let mut failed = Vec::new();
-            for (&conn, link) in &mut self.links {
-                if let Err(e) = link.flush() {
-                    failed.push((conn, e));
-                }
-            }
-            for (conn, e) in failed {
-                moved = true;
-                self.ep
-                    .handle_transport_error(now(), conn, transport_error(&e));
             }
             while let Some(ev) = self.ep.poll_event() {
                 moved = true;
@@ -240,11 +221,8 @@ impl Client {
         let started = now();
         match TlsSocket::connect(&self.dialer) {
             Ok(link) => {
-                println!(
-                    "[client] dial #{}: TCP + TLS up in {:?}",
-                    conn.0,
-                    now() - started
-                );
+                let took = now() - started;
+                println!("[client] dial #{}: TCP + TLS up in {took:?}", conn.0);
                 self.links.insert(conn, link);
                 self.ep.handle_connected(now(), conn);
             }
@@ -278,23 +256,23 @@ impl Client {
         let mut waited = false;
         let conns: Vec<SessionSeq> = self.links.keys().copied().collect();
         for conn in conns {
-            // The first read may wait a little; the following ones only take
-            // what rustls has already decrypted.
+            // The first read may wait a little; the next ones only take what
+            // rustls has already decrypted.
             let mut wait = wake.saturating_duration_since(now()).min(POLL_SLICE);
             while self.ep.wants_read(conn) {
                 let Some(link) = self.links.get_mut(&conn) else {
                     break; // closed by the last drain
                 };
                 waited = true;
-                let input = link.next_input(wait);
-                wait = Duration::ZERO;
+                let input = link.next_input(std::mem::take(&mut wait));
                 match input {
                     Ok(None) => break,
                     Ok(Some(Input::Data(data))) => self.ep.handle_input(now(), conn, data),
                     Ok(Some(Input::Eof)) => self.ep.handle_eof(now(), conn),
-                    Err(e) => self
-                        .ep
-                        .handle_transport_error(now(), conn, transport_error(&e)),
+                    Err(e) => {
+                        let err = transport_error(&e);
+                        self.ep.handle_transport_error(now(), conn, err);
+                    }
                 }
                 self.drain();
             }
@@ -349,7 +327,7 @@ pub struct Exchange {
 
 impl Exchange {
     /// Opens a stream (on the newest idle session, or the endpoint asks for
-    /// a dial) and writes what fits of an HTTP/1.0 request.
+    /// a dial) for an HTTP/1.0 request.
     fn start(client: &mut Client, dest: &SocksAddr, path: &str) -> io::Result<Exchange> {
         let stream = client.ep.open_stream(now(), dest)?;
         let session = client.ep.stream_session(stream);
@@ -363,36 +341,32 @@ impl Exchange {
             unsent: Bytes::from(request),
             done: false,
         };
-        x.push(&mut client.ep)?;
+        x.advance(&mut client.ep)?;
         client.drain(); // after the commands; carries out the dial, if one was asked for
-        x.dials_at_open = client.ep.stats().pool.dials;
-        let on = session.map_or("no idle session: dialled one".into(), |s| {
-            format!("on idle session #{} (no dial)", s.0)
+        let dials = client.ep.stats().pool.dials;
+        x.dials_at_open = dials;
+        let on = session.map_or("no idle session, dialled one".into(), |s| {
+            format!("on idle session #{}, no dial", s.0)
         });
-        println!(
-            "[client] GET {path}: {on}; dials so far {}",
-            x.dials_at_open
-        );
+        println!("[client] GET {path}: {on} (dials so far: {dials})");
         Ok(x)
     }
 
-    /// Writes what the endpoint takes of the rest of the request.
-    fn push(&mut self, ep: &mut ClientEndpoint) -> io::Result<()> {
+    /// Moves the exchange on, after any event about its stream: writes what
+    /// the endpoint takes of the request (`Blocked`: no session yet, or full;
+    /// `StreamWritable` follows), then reads until `Blocked` (readiness is
+    /// edge-triggered). At the end of the response (the server's FIN) the
+    /// stream is released, which gives its session back to the pool. A
+    /// refused or reset stream reports why on `read`.
+    fn advance(&mut self, ep: &mut ClientEndpoint) -> io::Result<()> {
+        self.session = self.session.or(ep.stream_session(self.stream));
         while !self.unsent.is_empty() {
             match ep.write_bytes(self.stream, &mut self.unsent) {
                 Ok(_) => {}
-                // No session yet, or its buffers are full: StreamWritable follows.
                 Err(StreamError::Blocked) => break,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
-    }
-
-    /// Reads everything the stream has (until `Blocked`: readiness is
-    /// edge-triggered). At its end (the server's FIN) the stream is released,
-    /// which gives its session back to the pool.
-    fn pull(&mut self, ep: &mut ClientEndpoint) -> io::Result<()> {
         loop {
             match ep.read(self.stream) {
                 Ok(Some(data)) => {
@@ -407,31 +381,6 @@ impl Exchange {
                 Err(StreamError::Blocked) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
-        }
-    }
-
-    /// Acts on the events of this exchange's stream.
-    fn on_event(&mut self, ep: &mut ClientEndpoint, ev: &ClientEvent) -> io::Result<()> {
-        let fail = |what: &str| Err(io::Error::other(format!("GET {}: {what}", self.path)));
-        match ev {
-            ClientEvent::StreamWritable(h) | ClientEvent::StreamConnected(h)
-                if *h == self.stream =>
-            {
-                self.session = self.session.or(ep.stream_session(self.stream));
-                self.push(ep)
-            }
-            ClientEvent::StreamReadable(h) | ClientEvent::StreamFinished(h)
-                if *h == self.stream && !self.done =>
-            {
-                self.pull(ep)
-            }
-            ClientEvent::StreamRefused { stream, reason } if *stream == self.stream => {
-                fail(&format!("refused: {reason}"))
-            }
-            ClientEvent::StreamReset { stream, reason } if *stream == self.stream => {
-                fail(&format!("reset: {reason}"))
-            }
-            _ => Ok(()),
         }
     }
 }
@@ -460,35 +409,45 @@ struct Demo {
     client: Client,
     dest: SocksAddr,
     deadline: Instant,
+    /// Sessions whose server has told its version (ServerSettings).
+    versions: usize,
     acks: Vec<(SessionSeq, Duration)>,
 }
 
 impl Demo {
-    /// One turn of the loop: wait, then hand each event to the exchanges in
-    /// flight; their reads and writes are commands, so drain afterwards.
+    /// One turn of the loop: wait, then hand each event about a stream to
+    /// its exchange; their reads and writes are commands, so drain afterwards.
     fn step(&mut self, exchanges: &mut [Exchange]) -> io::Result<()> {
         if now() >= self.deadline {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "demo too slow"));
         }
         for ev in self.client.turn(self.deadline) {
-            match &ev {
+            let stream = match ev {
                 ClientEvent::SessionEstablished { conn } => {
-                    println!("[client] session #{}: Settings sent", conn.0)
+                    println!("[client] session #{}: Settings sent", conn.0);
+                    None
                 }
                 ClientEvent::PeerVersion { conn, version } => {
-                    println!("[client] session #{}: server speaks v{version}", conn.0)
+                    println!("[client] session #{}: server speaks v{version}", conn.0);
+                    self.versions += 1;
+                    None
                 }
                 ClientEvent::HeartbeatAck { conn, rtt } => {
-                    println!(
-                        "[client] heartbeat on session #{} answered in {rtt:?}",
-                        conn.0
-                    );
-                    self.acks.push((*conn, *rtt));
+                    println!("[client] heartbeat on #{} answered in {rtt:?}", conn.0);
+                    self.acks.push((conn, rtt));
+                    None
                 }
-                _ => {}
-            }
-            for x in exchanges.iter_mut() {
-                x.on_event(&mut self.client.ep, &ev)?;
+                ClientEvent::StreamConnected(h)
+                | ClientEvent::StreamWritable(h)
+                | ClientEvent::StreamReadable(h)
+                | ClientEvent::StreamFinished(h)
+                | ClientEvent::StreamRefused { stream: h, .. }
+                | ClientEvent::StreamReset { stream: h, .. } => Some(h),
+                _ => None,
+            };
+            let mine = exchanges.iter_mut().find(|x| Some(x.stream) == stream);
+            if let Some(x) = mine.filter(|x| !x.done) {
+                x.advance(&mut self.client.ep)?;
             }
         }
         self.client.drain();
@@ -508,11 +467,8 @@ impl Demo {
             let text = String::from_utf8_lossy(&x.response);
             let status = text.lines().next().unwrap_or_default();
             let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().trim_end();
-            let seq = x.session.map_or(0, |s| s.0);
-            println!(
-                "[client] GET {} <- session #{seq}: {status} | {body}",
-                x.path
-            );
+            let (path, seq) = (&x.path, x.session.map_or(0, |s| s.0));
+            println!("[client] GET {path} <- session #{seq}: {status} | {body}");
         }
         Ok(xs)
     }
@@ -526,34 +482,27 @@ pub fn run_client(dialer: Dialer, password: &str, dest: SocksAddr) -> io::Result
     pool.heartbeat = Some(HEARTBEAT);
     let ep = ClientEndpoint::new(ClientConfig::new(password), pool, seed()?, now())
         .map_err(io::Error::other)?;
-    let deadline = now() + RUN_TIME;
-    let client = Client::new(ep, dialer);
     let mut demo = Demo {
-        client,
+        client: Client::new(ep, dialer),
         dest,
-        deadline,
+        deadline: now() + RUN_TIME,
+        versions: 0,
         acks: Vec::new(),
     };
 
     // 1. Pre-warm: the endpoint asked for PREWARM dials as it was made, and
     //    this loop dials synchronously, so they are done. Wait until the
     //    server has answered on each (ServerSettings: it speaks v2).
-    let answered = |ep: &ClientEndpoint| {
-        let idle = ep.idle_sessions();
-        let known = |s: SessionSeq| ep.session(s).is_some_and(|s| s.peer_version_known());
-        idle.len() >= PREWARM && idle.iter().all(|(s, _)| known(*s))
-    };
-    while !answered(&demo.client.ep) {
+    while demo.versions < PREWARM {
         demo.step(&mut [])?;
     }
     let prewarmed = idle(&demo.client.ep);
     let stats = demo.client.ep.stats();
+    let (dials, warm, live) = (stats.pool.dials, stats.pool.prewarm_dials, stats.sessions);
     println!(
-        "[client] pre-warmed, before any stream: idle {}; dials {} (pre-warm {}); live sessions {}",
-        seqs(&prewarmed),
-        stats.pool.dials,
-        stats.pool.prewarm_dials,
-        stats.sessions
+        "[client] pre-warmed, before any stream: idle {}; dials {dials} (pre-warm {warm}); \
+         live sessions {live}",
+        seqs(&prewarmed)
     );
 
     // 2. One after another: each takes the newest idle session.
@@ -573,20 +522,22 @@ pub fn run_client(dialer: Dialer, password: &str, dest: SocksAddr) -> io::Result
     // 5. The pool now; then close everything.
     let idle_at_end = idle(&demo.client.ep);
     let end = demo.client.ep.stats();
+    let p = &end.pool;
     println!(
-        "[client] at the end: idle {}; dials {} (pre-warm {}); reused {}; heartbeats {} (answered {})",
+        "[client] at the end: idle {}; dials {} (pre-warm {}); reused {}; heartbeats {} \
+         (answered {})",
         seqs(&idle_at_end),
-        end.pool.dials,
-        end.pool.prewarm_dials,
-        end.pool.reused,
-        end.pool.heartbeats,
-        end.pool.heartbeat_acks
+        p.dials,
+        p.prewarm_dials,
+        p.reused,
+        p.heartbeats,
+        p.heartbeat_acks
     );
     demo.client.ep.close(now());
     demo.client.drain();
     Ok(Report {
         prewarmed,
-        dials_before_streams: stats.pool.dials,
+        dials_before_streams: dials,
         exchanges,
         heartbeat_acks: demo.acks,
         idle_at_end,
@@ -613,8 +564,6 @@ fn seqs(s: &[SessionSeq]) -> String {
 struct TlsSocket {
     sock: TcpStream,
     tls: rustls::Connection,
-    /// Plaintext of unshaped transmits not yet given to rustls.
-    batch: Vec<u8>,
     /// Plaintext taken out of rustls.
     inb: Box<[u8]>,
 }
@@ -649,52 +598,21 @@ impl TlsSocket {
             }
             tls.complete_io(&mut sock)?;
         }
-        // What is left to send (a server's session tickets) goes now.
-        while tls.wants_write() {
-            tls.write_tls(&mut sock)?;
-        }
-        // Every write is flushed to the socket right away and is bounded by
-        // the core's send caps, so rustls' own send-buffer cap is not needed
-        // (with it, `write_all` of a large transmit would stop short).
+        // Every write is flushed to the socket at once and is bounded by the
+        // core's caps, so rustls' own send-buffer cap is not needed (with it,
+        // `write_all` of a large transmit would stop short).
         tls.set_buffer_limit(None);
-        Ok(TlsSocket {
-            sock,
-            tls,
-            batch: Vec::new(),
-            inb: vec![0; READ_CHUNK].into_boxed_slice(),
-        })
+        let inb = vec![0; READ_CHUNK].into_boxed_slice();
+        let mut link = TlsSocket { sock, tls, inb };
+        link.write_records()?; // what is left (a server's session tickets)
+        Ok(link)
     }
 
-    /// Writes one transmit. A shaped one is one TLS write of exactly its
-    /// bytes, sent at once (after any batched bytes before it). An unshaped
-    /// one joins the batch, sealed when it holds a full record or at
-    /// [`TlsSocket::flush`].
-    fn send(&mut self, data: &[u8], shaped: bool) -> io::Result<()> {
-        if shaped {
-            self.seal_batch()?;
-            self.tls.writer().write_all(data)?;
-            self.write_records()
-        } else {
-            self.batch.extend_from_slice(data);
-            if self.batch.len() >= BATCH {
-                self.flush()?;
-            }
-            Ok(())
-        }
-    }
-
-    /// Seals the batch and writes every record to the socket.
-    fn flush(&mut self) -> io::Result<()> {
-        self.seal_batch()?;
+    /// Writes one transmit: one TLS write of exactly its bytes (its own
+    /// records), sent to the socket at once.
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.tls.writer().write_all(data)?;
         self.write_records()
-    }
-
-    fn seal_batch(&mut self) -> io::Result<()> {
-        if !self.batch.is_empty() {
-            self.tls.writer().write_all(&self.batch)?;
-            self.batch.clear();
-        }
-        Ok(())
     }
 
     fn write_records(&mut self) -> io::Result<()> {
@@ -791,8 +709,7 @@ fn accept_until_stop(
 fn serve_target(mut sock: TcpStream) -> io::Result<()> {
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     sock.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
+    let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8 * 1024 {
         match sock.read(&mut buf)? {
             0 => break,
@@ -826,8 +743,7 @@ fn serve_anytls(
     let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
     let mut link = TlsSocket::handshake(sock, conn.into())?;
     let mut s = Session::server(cfg, seed()?, now()).map_err(io::Error::other)?;
-    let mut ups = BTreeMap::new();
-    let mut out = BytesMut::new();
+    let (mut ups, mut out) = (BTreeMap::new(), BytesMut::new());
     loop {
         server_drain(&mut s, &mut link, &mut out, &mut ups);
         if s.is_closed() {
@@ -842,7 +758,10 @@ fn serve_anytls(
         }
         let input = match s.wants_read() {
             true => link.next_input(wake.saturating_duration_since(now())),
-            false => Ok(None), // the relay below reads the streams, freeing room
+            false => {
+                pause(TICK); // full: the relay below reads the streams
+                Ok(None)
+            }
         };
         match input {
             Ok(Some(Input::Data(data))) => s.handle_input(now(), data),
@@ -855,12 +774,14 @@ fn serve_anytls(
             s.handle_timeout(now());
             server_drain(&mut s, &mut link, &mut out, &mut ups);
         }
-        from_upstreams(&mut s, &mut ups); // commands: drained at the top
+        relay(&mut s, &mut ups); // commands: drained at the top
     }
 }
 
 /// Drains one server session: transmits (each its own TLS write), then
 /// events, acting on each (a command, which may queue transmits again).
+/// Stream data is moved by [`relay`], which runs every [`TICK`] while
+/// streams are open (so `StreamReadable` needs no answer here).
 fn server_drain(
     s: &mut ServerSession,
     link: &mut TlsSocket,
@@ -869,7 +790,7 @@ fn server_drain(
 ) {
     loop {
         while let Some(t) = s.poll_transmit(now(), out) {
-            if let Err(e) = link.send(&out[..t.len], true) {
+            if let Err(e) = link.send(&out[..t.len]) {
                 s.handle_transport_error(now(), transport_error(&e));
             }
             out.clear();
@@ -880,52 +801,45 @@ fn server_drain(
         match ev {
             Event::Authenticated { user } => println!("[server] client authenticated ({user:?})"),
             Event::StreamOpened { id, dest } => {
-                let addr = dest.socket_addr().filter(|a| a.ip().is_loopback());
-                let connected = addr
-                    .ok_or_else(|| io::Error::other("this demo server only serves 127.0.0.1"))
-                    .and_then(|addr| TcpStream::connect_timeout(&addr, IO_TIMEOUT))
-                    .and_then(|sock| {
-                        sock.set_read_timeout(Some(Duration::from_millis(1)))?;
-                        sock.set_write_timeout(Some(IO_TIMEOUT))?;
-                        Ok(Upstream {
-                            sock,
-                            pending: Bytes::new(),
-                            eof: false,
-                        })
-                    });
-                let verdict = connected.map(|up| drop(ups.insert(id, up)));
+                let verdict = connect_upstream(&dest).map(|sock| {
+                    let (pending, eof) = (Bytes::new(), false);
+                    ups.insert(id, Upstream { sock, pending, eof });
+                });
                 let _ = s.accept_stream(id, verdict.map_err(|e| e.to_string()));
             }
-            Event::StreamReadable { id } | Event::StreamFinished { id } => to_upstream(s, ups, id),
             Event::Closed { reason } => println!("[server] session closed: {reason:?}"),
             _ => {}
         }
     }
 }
 
-/// Client data goes to the destination; at the client's FIN the stream is
-/// released and the destination dropped.
-fn to_upstream(s: &mut ServerSession, ups: &mut BTreeMap<StreamId, Upstream>, id: StreamId) {
-    let Some(up) = ups.get_mut(&id) else {
-        return;
-    };
-    loop {
-        match s.read(id) {
-            Ok(Some(data)) if up.sock.write_all(&data).is_ok() => {}
-            Err(StreamError::Blocked) => return,
-            _ => break,
-        }
-    }
-    let _ = s.finish(id);
-    ups.remove(&id);
+/// Connects to a stream's destination (loopback only: a demo server).
+fn connect_upstream(dest: &SocksAddr) -> io::Result<TcpStream> {
+    let addr = dest.socket_addr().filter(|a| a.ip().is_loopback());
+    let addr = addr.ok_or_else(|| io::Error::other("this demo server only serves 127.0.0.1"))?;
+    let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    sock.set_read_timeout(Some(Duration::from_millis(1)))?;
+    sock.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(sock)
 }
 
-/// One pass over the destinations: their data goes to the client (what the
-/// session takes); one that closed gets its stream finished (FIN after the
-/// data).
-fn from_upstreams(s: &mut ServerSession, ups: &mut BTreeMap<StreamId, Upstream>) {
+/// One pass over the streams: the client's data goes to the destination,
+/// the destination's to the client (what the session takes). The client's
+/// FIN releases the stream; the destination's close finishes it (FIN after
+/// the data).
+fn relay(s: &mut ServerSession, ups: &mut BTreeMap<StreamId, Upstream>) {
     let mut buf = [0u8; 16 * 1024];
     ups.retain(|&id, up| {
+        loop {
+            match s.read(id) {
+                Ok(Some(data)) if up.sock.write_all(&data).is_ok() => {}
+                Err(StreamError::Blocked) => break,
+                _ => {
+                    let _ = s.finish(id);
+                    return false;
+                }
+            }
+        }
         if up.pending.is_empty() && !up.eof {
             match up.sock.read(&mut buf) {
                 Ok(0) => up.eof = true,
@@ -981,10 +895,8 @@ pub fn run_local_demo() -> io::Result<Report> {
     let stop_target = stop.clone();
     let target_thread =
         thread::spawn(move || accept_until_stop(&target, &stop_target, serve_target));
-    let (tls, cfg) = (
-        Arc::new(server_tls),
-        Arc::new(ServerConfig::new(Authenticator::single(DEMO_PASSWORD))),
-    );
+    let tls = Arc::new(server_tls);
+    let cfg = Arc::new(ServerConfig::new(Authenticator::single(DEMO_PASSWORD)));
     let stop_server = stop.clone();
     let server_thread = thread::spawn(move || {
         let mut conns = Vec::new();
@@ -993,9 +905,7 @@ pub fn run_local_demo() -> io::Result<Report> {
             conns.push(thread::spawn(move || serve_anytls(sock, tls, cfg)));
             Ok(())
         })?;
-        conns
-            .into_iter()
-            .try_for_each(|c| c.join().unwrap_or_else(|_| Err(panicked())))
+        conns.into_iter().try_for_each(joined)
     });
     println!("[demo] target on {target_addr}, AnyTLS server on {server_addr}");
 
@@ -1009,13 +919,15 @@ pub fn run_local_demo() -> io::Result<Report> {
     // The client has closed its connections (or dropped them, after an
     // error), so the server's connection threads end; `stop` ends the rest.
     stop.store(true, Ordering::Relaxed);
-    server_thread.join().unwrap_or_else(|_| Err(panicked()))?;
-    target_thread.join().unwrap_or_else(|_| Err(panicked()))?;
+    joined(server_thread)?;
+    joined(target_thread)?;
     report
 }
 
-fn panicked() -> io::Error {
-    io::Error::other("a demo thread panicked")
+/// A helper thread's outcome (a panic is an error too).
+fn joined(t: thread::JoinHandle<io::Result<()>>) -> io::Result<()> {
+    t.join()
+        .unwrap_or_else(|_| Err(io::Error::other("a demo thread panicked")))
 }
 
 fn main() -> ExitCode {

@@ -111,6 +111,8 @@ struct Shared {
     closed: HashMap<SessionSeq, SessionError>,
     /// Dials the endpoint asked for, for the endpoint task to start.
     dials: Vec<SessionSeq>,
+    /// The deadline the endpoint task sleeps until (`None`: no timer).
+    armed: Option<Instant>,
 }
 
 impl Shared {
@@ -160,6 +162,14 @@ impl Shared {
                 _ => {}
             }
         }
+        // A deadline earlier than the one the endpoint task sleeps until
+        // (a heartbeat's answer is due, a SYNACK wait): wake it.
+        if let Some(t) = self.ep.poll_timeout() {
+            if self.armed.is_none_or(|armed| t < armed) {
+                self.armed = Some(t);
+                kick.notify();
+            }
+        }
     }
 
     fn wake_driver(&mut self, conn: SessionSeq) {
@@ -191,13 +201,26 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // The last `Client` is gone: nobody can use the sessions any more.
+impl Inner {
+    /// Closes every session and stops the pool.
+    fn close(&self) {
         let mut g = self.lock();
         g.ep.close(Instant::now());
         g.after(&self.kick);
         g.wake_all_drivers();
+        self.kick.notify();
+    }
+}
+
+/// Held by every `Client` clone (not by streams or tasks): when the last
+/// one goes, the endpoint closes, as if [`Client::close`] was called.
+struct Owner(Weak<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.close();
+        }
     }
 }
 
@@ -208,6 +231,7 @@ impl Drop for Inner {
 /// one task per TLS connection, one task for the endpoint's timer and dials.
 pub struct Client<R> {
     inner: Arc<Inner>,
+    _owner: Arc<Owner>,
     _runtime: PhantomData<fn() -> R>,
 }
 
@@ -215,6 +239,7 @@ impl<R> Clone for Client<R> {
     fn clone(&self) -> Self {
         Client {
             inner: self.inner.clone(),
+            _owner: self._owner.clone(),
             _runtime: PhantomData,
         }
     }
@@ -273,6 +298,7 @@ impl<R: Runtime> Client<R> {
             drivers: HashMap::new(),
             closed: HashMap::new(),
             dials: Vec::new(),
+            armed: None,
         };
         let kick = Arc::new(Notify::default());
         shared.after(&kick);
@@ -285,6 +311,7 @@ impl<R: Runtime> Client<R> {
         });
         R::spawn(endpoint_task::<R>(Arc::downgrade(&inner), kick));
         Ok(Client {
+            _owner: Arc::new(Owner(Arc::downgrade(&inner))),
             inner,
             _runtime: PhantomData,
         })
@@ -342,12 +369,7 @@ impl<R: Runtime> Client<R> {
 
     /// Closes every session and stops the pool.
     pub fn close(&self) {
-        let inner = &self.inner;
-        let mut g = inner.lock();
-        g.ep.close(Instant::now());
-        g.after(&inner.kick);
-        g.wake_all_drivers();
-        inner.kick.notify();
+        self.inner.close();
     }
 }
 
@@ -387,19 +409,30 @@ impl ClientEnd {
     fn op<T>(
         &mut self,
         f: impl FnOnce(&mut ClientEndpoint, StreamHandle) -> Result<T, StreamError>,
-        waiters: fn(&mut Shared) -> &mut HashMap<StreamHandle, Waker>,
+        write: bool,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<T>> {
         let mut g = self.inner.lock();
+        let conn = g.ep.stream_session(self.h);
+        let was_reading = conn.is_some_and(|c| g.ep.wants_read(c));
         let res = f(&mut g.ep, self.h);
         g.after(&self.inner.kick);
-        if let Some(conn) = g.ep.stream_session(self.h) {
-            g.wake_driver(conn);
+        if let Some(conn) = conn {
+            // After a write there is output; after a read, paused input may
+            // have resumed: either way the driver has work.
+            if (write && res.is_ok()) || !was_reading {
+                g.wake_driver(conn);
+            }
         }
         match res {
             Ok(v) => Poll::Ready(Ok(v)),
             Err(StreamError::Blocked) => {
-                waiters(&mut g).insert(self.h, cx.waker().clone());
+                let waiters = if write {
+                    &mut g.write_wakers
+                } else {
+                    &mut g.read_wakers
+                };
+                waiters.insert(self.h, cx.waker().clone());
                 Poll::Pending
             }
             Err(e) => Poll::Ready(Err(e.into())),
@@ -409,11 +442,11 @@ impl ClientEnd {
 
 impl StreamEnd for ClientEnd {
     fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        self.op(|ep, h| ep.read(h), |g| &mut g.read_wakers, cx)
+        self.op(|ep, h| ep.read(h), false, cx)
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
-        self.op(|ep, h| ep.write_bytes(h, data), |g| &mut g.write_wakers, cx)
+        self.op(|ep, h| ep.write_bytes(h, data), true, cx)
     }
 
     fn finish(&mut self) {
@@ -498,9 +531,6 @@ impl Machine for ConnView<'_> {
     }
     fn dispatch(&mut self, _observed: &mut Vec<Event>) {
         self.g.after(self.kick);
-        // A new deadline (a heartbeat's answer is due, a SYNACK wait) is
-        // the endpoint task's to keep.
-        self.kick.notify();
     }
     fn set_driver_waker(&mut self, waker: &Waker) {
         let w = self.g.drivers.entry(self.conn).or_insert_with(|| waker.clone());
@@ -549,9 +579,12 @@ async fn dial<R: Runtime>(inner: Arc<Inner>, conn: SessionSeq) {
         inner: inner.clone(),
         conn,
     };
-    drop(inner);
     // Boxed: the driver's state is allocated at its exact size.
     let end = Box::pin(drive::<R, _>(link, Box::new(tls), |_| {})).await;
+    let mut g = inner.lock();
+    g.drivers.remove(&conn);
+    g.closed.remove(&conn);
+    drop(g);
     if let DriveEnd::Closed(SessionError::PeerEof) = end {
         tracing::debug!(seq = conn.0, "server closed the session");
     }
@@ -573,16 +606,9 @@ async fn endpoint_task<R: Runtime>(weak: Weak<Inner>, kick: Arc<Notify>) {
                 // Heartbeats and timeouts may have output on any connection.
                 g.wake_all_drivers();
             }
-            // Drivers that ended are forgotten.
-            let live: Vec<SessionSeq> = g.drivers.keys().copied().collect();
-            for conn in live {
-                if !g.ep.is_live(conn) && g.closed.contains_key(&conn) {
-                    g.drivers.remove(&conn).map(|w| w.wake());
-                    g.closed.remove(&conn);
-                }
-            }
             let dials = std::mem::take(&mut g.dials);
-            (g.ep.poll_timeout(), dials, g.ep.is_closed())
+            g.armed = g.ep.poll_timeout();
+            (g.armed, dials, g.ep.is_closed())
         };
         for conn in dials {
             R::spawn(dial::<R>(inner.clone(), conn));

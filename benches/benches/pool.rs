@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use anytls_core::{Checkout, Pool, PoolAction, PoolConfig, SessionSeq};
+use anytls_core::{Checkout, Pool, PoolConfig, SessionSeq};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 const SESSIONS: usize = 10_000;
@@ -14,34 +14,34 @@ const CHECK: Duration = Duration::from_secs(30);
 /// A pool with `SESSIONS` idle sessions: the older half idle since
 /// `start + 1 s`, the newer half since `start + 20 s`.
 ///
-/// They are built as pre-warm dials (`ensure_idle`), which is cheap; one extra
-/// pre-warm dial fails last, so that ensure backs off for an hour and a sweep
-/// does not dial replacements.
+/// They are built as users' dials that carried a stream each and were
+/// returned (pre-warming is capped far below `SESSIONS`, see
+/// `MAX_ENSURE_IDLE`); nothing is pre-warmed, so a sweep dials no
+/// replacements.
 fn pool(start: Instant, idle_timeout: Duration) -> Pool {
     let mut cfg = PoolConfig::default();
     cfg.check_interval = CHECK;
     cfg.idle_timeout = idle_timeout;
     cfg.min_idle = 100;
-    cfg.ensure_idle = SESSIONS + 1;
-    cfg.dial_backoff = Duration::from_secs(3600);
-    cfg.max_dial_backoff = Duration::from_secs(3600);
     let mut p = Pool::new(cfg, [7; 32], start).unwrap();
-    let mut seqs = Vec::with_capacity(SESSIONS + 1);
-    while let Some(a) = p.poll_action() {
-        if let PoolAction::Dial { seq } = a {
-            seqs.push(seq);
-        }
+    let seqs: Vec<SessionSeq> = (0..SESSIONS)
+        .map(|_| match p.checkout(start) {
+            Checkout::Dial(seq) => seq,
+            Checkout::Reuse(_) => unreachable!("no idle session yet"),
+        })
+        .collect();
+    let established = start + Duration::from_secs(1);
+    for &seq in &seqs {
+        p.established(established, seq);
     }
-    assert_eq!(seqs.len(), SESSIONS + 1);
-    let failed = seqs.pop().unwrap();
     let (old, new) = seqs.split_at(SESSIONS / 2);
     for &seq in old {
-        p.established(start + Duration::from_secs(1), seq);
+        p.checkin(established, seq);
     }
     for &seq in new {
-        p.established(start + Duration::from_secs(20), seq);
+        p.checkin(start + Duration::from_secs(20), seq);
     }
-    p.dial_failed(start + Duration::from_secs(20), failed);
+    assert!(p.poll_action().is_none());
     assert_eq!(p.stats().idle, SESSIONS);
     p
 }
