@@ -1,22 +1,19 @@
-//! An AnyTLS client with no async runtime: one thread, blocking std
-//! `TcpStream`s, rustls driven by hand, and one [`anytls_core::ClientEndpoint`]:
-//! the whole client (session pool, sessions, streams) as a sans-IO state
-//! machine.
+//! An AnyTLS client with no async runtime: one thread, std `TcpStream`s,
+//! rustls driven by hand, and one [`anytls_core::ClientEndpoint`]: the whole
+//! client (session pool, sessions, streams) as a sans-IO state machine.
 //!
 //! ```text
 //! cargo run -p anytls-core --example blocking_client
 //! ```
 //!
-//! It is self-contained. On 127.0.0.1 it starts an HTTP-ish echo target and
-//! an AnyTLS server (helper threads: blocking sockets, a rustls
-//! `ServerConnection`, `Session::server`, a fresh self-signed certificate that
-//! the client trusts and nothing else). The client, with
+//! It is self-contained: on 127.0.0.1 it starts an HTTP-ish echo target and
+//! an AnyTLS server (helper threads, rustls `ServerConnection`,
+//! `Session::server`, a fresh self-signed certificate). The client, with
 //! `ensure_idle_session = 2`, `min_idle_session = 1` and a heartbeat every
-//! second, then pre-warms two sessions and prints them; sends three requests
-//! one after another (each on the newest idle session: no dial) and three at
-//! once (the two idle sessions, and one dial on demand); idles until
-//! heartbeats have been answered; prints the pool, closes everything and
-//! exits, after about a second.
+//! second, pre-warms two sessions; sends three requests one after another
+//! (each on the newest idle session: no dial) and three at once (the two idle
+//! sessions and one dial on demand); idles until heartbeats have been
+//! answered; closes everything and exits, after about a second.
 //!
 //! # How to read it
 //!
@@ -34,8 +31,10 @@
 //!
 //! Client::turn(until)   one round of waiting:
 //!   for each connection, while ep.wants_read(conn):
-//!     read the socket (at most POLL_SLICE, never past the next deadline)
+//!     take what came (non-blocking socket read, TLS decryption)
 //!     ep.handle_input / handle_eof / handle_transport_error; drain()
+//!   nothing came: sleep until the earliest of ep.poll_timeout(), `until`
+//!     and POLL_SLICE from now
 //!   if ep.poll_timeout() <= now: ep.handle_timeout(now); drain()
 //!   return the events
 //!
@@ -43,12 +42,12 @@
 //!                       turn() again until its work is done
 //! ```
 //!
-//! Part 2 is the demo application, part 3 one TLS connection on one blocking
-//! socket, part 4 the demo's server and target.
+//! Part 2 is the demo application, part 3 one TLS connection on one socket,
+//! part 4 the demo's server and target.
 //!
 //! Two shortcuts keep the loop short. std cannot wait on several sockets at
-//! once, so `turn` reads the connections in turns, each read waiting at most
-//! [`POLL_SLICE`] (a real program waits on all of them with epoll/mio, or
+//! once, so `turn` polls non-blocking sockets and sleeps [`POLL_SLICE`]
+//! between polls (a real program waits on all of them with epoll/mio, or
 //! uses `anytls-tokio`). And a dial blocks the loop until its TLS handshake
 //! is done, at most [`IO_TIMEOUT`] (a real program dials in the background
 //! and reports the outcome later, which the endpoint allows). The clock is
@@ -81,7 +80,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the whole client run and on each demo server connection.
 const RUN_TIME: Duration = Duration::from_secs(20);
-/// Longest one socket read waits before the loop moves on to the next one.
+/// How long the loops sleep when no socket had anything (std cannot wait on
+/// several sockets at once).
 const POLL_SLICE: Duration = Duration::from_millis(2);
 /// Largest chunk of TLS plaintext handed to the core at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -113,11 +113,10 @@ fn pause(d: Duration) {
 /// A seed from rustls' cryptographic RNG (the core never seeds anything).
 fn seed() -> io::Result<[u8; 32]> {
     let mut s = [0u8; 32];
-    let random = provider().secure_random;
-    random
-        .fill(&mut s)
-        .map_err(|_| io::Error::other("no secure randomness"))?;
-    Ok(s)
+    let filled = provider().secure_random.fill(&mut s);
+    filled
+        .map(|()| s)
+        .map_err(|_| io::Error::other("no secure randomness"))
 }
 
 /// The rustls crypto provider used everywhere: ring.
@@ -125,9 +124,7 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-// ===========================================================================
-// Part 1 -- READ THIS FIRST: the client loop that drives the endpoint.
-// ===========================================================================
+// ==== Part 1 -- READ THIS FIRST: the client loop that drives the endpoint ====
 
 /// Where and how the client dials: the AnyTLS server's address, the name
 /// sent as SNI and checked against its certificate, the TLS settings.
@@ -179,9 +176,6 @@ impl Client {
     ///    always right.
     /// 3. `poll_event`: kept for the application ([`Client::turn`] returns
     ///    them).
-    ///
-    /// There is no timer to re-arm: [`Client::turn`] reads `poll_timeout`
-    /// each time it is about to wait.
     pub fn drain(&mut self) {
         loop {
             let mut moved = false;
@@ -242,30 +236,28 @@ impl Client {
         }
     }
 
-    /// Contract: one round of waiting. Reads each connection whose session
-    /// `wants_read` (never past the endpoint's next deadline or `until`),
-    /// hands what came to the endpoint and drains after each input; then, if
-    /// the endpoint's deadline has passed, `handle_timeout` and drain.
-    /// Returns the events drained since the last call.
+    /// Contract: one round of waiting. Takes what came on each connection
+    /// whose session `wants_read`, hands it to the endpoint and drains after
+    /// each input; if nothing came, sleeps until the endpoint's next deadline
+    /// (or `until`, or one [`POLL_SLICE`]); then, if that deadline has passed,
+    /// `handle_timeout` and drain. Returns the events drained since the last
+    /// call.
     ///
     /// A connection whose session does not want to read (its receive buffers
     /// are full until the application reads its streams) is not read at all:
     /// its bytes wait in rustls and in the kernel, which is the backpressure.
     pub fn turn(&mut self, until: Instant) -> Vec<ClientEvent> {
-        let wake = self.ep.poll_timeout().map_or(until, |t| t.min(until));
-        let mut waited = false;
+        let mut got = false;
         let conns: Vec<SessionSeq> = self.links.keys().copied().collect();
         for conn in conns {
-            // The first read may wait a little; the next ones only take what
-            // rustls has already decrypted.
-            let mut wait = wake.saturating_duration_since(now()).min(POLL_SLICE);
+            // One socket read per connection and turn, then what rustls has
+            // decrypted from it.
+            let mut read_socket = true;
             while self.ep.wants_read(conn) {
                 let Some(link) = self.links.get_mut(&conn) else {
                     break; // closed by the last drain
                 };
-                waited = true;
-                let input = link.next_input(std::mem::take(&mut wait));
-                match input {
+                match link.next_input(std::mem::take(&mut read_socket)) {
                     Ok(None) => break,
                     Ok(Some(Input::Data(data))) => self.ep.handle_input(now(), conn, data),
                     Ok(Some(Input::Eof)) => self.ep.handle_eof(now(), conn),
@@ -274,11 +266,12 @@ impl Client {
                         self.ep.handle_transport_error(now(), conn, err);
                     }
                 }
+                got = true;
                 self.drain();
             }
         }
-        if !waited {
-            // Nothing to read from: wait for the deadline (in slices).
+        if !got {
+            let wake = self.ep.poll_timeout().map_or(until, |t| t.min(until));
             pause(wake.saturating_duration_since(now()).min(POLL_SLICE));
         }
         let t = now();
@@ -304,9 +297,7 @@ fn transport_error(e: &io::Error) -> TransportError {
     }
 }
 
-// ===========================================================================
-// Part 2 -- the demo application on top of the loop.
-// ===========================================================================
+// ==== Part 2 -- the demo application on top of the loop ======================
 
 /// One request and its response, on one stream.
 #[derive(Debug)]
@@ -423,10 +414,6 @@ impl Demo {
         }
         for ev in self.client.turn(self.deadline) {
             let stream = match ev {
-                ClientEvent::SessionEstablished { conn } => {
-                    println!("[client] session #{}: Settings sent", conn.0);
-                    None
-                }
                 ClientEvent::PeerVersion { conn, version } => {
                     println!("[client] session #{}: server speaks v{version}", conn.0);
                     self.versions += 1;
@@ -497,12 +484,10 @@ pub fn run_client(dialer: Dialer, password: &str, dest: SocksAddr) -> io::Result
         demo.step(&mut [])?;
     }
     let prewarmed = idle(&demo.client.ep);
-    let stats = demo.client.ep.stats();
-    let (dials, warm, live) = (stats.pool.dials, stats.pool.prewarm_dials, stats.sessions);
+    let dials = demo.client.ep.stats().pool.dials;
     println!(
-        "[client] pre-warmed, before any stream: idle {}; dials {dials} (pre-warm {warm}); \
-         live sessions {live}",
-        seqs(&prewarmed)
+        "[client] pre-warmed, before any stream: {}",
+        pool_line(&demo.client.ep)
     );
 
     // 2. One after another: each takes the newest idle session.
@@ -520,19 +505,8 @@ pub fn run_client(dialer: Dialer, password: &str, dest: SocksAddr) -> io::Result
     }
 
     // 5. The pool now; then close everything.
-    let idle_at_end = idle(&demo.client.ep);
-    let end = demo.client.ep.stats();
-    let p = &end.pool;
-    println!(
-        "[client] at the end: idle {}; dials {} (pre-warm {}); reused {}; heartbeats {} \
-         (answered {})",
-        seqs(&idle_at_end),
-        p.dials,
-        p.prewarm_dials,
-        p.reused,
-        p.heartbeats,
-        p.heartbeat_acks
-    );
+    let (idle_at_end, end) = (idle(&demo.client.ep), demo.client.ep.stats());
+    println!("[client] at the end: {}", pool_line(&demo.client.ep));
     demo.client.ep.close(now());
     demo.client.drain();
     Ok(Report {
@@ -550,17 +524,28 @@ fn idle(ep: &ClientEndpoint) -> Vec<SessionSeq> {
     ep.idle_sessions().into_iter().map(|(s, _)| s).collect()
 }
 
-fn seqs(s: &[SessionSeq]) -> String {
-    let names: Vec<String> = s.iter().map(|s| format!("#{}", s.0)).collect();
-    format!("[{}]", names.join(", "))
+/// The endpoint's idle sessions and counters, in one line.
+fn pool_line(ep: &ClientEndpoint) -> String {
+    let (s, idle) = (ep.stats(), idle(ep));
+    let idle: Vec<String> = idle.iter().map(|s| format!("#{}", s.0)).collect();
+    let p = &s.pool;
+    format!(
+        "idle [{}]; live {}; dials {} (pre-warm {}); reused {}; heartbeats {} (answered {})",
+        idle.join(", "),
+        s.sessions,
+        p.dials,
+        p.prewarm_dials,
+        p.reused,
+        p.heartbeats,
+        p.heartbeat_acks
+    )
 }
 
-// ===========================================================================
-// Part 3 -- one TLS connection on one blocking socket.
-// ===========================================================================
+// ==== Part 3 -- one TLS connection on one socket =============================
 
-/// A TCP connection with rustls on it. Writes block (bounded by
-/// [`IO_TIMEOUT`]); reads wait as long as they are told to.
+/// A TCP connection with rustls on it: a blocking handshake, then a
+/// non-blocking socket. Reads never wait; writes wait (in [`POLL_SLICE`]s,
+/// at most [`IO_TIMEOUT`]) until the kernel takes the bytes.
 struct TlsSocket {
     sock: TcpStream,
     tls: rustls::Connection,
@@ -602,6 +587,7 @@ impl TlsSocket {
         // core's caps, so rustls' own send-buffer cap is not needed (with it,
         // `write_all` of a large transmit would stop short).
         tls.set_buffer_limit(None);
+        sock.set_nonblocking(true)?;
         let inb = vec![0; READ_CHUNK].into_boxed_slice();
         let mut link = TlsSocket { sock, tls, inb };
         link.write_records()?; // what is left (a server's session tickets)
@@ -616,27 +602,34 @@ impl TlsSocket {
     }
 
     fn write_records(&mut self) -> io::Result<()> {
+        let deadline = now() + IO_TIMEOUT;
         while self.tls.wants_write() {
-            self.tls.write_tls(&mut self.sock)?;
+            match self.tls.write_tls(&mut self.sock) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && now() < deadline => {
+                    pause(POLL_SLICE) // the kernel's send buffer is full
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
         }
         Ok(())
     }
 
-    /// The next input, waiting at most `wait` for the socket; `None` when
-    /// nothing came. Plaintext rustls already holds comes first, at once.
-    fn next_input(&mut self, wait: Duration) -> io::Result<Option<Input>> {
+    /// The next input without waiting, `None` if there is none: plaintext
+    /// rustls already holds, else (if `read_socket`) what one socket read
+    /// brings.
+    fn next_input(&mut self, read_socket: bool) -> io::Result<Option<Input>> {
         if let Some(input) = self.take_plaintext()? {
             return Ok(Some(input));
         }
-        if wait.is_zero() {
+        if !read_socket {
             return Ok(None);
         }
-        self.sock.set_read_timeout(Some(wait))?;
         match self.tls.read_tls(&mut self.sock) {
             // Ok(0) is TCP EOF: rustls notes it, and `take_plaintext` reports
             // it after the data before it.
             Ok(_) => {}
-            Err(e) if is_timeout(&e) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(e),
         }
         let processed = self.tls.process_new_packets();
@@ -676,13 +669,7 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-// ===========================================================================
-// Part 4 -- the demo's AnyTLS server and target (helper threads).
-// ===========================================================================
-
-/// How often the helpers look at their listeners, and at the server's
-/// destinations while streams are open.
-const TICK: Duration = Duration::from_millis(5);
+// ==== Part 4 -- the demo's AnyTLS server and target (helper threads) =========
 
 /// Calls `serve` with each connection to the non-blocking `listener` until
 /// `stop` is set (or [`RUN_TIME`] has passed).
@@ -698,7 +685,7 @@ fn accept_until_stop(
                 sock.set_nonblocking(false)?;
                 serve(sock)?;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => pause(TICK),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => pause(POLL_SLICE),
             Err(e) => return Err(e),
         }
     }
@@ -730,6 +717,15 @@ struct Upstream {
     eof: bool,
 }
 
+impl Upstream {
+    fn new(sock: TcpStream) -> io::Result<Upstream> {
+        sock.set_read_timeout(Some(Duration::from_millis(1)))?; // polled by `relay`
+        sock.set_write_timeout(Some(IO_TIMEOUT))?;
+        let (pending, eof) = (Bytes::new(), false);
+        Ok(Upstream { sock, pending, eof })
+    }
+}
+
 /// Serves one AnyTLS connection with one server session until it closes,
 /// relaying each stream to its destination (127.0.0.1 only). The same
 /// contract as the client's, for one session: drain after every input or
@@ -752,17 +748,15 @@ fn serve_anytls(
         if now() >= deadline {
             return Err(io::Error::other("demo server: connection lasted too long"));
         }
-        let mut wake = s.poll_timeout().map_or(deadline, |t| t.min(deadline));
-        if !ups.is_empty() {
-            wake = wake.min(now() + TICK); // the destinations are polled too
-        }
+        // Full (`wants_read` false): the relay below reads the streams.
         let input = match s.wants_read() {
-            true => link.next_input(wake.saturating_duration_since(now())),
-            false => {
-                pause(TICK); // full: the relay below reads the streams
-                Ok(None)
-            }
+            true => link.next_input(true),
+            false => Ok(None),
         };
+        if matches!(input, Ok(None)) {
+            let wake = s.poll_timeout().map_or(deadline, |t| t.min(deadline));
+            pause(wake.saturating_duration_since(now()).min(POLL_SLICE));
+        }
         match input {
             Ok(Some(Input::Data(data))) => s.handle_input(now(), data),
             Ok(Some(Input::Eof)) => s.handle_eof(now()),
@@ -780,8 +774,8 @@ fn serve_anytls(
 
 /// Drains one server session: transmits (each its own TLS write), then
 /// events, acting on each (a command, which may queue transmits again).
-/// Stream data is moved by [`relay`], which runs every [`TICK`] while
-/// streams are open (so `StreamReadable` needs no answer here).
+/// Stream data is moved by [`relay`], which runs on every turn of the loop
+/// (so `StreamReadable` needs no answer here).
 fn server_drain(
     s: &mut ServerSession,
     link: &mut TlsSocket,
@@ -801,9 +795,12 @@ fn server_drain(
         match ev {
             Event::Authenticated { user } => println!("[server] client authenticated ({user:?})"),
             Event::StreamOpened { id, dest } => {
-                let verdict = connect_upstream(&dest).map(|sock| {
-                    let (pending, eof) = (Bytes::new(), false);
-                    ups.insert(id, Upstream { sock, pending, eof });
+                // A demo server: it connects to 127.0.0.1 only.
+                let addr = dest.socket_addr().filter(|a| a.ip().is_loopback());
+                let addr = addr.ok_or_else(|| io::Error::other("not 127.0.0.1"));
+                let connected = addr.and_then(|addr| TcpStream::connect_timeout(&addr, IO_TIMEOUT));
+                let verdict = connected.and_then(Upstream::new).map(|up| {
+                    ups.insert(id, up);
                 });
                 let _ = s.accept_stream(id, verdict.map_err(|e| e.to_string()));
             }
@@ -811,16 +808,6 @@ fn server_drain(
             _ => {}
         }
     }
-}
-
-/// Connects to a stream's destination (loopback only: a demo server).
-fn connect_upstream(dest: &SocksAddr) -> io::Result<TcpStream> {
-    let addr = dest.socket_addr().filter(|a| a.ip().is_loopback());
-    let addr = addr.ok_or_else(|| io::Error::other("this demo server only serves 127.0.0.1"))?;
-    let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    sock.set_read_timeout(Some(Duration::from_millis(1)))?;
-    sock.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(sock)
 }
 
 /// One pass over the streams: the client's data goes to the destination,

@@ -801,6 +801,10 @@ impl ClientEndpoint {
         let t = s.poll_transmit(now, buf);
         if s.has_events() || s.is_closed() {
             self.after_session(conn);
+        } else {
+            // Sending may resume paused input, which may move deadlines.
+            let deadline = s.poll_timeout();
+            self.timers.set_or_clear(EpTimer::Session(conn), deadline);
         }
         t
     }

@@ -257,6 +257,7 @@ pub fn data_encoded_len(len: usize) -> usize {
 /// Per-command caps on received data lengths, checked as soon as a header
 /// arrives, before any of its data is buffered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FrameLimits {
     /// Settings and ServerSettings text.
     pub max_settings: usize,

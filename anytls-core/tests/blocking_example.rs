@@ -31,7 +31,7 @@ fn local_demo_reuses_prewarmed_sessions_and_gets_heartbeats() {
     assert_eq!(report.stats_at_end.pool.prewarm_dials, 2, "{report:#?}");
 
     // Every response is the target's answer to its own request.
-    let paths: Vec<&str> = report.responses.iter().map(|r| r.path.as_str()).collect();
+    let paths: Vec<&str> = report.exchanges.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
         paths,
         [
@@ -43,8 +43,8 @@ fn local_demo_reuses_prewarmed_sessions_and_gets_heartbeats() {
             "/at-once/3"
         ]
     );
-    for r in &report.responses {
-        let text = String::from_utf8_lossy(&r.text);
+    for r in &report.exchanges {
+        let text = String::from_utf8_lossy(&r.response);
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         assert!(text.contains(&format!("GET {} HTTP/1.0", r.path)), "{text}");
         assert!(r.session.is_some(), "{r:?}");
@@ -52,12 +52,12 @@ fn local_demo_reuses_prewarmed_sessions_and_gets_heartbeats() {
 
     // The requests one after another ran on a pre-warmed session, with no
     // new dial (the first one above all).
-    for r in &report.responses[..3] {
+    for r in &report.exchanges[..3] {
         assert!(report.prewarmed.contains(&r.session.unwrap()), "{r:?}");
         assert_eq!(r.dials_at_open, report.dials_before_streams, "{r:?}");
     }
     // Three at once: both pre-warmed sessions, then one dial when needed.
-    let at_once = &report.responses[3..];
+    let at_once = &report.exchanges[3..];
     let sessions: BTreeSet<_> = at_once.iter().map(|r| r.session.unwrap()).collect();
     assert_eq!(sessions.len(), 3, "{at_once:?}");
     assert_eq!(at_once[0].dials_at_open, 2);

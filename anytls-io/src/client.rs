@@ -24,6 +24,7 @@ use crate::tls_io::TlsIo;
 
 /// Client settings.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Server address, `host:port`.
     pub server: String,

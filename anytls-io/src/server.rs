@@ -22,6 +22,7 @@ use crate::uot::{UdpConfig, relay_uot};
 
 /// Server settings.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Users: name and password.
     pub users: Vec<(String, String)>,
