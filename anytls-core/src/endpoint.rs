@@ -205,6 +205,9 @@ struct StreamEntry {
     state: StreamState,
     /// The pool was told the stream is done.
     checked_in: bool,
+    /// The owner finished the stream, or read its EOF: nothing it has not
+    /// seen is lost when the session ends.
+    done: bool,
 }
 
 /// Counters of a [`ClientEndpoint`].
@@ -442,6 +445,7 @@ impl ClientEndpoint {
                                     dest: None,
                                     state: StreamState::Opening,
                                     checked_in: false,
+                                    done: false,
                                 },
                             );
                             self.by_id.insert((conn, id), handle);
@@ -473,6 +477,7 @@ impl ClientEndpoint {
                             dest: Some(dest.clone()),
                             state: StreamState::Opening,
                             checked_in: false,
+                            done: false,
                         },
                     );
                     self.actions.push_back(Action::Dial { conn });
@@ -541,7 +546,7 @@ impl ClientEndpoint {
     /// refusal or reset.
     pub fn read(&mut self, stream: StreamHandle) -> Result<Option<Bytes>, StreamError> {
         let res = self.with_session(stream, |s, id| s.read(id));
-        match res {
+        let res = match res {
             // The session forgot a finished stream (both FINs): EOF.
             Err(StreamError::Closed)
                 if self.stream_state(stream) == Some(&StreamState::Finished) =>
@@ -549,7 +554,11 @@ impl ClientEndpoint {
                 Ok(None)
             }
             other => other,
+        };
+        if let (Ok(None), Some(e)) = (&res, self.streams.get_mut(&stream)) {
+            e.done = true;
         }
+        res
     }
 
     /// Closes the stream: queued data goes out, then FIN (a full close in
@@ -561,6 +570,7 @@ impl ClientEndpoint {
             return;
         };
         let conn = e.conn;
+        e.done = true;
         if !e.state.is_terminal() {
             e.state = StreamState::Finished;
         }
@@ -675,7 +685,7 @@ impl ClientEndpoint {
                     self.events.push_back(ClientEvent::StreamWritable(handle));
                 }
                 Err(err) => {
-                    let reason = RefuseReason::DialFailed(err.to_string());
+                    let reason = RefuseReason::DialFailed(err.to_string().into());
                     self.refuse(handle, reason);
                 }
             }
@@ -687,7 +697,13 @@ impl ClientEndpoint {
     /// The dial of `conn` failed (`reason` describes how). Streams waiting
     /// for it are refused with [`RefuseReason::DialFailed`]; a failed
     /// pre-warm dial backs off the next ones.
-    pub fn handle_dial_failed(&mut self, now: Instant, conn: SessionSeq, reason: String) {
+    pub fn handle_dial_failed(
+        &mut self,
+        now: Instant,
+        conn: SessionSeq,
+        error: impl Into<TransportError>,
+    ) {
+        let reason: TransportError = error.into();
         let now = self.advance(now);
         let Some(Conn::Dialing { waiting }) = self.conns.remove(&conn) else {
             return;
@@ -733,7 +749,7 @@ impl ClientEndpoint {
                 s.handle_transport_error(now, error);
                 self.after_session(conn);
             }
-            Some(Conn::Dialing { .. }) => self.handle_dial_failed(now, conn, error.to_string()),
+            Some(Conn::Dialing { .. }) => self.handle_dial_failed(now, conn, error),
             None => {}
         }
     }
@@ -990,6 +1006,17 @@ impl ClientEndpoint {
                         }
                         StreamState::Connected => {
                             self.reset(h, ResetReason::SessionClosed(reason.clone()))
+                        }
+                        StreamState::Finished if !e.done => {
+                            // The server's FIN came, but data before it was
+                            // still unread: it is lost, which is no clean end.
+                            let why = ResetReason::SessionClosed(reason.clone());
+                            e.state = StreamState::Reset(why.clone());
+                            self.stats.streams_reset += 1;
+                            self.events.push_back(ClientEvent::StreamReset {
+                                stream: h,
+                                reason: why,
+                            });
                         }
                         _ => {}
                     }

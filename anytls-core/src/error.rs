@@ -229,9 +229,9 @@ pub enum RefuseReason {
     #[error("bad destination: {0}")]
     BadDestination(AddrError),
     /// Client endpoint: the connection the stream was waiting for could not be
-    /// established (the owner's description of the failure).
+    /// established (as the owner reported it).
     #[error("dial failed: {0}")]
-    DialFailed(String),
+    DialFailed(TransportError),
     /// The session ended before the stream was established.
     #[error("session closed before the stream was established: {0}")]
     SessionClosed(SessionError),
@@ -261,9 +261,70 @@ pub enum TransportError {
     /// `ECONNRESET`, broken pipe).
     #[error("connection closed by peer")]
     PeerClosed,
-    /// Any other failure (a TLS error, a local I/O error), described by the owner.
+    /// An I/O error, as [`std::io::Error`] reported it.
+    #[error("{message}")]
+    Io {
+        /// Its kind.
+        kind: std::io::ErrorKind,
+        /// Its text.
+        message: String,
+    },
+    /// Any other failure, described by the owner.
     #[error("transport failed: {0}")]
     Failed(String),
+}
+
+impl TransportError {
+    /// Classifies an I/O error of a connection: EOF, reset, abort and broken
+    /// pipe mean the peer closed it ([`TransportError::is_peer_closed`]);
+    /// the kind and text are kept either way.
+    pub fn from_io(e: &std::io::Error) -> TransportError {
+        TransportError::Io {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Whether the peer closed or reset the connection (the session then
+    /// ends as after an EOF).
+    pub fn is_peer_closed(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            TransportError::PeerClosed => true,
+            TransportError::Io { kind, .. } => matches!(
+                kind,
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ),
+            TransportError::Failed(_) => false,
+        }
+    }
+
+    /// The `io::ErrorKind` this error stands for.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        match self {
+            TransportError::PeerClosed => std::io::ErrorKind::UnexpectedEof,
+            TransportError::Io { kind, .. } => *kind,
+            TransportError::Failed(_) => std::io::ErrorKind::Other,
+        }
+    }
+}
+
+impl From<String> for TransportError {
+    fn from(message: String) -> Self {
+        TransportError::Failed(message)
+    }
+}
+
+impl From<&str> for TransportError {
+    fn from(message: &str) -> Self {
+        TransportError::Failed(message.to_owned())
+    }
+}
+
+impl From<&std::io::Error> for TransportError {
+    fn from(e: &std::io::Error) -> Self {
+        TransportError::from_io(e)
+    }
 }
 
 /// A configuration value that cannot work: it would stall, deadlock or
@@ -349,8 +410,7 @@ fn session_error_kind(e: &SessionError) -> std::io::ErrorKind {
         SessionError::AuthFailed => ErrorKind::PermissionDenied,
         SessionError::HandshakeTimeout | SessionError::HeartbeatTimeout => ErrorKind::TimedOut,
         SessionError::Alert(_) => ErrorKind::ConnectionAborted,
-        SessionError::Transport(TransportError::PeerClosed) => ErrorKind::ConnectionReset,
-        SessionError::Transport(_) => ErrorKind::BrokenPipe,
+        SessionError::Transport(t) => t.kind(),
         _ => ErrorKind::InvalidData,
     }
 }
@@ -372,6 +432,8 @@ impl From<StreamError> for std::io::Error {
             | StreamError::Reset(ResetReason::SessionClosed(s)) => {
                 return std::io::Error::new(session_error_kind(s), s.clone());
             }
+            // A failed dial keeps the kind of its I/O error.
+            StreamError::Refused(RefuseReason::DialFailed(t)) => t.kind(),
             StreamError::Refused(_) => ErrorKind::ConnectionRefused,
             StreamError::Reset(_) => ErrorKind::ConnectionReset,
             StreamError::Closed | StreamError::UnknownStream(_) => ErrorKind::BrokenPipe,

@@ -117,9 +117,12 @@ pub enum Event {
     },
     /// Client: the server connected the stream: a SYNACK without error (v2
     /// servers), or, from a v1 server (which sends no SYNACK), implicitly:
-    /// data arrived on the stream, or the server showed it is v1 (a frame
-    /// other than padding, Waste or ServerSettings came first, or
-    /// `stream_open_timeout` passed without ServerSettings).
+    /// data arrived on the stream, or the server showed it is v1 (a stream
+    /// frame, PSH or FIN, came before any ServerSettings, or ServerSettings
+    /// said v1, or `stream_open_timeout` passed without ServerSettings; a
+    /// ServerSettings announcing v2 after that timeout still counts, for
+    /// streams opened later). A refusal (a SYNACK with an error) can still
+    /// follow a connection guessed from the timeout.
     StreamConnected {
         /// The stream.
         id: StreamId,
@@ -208,6 +211,8 @@ struct ClientData {
     /// The server's version is known: ServerSettings arrived, or it showed it
     /// is v1.
     version_known: bool,
+    /// ... only because no ServerSettings came within the SYNACK wait.
+    version_guessed: bool,
 }
 
 struct ServerData {
@@ -488,11 +493,11 @@ impl<R: SessionRole> Session<R> {
 
     /// The transport under the session failed: the session ends (every
     /// stream with it). A peer that closed or reset the connection
-    /// ([`TransportError::PeerClosed`]) is an EOF ([`SessionError::PeerEof`],
+    /// ([`TransportError::is_peer_closed`]) is an EOF ([`SessionError::PeerEof`],
     /// see [`handle_eof`](Self::handle_eof)); anything else ends it with
     /// [`SessionError::Transport`].
     pub fn handle_transport_error(&mut self, now: Instant, error: TransportError) {
-        if error == TransportError::PeerClosed {
+        if error.is_peer_closed() {
             self.handle_eof(now);
             return;
         }
@@ -552,7 +557,7 @@ impl<R: SessionRole> Session<R> {
                 // No ServerSettings within the SYNACK wait: a v2 server sends
                 // it at once, so this is a v1 server, which sends no SYNACK.
                 debug!("no ServerSettings in time: the server is v1");
-                self.learn_v1();
+                self.learn_v1(true);
                 continue;
             }
             if waiting && self.peer_version >= 2 && self.timers.get(Timer::Liveness).is_none() {
@@ -894,16 +899,21 @@ impl<R: SessionRole> Session<R> {
         }
     }
 
-    /// Client: the server is v1. It sends no SYNACK, so every stream still
-    /// waiting for one is connected now.
-    fn learn_v1(&mut self) {
+    /// Client: the server is v1 (`guess`: only because no ServerSettings
+    /// came in time; a late one still counts). It sends no SYNACK, so every
+    /// stream still waiting for one is connected now.
+    fn learn_v1(&mut self, guess: bool) {
         let Role::Client(c) = &mut self.role else {
             return;
         };
         if c.version_known {
+            if !guess {
+                c.version_guessed = false;
+            }
             return;
         }
         c.version_known = true;
+        c.version_guessed = guess;
         self.peer_version = 1;
         self.events.push_back(Event::PeerVersion { version: 1 });
         let opening: Vec<StreamId> = self
@@ -1046,15 +1056,10 @@ impl<R: SessionRole> Session<R> {
             stream_id: id,
             data,
         } = frame;
-        if !self.version_known()
-            && !matches!(
-                cmd,
-                Command::Waste | Command::UpdatePaddingScheme | Command::ServerSettings
-            )
-        {
-            // A v2 server sends ServerSettings before anything but a padding
-            // update; any other frame first means a v1 server.
-            self.learn_v1();
+        if !self.version_known() && matches!(cmd, Command::Psh | Command::Fin) {
+            // A v2 server sends ServerSettings before any stream frame; a
+            // stream frame first means a v1 server.
+            self.learn_v1(false);
         }
         match cmd {
             Command::Psh => self.on_psh(id, data),
@@ -1077,17 +1082,21 @@ impl<R: SessionRole> Session<R> {
             }
             Command::ServerSettings if !data.is_empty() => {
                 if let Role::Client(c) = &mut self.role {
-                    if c.version_known {
+                    // Decided already, unless only guessed from a timeout.
+                    if c.version_known && !c.version_guessed {
                         return;
                     }
                     let version = crate::settings::server_version(&StringMap::parse(&data));
                     match version {
                         Some(v) if v >= 2 => {
+                            // Streams already connected by the guess stay so;
+                            // new ones wait for their SYNACK again.
                             c.version_known = true;
+                            c.version_guessed = false;
                             self.peer_version = v;
                             self.events.push_back(Event::PeerVersion { version: v });
                         }
-                        _ => self.learn_v1(),
+                        _ => self.learn_v1(false),
                     }
                 }
             }
@@ -1420,6 +1429,7 @@ impl Session<Client> {
                 next_id: 1,
                 settings_flushed: false,
                 version_known: false,
+                version_guessed: false,
             })),
             limits,
             State::Open,

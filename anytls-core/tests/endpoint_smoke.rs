@@ -53,7 +53,7 @@ impl World {
                 match a {
                     Action::Dial { conn } => {
                         if self.fail_dials {
-                            self.ep.handle_dial_failed(self.now, conn, "refused".into());
+                            self.ep.handle_dial_failed(self.now, conn, "refused");
                         } else {
                             let cfg = Arc::new(ServerConfig::new(Authenticator::single("pw")));
                             let s = Session::server(cfg, [conn.0 as u8; 32], self.now).unwrap();

@@ -840,8 +840,9 @@ fn empty_alert_is_ignored_and_alert_with_text_closes_either_side() {
     );
     assert_eq!(no_waste(c.frames()), vec![e(Command::HeartResponse, 0)]);
     assert!(!c.s.is_closed());
-    // Frames before ServerSettings: the server is v1 (stream 1 is connected).
-    assert_eq!(c.take_events(), v1_decided(1));
+    // Control frames before ServerSettings decide nothing about the
+    // server's version (only stream frames do).
+    assert_eq!(c.take_events(), vec![]);
     c.input(
         &[
             frame(Command::Alert, 0, b"go away"),
@@ -1022,8 +1023,8 @@ fn heart_request_is_answered_with_its_stream_id_both_roles() {
     let mut c = Solo::opened_client();
     c.input(&requests);
     assert_eq!(no_waste(c.frames()), responses);
-    // No heartbeat event; HeartRequests before ServerSettings show a v1 server.
-    assert_eq!(c.take_events(), v1_decided(1));
+    // No heartbeat event; HeartRequests say nothing about the version.
+    assert_eq!(c.take_events(), vec![]);
 }
 
 // ----- stream ids (3.3, 4.3, 10.8) -----
@@ -1412,6 +1413,30 @@ fn no_server_settings_within_the_synack_wait_means_a_v1_server() {
     assert_eq!(c.s.stats().heartbeats_sent, 0);
     assert_eq!(c.s.poll_timeout(), None);
     assert!(!c.s.is_closed());
+}
+
+#[test]
+fn a_late_server_settings_overrides_the_v1_guess_for_later_streams() {
+    // The guess after the SYNACK wait is only a guess: a v2 ServerSettings
+    // arriving later makes new streams wait for their SYNACK again.
+    let mut c = Solo::opened_client();
+    c.advance(Duration::from_secs(3));
+    assert_eq!(c.take_events(), v1_decided(1));
+    c.input(&frame(Command::ServerSettings, 0, b"v=2"));
+    assert_eq!(c.take_events(), vec![Event::PeerVersion { version: 2 }]);
+    assert_eq!(c.s.peer_version(), 2);
+    let now = c.now;
+    let id = c.s.open_stream(now, &dest()).unwrap();
+    assert_eq!(c.take_events(), vec![], "stream {id:?} waits for its SYNACK");
+    assert!(c.s.poll_timeout().is_some());
+    // A stream frame, on the other hand, is proof: a v2 ServerSettings
+    // after it changes nothing.
+    let mut c = Solo::opened_client();
+    c.input(&frame(Command::Psh, 1, b"data"));
+    assert_eq!(c.take_events()[..2], v1_decided(1)[..]);
+    c.input(&frame(Command::ServerSettings, 0, b"v=2"));
+    assert_eq!(c.take_events(), vec![]);
+    assert_eq!(c.s.peer_version(), 1);
 }
 
 #[test]

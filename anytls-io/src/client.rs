@@ -570,7 +570,7 @@ async fn dial<R: Runtime>(inner: Arc<Inner>, conn: SessionSeq) {
             }
             Err(e) => {
                 tracing::debug!(seq = conn.0, "dial failed: {e}");
-                g.ep.handle_dial_failed(Instant::now(), conn, e.to_string());
+                g.ep.handle_dial_failed(Instant::now(), conn, &e);
                 g.after(&inner.kick);
                 return;
             }

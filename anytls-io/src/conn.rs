@@ -57,20 +57,6 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn with<T>(&self, f: impl FnOnce(&mut dyn Machine) -> T) -> T;
 }
 
-/// Maps a TLS read or write error to what the core is told. A connection the
-/// peer closed or reset is `PeerClosed`.
-pub(crate) fn transport_error(e: &io::Error) -> TransportError {
-    use io::ErrorKind::*;
-    if matches!(
-        e.kind(),
-        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-    ) {
-        TransportError::PeerClosed
-    } else {
-        TransportError::Failed(e.to_string())
-    }
-}
-
 pub(crate) struct Shared {
     pub(crate) session: ServerSession,
     read_wakers: HashMap<StreamId, Waker>,
@@ -309,7 +295,7 @@ where
                         Ok(0) => {}
                         Ok(_) => last_active = now,
                         Err(e) => {
-                            m.handle_transport_error(now, TransportError::Failed(e.to_string()));
+                            m.handle_transport_error(now, TransportError::from_io(&e));
                             io_error = Some(e);
                         }
                     }
@@ -509,7 +495,7 @@ const LOOP_BUDGET: usize = 32;
 /// Ends the session after a TLS read or write error, once, in the core (the
 /// driver's next turn dispatches the events).
 fn fail(link: &impl Link, e: &io::Error) {
-    link.with(|m| m.handle_transport_error(Instant::now(), transport_error(e)));
+    link.with(|m| m.handle_transport_error(Instant::now(), TransportError::from_io(e)));
 }
 
 /// The stream operations of one AnyTLS stream, on whichever state machine
