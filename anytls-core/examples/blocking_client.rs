@@ -113,10 +113,11 @@ fn pause(d: Duration) {
 /// A seed from rustls' cryptographic RNG (the core never seeds anything).
 fn seed() -> io::Result<[u8; 32]> {
     let mut s = [0u8; 32];
-    let filled = provider().secure_random.fill(&mut s);
-    filled
-        .map(|()| s)
-        .map_err(|_| io::Error::other("no secure randomness"))
+    let random = provider().secure_random;
+    random
+        .fill(&mut s)
+        .map_err(|_| io::Error::other("no randomness"))?;
+    Ok(s)
 }
 
 /// The rustls crypto provider used everywhere: ring.
@@ -192,7 +193,7 @@ impl Client {
                 // Transmits are only for live connections, which have a link.
                 if let Some(link) = self.links.get_mut(&conn) {
                     if let Err(e) = link.send(&self.out[..t.len]) {
-                        let err = transport_error(&e);
+                        let err = TransportError::from_io(&e);
                         self.ep.handle_transport_error(now(), conn, err);
                     }
                 }
@@ -222,7 +223,7 @@ impl Client {
             }
             Err(e) => {
                 println!("[client] dial #{} failed: {e}", conn.0);
-                self.ep.handle_dial_failed(now(), conn, e.to_string());
+                self.ep.handle_dial_failed(now(), conn, &e);
             }
         }
     }
@@ -262,7 +263,7 @@ impl Client {
                     Ok(Some(Input::Data(data))) => self.ep.handle_input(now(), conn, data),
                     Ok(Some(Input::Eof)) => self.ep.handle_eof(now(), conn),
                     Err(e) => {
-                        let err = transport_error(&e);
+                        let err = TransportError::from_io(&e);
                         self.ep.handle_transport_error(now(), conn, err);
                     }
                 }
@@ -282,18 +283,6 @@ impl Client {
             self.drain();
         }
         std::mem::take(&mut self.events)
-    }
-}
-
-/// What the endpoint is told about a failed socket or TLS operation: a
-/// connection the peer closed or reset, or anything else.
-fn transport_error(e: &io::Error) -> TransportError {
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe => TransportError::PeerClosed,
-        _ => TransportError::Failed(e.to_string()),
     }
 }
 
@@ -463,6 +452,9 @@ impl Demo {
 
 /// Runs the client against `dialer`'s server, asking for `dest`.
 pub fn run_client(dialer: Dialer, password: &str, dest: SocksAddr) -> io::Result<Report> {
+    // Pre-warm dials happen at once; `min_idle` protects the newest idle
+    // session from the idle sweep (every `check_interval`, 30 s: after this
+    // demo); every session sends a heartbeat every second.
     let mut pool = PoolConfig::default();
     pool.ensure_idle = PREWARM;
     pool.min_idle = 1;
@@ -761,7 +753,7 @@ fn serve_anytls(
             Ok(Some(Input::Data(data))) => s.handle_input(now(), data),
             Ok(Some(Input::Eof)) => s.handle_eof(now()),
             Ok(None) => {}
-            Err(e) => s.handle_transport_error(now(), transport_error(&e)),
+            Err(e) => s.handle_transport_error(now(), TransportError::from_io(&e)),
         }
         server_drain(&mut s, &mut link, &mut out, &mut ups);
         if s.poll_timeout().is_some_and(|t| t <= now()) {
@@ -785,7 +777,7 @@ fn server_drain(
     loop {
         while let Some(t) = s.poll_transmit(now(), out) {
             if let Err(e) = link.send(&out[..t.len]) {
-                s.handle_transport_error(now(), transport_error(&e));
+                s.handle_transport_error(now(), TransportError::from_io(&e));
             }
             out.clear();
         }

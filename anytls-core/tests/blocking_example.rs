@@ -1,6 +1,6 @@
-//! Runs `examples/blocking_client.rs` (a hand-written loop over blocking std
-//! sockets driving `anytls_core::ClientEndpoint`) end to end on 127.0.0.1, so
-//! CI exercises it: pre-warmed sessions, requests one after another and at
+//! Runs `examples/blocking_client.rs` (a hand-written loop over std sockets
+//! and rustls driving `anytls_core::ClientEndpoint`) end to end on 127.0.0.1,
+//! so CI exercises it: pre-warmed sessions, requests one after another and at
 //! once, heartbeats, and a clean close.
 
 #[allow(dead_code)] // `main` is not used here
