@@ -111,6 +111,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // the test's epoch
     fn set_moves_clear_and_pop_in_order() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
