@@ -181,6 +181,12 @@ pub enum ClientEvent {
     },
 }
 
+/// How a stream ends abnormally.
+enum Outcome {
+    Refused(RefuseReason),
+    Reset(ResetReason),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum EpTimer {
     Pool,
@@ -944,23 +950,36 @@ impl ClientEndpoint {
     fn refuse(&mut self, stream: StreamHandle, reason: RefuseReason) {
         if let Some(e) = self.streams.get_mut(&stream) {
             e.dest = None;
-            if matches!(e.state, StreamState::Opening | StreamState::Connected) {
+        }
+        self.conclude(stream, Outcome::Refused(reason));
+    }
+
+    fn reset(&mut self, stream: StreamHandle, reason: ResetReason) {
+        self.conclude(stream, Outcome::Reset(reason));
+    }
+
+    /// Ends a stream that is not over yet (or, for a reset, whose unread data
+    /// is lost: see `end_conn`) and tells the owner, once.
+    fn conclude(&mut self, stream: StreamHandle, outcome: Outcome) {
+        let Some(e) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let open = matches!(e.state, StreamState::Opening | StreamState::Connected);
+        let unread = e.state == StreamState::Finished && !e.done;
+        match outcome {
+            Outcome::Refused(reason) if open => {
                 e.state = StreamState::Refused(reason.clone());
                 self.stats.streams_refused += 1;
                 self.events
                     .push_back(ClientEvent::StreamRefused { stream, reason });
             }
-        }
-    }
-
-    fn reset(&mut self, stream: StreamHandle, reason: ResetReason) {
-        if let Some(e) = self.streams.get_mut(&stream) {
-            if matches!(e.state, StreamState::Opening | StreamState::Connected) {
+            Outcome::Reset(reason) if open || unread => {
                 e.state = StreamState::Reset(reason.clone());
                 self.stats.streams_reset += 1;
                 self.events
                     .push_back(ClientEvent::StreamReset { stream, reason });
             }
+            _ => {}
         }
     }
 
@@ -1000,25 +1019,13 @@ impl ClientEndpoint {
                     if let Some(id) = e.id.take() {
                         self.by_id.remove(&(conn, id));
                     }
-                    match e.state {
-                        StreamState::Opening => {
-                            self.refuse(h, RefuseReason::SessionClosed(reason.clone()))
-                        }
-                        StreamState::Connected => {
-                            self.reset(h, ResetReason::SessionClosed(reason.clone()))
-                        }
-                        StreamState::Finished if !e.done => {
-                            // The server's FIN came, but data before it was
-                            // still unread: it is lost, which is no clean end.
-                            let why = ResetReason::SessionClosed(reason.clone());
-                            e.state = StreamState::Reset(why.clone());
-                            self.stats.streams_reset += 1;
-                            self.events.push_back(ClientEvent::StreamReset {
-                                stream: h,
-                                reason: why,
-                            });
-                        }
-                        _ => {}
+                    // Not yet connected: refused. Connected, or finished by
+                    // the server with data still unread (lost now, which is
+                    // no clean end): reset.
+                    if e.state == StreamState::Opening {
+                        self.refuse(h, RefuseReason::SessionClosed(reason.clone()));
+                    } else {
+                        self.reset(h, ResetReason::SessionClosed(reason.clone()));
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anytls_core::session::ServerSession;
 use anytls_core::{
     Action, Authenticator, ClientConfig, ClientEndpoint, ClientEvent, Event, PoolConfig,
-    RefuseReason, ServerConfig, Session, SessionSeq, SocksAddr, StreamId, StreamState,
+    RefuseReason, ResetReason, ServerConfig, Session, SessionSeq, SocksAddr, StreamId, StreamState,
 };
 use bytes::BytesMut;
 
@@ -231,4 +231,37 @@ fn close_refuses_waiting_streams_and_closes_sessions() {
     assert_eq!(w.ep.stats().sessions, 0);
     assert!(w.ep.open_stream(w.now, &dest).is_err());
     assert_eq!(w.ep.poll_timeout(), None);
+}
+
+#[test]
+fn unread_data_lost_with_its_session_is_a_reset_not_a_clean_end() {
+    for read_first in [false, true] {
+        let mut w = World::new(PoolConfig::default());
+        let dest = SocksAddr::domain("example.com", 80);
+        let h = w.ep.open_stream(w.now, &dest).unwrap();
+        w.settle();
+        let (conn, sid) = w.opened[0];
+        let server = w.servers.get_mut(&conn).unwrap();
+        assert_eq!(server.write(sid, b"reply").unwrap(), 5);
+        server.finish(sid).unwrap();
+        w.settle();
+        assert_eq!(w.ep.stream_state(h), Some(&StreamState::Finished));
+        if read_first {
+            assert_eq!(&w.ep.read(h).unwrap().unwrap()[..], b"reply");
+            assert_eq!(w.ep.read(h).unwrap(), None);
+        }
+        w.ep.handle_eof(w.now, conn);
+        w.settle();
+        if read_first {
+            // Everything was read: the clean end stands.
+            assert_eq!(w.ep.stream_state(h), Some(&StreamState::Finished));
+            assert_eq!(w.ep.read(h).unwrap(), None);
+        } else {
+            assert!(matches!(
+                w.ep.stream_state(h),
+                Some(StreamState::Reset(ResetReason::SessionClosed(_)))
+            ));
+            assert!(w.ep.read(h).is_err(), "no silent EOF");
+        }
+    }
 }
