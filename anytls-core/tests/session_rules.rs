@@ -1427,7 +1427,11 @@ fn a_late_server_settings_overrides_the_v1_guess_for_later_streams() {
     assert_eq!(c.s.peer_version(), 2);
     let now = c.now;
     let id = c.s.open_stream(now, &dest()).unwrap();
-    assert_eq!(c.take_events(), vec![], "stream {id:?} waits for its SYNACK");
+    assert_eq!(
+        c.take_events(),
+        vec![],
+        "stream {id:?} waits for its SYNACK"
+    );
     assert!(c.s.poll_timeout().is_some());
     // A stream frame, on the other hand, is proof: a v2 ServerSettings
     // after it changes nothing.
