@@ -93,6 +93,9 @@ pub enum ClientError {
     /// Session settings (limits, timeouts).
     #[error("session: {0}")]
     Session(ConfigError),
+    /// The OS gave no randomness for the padding seed.
+    #[error("no OS randomness: {0}")]
+    Randomness(String),
     /// The server address has no port.
     #[error("server address {0:?} must be host:port")]
     BadServer(String),
@@ -261,14 +264,13 @@ fn host_of(server: &str) -> Option<&str> {
     Some(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
-fn seed() -> [u8; 32] {
+/// The endpoint's seed (every session's padding RNG derives from it), from
+/// the OS. Without OS randomness there is no client: padding from a
+/// predictable seed would be a fingerprint.
+fn seed() -> Result<[u8; 32], ClientError> {
     let mut s = [0u8; 32];
-    if getrandom::fill(&mut s).is_err() {
-        // No OS randomness: degrade to a time-based seed rather than fail.
-        let t = Instant::now().elapsed().as_nanos() ^ std::process::id() as u128;
-        s[..16].copy_from_slice(&t.to_le_bytes());
-    }
-    s
+    getrandom::fill(&mut s).map_err(|e| ClientError::Randomness(e.to_string()))?;
+    Ok(s)
 }
 
 impl<R: Runtime> Client<R> {
@@ -285,12 +287,13 @@ impl<R: Runtime> Client<R> {
         core.stream_open_timeout = cfg.stream_open_timeout;
         core.heartbeat_timeout = cfg.pool.heartbeat_timeout;
         core.limits = cfg.limits.clone();
-        let ep = ClientEndpoint::new(core, cfg.pool.clone(), seed(), Instant::now()).map_err(
-            |e| match e {
-                ConfigError::Pool(p) => ClientError::Pool(p),
-                other => ClientError::Session(other),
-            },
-        )?;
+        let ep =
+            ClientEndpoint::new(core, cfg.pool.clone(), seed()?, Instant::now()).map_err(|e| {
+                match e {
+                    ConfigError::Pool(p) => ClientError::Pool(p),
+                    other => ClientError::Session(other),
+                }
+            })?;
         let mut shared = Shared {
             ep,
             read_wakers: HashMap::new(),
@@ -336,7 +339,10 @@ impl<R: Runtime> Client<R> {
         };
         let id = poll_fn(|cx| {
             let mut g = inner.lock();
-            if let Some(id) = g.ep.stream_id(h).filter(|_| g.ep.stream_session(h).is_some()) {
+            if let Some(id) =
+                g.ep.stream_id(h)
+                    .filter(|_| g.ep.stream_session(h).is_some())
+            {
                 return Poll::Ready(Ok(id));
             }
             match g.ep.stream_state(h) {
@@ -534,7 +540,11 @@ impl Machine for ConnView<'_> {
         self.g.after(self.kick);
     }
     fn set_driver_waker(&mut self, waker: &Waker) {
-        let w = self.g.drivers.entry(self.conn).or_insert_with(|| waker.clone());
+        let w = self
+            .g
+            .drivers
+            .entry(self.conn)
+            .or_insert_with(|| waker.clone());
         if !w.will_wake(waker) {
             *w = waker.clone();
         }
@@ -625,4 +635,3 @@ async fn endpoint_task<R: Runtime>(weak: Weak<Inner>, kick: Arc<Notify>) {
         }
     }
 }
-

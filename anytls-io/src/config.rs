@@ -671,6 +671,7 @@ impl OutboundOptions {
         match v {
             Verification::WebPki => {}
             Verification::CaFile(p) => tls.certificate_path = Some(p),
+            Verification::CaPem(pem) => tls.certificate = pem.lines().map(str::to_owned).collect(),
             Verification::Pin(p) => tls.pin_sha256 = Some(hex32(&p)),
             Verification::Insecure => tls.insecure = Some(true),
         }
@@ -771,7 +772,7 @@ fn outbound_verification(tls: &OutboundTls) -> Result<Verification, ConfigError>
         chosen.push(Verification::CaFile(p.clone()));
     }
     if !tls.certificate.is_empty() {
-        chosen.push(Verification::CaFile(inline_ca_file(&tls.certificate)?));
+        chosen.push(Verification::CaPem(inline_ca(&tls.certificate)?));
     }
     if chosen.len() > 1 {
         return Err(invalid(
@@ -782,25 +783,12 @@ fn outbound_verification(tls: &OutboundTls) -> Result<Verification, ConfigError>
     Ok(chosen.pop().unwrap_or(Verification::WebPki))
 }
 
-/// Inline trusted certificates go to a file named after their content in the
-/// temporary directory, because [`Verification`] takes roots from a file.
-/// (Certificates are public; nothing secret is written.)
-fn inline_ca_file(lines: &[String]) -> Result<PathBuf, ConfigError> {
-    use sha2::{Digest, Sha256};
+/// Inline trusted certificates stay in memory (checked here, so that a bad
+/// one is reported with its field).
+fn inline_ca(lines: &[String]) -> Result<String, ConfigError> {
     let pem = join_lines(lines);
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid("tls.certificate", e))?;
-    if certs.is_empty() {
-        return Err(invalid("tls.certificate", "no PEM certificate found"));
-    }
-    let digest: [u8; 32] = Sha256::digest(pem.as_bytes()).into();
-    let path = std::env::temp_dir().join(format!("anytls-ca-{}.pem", &hex32(&digest)[..16]));
-    std::fs::write(&path, pem).map_err(|err| ConfigError::Read {
-        path: path.clone(),
-        err,
-    })?;
-    Ok(path)
+    crate::tls::pem_certs(&pem).map_err(|e| invalid("tls.certificate", e))?;
+    Ok(pem)
 }
 
 /// sing-box joins list-of-lines values with `\n` and no trailing newline.

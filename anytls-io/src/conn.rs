@@ -126,7 +126,11 @@ impl Machine for Shared {
         }
     }
     fn set_driver_waker(&mut self, waker: &Waker) {
-        if !self.driver_waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        if !self
+            .driver_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(waker))
+        {
             self.driver_waker = Some(waker.clone());
         }
     }

@@ -92,6 +92,7 @@ pub struct IncomingStream<R> {
     id: StreamId,
     dest: SocksAddr,
     user: Arc<str>,
+    peer: SocketAddr,
     decided: bool,
     _runtime: PhantomData<fn() -> R>,
 }
@@ -102,6 +103,7 @@ impl<R> fmt::Debug for IncomingStream<R> {
             .field("id", &self.id.0)
             .field("dest", &self.dest)
             .field("user", &self.user)
+            .field("peer", &self.peer)
             .finish()
     }
 }
@@ -115,6 +117,11 @@ impl<R> IncomingStream<R> {
     /// The authenticated user's name.
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The client's address (the TCP peer of the session).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
     }
 
     /// Accepts the stream (SYNACK success for v2 clients).
@@ -427,7 +434,11 @@ async fn serve_connection<R, H, F>(
         }
     };
     let mut seed = [0u8; 32];
-    let _ = getrandom::fill(&mut seed);
+    if let Err(e) = getrandom::fill(&mut seed) {
+        // No padding randomness: refuse to serve rather than pad predictably.
+        tracing::error!(%peer, "no OS randomness for the session: {e}; closing the connection");
+        return;
+    }
     // The configuration was validated in `bind`.
     let session = match anytls_core::Session::server(core.clone(), seed, Instant::now()) {
         Ok(s) => s,
@@ -443,20 +454,28 @@ async fn serve_connection<R, H, F>(
         r.push(Arc::downgrade(&conn));
     }
     active.fetch_add(1, Ordering::Relaxed);
-    let user: Arc<std::sync::Mutex<Arc<str>>> = Arc::new(std::sync::Mutex::new(Arc::from("")));
     {
         let conn = conn.clone();
-        let user = user.clone();
+        let users = core.users.clone();
         // Ends when the session does (next_incoming returns None).
         R::spawn(async move {
+            // Streams exist only after authentication: the session knows its
+            // user by the time the first one arrives.
+            let mut user: Option<Arc<str>> = None;
             while let Some((id, dest)) = conn.next_incoming().await {
-                let user = lock(&user).clone();
+                let user = user
+                    .get_or_insert_with(|| {
+                        let id = conn.lock().session.user();
+                        Arc::from(id.and_then(|u| users.user_name(u)).unwrap_or(""))
+                    })
+                    .clone();
                 tracing::debug!(%peer, stream = id.0, %dest, "new stream");
                 let req = IncomingStream {
                     conn: conn.clone(),
                     id,
                     dest,
                     user,
+                    peer,
                     decided: false,
                     _runtime: PhantomData,
                 };
@@ -469,7 +488,6 @@ async fn serve_connection<R, H, F>(
         if let Event::Authenticated { user: id } = ev {
             let name = users.user_name(*id).unwrap_or("");
             tracing::debug!(%peer, user = name, "authenticated");
-            *lock(&user) = Arc::from(name);
         }
     }))
     .await;

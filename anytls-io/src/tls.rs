@@ -26,6 +26,9 @@ pub enum TlsError {
         /// What went wrong.
         msg: String,
     },
+    /// Certificates given as PEM text could not be parsed.
+    #[error("PEM certificates: {0}")]
+    Pem(String),
     /// A pin is not 64 hex digits.
     #[error("certificate pin must be 64 hex digits (SHA-256), got {0:?}")]
     BadPin(String),
@@ -47,6 +50,9 @@ pub enum Verification {
     WebPki,
     /// Roots from a PEM file and the server name.
     CaFile(PathBuf),
+    /// Roots from PEM text held in memory (certificates inline in a config)
+    /// and the server name.
+    CaPem(String),
     /// Accept exactly the certificate whose DER SHA-256 is this (any name, any
     /// issuer, any validity): for self-signed servers.
     Pin([u8; 32]),
@@ -60,6 +66,7 @@ impl fmt::Debug for Verification {
         match self {
             Verification::WebPki => f.write_str("WebPki"),
             Verification::CaFile(p) => write!(f, "CaFile({})", p.display()),
+            Verification::CaPem(pem) => write!(f, "CaPem({} bytes)", pem.len()),
             Verification::Pin(h) => write!(f, "Pin({})", hex32(h)),
             Verification::Insecure => f.write_str("Insecure"),
         }
@@ -161,6 +168,17 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// The certificates in PEM text (at least one).
+pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem("no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
 /// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
@@ -175,14 +193,20 @@ pub fn client_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let mut cfg = match verification {
-        Verification::WebPki | Verification::CaFile(_) => {
+        Verification::WebPki | Verification::CaFile(_) | Verification::CaPem(_) => {
             let mut roots = RootCertStore::empty();
-            if let Verification::CaFile(path) = verification {
-                for c in load_certs(path)? {
-                    roots.add(c).map_err(|e| file_err(path, e))?;
+            match verification {
+                Verification::CaFile(path) => {
+                    for c in load_certs(path)? {
+                        roots.add(c).map_err(|e| file_err(path, e))?;
+                    }
                 }
-            } else {
-                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                Verification::CaPem(pem) => {
+                    for c in pem_certs(pem)? {
+                        roots.add(c).map_err(|e| TlsError::Pem(e.to_string()))?;
+                    }
+                }
+                _ => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }

@@ -38,6 +38,7 @@ anytls_tests::suite!(
     wrong_password_is_refused_without_a_byte,
     failed_authentication_goes_to_the_fallback,
     each_transmit_is_one_tls_record_of_the_planned_size,
+    every_stream_knows_its_user_and_peer,
 );
 
 // ----- 0. smoke -----
@@ -426,6 +427,63 @@ async fn heartbeat_deadline_kills_silent_sessions_and_ensure_replaces_them<
 }
 
 // ----- 7. wrong password -----
+
+/// The handler sees the authenticated user and the client's address on every
+/// stream, the first stream of a fresh session included (the user used to
+/// reach the handler through an observer that could run after it, so a first
+/// stream on a multi-thread runtime could see an empty name).
+async fn every_stream_knows_its_user_and_peer<C: TestRuntime, S: TestRuntime>() {
+    let (id, pin) = identity();
+    let mut cfg = ServerConfig::new(PASSWORD, id);
+    cfg.users = vec![
+        ("alice".into(), "alice-Password_1".into()),
+        ("bob".into(), PASSWORD.into()),
+    ];
+    let server = anytls_io::Server::<S>::bind(localhost0(), cfg)
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let handle = server.shutdown_handle();
+    let (tx, seen) = mpsc::channel();
+    S::spawn(async move {
+        let _ = server
+            .serve_with(Duration::ZERO, move |req| {
+                let _ = tx.send((req.user().to_owned(), req.peer_addr()));
+                async move { req.reject("seen") }
+            })
+            .await;
+    });
+    const SESSIONS: usize = 20;
+    for (user, password) in [("alice", "alice-Password_1"), ("bob", PASSWORD)] {
+        let mut cfg = client_config(addr, pin);
+        cfg.password = password.into();
+        // A new session for every stream: each is the first of its session.
+        cfg.pool.disable_reuse = true;
+        let client = Client::<C>::new(cfg).unwrap();
+        for _ in 0..SESSIONS {
+            // The handler refuses: `connect` or `established` says so.
+            let connected = anytls_io::timeout::<C, _>(
+                STEP,
+                client.connect(SocksAddr::domain("example.com", 80)),
+            )
+            .await
+            .expect("connect hung");
+            if let Ok(mut s) = connected {
+                let verdict = anytls_io::timeout::<C, _>(STEP, s.established()).await;
+                assert!(matches!(verdict, Some(Err(_))), "{verdict:?}");
+            }
+        }
+        for _ in 0..SESSIONS {
+            let (got, peer) =
+                wait_for::<C, _>(STEP, "the handler's report", || seen.try_recv().ok()).await;
+            assert_eq!(got, user, "a stream's user");
+            assert!(peer.ip().is_loopback(), "{peer}");
+            assert_ne!(peer.port(), addr.port());
+        }
+        client.close();
+    }
+    handle.shutdown();
+}
 
 async fn wrong_password_is_refused_without_a_byte<C: TestRuntime, S: TestRuntime>() {
     let (srv, pin) = default_server::<S>().await;

@@ -355,11 +355,22 @@ fn outbound_tls_variants() {
         serde_json::to_string(&lines).unwrap()
     )))
     .unwrap();
-    let Verification::CaFile(path) = o.to_client_setup().unwrap().config.verification else {
-        panic!("inline certificate should become a CA file");
+    let Verification::CaPem(text) = o.to_client_setup().unwrap().config.verification else {
+        panic!("inline certificate should stay in memory");
     };
-    let back = crate::tls::load_certs(&path).unwrap();
+    let back = crate::tls::pem_certs(&text).unwrap();
     assert_eq!(back, id.certs);
+    // Nothing is written to the temporary directory (another local user
+    // could have planted a file there).
+    let digest: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(text.as_bytes()).into()
+    };
+    let old_name = format!("anytls-ca-{}.pem", &crate::tls::hex32(&digest)[..16]);
+    assert!(
+        !std::env::temp_dir().join(old_name).exists(),
+        "the CA was written to the temporary directory"
+    );
     // And as one string.
     let o = parse_client_json(&base(&format!(
         r#"{{"certificate":{}}}"#,
@@ -368,7 +379,7 @@ fn outbound_tls_variants() {
     .unwrap();
     assert!(matches!(
         o.to_client_setup().unwrap().config.verification,
-        Verification::CaFile(_)
+        Verification::CaPem(_)
     ));
 
     for (tls, needle) in [
