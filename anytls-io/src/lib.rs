@@ -22,6 +22,7 @@
 mod budget;
 mod client;
 mod client_udp;
+#[cfg(feature = "config")]
 pub mod config;
 mod conn;
 mod relay;

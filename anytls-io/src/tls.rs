@@ -39,6 +39,7 @@ pub enum TlsError {
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// The self-signed certificate could not be made.
+    #[cfg(feature = "self-signed")]
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
 }
@@ -270,6 +271,7 @@ impl Identity {
     }
 
     /// A new self-signed certificate for `names` (DNS names or IP literals).
+    #[cfg(feature = "self-signed")]
     pub fn self_signed(names: &[String]) -> Result<Identity, TlsError> {
         let ck = rcgen::generate_simple_self_signed(names.to_vec())?;
         Ok(Identity {
@@ -311,7 +313,7 @@ pub fn server_config(
     Ok(cfg)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "self-signed"))]
 mod tests {
     use super::*;
 

@@ -123,7 +123,7 @@ impl Plain {
     }
 
     /// Everything, as one buffer (copied when there are several blocks).
-    #[cfg(test)]
+    #[cfg(all(test, feature = "self-signed"))]
     pub(crate) fn split(&mut self) -> BytesMut {
         let mut blocks = self.take_blocks();
         let mut first = blocks.pop_front().unwrap_or_default();
@@ -637,5 +637,5 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<IO> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "self-signed"))]
 mod tests;

@@ -27,10 +27,13 @@ use std::pin::Pin;
 use std::time::Instant;
 
 pub use anytls_io::core;
+#[cfg(feature = "config")]
+pub use anytls_io::config;
 pub use anytls_io::{
     AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, ClientConfig, ClientError, Host,
     Identity, PoolConfig, PoolStats, ServerConfig, ShutdownHandle, SocksAddr, TlsError, UdpConfig,
-    UotEnd, UotReport, UotStats, Verification, config, relay_tcp_with, relay_uot, tls,
+    UotEnd, UotReport, UotStats, Verification, relay, relay_stream, relay_tcp_with, relay_uot,
+    tls,
 };
 
 /// The tokio runtime, for `anytls-io`.
