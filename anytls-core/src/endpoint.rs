@@ -78,7 +78,7 @@ use crate::error::{
 };
 use crate::frame::StreamId;
 use crate::padding::PaddingScheme;
-use crate::pool::{Checkout, Pool, PoolAction, PoolConfig, PoolStats};
+use crate::pool::{Checkout, CloseReason, Pool, PoolAction, PoolConfig, PoolStats};
 use crate::session::{ClientSession, Event, Session, SessionSeq, Transmit};
 use crate::timer::TimerTable;
 
@@ -194,9 +194,11 @@ enum EpTimer {
 }
 
 enum Conn {
-    /// The owner is dialling; these streams wait for it.
+    /// The owner is dialling; these streams wait for it (`user`: a stream's
+    /// own dial, not a pre-warm one; the pool counts it busy).
     Dialing {
         waiting: Vec<StreamHandle>,
+        user: bool,
     },
     Live(Box<ClientSession>),
 }
@@ -242,6 +244,8 @@ pub struct ClientEndpoint {
     conns: BTreeMap<SessionSeq, Conn>,
     streams: BTreeMap<StreamHandle, StreamEntry>,
     by_id: BTreeMap<(SessionSeq, StreamId), StreamHandle>,
+    /// Sessions out of service that close once their streams are done.
+    retiring: BTreeMap<SessionSeq, SessionError>,
     next_handle: u64,
     timers: TimerTable<EpTimer>,
     actions: VecDeque<Action>,
@@ -275,6 +279,14 @@ impl ClientEndpoint {
         now: Instant,
     ) -> Result<ClientEndpoint, ConfigError> {
         session.validate()?;
+        if session.limits.max_streams < pool.max_streams_per_session {
+            // The pool would hand out sessions that refuse the stream.
+            return Err(ConfigError::TooSmall {
+                name: "limits.max_streams (below the pool's max_streams_per_session)",
+                value: session.limits.max_streams,
+                min: pool.max_streams_per_session,
+            });
+        }
         let mut rng = ChaCha8Rng::from_seed(seed);
         let mut pool_seed = [0u8; 32];
         rng.fill_bytes(&mut pool_seed);
@@ -286,6 +298,7 @@ impl ClientEndpoint {
             conns: BTreeMap::new(),
             streams: BTreeMap::new(),
             by_id: BTreeMap::new(),
+            retiring: BTreeMap::new(),
             next_handle: 1,
             timers: TimerTable::default(),
             actions: VecDeque::new(),
@@ -463,7 +476,7 @@ impl ClientEndpoint {
                             // out of the pool; it ends with its last stream.
                             debug!(seq = conn.0, "session takes no new stream ({e}): retired");
                             self.pool.session_closed(now, conn);
-                            self.close_if_unused(conn);
+                            self.retire(conn, SessionError::LocallyClosed);
                         }
                         None => self.pool.session_closed(now, conn),
                     }
@@ -473,6 +486,7 @@ impl ClientEndpoint {
                         conn,
                         Conn::Dialing {
                             waiting: vec![handle],
+                            user: true,
                         },
                     );
                     self.streams.insert(
@@ -569,9 +583,11 @@ impl ClientEndpoint {
 
     /// Closes the stream: queued data goes out, then FIN (a full close in
     /// AnyTLS); data received from now on is dropped. Its session goes back
-    /// to the pool. The state stays queryable until [`release`](Self::release).
+    /// to the pool at once (a new stream may share it while the FIN is still
+    /// queued); a session the pool then closes sends its queued data and FINs
+    /// first. The state stays queryable until [`release`](Self::release).
     pub fn finish(&mut self, now: Instant, stream: StreamHandle) {
-        let now = self.advance(now);
+        self.advance(now);
         let Some(e) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -583,10 +599,10 @@ impl ClientEndpoint {
         if let Some(id) = e.id {
             if let Some(Conn::Live(s)) = self.conns.get_mut(&conn) {
                 let _ = s.finish(id);
-                self.after_session(conn);
             }
+            self.check_in(conn, stream);
+            self.after_session(conn);
         }
-        self.check_in(now, stream);
     }
 
     /// Forgets the stream (finishing it first if it is still open). Its
@@ -597,25 +613,20 @@ impl ClientEndpoint {
             if let Some(id) = e.id {
                 self.by_id.remove(&(e.conn, id));
             }
-            if let Some(Conn::Dialing { waiting }) = self.conns.get_mut(&e.conn) {
+            if let Some(Conn::Dialing { waiting, .. }) = self.conns.get_mut(&e.conn) {
                 waiting.retain(|h| *h != stream);
             }
-            self.close_if_unused(e.conn);
         }
     }
 
-    fn check_in(&mut self, now: Instant, stream: StreamHandle) {
-        let Some(e) = self.streams.get_mut(&stream) else {
-            return;
-        };
-        if e.checked_in || e.id.is_none() {
-            // Not on a session yet: checked in when the dial completes.
-            return;
+    /// The stream is done with its session: the pool gets it back (once).
+    fn check_in(&mut self, conn: SessionSeq, stream: StreamHandle) {
+        if let Some(e) = self.streams.get_mut(&stream) {
+            if !e.checked_in {
+                e.checked_in = true;
+                self.pool.checkin(self.now, conn);
+            }
         }
-        e.checked_in = true;
-        let conn = e.conn;
-        self.pool.checkin(now, conn);
-        self.pool_actions();
     }
 
     /// Closes every session and refuses streams still waiting for a dial.
@@ -644,12 +655,20 @@ impl ClientEndpoint {
     /// packet with Settings).
     pub fn handle_connected(&mut self, now: Instant, conn: SessionSeq) {
         let now = self.advance(now);
-        let Some(Conn::Dialing { waiting }) = self.conns.remove(&conn) else {
-            // Not a dial we asked for, or abandoned: close it.
-            self.actions.push_back(Action::Close {
-                conn,
-                reason: SessionError::LocallyClosed,
-            });
+        match self.conns.get(&conn) {
+            Some(Conn::Dialing { .. }) => {}
+            // Reported twice: the session runs already.
+            Some(Conn::Live(_)) => return,
+            None => {
+                // Not a dial we asked for, or abandoned: close it.
+                self.actions.push_back(Action::Close {
+                    conn,
+                    reason: SessionError::LocallyClosed,
+                });
+                return;
+            }
+        }
+        let Some(Conn::Dialing { waiting, user }) = self.conns.remove(&conn) else {
             return;
         };
         let mut seed = [0u8; 32];
@@ -659,13 +678,14 @@ impl ClientEndpoint {
             Ok(s) => s,
             Err(e) => {
                 // Cannot happen: the configuration was validated in `new`.
-                self.conns.insert(conn, Conn::Dialing { waiting });
+                self.conns.insert(conn, Conn::Dialing { waiting, user });
                 self.handle_dial_failed(now, conn, e.to_string());
                 return;
             }
         };
         self.conns.insert(conn, Conn::Live(Box::new(session)));
         self.pool.established(now, conn);
+        let mut opened_any = false;
         for handle in waiting {
             let Some(e) = self.streams.get_mut(&handle) else {
                 continue;
@@ -674,10 +694,7 @@ impl ClientEndpoint {
                 continue;
             };
             if e.state.is_terminal() {
-                // Finished before its session came: nothing to open; the
-                // session goes back to the pool.
-                e.checked_in = true;
-                self.pool.checkin(now, conn);
+                // Finished before its session came: nothing to open.
                 continue;
             }
             let opened = match self.conns.get_mut(&conn) {
@@ -687,6 +704,7 @@ impl ClientEndpoint {
             match opened {
                 Ok(id) => {
                     e.id = Some(id);
+                    opened_any = true;
                     self.by_id.insert((conn, id), handle);
                     self.events.push_back(ClientEvent::StreamWritable(handle));
                 }
@@ -695,6 +713,11 @@ impl ClientEndpoint {
                     self.refuse(handle, reason);
                 }
             }
+        }
+        if user && !opened_any {
+            // The stream it was dialled for is gone (finished or released
+            // while dialling): the session goes back to the pool unused.
+            self.pool.checkin(now, conn);
         }
         self.pool_actions();
         self.after_session(conn);
@@ -711,7 +734,11 @@ impl ClientEndpoint {
     ) {
         let reason: TransportError = error.into();
         let now = self.advance(now);
-        let Some(Conn::Dialing { waiting }) = self.conns.remove(&conn) else {
+        if !matches!(self.conns.get(&conn), Some(Conn::Dialing { .. })) {
+            // Not dialling (reported twice, or live already): nothing failed.
+            return;
+        }
+        let Some(Conn::Dialing { waiting, .. }) = self.conns.remove(&conn) else {
             return;
         };
         debug!(seq = conn.0, "dial failed: {reason}");
@@ -817,11 +844,14 @@ impl ClientEndpoint {
         buf: &mut BytesMut,
     ) -> Option<Transmit> {
         let now = self.advance(now);
+        let retiring = self.retiring.contains_key(&conn);
         let Some(Conn::Live(s)) = self.conns.get_mut(&conn) else {
             return None;
         };
         let t = s.poll_transmit(now, buf);
-        if s.has_events() || s.is_closed() {
+        // A retiring session closes once its last FIN is out.
+        let drained = retiring && s.stream_count() == 0;
+        if s.has_events() || s.is_closed() || drained {
             self.after_session(conn);
         } else {
             // Sending may resume paused input, which may move deadlines.
@@ -845,7 +875,13 @@ impl ClientEndpoint {
             let Some(ev) = ev else {
                 break;
             };
-            let handle = |id: &StreamId| self.by_id.get(&(conn, *id)).copied();
+            // Released streams get no events.
+            let handle = |id: &StreamId| {
+                self.by_id
+                    .get(&(conn, *id))
+                    .copied()
+                    .filter(|h| self.streams.contains_key(h))
+            };
             match ev {
                 Event::Established { .. } => {
                     self.events
@@ -857,8 +893,9 @@ impl ClientEndpoint {
                 }
                 Event::StreamConnected { id } => {
                     if let Some(h) = handle(&id) {
-                        self.set_state(h, StreamState::Connected);
-                        self.events.push_back(ClientEvent::StreamConnected(h));
+                        if self.set_state(h, StreamState::Connected) {
+                            self.events.push_back(ClientEvent::StreamConnected(h));
+                        }
                     }
                 }
                 Event::StreamReadable { id } => {
@@ -879,13 +916,13 @@ impl ClientEndpoint {
                 }
                 Event::StreamRefused { id, reason } => {
                     if let Some(h) = self.by_id.remove(&(conn, id)) {
-                        self.forget_id(h);
+                        self.forget_id(conn, h);
                         self.refuse(h, reason);
                     }
                 }
                 Event::StreamReset { id, reason } => {
                     if let Some(h) = self.by_id.remove(&(conn, id)) {
-                        self.forget_id(h);
+                        self.forget_id(conn, h);
                         self.reset(h, reason);
                     }
                 }
@@ -914,37 +951,39 @@ impl ClientEndpoint {
             self.pool_actions();
             return;
         }
+        if self.retiring.contains_key(&conn) {
+            self.close_if_drained(conn);
+            if !self.conns.contains_key(&conn) {
+                self.pool_actions();
+                return;
+            }
+        }
         let deadline = match self.conns.get(&conn) {
             Some(Conn::Live(s)) => s.poll_timeout(),
             _ => None,
         };
         self.timers.set_or_clear(EpTimer::Session(conn), deadline);
+        self.pool_actions();
     }
 
-    fn set_state(&mut self, stream: StreamHandle, state: StreamState) {
-        if let Some(e) = self.streams.get_mut(&stream) {
-            if !e.state.is_terminal() {
+    /// Moves a stream that is not over yet to `state`; whether it did.
+    fn set_state(&mut self, stream: StreamHandle, state: StreamState) -> bool {
+        match self.streams.get_mut(&stream) {
+            Some(e) if !e.state.is_terminal() => {
                 e.state = state;
+                true
             }
+            _ => false,
         }
     }
 
-    /// The session no longer knows the stream by its id.
-    fn forget_id(&mut self, stream: StreamHandle) {
+    /// The session no longer knows the stream (refused or reset): the stream
+    /// is done with its session, which stays healthy.
+    fn forget_id(&mut self, conn: SessionSeq, stream: StreamHandle) {
         if let Some(e) = self.streams.get_mut(&stream) {
-            if e.id.is_some() {
-                // Keep the pool's count right: the stream is done with its
-                // session (a refusal leaves the session healthy).
-                if !e.checked_in {
-                    e.checked_in = true;
-                    let conn = e.conn;
-                    self.pool.checkin(self.now, conn);
-                }
-            }
-            if let Some(e) = self.streams.get_mut(&stream) {
-                e.id = None;
-            }
+            e.id = None;
         }
+        self.check_in(conn, stream);
     }
 
     fn refuse(&mut self, stream: StreamHandle, reason: RefuseReason) {
@@ -989,13 +1028,14 @@ impl ClientEndpoint {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.retiring.remove(&conn);
         self.timers.clear(EpTimer::Session(conn));
         if self.cursor == conn {
             self.cursor = SessionSeq(conn.0.saturating_sub(1));
         }
         debug!(seq = conn.0, "session over: {reason}");
         match c {
-            Conn::Dialing { waiting } => {
+            Conn::Dialing { waiting, .. } => {
                 let why = if self.closed {
                     RefuseReason::EndpointClosed
                 } else {
@@ -1007,18 +1047,17 @@ impl ClientEndpoint {
             }
             Conn::Live(mut s) => {
                 s.close(self.now);
-                let on_conn: Vec<StreamHandle> = self
+                let on_conn: Vec<(StreamId, StreamHandle)> = self
                     .by_id
                     .range((conn, StreamId(0))..=(conn, StreamId(u32::MAX)))
-                    .map(|(_, h)| *h)
+                    .map(|((_, id), h)| (*id, *h))
                     .collect();
-                for h in on_conn {
+                for (id, h) in on_conn {
+                    self.by_id.remove(&(conn, id));
                     let Some(e) = self.streams.get_mut(&h) else {
                         continue;
                     };
-                    if let Some(id) = e.id.take() {
-                        self.by_id.remove(&(conn, id));
-                    }
+                    e.id = None;
                     // Not yet connected: refused. Connected, or finished by
                     // the server with data still unread (lost now, which is
                     // no clean end): reset.
@@ -1033,25 +1072,25 @@ impl ClientEndpoint {
         self.actions.push_back(Action::Close { conn, reason });
     }
 
-    /// A retired session (out of the pool) closes with its last stream.
-    fn close_if_unused(&mut self, conn: SessionSeq) {
-        if self.pool.contains(conn) {
-            return;
-        }
-        let unused = match self.conns.get(&conn) {
-            Some(Conn::Live(s)) => s.stream_count() == 0 && !self.has_streams_on(conn),
-            _ => false,
-        };
-        if unused {
-            self.end_conn(conn, SessionError::LocallyClosed);
+    /// Takes a session out of service: no new streams; it closes (with
+    /// `reason`) once its streams have sent everything, FINs included.
+    fn retire(&mut self, conn: SessionSeq, reason: SessionError) {
+        if matches!(self.conns.get(&conn), Some(Conn::Live(_))) {
+            self.retiring.entry(conn).or_insert(reason);
+            self.close_if_drained(conn);
         }
     }
 
-    fn has_streams_on(&self, conn: SessionSeq) -> bool {
-        self.by_id
-            .range((conn, StreamId(0))..=(conn, StreamId(u32::MAX)))
-            .next()
-            .is_some()
+    fn close_if_drained(&mut self, conn: SessionSeq) {
+        let drained = match self.conns.get(&conn) {
+            Some(Conn::Live(s)) => s.stream_count() == 0,
+            _ => false,
+        };
+        if drained {
+            if let Some(reason) = self.retiring.remove(&conn) {
+                self.end_conn(conn, reason);
+            }
+        }
     }
 
     /// Carries out what the pool decided.
@@ -1064,13 +1103,20 @@ impl ClientEndpoint {
                         seq,
                         Conn::Dialing {
                             waiting: Vec::new(),
+                            user: false,
                         },
                     );
                     self.actions.push_back(Action::Dial { conn: seq });
                 }
                 PoolAction::Close { seq, reason } => {
                     debug!(seq = seq.0, "pool closes session: {reason:?}");
-                    self.end_conn(seq, SessionError::Pool(reason));
+                    if reason == CloseReason::Shutdown || !self.is_live(seq) {
+                        self.end_conn(seq, SessionError::Pool(reason));
+                    } else {
+                        // Streams that just ended may still have data and a
+                        // FIN to send: the session closes once they are out.
+                        self.retire(seq, SessionError::Pool(reason));
+                    }
                 }
                 PoolAction::Heartbeat { seq, timeout } => {
                     if let Some(Conn::Live(s)) = self.conns.get_mut(&seq) {

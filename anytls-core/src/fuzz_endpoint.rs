@@ -17,7 +17,7 @@ use crate::pool::PoolConfig;
 #[path = "../tests/endpoint_world/mod.rs"]
 mod world;
 
-use world::{Kill, Op, PASSWORD, World};
+use world::{Kill, Op, PASSWORD, World, pool_config};
 
 /// Numbers from fuzz input; zeros once it runs out.
 struct Bytes<'a>(&'a [u8]);
@@ -46,20 +46,21 @@ impl Bytes<'_> {
 /// Valid configurations only (validation has its own fuzz target, `pool`).
 fn configs(b: &mut Bytes) -> (PoolConfig, ClientConfig) {
     let flags = b.byte();
-    let mut pool = PoolConfig::default();
-    pool.check_interval = b.ms(1_000, 500);
-    pool.idle_timeout = b.ms(1_000, 2_000);
-    pool.min_idle = usize::from(b.byte() % 5);
-    pool.ensure_idle = usize::from(b.byte() % 6);
-    pool.ensure_create_rate = usize::from(b.byte() % 3);
-    pool.heartbeat = b.opt_ms(1_000, 250);
-    pool.heartbeat_timeout = b.opt_ms(100, 100);
-    pool.max_session_lifetime = b.opt_ms(1_000, 5_000);
-    pool.lifetime_jitter = b.ms(0, 1_000);
-    pool.disable_reuse = flags & 1 != 0;
-    pool.max_streams_per_session = 1 + usize::from(b.byte() % 3);
-    pool.dial_backoff = b.ms(10, 100);
-    pool.max_dial_backoff = b.ms(0, 1_000);
+    let pool = pool_config(|c| {
+        c.check_interval = b.ms(1_000, 500);
+        c.idle_timeout = b.ms(1_000, 2_000);
+        c.min_idle = usize::from(b.byte() % 5);
+        c.ensure_idle = usize::from(b.byte() % 6);
+        c.ensure_create_rate = usize::from(b.byte() % 3);
+        c.heartbeat = b.opt_ms(1_000, 250);
+        c.heartbeat_timeout = b.opt_ms(100, 100);
+        c.max_session_lifetime = b.opt_ms(1_000, 5_000);
+        c.lifetime_jitter = b.ms(0, 1_000);
+        c.disable_reuse = flags & 1 != 0;
+        c.max_streams_per_session = 1 + usize::from(b.byte() % 3);
+        c.dial_backoff = b.ms(10, 100);
+        c.max_dial_backoff = b.ms(0, 1_000);
+    });
     let mut client = ClientConfig::new(PASSWORD);
     client.stream_open_timeout = b.ms(100, 50);
     client.heartbeat_timeout = b.opt_ms(100, 100);
@@ -83,7 +84,8 @@ fn op(b: &mut Bytes) -> Op {
         10 | 11 => Op::AnswerDial(b.byte(), b.byte() % 4 != 0),
         12 => {
             let i = b.byte();
-            let how = [Kill::Eof, Kill::Reset, Kill::Silent][usize::from(b.byte() % 3)];
+            let kinds = [Kill::Eof, Kill::Reset, Kill::PeerReset, Kill::Silent];
+            let how = kinds[usize::from(b.byte() % 4)];
             Op::Kill(i, how)
         }
         13 => Op::Eof(b.byte()),
@@ -97,17 +99,19 @@ fn op(b: &mut Bytes) -> Op {
         }),
         15 => Op::Outage(b.byte() & 1 == 1),
         16 => Op::DialFailures(b.byte()),
+        // Through every deadline: up to a minute (longer spans jump).
         17..=19 => Op::Advance(match b.byte() % 3 {
             0 => u32::from(b.byte()),
-            1 => u32::from(b.word()),
-            _ => u32::from(b.word()) * 10,
+            1 => u32::from(b.byte()) * 20,
+            _ => u32::from(b.byte()) * 250,
         }),
         20 => Op::ToDeadline(u16::from(b.byte()) * 8),
         21 => Op::Jump(u32::from(b.word()) * 10),
-        22 => match b.byte() % 4 {
+        22 => match b.byte() % 5 {
             0 => Op::Stale(b.word()),
             1 => Op::Auto(b.byte() & 1 == 1),
-            2 if b.byte() == 0 => Op::Close,
+            2 => Op::PerConn(b.byte() & 1 == 1),
+            3 if b.byte() == 0 => Op::Close,
             _ => Op::Timeout,
         },
         _ => Op::Timeout,
@@ -120,7 +124,8 @@ pub fn endpoint_at(data: &[u8], epoch: Instant) {
     let (pool, client) = configs(&mut b);
     let seed = u64::from(b.word());
     let mut w = World::for_ops(pool, client, seed, epoch);
-    for _ in 0..512 {
+    w.step_budget = 2_000;
+    for _ in 0..256 {
         if b.0.is_empty() {
             break;
         }
@@ -155,11 +160,17 @@ mod tests {
         let fixed: [&[u8]; 4] = [
             b"",
             // Pre-warm 2, heartbeats; opens, writes, time passes.
-            &[0, 10, 10, 2, 2, 0, 1, 20, 1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0],
+            &[
+                0, 10, 10, 2, 2, 0, 1, 20, 1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0,
+            ],
             // Outage and kills amid opens and dial answers.
-            &[8, 2, 2, 1, 3, 1, 15, 1, 5, 1, 8, 3, 0, 9, 1, 15, 1, 10, 0, 1, 12, 0, 2, 18, 2, 9],
+            &[
+                8, 2, 2, 1, 3, 1, 15, 1, 5, 1, 8, 3, 0, 9, 1, 15, 1, 10, 0, 1, 12, 0, 2, 18, 2, 9,
+            ],
             // Refusals with text, releases, a jump, close.
-            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 14, 1, 4, 104, 105, 33, 0, 0, 9],
+            &[
+                1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 14, 1, 4, 104, 105, 33, 0, 0, 9,
+            ],
         ];
         for data in fixed {
             super::endpoint(data);

@@ -44,7 +44,7 @@ use crate::frame::{
 };
 use crate::padding::{PaddingScheme, Record, Shaper};
 use crate::settings::{ClientSettings, PROTOCOL_VERSION, ReceivedClientSettings, StringMap};
-use crate::stream::{Phase, Stream};
+use crate::stream::{ChunkQueue, Phase, Stream};
 use crate::timer::TimerTable;
 
 /// The Alert text a server sends when a SYN arrives before Settings.
@@ -325,6 +325,13 @@ pub struct Session<R: SessionRole> {
     peer_version: u8,
     /// Every deadline but the stall deadline.
     timers: TimerTable<Timer>,
+    /// The peer closed the connection while input was paused: the session
+    /// ends once the buffered frames are processed.
+    peer_eof: bool,
+    /// After the peer closed the connection cleanly: data of streams it had
+    /// finished (FIN), still readable. Nothing is lost that the peer sent
+    /// and ended before it closed.
+    finished_data: BTreeMap<StreamId, ChunkQueue>,
     /// When the oldest unanswered HeartRequest was sent (for the RTT).
     heartbeat_sent_at: Option<Instant>,
     stats: SessionStats,
@@ -364,6 +371,8 @@ impl<R: SessionRole> Session<R> {
             events: VecDeque::new(),
             peer_version: 1,
             timers: TimerTable::default(),
+            peer_eof: false,
+            finished_data: BTreeMap::new(),
             heartbeat_sent_at: None,
             stats: SessionStats::default(),
         }
@@ -379,6 +388,13 @@ impl<R: SessionRole> Session<R> {
     /// The peer's protocol version as known so far (1 until shown otherwise).
     pub fn peer_version(&self) -> u8 {
         self.peer_version
+    }
+
+    /// Whether the session still holds stream `id` (a stream is let go once
+    /// both sides are done with it: FIN sent after a local finish, or a
+    /// local finish after the peer's FIN, or a refusal or reset).
+    pub fn has_stream(&self, id: StreamId) -> bool {
+        self.streams.contains_key(&id) || self.finished_data.contains_key(&id)
     }
 
     /// Number of streams the session holds (open, or not yet released).
@@ -399,7 +415,7 @@ impl<R: SessionRole> Session<R> {
     /// Whether the owner should read from the connection. False while receive
     /// buffers or the control queue are full, and once the session is closing.
     pub fn wants_read(&self) -> bool {
-        matches!(self.state, State::Auth | State::Open) && !self.input_paused()
+        matches!(self.state, State::Auth | State::Open) && !self.input_paused() && !self.peer_eof
     }
 
     /// The earliest deadline, if any. After `handle_timeout(now)` it is later
@@ -486,7 +502,22 @@ impl<R: SessionRole> Session<R> {
             let replay = self.recv_buf.split().freeze();
             self.events.push_back(Event::AuthRejected { replay });
         }
+        if self.state == State::Open && !self.recv_buf.is_empty() {
+            // Input is paused with frames still buffered (a reader behind):
+            // they are processed first, then the session ends (nothing the
+            // peer sent before it closed is lost).
+            self.peer_eof = true;
+            self.process_input();
+            return;
+        }
         if matches!(self.state, State::Auth | State::Open) {
+            self.close_with(SessionError::PeerEof);
+        }
+    }
+
+    /// Everything buffered is processed: a pending EOF ends the session.
+    fn end_of_input(&mut self) {
+        if self.peer_eof && self.state == State::Open {
             self.close_with(SessionError::PeerEof);
         }
     }
@@ -647,6 +678,13 @@ impl<R: SessionRole> Session<R> {
     /// (the peer sent FIN and everything before it was read), or
     /// `Err(Blocked)` until `Event::StreamReadable`.
     pub fn read(&mut self, id: StreamId) -> Result<Option<Bytes>, StreamError> {
+        if let Some(q) = self.finished_data.get_mut(&id) {
+            let chunk = q.pop();
+            if chunk.is_none() {
+                self.finished_data.remove(&id);
+            }
+            return Ok(chunk);
+        }
         let stream = stream_mut(&mut self.streams, id)?;
         if stream.local_fin {
             return Err(StreamError::Closed);
@@ -674,13 +712,19 @@ impl<R: SessionRole> Session<R> {
 
     /// Bytes ready to read on a stream.
     pub fn readable_len(&self, id: StreamId) -> usize {
-        self.streams.get(&id).map_or(0, |s| s.recv.len())
+        match self.finished_data.get(&id) {
+            Some(q) => q.len(),
+            None => self.streams.get(&id).map_or(0, |s| s.recv.len()),
+        }
     }
 
     /// Closes a stream (FIN is a full close in AnyTLS). Queued data still goes
     /// out, then FIN; data received from now on is dropped. After the peer's
     /// FIN this just releases the stream (no FIN is echoed).
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        if self.finished_data.remove(&id).is_some() {
+            return Ok(());
+        }
         let stream = stream_mut(&mut self.streams, id)?;
         if stream.peer_fin || self.state != State::Open {
             self.remove_stream(id);
@@ -974,7 +1018,8 @@ impl<R: SessionRole> Session<R> {
     }
 
     fn resume_input(&mut self) {
-        if !self.recv_buf.is_empty() && !self.input_paused() {
+        // With the peer gone, an empty buffer still has its EOF to process.
+        if (!self.recv_buf.is_empty() || self.peer_eof) && !self.input_paused() {
             self.process_input();
         }
     }
@@ -999,6 +1044,7 @@ impl<R: SessionRole> Session<R> {
                         // Part of a PSH frame: deliver what is here now.
                         let Some((id, data)) = self.decoder.take_partial_data(&mut self.recv_buf)
                         else {
+                            self.end_of_input();
                             return;
                         };
                         self.timers.clear(Timer::Liveness);
@@ -1010,6 +1056,7 @@ impl<R: SessionRole> Session<R> {
                             // must not pin it (frames keep their own views).
                             self.recv_buf = BytesMut::new();
                         }
+                        self.end_of_input();
                         return;
                     }
                     Err(e) => {
@@ -1380,6 +1427,11 @@ impl<R: SessionRole> Session<R> {
         // Unprocessed input: at most a partial frame plus the last chunk handed in
         // (or, before authentication, the preamble plus one chunk).
         assert!(self.recv_buf.len() <= HEADER_LEN + MAX_FRAME_DATA + 34 + max_input);
+        let kept: usize = self.finished_data.values().map(ChunkQueue::len).sum();
+        assert!(
+            kept <= l.session_recv_buffer + MAX_FRAME_DATA,
+            "data kept after close"
+        );
         if self.state == State::Closed {
             assert!(self.streams.is_empty() && self.control.is_empty());
             assert!(self.poll_timeout().is_none());
@@ -1389,6 +1441,16 @@ impl<R: SessionRole> Session<R> {
     fn close_with(&mut self, reason: SessionError) {
         debug!("session closed: {reason}");
         self.state = State::Closed;
+        if reason == SessionError::PeerEof {
+            // A clean end: what the peer sent and finished before it stays
+            // readable (a client that FINs its upload and closes at once
+            // loses nothing on its way to the target).
+            for (id, s) in std::mem::take(&mut self.streams) {
+                if s.peer_fin && !s.local_fin && s.phase == Phase::Open && !s.recv.is_empty() {
+                    self.finished_data.insert(id, s.recv);
+                }
+            }
+        }
         self.streams.clear();
         self.ready.clear();
         self.recv_total = 0;

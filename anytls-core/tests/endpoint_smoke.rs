@@ -21,17 +21,32 @@ struct World {
     servers: BTreeMap<SessionSeq, ServerSession>,
     now: Instant,
     events: Vec<ClientEvent>,
+    /// Connections the endpoint asked to close.
     closed: Vec<SessionSeq>,
+    /// Streams the servers saw, with their ids there.
     opened: Vec<(SessionSeq, StreamId)>,
-    /// Server side: refuse streams with this message.
+    /// What the servers read from each stream.
+    received: BTreeMap<(SessionSeq, StreamId), Vec<u8>>,
+    /// Streams the client FINed, as the servers saw it.
+    fins: Vec<(SessionSeq, StreamId)>,
+    /// Server side: refuse streams with this message (`None`: accept).
     refuse: Option<String>,
+    /// Server side: give no verdict at all.
+    no_verdict: bool,
     fail_dials: bool,
+    /// Keep dials pending (in `pending_dials`) until `connect` is called.
+    hold_dials: bool,
+    pending_dials: Vec<SessionSeq>,
 }
 
 impl World {
     fn new(pool: PoolConfig) -> World {
+        World::with(ClientConfig::new("pw"), pool)
+    }
+
+    fn with(cfg: ClientConfig, pool: PoolConfig) -> World {
         let now = epoch();
-        let ep = ClientEndpoint::new(ClientConfig::new("pw"), pool, [7; 32], now).unwrap();
+        let ep = ClientEndpoint::new(cfg, pool, [7; 32], now).unwrap();
         World {
             ep,
             servers: BTreeMap::new(),
@@ -39,9 +54,22 @@ impl World {
             events: Vec::new(),
             closed: Vec::new(),
             opened: Vec::new(),
+            received: BTreeMap::new(),
+            fins: Vec::new(),
             refuse: None,
+            no_verdict: false,
             fail_dials: false,
+            hold_dials: false,
+            pending_dials: Vec::new(),
         }
+    }
+
+    /// A dial succeeds: a server session on the other end.
+    fn connect(&mut self, conn: SessionSeq) {
+        let cfg = Arc::new(ServerConfig::new(Authenticator::single("pw")));
+        let s = Session::server(cfg, [conn.0 as u8; 32], self.now).unwrap();
+        self.servers.insert(conn, s);
+        self.ep.handle_connected(self.now, conn);
     }
 
     /// Runs until nothing moves (bounded).
@@ -51,16 +79,11 @@ impl World {
             while let Some(a) = self.ep.poll_action() {
                 moved = true;
                 match a {
-                    Action::Dial { conn } => {
-                        if self.fail_dials {
-                            self.ep.handle_dial_failed(self.now, conn, "refused");
-                        } else {
-                            let cfg = Arc::new(ServerConfig::new(Authenticator::single("pw")));
-                            let s = Session::server(cfg, [conn.0 as u8; 32], self.now).unwrap();
-                            self.servers.insert(conn, s);
-                            self.ep.handle_connected(self.now, conn);
-                        }
+                    Action::Dial { conn } if self.hold_dials => self.pending_dials.push(conn),
+                    Action::Dial { conn } if self.fail_dials => {
+                        self.ep.handle_dial_failed(self.now, conn, "refused")
                     }
+                    Action::Dial { conn } => self.connect(conn),
                     Action::Close { conn, .. } => {
                         self.servers.remove(&conn);
                         self.closed.push(conn);
@@ -78,35 +101,7 @@ impl World {
             }
             let conns: Vec<SessionSeq> = self.servers.keys().copied().collect();
             for conn in conns {
-                let s = self.servers.get_mut(&conn).unwrap();
-                let mut out = Vec::new();
-                while let Some(t) = s.poll_transmit(self.now, &mut buf) {
-                    out.push(buf.split_to(t.len));
-                }
-                let mut evs = Vec::new();
-                while let Some(ev) = s.poll_event() {
-                    evs.push(ev);
-                }
-                for ev in evs {
-                    if let Event::StreamOpened { id, .. } = ev {
-                        let verdict = self.refuse.clone().map_or(Ok(()), Err);
-                        s.accept_stream(id, verdict).unwrap();
-                        self.opened.push((conn, id));
-                        while let Some(t) = s.poll_transmit(self.now, &mut buf) {
-                            out.push(buf.split_to(t.len));
-                        }
-                    }
-                }
-                let closed = s.is_closed();
-                for data in out {
-                    moved = true;
-                    self.ep.handle_input(self.now, conn, data);
-                }
-                if closed {
-                    self.servers.remove(&conn);
-                    self.ep.handle_eof(self.now, conn);
-                    moved = true;
-                }
+                moved |= self.serve(conn, &mut buf);
             }
             while let Some(ev) = self.ep.poll_event() {
                 self.events.push(ev);
@@ -118,13 +113,57 @@ impl World {
         panic!("no quiescence");
     }
 
+    /// One server session's turn: its events, its answers to the client.
+    fn serve(&mut self, conn: SessionSeq, buf: &mut BytesMut) -> bool {
+        let Some(s) = self.servers.get_mut(&conn) else {
+            return false;
+        };
+        let mut evs = Vec::new();
+        while let Some(ev) = s.poll_event() {
+            evs.push(ev);
+        }
+        for ev in evs {
+            match ev {
+                Event::StreamOpened { id, .. } => {
+                    if !self.no_verdict {
+                        let verdict = self.refuse.clone().map_or(Ok(()), Err);
+                        s.accept_stream(id, verdict).unwrap();
+                    }
+                    self.opened.push((conn, id));
+                }
+                Event::StreamReadable { id } => {
+                    while let Ok(Some(b)) = s.read(id) {
+                        let got = self.received.entry((conn, id)).or_default();
+                        got.extend_from_slice(&b);
+                    }
+                }
+                Event::StreamFinished { id } => self.fins.push((conn, id)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(t) = s.poll_transmit(self.now, buf) {
+            out.push(buf.split_to(t.len));
+        }
+        let closed = s.is_closed();
+        let moved = !out.is_empty() || closed;
+        for data in out {
+            self.ep.handle_input(self.now, conn, data);
+        }
+        if closed {
+            self.servers.remove(&conn);
+            self.ep.handle_eof(self.now, conn);
+        }
+        moved
+    }
+
     fn advance(&mut self, d: Duration) {
         let end = self.now + d;
         for _ in 0..100_000 {
             match self.ep.poll_timeout() {
                 Some(t) if t <= end => {
-                    assert!(t >= self.now - Duration::from_secs(1));
-                    self.now = self.now.max(t);
+                    assert!(t >= self.now, "poll_timeout in the past");
+                    self.now = t;
                     self.ep.handle_timeout(self.now);
                     if let Some(next) = self.ep.poll_timeout() {
                         assert!(next > self.now, "poll_timeout in the past");
@@ -139,6 +178,10 @@ impl World {
         }
         panic!("timer livelock");
     }
+}
+
+fn dest() -> SocksAddr {
+    SocksAddr::domain("example.com", 80)
 }
 
 #[test]
@@ -264,4 +307,111 @@ fn unread_data_lost_with_its_session_is_a_reset_not_a_clean_end() {
             assert!(w.ep.read(h).is_err(), "no silent EOF");
         }
     }
+}
+
+// ----- regressions found in review -----
+
+#[test]
+fn a_stream_released_while_its_dial_runs_gives_the_session_back() {
+    let mut w = World::new(PoolConfig::default());
+    w.hold_dials = true;
+    let h = w.ep.open_stream(w.now, &dest()).unwrap();
+    w.settle();
+    w.ep.release(w.now, h);
+    let conn = w.pending_dials.pop().unwrap();
+    w.connect(conn);
+    w.settle();
+    assert_eq!(w.ep.stats().pool.busy, 0);
+    assert_eq!(
+        w.ep.idle_sessions().len(),
+        1,
+        "the session is idle, reusable"
+    );
+}
+
+#[test]
+fn a_session_the_pool_closes_at_check_in_sends_its_data_and_fin_first() {
+    let mut no_reuse = PoolConfig::default();
+    no_reuse.disable_reuse = true;
+    let mut lifetime = PoolConfig::default();
+    lifetime.max_session_lifetime = Some(Duration::from_secs(1));
+    lifetime.check_interval = Duration::from_secs(1);
+    for pool in [no_reuse, lifetime] {
+        let mut w = World::new(pool);
+        let h = w.ep.open_stream(w.now, &dest()).unwrap();
+        w.settle();
+        w.advance(Duration::from_secs(3));
+        assert_eq!(w.ep.write(h, b"last words").unwrap(), 10);
+        w.ep.finish(w.now, h);
+        w.settle();
+        let (conn, sid) = w.opened[0];
+        assert_eq!(
+            w.received.get(&(conn, sid)).map(Vec::as_slice),
+            Some(&b"last words"[..])
+        );
+        assert_eq!(w.fins, vec![(conn, sid)], "the FIN went out");
+        assert_eq!(w.closed, vec![conn], "then the pool closed the session");
+    }
+}
+
+#[test]
+fn a_refusal_under_disable_reuse_closes_the_session_at_once() {
+    let mut pool = PoolConfig::default();
+    pool.disable_reuse = true;
+    let mut w = World::new(pool);
+    w.refuse = Some("no".into());
+    let h = w.ep.open_stream(w.now, &dest()).unwrap();
+    w.settle();
+    assert!(matches!(
+        w.ep.stream_state(h),
+        Some(StreamState::Refused(_))
+    ));
+    let (conn, _) = w.opened[0];
+    assert_eq!(w.closed, vec![conn]);
+}
+
+#[test]
+fn a_session_that_takes_no_more_streams_closes_with_its_last_one() {
+    let mut cfg = ClientConfig::new("pw");
+    cfg.limits.max_streams = 1;
+    let mut w = World::with(cfg, PoolConfig::default());
+    let a = w.ep.open_stream(w.now, &dest()).unwrap();
+    w.settle();
+    // Finish and, before the FIN is out, open the next stream.
+    w.ep.finish(w.now, a);
+    let b = w.ep.open_stream(w.now, &dest()).unwrap();
+    w.ep.release(w.now, a);
+    w.settle();
+    w.ep.release(w.now, b);
+    w.settle();
+    w.advance(Duration::from_secs(3600));
+    let live = w.ep.live_sessions().count();
+    assert!(
+        live <= w.ep.idle_sessions().len(),
+        "a live session outside the pool, forever"
+    );
+}
+
+#[test]
+fn reports_about_a_live_connection_leave_it_alone() {
+    let mut w = World::new(PoolConfig::default());
+    let h = w.ep.open_stream(w.now, &dest()).unwrap();
+    w.settle();
+    let conn = w.ep.stream_session(h).unwrap();
+    w.ep.handle_dial_failed(w.now, conn, "late report");
+    w.ep.handle_connected(w.now, conn);
+    w.settle();
+    assert!(w.ep.is_live(conn));
+    assert_eq!(w.ep.stream_state(h), Some(&StreamState::Connected));
+    assert_eq!(w.ep.write(h, b"ok").unwrap(), 2);
+}
+
+#[test]
+fn configs_whose_stream_caps_disagree_are_refused() {
+    let mut cfg = ClientConfig::new("pw");
+    cfg.limits.max_streams = 2;
+    let mut pool = PoolConfig::default();
+    pool.max_streams_per_session = 4;
+    let now = epoch();
+    assert!(ClientEndpoint::new(cfg, pool, [0; 32], now).is_err());
 }

@@ -1467,6 +1467,57 @@ fn probe_deadline_closes_the_session_when_the_server_is_dead() {
 // ----- backpressure (4.3, STYLE Buffers) -----
 
 #[test]
+fn an_eof_while_paused_waits_for_the_buffered_frames_and_keeps_finished_data() {
+    // The peer sends more than the lone stream's cap, FINs the stream and
+    // closes the connection: the session stops reading at the cap, the EOF
+    // waits behind the buffered frames, and every byte before the FIN can be
+    // read after the session ended.
+    let cap = client_config().limits.stream_recv_buffer;
+    let chunk = vec![7u8; 16 * 1024];
+    let mut wire = Vec::new();
+    for _ in 0..(2 * cap / chunk.len()) {
+        wire.extend(frame(Command::Psh, 1, &chunk));
+    }
+    wire.extend(frame(Command::Fin, 1, b""));
+    let mut c = Solo::opened_client();
+    c.input(&wire);
+    assert!(!c.s.wants_read(), "paused at the stream's cap");
+    let now = c.now;
+    c.s.handle_eof(now);
+    c.pump();
+    assert!(!c.s.is_closed(), "the EOF waits for the buffered frames");
+    let (data, eof) = c.read_all(1);
+    assert_eq!(data.len(), 2 * cap);
+    assert!(eof, "the FIN came after the data");
+    assert!(c.s.is_closed());
+    assert!(matches!(
+        c.take_events().last(),
+        Some(Event::Closed {
+            reason: SessionError::PeerEof
+        })
+    ));
+
+    // Same without a FIN, the last frame filling the cap exactly: the
+    // session still ends once the reader drained it (it used to stay open,
+    // paused on nothing, for ever).
+    let mut wire = Vec::new();
+    for _ in 0..(2 * cap / chunk.len()) {
+        wire.extend(frame(Command::Psh, 1, &chunk));
+    }
+    let mut c = Solo::opened_client();
+    c.input(&wire);
+    let now = c.now;
+    c.s.handle_eof(now);
+    c.pump();
+    let _ = c.read_all(1);
+    let _ = c.read_all(1);
+    assert!(
+        c.s.is_closed(),
+        "the session ended after the buffered input"
+    );
+}
+
+#[test]
 fn paused_reader_stops_the_session_reading_and_loses_nothing() {
     let mut ccfg = client_config();
     ccfg.limits.stream_recv_buffer = 16 * 1024;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -18,6 +18,7 @@ use anytls_core::{
 use bytes::{Bytes, BytesMut};
 
 use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive};
+use crate::dial::Dialer;
 use crate::runtime::{Notify, Runtime, timeout};
 use crate::tls::{TlsError, Verification, client_config, server_name};
 use crate::tls_io::TlsIo;
@@ -36,6 +37,12 @@ pub struct ClientConfig {
     pub verification: Verification,
     /// ALPN protocols to offer.
     pub alpn: Vec<String>,
+    /// Your own rustls configuration (roots, client certificates, ALPN, key
+    /// log...). When set, `verification` and `alpn` are not used.
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// How connections to the server are made. `None`: TCP to `server`
+    /// through the runtime, Nagle off.
+    pub dialer: Option<Arc<dyn Dialer>>,
     /// The session pool.
     pub pool: PoolConfig,
     /// Value of the `client=` setting (empty, as sing-box sends by default, or a name).
@@ -56,6 +63,8 @@ impl fmt::Debug for ClientConfig {
             .field("sni", &self.sni)
             .field("verification", &self.verification)
             .field("alpn", &self.alpn)
+            .field("tls_config", &self.tls_config.as_ref().map(|_| "custom"))
+            .field("dialer", &self.dialer.as_ref().map(|_| "custom"))
             .field("pool", &self.pool)
             .field("client_name", &self.client_name)
             .finish_non_exhaustive()
@@ -71,6 +80,8 @@ impl ClientConfig {
             sni: None,
             verification: Verification::WebPki,
             alpn: Vec::new(),
+            tls_config: None,
+            dialer: None,
             pool: PoolConfig::default(),
             client_name: String::new(),
             connect_timeout: Duration::from_secs(10),
@@ -234,16 +245,18 @@ impl Drop for Owner {
 /// [`ClientEndpoint`](anytls_core::ClientEndpoint); this type moves bytes:
 /// one task per TLS connection, one task for the endpoint's timer and dials.
 pub struct Client<R> {
-    inner: Arc<Inner>,
+    // Dropped first: when the last handle goes, the owner can still reach
+    // the client to close it.
     _owner: Arc<Owner>,
+    inner: Arc<Inner>,
     _runtime: PhantomData<fn() -> R>,
 }
 
 impl<R> Clone for Client<R> {
     fn clone(&self) -> Self {
         Client {
-            inner: self.inner.clone(),
             _owner: self._owner.clone(),
+            inner: self.inner.clone(),
             _runtime: PhantomData,
         }
     }
@@ -281,7 +294,10 @@ impl<R: Runtime> Client<R> {
         let host =
             host_of(&cfg.server).ok_or_else(|| ClientError::BadServer(cfg.server.clone()))?;
         let name = server_name(cfg.sni.as_deref().unwrap_or(host))?;
-        let tls = client_config(&cfg.verification, &cfg.alpn)?;
+        let tls = match &cfg.tls_config {
+            Some(tls) => tls.clone(),
+            None => Arc::new(client_config(&cfg.verification, &cfg.alpn)?),
+        };
         let mut core = anytls_core::ClientConfig::new(&cfg.password);
         core.client_name = cfg.client_name.clone();
         core.stream_open_timeout = cfg.stream_open_timeout;
@@ -307,7 +323,7 @@ impl<R: Runtime> Client<R> {
         let kick = Arc::new(Notify::default());
         shared.after(&kick);
         let inner = Arc::new(Inner {
-            tls: Arc::new(tls),
+            tls,
             name,
             shared: Mutex::new(shared),
             kick: kick.clone(),
@@ -331,9 +347,14 @@ impl<R: Runtime> Client<R> {
             let mut g = inner.lock();
             let h = g.ep.open_stream(Instant::now(), &dest);
             g.after(&inner.kick);
-            h?
+            let h = h?;
+            // On an idle session the SYN is queued now: its driver sends it.
+            if let Some(conn) = g.ep.stream_session(h) {
+                g.wake_driver(conn);
+            }
+            h
         };
-        let mut end = ClientEnd {
+        let end = ClientEnd {
             inner: inner.clone(),
             h,
         };
@@ -356,11 +377,8 @@ impl<R: Runtime> Client<R> {
         .await;
         match id {
             Ok(id) => Ok(AnyTlsStream::from_end(Box::new(end), id)),
-            Err(e) => {
-                end.release();
-                std::mem::forget(end);
-                Err(e)
-            }
+            // Dropping the end releases the stream.
+            Err(e) => Err(e),
         }
     }
 
@@ -551,11 +569,31 @@ impl Machine for ConnView<'_> {
     }
 }
 
-/// Dials a connection the endpoint asked for and drives it until it ends.
+/// Dials a connection the endpoint asked for (with the configured dialer, or
+/// TCP through the runtime) and drives it until it ends.
 async fn dial<R: Runtime>(inner: Arc<Inner>, conn: SessionSeq) {
+    match inner.cfg.dialer.clone() {
+        Some(dialer) => {
+            let server = inner.cfg.server.clone();
+            connect_and_drive::<R, _>(inner, conn, dialer.dial(&server)).await
+        }
+        None => {
+            let server = inner.cfg.server.clone();
+            connect_and_drive::<R, _>(inner, conn, async move { R::connect(&server).await }).await
+        }
+    }
+}
+
+async fn connect_and_drive<R: Runtime, IO>(
+    inner: Arc<Inner>,
+    conn: SessionSeq,
+    connect: impl Future<Output = io::Result<IO>> + Send,
+) where
+    IO: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
     let cfg = &inner.cfg;
     let tls = timeout::<R, _>(cfg.connect_timeout, async {
-        let tcp = R::connect(&cfg.server).await?;
+        let tcp = connect.await?;
         let session =
             rustls::client::UnbufferedClientConnection::new(inner.tls.clone(), inner.name.clone())
                 .map_err(io::Error::other)?;
@@ -582,6 +620,8 @@ async fn dial<R: Runtime>(inner: Arc<Inner>, conn: SessionSeq) {
                 tracing::debug!(seq = conn.0, "dial failed: {e}");
                 g.ep.handle_dial_failed(Instant::now(), conn, &e);
                 g.after(&inner.kick);
+                // A dial abandoned by a close left its reason here.
+                g.closed.remove(&conn);
                 return;
             }
         }

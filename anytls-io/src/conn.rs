@@ -420,12 +420,26 @@ where
         }
     }
     if io_error.is_none() {
-        // close_notify, best effort.
+        // close_notify and our FIN, then wait (briefly) for the peer's FIN:
+        // a socket closed with unread input sends RST, and an RST makes the
+        // peer's kernel drop what it has not read yet, such as the last
+        // stream data and FIN we just sent.
         tls.send_close_notify();
-        let close = poll_fn(|cx| {
-            ready!(tls.poll_flush_tls(cx))?;
-            Pin::new(&mut tls.io).poll_close(cx)
-        });
+        let close = async {
+            poll_fn(|cx| {
+                ready!(tls.poll_flush_tls(cx))?;
+                Pin::new(&mut tls.io).poll_close(cx)
+            })
+            .await?;
+            let mut sink = [0u8; 4096];
+            // Bounded by the timeout below; a peer that keeps sending is cut.
+            loop {
+                let n = poll_fn(|cx| Pin::new(&mut tls.io).poll_read(cx, &mut sink)).await?;
+                if n == 0 {
+                    return io::Result::Ok(());
+                }
+            }
+        };
         let _ = timeout::<R, _>(Duration::from_secs(1), close).await;
     }
     DriveEnd::Closed(reason)

@@ -25,6 +25,7 @@ mod client_udp;
 #[cfg(feature = "config")]
 pub mod config;
 mod conn;
+mod dial;
 mod relay;
 mod runtime;
 mod server;
@@ -39,8 +40,9 @@ pub use anytls_core::{Host, SocksAddr};
 pub use client::{Client, ClientConfig, ClientError};
 pub use client_udp::{AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender};
 pub use conn::AnyTlsStream;
+pub use dial::{BoxTransport, DialFuture, Dialer, Transport};
 pub use relay::{relay, relay_stream};
 pub use runtime::{Runtime, sleep_until, timeout};
 pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp, relay_tcp_with};
-pub use tls::{Identity, TlsError, Verification};
+pub use tls::{Identity, ServerTls, TlsError, Verification};
 pub use uot::{UdpConfig, UotEnd, UotReport, UotStats, relay_uot};

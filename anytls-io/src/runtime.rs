@@ -43,6 +43,10 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// Binds a listening socket.
     fn bind(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
 
+    /// A listener from a bound std socket (socket activation, a port shared
+    /// with other services, options set by the caller).
+    fn listener_from_std(listener: std::net::TcpListener) -> io::Result<Self::Listener>;
+
     /// Accepts a connection (Nagle off).
     fn accept(
         listener: &Self::Listener,

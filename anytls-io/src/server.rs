@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use futures_lite::AsyncWriteExt;
 use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
 use crate::relay::{relay, relay_stream};
 use crate::runtime::{Runtime, Switch, lock, sleep_until, timeout};
-use crate::tls::{Identity, TlsError, server_config};
+use crate::tls::{Identity, ServerTls, TlsError};
 use crate::tls_io::TlsIo;
 use crate::uot::{UdpConfig, relay_uot};
 
@@ -26,9 +26,10 @@ use crate::uot::{UdpConfig, relay_uot};
 pub struct ServerConfig {
     /// Users: name and password.
     pub users: Vec<(String, String)>,
-    /// Certificate and key.
-    pub identity: Identity,
-    /// ALPN protocols to accept.
+    /// The certificate (one identity, a resolver, or your whole rustls
+    /// configuration).
+    pub tls: ServerTls,
+    /// ALPN protocols to accept (not applied to [`ServerTls::Rustls`]).
     pub alpn: Vec<String>,
     /// The padding scheme clients are told to use.
     pub padding: PaddingScheme,
@@ -58,7 +59,7 @@ impl fmt::Debug for ServerConfig {
                 "users",
                 &self.users.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
-            .field("identity", &self.identity)
+            .field("tls", &self.tls)
             .field("padding", &self.padding)
             .field("fallback", &self.fallback)
             .field("udp", &self.udp)
@@ -69,9 +70,15 @@ impl fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// Defaults: one user `default`, default padding scheme, no fallback.
     pub fn new(password: impl Into<String>, identity: Identity) -> ServerConfig {
+        ServerConfig::with_tls(password, ServerTls::Identity(identity))
+    }
+
+    /// Like [`new`](Self::new), with the TLS configuration given otherwise:
+    /// a certificate resolver (SNI, ACME) or a whole `rustls::ServerConfig`.
+    pub fn with_tls(password: impl Into<String>, tls: impl Into<ServerTls>) -> ServerConfig {
         ServerConfig {
             users: vec![("default".into(), password.into())],
-            identity,
+            tls: tls.into(),
             alpn: Vec::new(),
             padding: PaddingScheme::default_scheme(),
             fallback: None,
@@ -256,13 +263,39 @@ impl<R: Runtime> fmt::Debug for Server<R> {
 }
 
 impl<R: Runtime> Server<R> {
-    /// Binds the listening socket (to the first address `addr` resolves to).
-    pub async fn bind(addr: impl ToSocketAddrs, cfg: ServerConfig) -> io::Result<Server<R>> {
-        let addr = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind to"))?;
-        let tls = server_config(&cfg.identity, &cfg.alpn).map_err(io::Error::other)?;
+    /// Binds the listening socket to the first address `addr` (`host:port`,
+    /// or a `SocketAddr`) resolves to; names are resolved by the runtime,
+    /// without blocking. A bind error names the address.
+    pub async fn bind(addr: impl fmt::Display, cfg: ServerConfig) -> io::Result<Server<R>> {
+        let text = addr.to_string();
+        let addr = match text.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => R::resolve(&text).await?.into_iter().next().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{text}: no address to bind to"),
+                )
+            })?,
+        };
+        let listener = R::bind(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+        Server::with_listener(listener, cfg)
+    }
+
+    /// Serves on a listener you bound yourself (std): socket activation, a
+    /// port shared with other services, socket options of your choice.
+    pub fn from_std(listener: std::net::TcpListener, cfg: ServerConfig) -> io::Result<Server<R>> {
+        Server::with_listener(R::listener_from_std(listener)?, cfg)
+    }
+
+    /// Serves on a listener of the runtime you bound yourself.
+    pub fn from_listener(listener: R::Listener, cfg: ServerConfig) -> io::Result<Server<R>> {
+        Server::with_listener(listener, cfg)
+    }
+
+    fn with_listener(listener: R::Listener, cfg: ServerConfig) -> io::Result<Server<R>> {
+        let tls = cfg.tls.build(&cfg.alpn).map_err(io::Error::other)?;
         let mut users = Authenticator::default();
         for (name, pw) in &cfg.users {
             users.add_user(name.clone(), anytls_core::PasswordHash::of(pw));
@@ -279,8 +312,8 @@ impl<R: Runtime> Server<R> {
             tracing::warn!("padding scheme fails the strict rules of newer clients: {e}");
         }
         Ok(Server {
-            listener: R::bind(addr).await?,
-            tls: Arc::new(tls),
+            listener,
+            tls,
             core: Arc::new(core),
             cfg,
             shutdown: Arc::default(),

@@ -300,17 +300,74 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(label, der.to_vec()))
 }
 
-/// A rustls server configuration.
+/// Where a server's TLS configuration comes from.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum ServerTls {
+    /// One certificate chain and its key.
+    Identity(Identity),
+    /// A certificate chosen per connection: by SNI, renewed by ACME, or
+    /// anything a [`rustls::server::ResolvesServerCert`] does.
+    Resolver(Arc<dyn rustls::server::ResolvesServerCert>),
+    /// A complete rustls configuration of your own (the server's `alpn` is
+    /// not applied to it).
+    Rustls(Arc<rustls::ServerConfig>),
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerTls::Identity(id) => f.debug_tuple("Identity").field(id).finish(),
+            ServerTls::Resolver(_) => f.write_str("Resolver"),
+            ServerTls::Rustls(_) => f.write_str("Rustls"),
+        }
+    }
+}
+
+impl From<Identity> for ServerTls {
+    fn from(id: Identity) -> ServerTls {
+        ServerTls::Identity(id)
+    }
+}
+
+impl ServerTls {
+    /// SHA-256 of the leaf certificate, when there is one fixed certificate.
+    pub fn leaf_sha256(&self) -> Option<[u8; 32]> {
+        match self {
+            ServerTls::Identity(id) => id.leaf_sha256(),
+            _ => None,
+        }
+    }
+
+    /// The rustls configuration: built from the identity or resolver (with
+    /// this crate's crypto provider, TLS 1.2 and 1.3, and `alpn`), or yours.
+    pub fn build(&self, alpn: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let builder = || {
+            Ok::<_, TlsError>(
+                rustls::ServerConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()?
+                    .with_no_client_auth(),
+            )
+        };
+        let mut cfg = match self {
+            ServerTls::Rustls(cfg) => return Ok(cfg.clone()),
+            ServerTls::Identity(id) => {
+                builder()?.with_single_cert(id.certs.clone(), id.key.clone_key())?
+            }
+            ServerTls::Resolver(r) => builder()?.with_cert_resolver(r.clone()),
+        };
+        cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// A rustls server configuration for one identity.
 pub fn server_config(
     identity: &Identity,
     alpn: &[String],
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
-    cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-    Ok(cfg)
+    let cfg = ServerTls::Identity(identity.clone()).build(alpn)?;
+    Ok(Arc::unwrap_or_clone(cfg))
 }
 
 #[cfg(all(test, feature = "self-signed"))]

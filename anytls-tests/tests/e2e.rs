@@ -39,6 +39,8 @@ anytls_tests::suite!(
     failed_authentication_goes_to_the_fallback,
     each_transmit_is_one_tls_record_of_the_planned_size,
     every_stream_knows_its_user_and_peer,
+    a_stream_on_a_reused_session_is_sent_at_once,
+    an_upload_ended_by_close_arrives_whole_without_reuse,
 );
 
 // ----- 0. smoke -----
@@ -427,6 +429,53 @@ async fn heartbeat_deadline_kills_silent_sessions_and_ensure_replaces_them<
 }
 
 // ----- 7. wrong password -----
+
+/// A stream opened on an idle, reused session goes out at once: a target
+/// that speaks first (SMTP, FTP, MySQL...) answers without the client writing
+/// anything. (Its SYN used to wait for an unrelated wake-up of the session's
+/// driver; with a long SYNACK wait and no heartbeats, for ever.)
+async fn a_stream_on_a_reused_session_is_sent_at_once<C: TestRuntime, S: TestRuntime>() {
+    let (srv, pin) = default_server::<S>().await;
+    let source = source_target(1024);
+    let mut cfg = client_config(srv.addr, pin);
+    cfg.stream_open_timeout = Duration::from_secs(600);
+    let client = Client::<C>::new(cfg).unwrap();
+    for round in 0..3 {
+        let mut s = open(&client, source.addr).await;
+        anytls_io::timeout::<C, _>(STEP, read_pattern_to_eof(&mut s, DOWNLOAD_SEED, 1024))
+            .await
+            .unwrap_or_else(|| panic!("round {round}: the target's first words never came"))
+            .unwrap();
+        drop(s);
+        wait_until::<C>(STEP, "the session back in the pool", || {
+            client.stats().idle == 1
+        })
+        .await;
+    }
+    assert_eq!(client.stats().dials, 1, "one session, reused");
+    srv.handle.shutdown();
+}
+
+/// With `disable_reuse` the session closes when its stream is done: only
+/// after the stream's last bytes and FIN went out.
+async fn an_upload_ended_by_close_arrives_whole_without_reuse<C: TestRuntime, S: TestRuntime>() {
+    const LEN: usize = 256 * 1024;
+    let (srv, pin) = default_server::<S>().await;
+    let (sink, verdicts) = support::reporting_sink(LEN);
+    let mut cfg = client_config(srv.addr, pin);
+    cfg.pool.disable_reuse = true;
+    let client = Client::<C>::new(cfg).unwrap();
+    for _ in 0..3 {
+        let mut s = open(&client, sink.addr).await;
+        write_pattern(&mut s, UPLOAD_SEED, LEN).await.unwrap();
+        s.close().await.unwrap();
+        drop(s);
+        let verdict =
+            wait_for::<C, _>(STEP, "the sink's verdict", || verdicts.try_recv().ok()).await;
+        verdict.expect("every byte of the upload");
+    }
+    srv.handle.shutdown();
+}
 
 /// The handler sees the authenticated user and the client's address on every
 /// stream, the first stream of a fresh session included (the user used to

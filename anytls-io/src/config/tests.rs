@@ -567,7 +567,7 @@ fn inbound_certificates_and_errors() {
     );
     let s = parse_server_json(&text).unwrap().to_server_setup().unwrap();
     assert_eq!(s.self_signed, None);
-    assert_eq!(s.config.identity.leaf_sha256(), id.leaf_sha256());
+    assert_eq!(s.config.tls.leaf_sha256(), id.leaf_sha256());
     assert_eq!(s.listen, "0.0.0.0:8443".parse().unwrap());
     // Inline, as lists of lines.
     let lines = |t: &str| serde_json::to_string(&t.lines().collect::<Vec<_>>()).unwrap();
@@ -577,7 +577,7 @@ fn inbound_certificates_and_errors() {
         lines(&key)
     );
     let s = parse_server_json(&text).unwrap().to_server_setup().unwrap();
-    assert_eq!(s.config.identity.leaf_sha256(), id.leaf_sha256());
+    assert_eq!(s.config.tls.leaf_sha256(), id.leaf_sha256());
     let _ = std::fs::remove_dir_all(&dir);
 
     for (json, needle) in [

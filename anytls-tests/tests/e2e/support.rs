@@ -224,6 +224,20 @@ pub fn sink_target(len: usize) -> Target {
     })
 }
 
+/// Reads `len` pattern bytes from every connection and reports whether they
+/// all arrived intact (the verdict goes to the channel: the client may have
+/// closed its stream already).
+pub fn reporting_sink(len: usize) -> (Target, mpsc::Receiver<io::Result<()>>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let target = spawn_acceptor(move |mut s| {
+        let _ = s.set_read_timeout(Some(STEP));
+        let verdict = read_pattern_exact_sync(&mut s, UPLOAD_SEED, len);
+        let _ = tx.lock().unwrap().send(verdict);
+    });
+    (target, rx)
+}
+
 /// A one-shot HTTP-ish fallback: reads a request up to the blank line, reports
 /// exactly what it received, answers and closes.
 pub fn fallback_target(reply: &'static [u8]) -> (Target, mpsc::Receiver<Vec<u8>>) {
