@@ -49,13 +49,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-pub use anytls_io::core;
 #[cfg(feature = "config")]
 pub use anytls_io::config;
+pub use anytls_io::core;
 pub use anytls_io::{
-    AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, ClientConfig, ClientError, Host,
-    Identity, PoolConfig, PoolStats, ServerConfig, ShutdownHandle, SocksAddr, TlsError, UdpConfig,
-    UotEnd, UotReport, UotStats, Verification, relay_tcp_with, relay_uot, tls,
+    AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, BoxTransport, ClientConfig,
+    ClientError, DialFuture, Dialer, Host, Identity, PoolConfig, PoolStats, ServerConfig,
+    ServerTls, ShutdownHandle, SocksAddr, TlsError, Transport, UdpConfig, UotEnd, UotReport,
+    UotStats, Verification, relay_tcp_with, relay_uot, tls,
 };
 
 /// The smol runtime, for `anytls-io`.
@@ -118,6 +119,10 @@ impl anytls_io::Runtime for Smol {
         let (tcp, peer) = listener.accept().await?;
         tcp.set_nodelay(true)?;
         Ok((tcp, peer))
+    }
+
+    fn listener_from_std(listener: std::net::TcpListener) -> io::Result<Self::Listener> {
+        smol::net::TcpListener::try_from(listener)
     }
 
     fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr> {

@@ -26,14 +26,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Instant;
 
-pub use anytls_io::core;
 #[cfg(feature = "config")]
 pub use anytls_io::config;
+pub use anytls_io::core;
 pub use anytls_io::{
-    AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, ClientConfig, ClientError, Host,
-    Identity, PoolConfig, PoolStats, ServerConfig, ShutdownHandle, SocksAddr, TlsError, UdpConfig,
-    UotEnd, UotReport, UotStats, Verification, relay, relay_stream, relay_tcp_with, relay_uot,
-    tls,
+    AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, BoxTransport, ClientConfig,
+    ClientError, DialFuture, Dialer, Host, Identity, PoolConfig, PoolStats, ServerConfig,
+    ServerTls, ShutdownHandle, SocksAddr, TlsError, Transport, UdpConfig, UotEnd, UotReport,
+    UotStats, Verification, relay, relay_stream, relay_tcp_with, relay_uot, tls,
 };
 
 /// The tokio runtime, for `anytls-io`.
@@ -63,7 +63,7 @@ impl anytls_io::Runtime for Tokio {
     async fn connect(addr: &str) -> io::Result<Self::Tcp> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        Ok(TokioTcp(tcp))
+        Ok(TokioIo(tcp))
     }
 
     async fn bind(addr: SocketAddr) -> io::Result<Self::Listener> {
@@ -73,7 +73,12 @@ impl anytls_io::Runtime for Tokio {
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Tcp, SocketAddr)> {
         let (tcp, peer) = listener.accept().await?;
         tcp.set_nodelay(true)?;
-        Ok((TokioTcp(tcp), peer))
+        Ok((TokioIo(tcp), peer))
+    }
+
+    fn listener_from_std(listener: std::net::TcpListener) -> io::Result<Self::Listener> {
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
     }
 
     fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr> {
@@ -110,20 +115,25 @@ impl anytls_io::Runtime for Tokio {
     }
 }
 
-/// A tokio TCP socket as a `futures-io` byte stream, with vectored writes (a
-/// relay hands several queued chunks to one `writev`; tokio-util's `Compat`
-/// would write them one syscall each).
+/// A tokio byte stream (a `TcpStream`, a `UnixStream`, a stream from your
+/// own proxy chain...) as a `futures-io` one, with vectored writes (a relay
+/// hands several queued chunks to one `writev`; tokio-util's `Compat` would
+/// write them one syscall each). Return one from a client's
+/// [`Dialer`](anytls_io::Dialer).
 #[derive(Debug)]
-pub struct TokioTcp(pub tokio::net::TcpStream);
+pub struct TokioIo<T>(pub T);
 
-impl TokioTcp {
-    /// The tokio socket.
-    pub fn into_inner(self) -> tokio::net::TcpStream {
+/// A tokio TCP socket as a `futures-io` byte stream.
+pub type TokioTcp = TokioIo<tokio::net::TcpStream>;
+
+impl<T> TokioIo<T> {
+    /// The tokio stream.
+    pub fn into_inner(self) -> T {
         self.0
     }
 }
 
-impl futures_io::AsyncRead for TokioTcp {
+impl<T: tokio::io::AsyncRead + Unpin> futures_io::AsyncRead for TokioIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -139,7 +149,7 @@ impl futures_io::AsyncRead for TokioTcp {
     }
 }
 
-impl futures_io::AsyncWrite for TokioTcp {
+impl<T: tokio::io::AsyncWrite + Unpin> futures_io::AsyncWrite for TokioIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -206,7 +216,8 @@ pub mod socks5 {
 
     use anytls_io::SocksAddr;
     use tokio::net::{TcpStream, ToSocketAddrs};
-    use tokio_util::compat::TokioAsyncReadCompatExt;
+
+    use crate::TokioIo;
 
     /// Connects to `dest` through the SOCKS5 proxy at `proxy`.
     pub async fn socks5_connect(
@@ -215,7 +226,7 @@ pub mod socks5 {
     ) -> Result<TcpStream, Socks5Error> {
         let mut tcp = TcpStream::connect(proxy).await?;
         tcp.set_nodelay(true)?;
-        connect_handshake(&mut (&mut tcp).compat(), &dest.into()).await?;
+        connect_handshake(&mut TokioIo(&mut tcp), &dest.into()).await?;
         Ok(tcp)
     }
 }

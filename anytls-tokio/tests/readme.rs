@@ -72,7 +72,7 @@ fn readme_json_examples_parse() {
                 setup.config.padding.raw().as_ref(),
                 anytls_tokio::core::padding::DEFAULT_SCHEME.as_bytes()
             );
-            assert_eq!(setup.config.identity.leaf_sha256(), id.leaf_sha256());
+            assert_eq!(setup.config.tls.leaf_sha256(), id.leaf_sha256());
             let _ = std::fs::remove_dir_all(&dir);
             servers += 1;
         } else {

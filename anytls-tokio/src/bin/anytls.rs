@@ -226,7 +226,7 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
         generated = true;
     }
     let setup = opts.to_server_setup()?;
-    let pin = setup.config.identity.leaf_sha256();
+    let pin = setup.config.tls.leaf_sha256();
     let server = Server::bind(setup.listen, setup.config.clone()).await?;
     let addr = server.local_addr()?;
     tracing::info!(
