@@ -291,19 +291,27 @@ where
     poll_fn(|cx| {
         for _ in 0..LOOP_BUDGET {
             let mut progress = false;
-            let (timeout, wants_read, closed) = link.with(|m| {
-                let now = Instant::now();
-                m.handle_timeout(now);
-                if !tls.has_pending_output() && io_error.is_none() {
-                    match encrypt_batch(|b| m.poll_transmit(now, b), &mut tls, &mut out) {
-                        Ok(0) => {}
-                        Ok(_) => last_active = now,
-                        Err(e) => {
-                            m.handle_transport_error(now, TransportError::from_io(&e));
-                            io_error = Some(e);
-                        }
+            let now = Instant::now();
+            link.with(|m| m.handle_timeout(now));
+            if !tls.has_pending_output() && io_error.is_none() {
+                // Transmits are pulled under the lock a record at a time and
+                // encrypted outside it: encryption never holds up the stream
+                // handles (or, on a client, the other connections).
+                let pull = |out: &mut BytesMut, budget: usize| {
+                    link.with(|m| pull_transmits(|b| m.poll_transmit(now, b), out, budget))
+                };
+                match encrypt_batch(pull, &mut tls, &mut out) {
+                    Ok(0) => {}
+                    Ok(_) => last_active = now,
+                    Err(e) => {
+                        link.with(|m| {
+                            m.handle_transport_error(now, TransportError::from_io(&e))
+                        });
+                        io_error = Some(e);
                     }
                 }
+            }
+            let (timeout, wants_read, closed) = link.with(|m| {
                 let holds = tls.holds_busy_resources() || out.capacity() > 0;
                 if holds && now >= last_active + IDLE_RELEASE {
                     tls.release_busy_resources();
@@ -457,14 +465,47 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// Transmits appended to the staging buffer by one [`pull_transmits`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pulled {
+    /// Plaintext bytes appended.
+    bytes: usize,
+    /// Where the shaped transmit that ended the pull starts in the buffer.
+    shaped_at: Option<usize>,
+}
+
+/// Appends transmits from `next` to `out` until a whole record's worth is
+/// staged, a shaped transmit arrived (it must be encrypted on its own), `next`
+/// has none, or `budget` bytes were taken.
+pub(crate) fn pull_transmits(
+    mut next: impl FnMut(&mut BytesMut) -> Option<Transmit>,
+    out: &mut BytesMut,
+    budget: usize,
+) -> Pulled {
+    let mut pulled = Pulled::default();
+    while out.len() < RECORD_DATA && pulled.bytes < budget {
+        let staged = out.len();
+        let Some(t) = next(out) else {
+            break;
+        };
+        pulled.bytes += t.len;
+        if t.shaped {
+            pulled.shaped_at = Some(staged);
+            break;
+        }
+    }
+    pulled
+}
+
 /// Encrypts the next batch of transmits into `tls`'s output; returns the
-/// plaintext bytes encrypted. A shaped
-/// transmit is encrypted alone (its own TLS record(s), so padding shapes reach
-/// the wire); unshaped ones are coalesced into full-size records, encrypted
-/// as soon as a whole record's worth is staged, so `out` holds less than one
-/// record plus one transmit.
+/// plaintext bytes encrypted. `pull` stages transmits (see
+/// [`pull_transmits`]); they are encrypted between pulls. A shaped transmit is
+/// encrypted alone (its own TLS record(s), so padding shapes reach the wire);
+/// unshaped ones are coalesced into full-size records, encrypted as soon as a
+/// whole record's worth is staged, so `out` holds less than one record plus
+/// one transmit.
 pub(crate) fn encrypt_batch<IO>(
-    mut next_transmit: impl FnMut(&mut BytesMut) -> Option<Transmit>,
+    mut pull: impl FnMut(&mut BytesMut, usize) -> Pulled,
     tls: &mut TlsIo<IO>,
     out: &mut BytesMut,
 ) -> io::Result<usize>
@@ -475,12 +516,12 @@ where
     let mut bytes = 0;
     let limit = tls.batch_limit();
     while bytes < limit {
-        let staged = out.len();
-        let Some(t) = next_transmit(out) else {
+        let pulled = pull(out, limit - bytes);
+        if pulled.bytes == 0 {
             break;
-        };
-        bytes += t.len;
-        if t.shaped {
+        }
+        bytes += pulled.bytes;
+        if let Some(staged) = pulled.shaped_at {
             if staged > 0 {
                 tls.encrypt(&out[..staged])?;
             }

@@ -1577,8 +1577,10 @@ fn shaped_transmits_stay_alone_and_bulk_data_fills_whole_records() {
             buf.clear();
         }
         loop {
-            let n = crate::conn::encrypt_batch(|b| s.poll_transmit(now, b), &mut tls, &mut staging)
-                .unwrap();
+            let pull = |out: &mut BytesMut, budget: usize| {
+                crate::conn::pull_transmits(|b| s.poll_transmit(now, b), out, budget)
+            };
+            let n = crate::conn::encrypt_batch(pull, &mut tls, &mut staging).unwrap();
             if n == 0 {
                 break;
             }
