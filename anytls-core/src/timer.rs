@@ -47,7 +47,17 @@ impl<K: Ord + Copy> TimerTable<K> {
     pub fn clear(&mut self, key: K) -> Option<Instant> {
         let old = self.by_key.remove(&key)?;
         self.by_time.remove(&(old, key));
+        self.release_if_empty();
         Some(old)
+    }
+
+    /// An emptied `BTreeMap` keeps its root node: an idle session (no
+    /// deadline) keeps nothing allocated.
+    fn release_if_empty(&mut self) {
+        if self.by_key.is_empty() {
+            self.by_key = BTreeMap::new();
+            self.by_time = BTreeSet::new();
+        }
     }
 
     /// The deadline of `key`.
@@ -73,13 +83,14 @@ impl<K: Ord + Copy> TimerTable<K> {
         }
         self.by_time.pop_first();
         self.by_key.remove(&key);
+        self.release_if_empty();
         Some((key, t))
     }
 
     /// Clears every deadline.
     pub fn clear_all(&mut self) {
-        self.by_key.clear();
-        self.by_time.clear();
+        self.by_key = BTreeMap::new();
+        self.by_time = BTreeSet::new();
     }
 
     /// Clears every deadline whose key matches `f`.
@@ -92,6 +103,7 @@ impl<K: Ord + Copy> TimerTable<K> {
             }
             keep
         });
+        self.release_if_empty();
     }
 
     /// Number of deadlines.

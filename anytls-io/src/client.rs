@@ -592,7 +592,10 @@ async fn connect_and_drive<R: Runtime, IO>(
     IO: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &inner.cfg;
-    let tls = timeout::<R, _>(cfg.connect_timeout, async {
+    // Boxed: the task lives as long as the connection, and its future keeps
+    // the size of its largest state; the connect and handshake state goes
+    // away once done.
+    let handshake = Box::pin(async {
         let tcp = connect.await?;
         let session =
             rustls::client::UnbufferedClientConnection::new(inner.tls.clone(), inner.name.clone())
@@ -600,14 +603,15 @@ async fn connect_and_drive<R: Runtime, IO>(
         let mut tls = TlsIo::new(tcp, session);
         tls.handshake().await?;
         io::Result::Ok(tls)
-    })
-    .await
-    .unwrap_or_else(|| {
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "connect/TLS handshake timed out",
-        ))
     });
+    let tls = timeout::<R, _>(cfg.connect_timeout, handshake)
+        .await
+        .unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connect/TLS handshake timed out",
+            ))
+        });
     let tls = {
         let mut g = inner.lock();
         match tls {

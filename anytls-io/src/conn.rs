@@ -304,9 +304,7 @@ where
                     Ok(0) => {}
                     Ok(_) => last_active = now,
                     Err(e) => {
-                        link.with(|m| {
-                            m.handle_transport_error(now, TransportError::from_io(&e))
-                        });
+                        link.with(|m| m.handle_transport_error(now, TransportError::from_io(&e)));
                         io_error = Some(e);
                     }
                 }
@@ -433,13 +431,15 @@ where
         // peer's kernel drop what it has not read yet, such as the last
         // stream data and FIN we just sent.
         tls.send_close_notify();
-        let close = async {
+        // Boxed, with a heap buffer: an idle connection's driver future must
+        // not carry the closing state (each byte here is per connection).
+        let close = Box::pin(async {
             poll_fn(|cx| {
                 ready!(tls.poll_flush_tls(cx))?;
                 Pin::new(&mut tls.io).poll_close(cx)
             })
             .await?;
-            let mut sink = [0u8; 4096];
+            let mut sink = vec![0u8; 4096];
             // Bounded by the timeout below; a peer that keeps sending is cut.
             loop {
                 let n = poll_fn(|cx| Pin::new(&mut tls.io).poll_read(cx, &mut sink)).await?;
@@ -447,7 +447,7 @@ where
                     return io::Result::Ok(());
                 }
             }
-        };
+        });
         let _ = timeout::<R, _>(Duration::from_secs(1), close).await;
     }
     DriveEnd::Closed(reason)

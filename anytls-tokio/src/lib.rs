@@ -17,6 +17,159 @@
 //! this crate supplies tokio ([`Tokio`]) and names the types for it.
 //! `anytls-smol` does the same for smol, with the same names. All protocol
 //! logic lives in `anytls-core`.
+//!
+//! # Use it as a library
+//!
+//! Without default features (`default-features = false`) this crate has no
+//! command-line, config-file or certificate-generation dependencies; `config`
+//! and `self-signed` turn those parts on. Your TLS settings, your sockets and
+//! your routing plug in as below (each example runs against a local server).
+//!
+//! ## A client with your own `rustls::ClientConfig`
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use anytls_tokio::{Client, ClientConfig, Identity, Server, ServerConfig, SocksAddr};
+//! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let identity = Identity::self_signed(&["localhost".into()])?;
+//! # let ca = identity.certs[0].clone();
+//! # let server = Server::bind("127.0.0.1:0", ServerConfig::new("password", identity)).await?;
+//! # let server_addr = server.local_addr()?;
+//! # tokio::spawn(server.serve());
+//! # let echo = echo_target().await?;
+//! // Your roots (here: the server's self-signed certificate), client
+//! // certificates, ALPN, key log...
+//! let mut roots = rustls::RootCertStore::empty();
+//! roots.add(ca)?;
+//! let tls = rustls::ClientConfig::builder()
+//!     .with_root_certificates(roots)
+//!     .with_no_client_auth();
+//!
+//! let mut cfg = ClientConfig::new(server_addr.to_string(), "password");
+//! cfg.sni = Some("localhost".into());
+//! cfg.tls_config = Some(Arc::new(tls));
+//! let client = Client::new(cfg)?;
+//!
+//! let mut stream = client.connect(SocksAddr::from(echo)).await?;
+//! stream.write_all(b"hello").await?;
+//! let mut back = [0u8; 5];
+//! stream.read_exact(&mut back).await?;
+//! assert_eq!(&back, b"hello");
+//! # Ok(())
+//! # }
+//! # async fn echo_target() -> std::io::Result<std::net::SocketAddr> {
+//! #     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! #     let addr = l.local_addr()?;
+//! #     tokio::spawn(async move {
+//! #         while let Ok((mut s, _)) = l.accept().await {
+//! #             tokio::spawn(async move {
+//! #                 let (mut r, mut w) = s.split();
+//! #                 let _ = tokio::io::copy(&mut r, &mut w).await;
+//! #             });
+//! #         }
+//! #     });
+//! #     Ok(addr)
+//! # }
+//! ```
+//!
+//! ## A server that routes some destinations itself and relays the rest
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use anytls_tokio::{
+//! #     Client, ClientConfig, Host, Identity, IncomingStream, Server, ServerConfig, SocksAddr,
+//! #     TokioIo, Verification,
+//! # };
+//! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let identity = Identity::self_signed(&["localhost".into()])?;
+//! # let pin = identity.leaf_sha256().unwrap();
+//! /// `status.internal` is answered here; everything else is dialled and
+//! /// relayed (the user and the client's address are known for every stream).
+//! async fn route(req: IncomingStream) {
+//!     let internal = matches!(&req.destination().host, Host::Domain(d) if d == "status.internal");
+//!     if !internal {
+//!         return anytls_tokio::relay_tcp(req, Duration::from_secs(10)).await;
+//!     }
+//!     let greeting = format!("hello {} from {}\n", req.user(), req.peer_addr().ip());
+//!     let mut stream = req.accept();
+//!     let _ = stream.write_all(greeting.as_bytes()).await;
+//! }
+//!
+//! let server = Server::bind("127.0.0.1:0", ServerConfig::new("password", identity)).await?;
+//! let addr = server.local_addr()?;
+//! tokio::spawn(server.serve_with(Duration::from_secs(5), route));
+//! # let mut cfg = ClientConfig::new(addr.to_string(), "password");
+//! # cfg.verification = Verification::Pin(pin);
+//! # let client = Client::new(cfg)?;
+//!
+//! // A client asking for the internal destination gets the handler's answer.
+//! let mut stream = client.connect(SocksAddr::domain("status.internal", 80)).await?;
+//! let mut answer = String::new();
+//! stream.read_to_string(&mut answer).await?;
+//! assert_eq!(answer, "hello default from 127.0.0.1\n");
+//!
+//! // Anything else is relayed: here to a local TCP listener.
+//! let target = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let mut stream = client.connect(SocksAddr::from(target.local_addr()?)).await?;
+//! stream.write_all(b"ping").await?;
+//! let (mut accepted, _) = target.accept().await?;
+//! let mut got = [0u8; 4];
+//! accepted.read_exact(&mut got).await?;
+//! assert_eq!(&got, b"ping");
+//! # let _ = TokioIo(());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Custom handlers reuse the built-in relays: [`relay_stream`] copies between
+//! an accepted stream and any byte stream (wrap tokio ones in [`TokioIo`]),
+//! [`relay_tcp`] dials and relays, [`relay_uot`] serves UDP over TCP.
+//!
+//! ## A client that dials through your own path
+//!
+//! A [`Dialer`] (any `Fn(String) -> impl Future<Output = io::Result<_>>`)
+//! replaces the TCP connect to the server: another proxy, a bound interface or
+//! address, socket options, a Unix socket.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use std::sync::atomic::{AtomicUsize, Ordering};
+//! # use anytls_tokio::{Client, ClientConfig, Identity, Server, ServerConfig, SocksAddr, TokioIo, Verification};
+//! # use tokio::io::AsyncWriteExt;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let identity = Identity::self_signed(&["localhost".into()])?;
+//! # let pin = identity.leaf_sha256().unwrap();
+//! # let server = Server::bind("127.0.0.1:0", ServerConfig::new("password", identity)).await?;
+//! # let server_addr = server.local_addr()?;
+//! # tokio::spawn(server.serve());
+//! # let target = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let dials = Arc::new(AtomicUsize::new(0));
+//! let counter = dials.clone();
+//! let mut cfg = ClientConfig::new(server_addr.to_string(), "password");
+//! # cfg.verification = Verification::Pin(pin);
+//! cfg.dialer = Some(Arc::new(move |server: String| {
+//!     counter.fetch_add(1, Ordering::Relaxed);
+//!     async move {
+//!         // Your path: a socket bound to a source address, options, a proxy...
+//!         let socket = tokio::net::TcpSocket::new_v4()?;
+//!         socket.bind("127.0.0.1:0".parse().unwrap())?;
+//!         let tcp = socket.connect(server.parse().unwrap()).await?;
+//!         tcp.set_nodelay(true)?;
+//!         Ok(TokioIo(tcp))
+//!     }
+//! }));
+//! let client = Client::new(cfg)?;
+//! let mut stream = client.connect(SocksAddr::from(target.local_addr()?)).await?;
+//! stream.write_all(b"through my own socket").await?;
+//! assert_eq!(dials.load(Ordering::Relaxed), 1);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
