@@ -17,6 +17,7 @@ use anytls_core::{
 };
 use bytes::{Bytes, BytesMut};
 
+use crate::budget::IoBudget;
 use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive};
 use crate::dial::Dialer;
 use crate::runtime::{Notify, Runtime, timeout};
@@ -43,6 +44,9 @@ pub struct ClientConfig {
     /// How connections to the server are made. `None`: TCP to `server`
     /// through the runtime, Nagle off.
     pub dialer: Option<Arc<dyn Dialer>>,
+    /// Large-I/O slots of the client's TLS connections (default: shared by
+    /// the whole process; see [`IoBudget`]).
+    pub io_budget: IoBudget,
     /// The session pool.
     pub pool: PoolConfig,
     /// Value of the `client=` setting (empty, as sing-box sends by default, or a name).
@@ -82,6 +86,7 @@ impl ClientConfig {
             alpn: Vec::new(),
             tls_config: None,
             dialer: None,
+            io_budget: IoBudget::default(),
             pool: PoolConfig::default(),
             client_name: String::new(),
             connect_timeout: Duration::from_secs(10),
@@ -600,7 +605,7 @@ async fn connect_and_drive<R: Runtime, IO>(
         let session =
             rustls::client::UnbufferedClientConnection::new(inner.tls.clone(), inner.name.clone())
                 .map_err(io::Error::other)?;
-        let mut tls = TlsIo::new(tcp, session);
+        let mut tls = TlsIo::with_budget(tcp, session, &inner.cfg.io_budget);
         tls.handshake().await?;
         io::Result::Ok(tls)
     });

@@ -11,7 +11,7 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
-use crate::budget::{self, Sizer};
+use crate::budget::{self, IoBudget, Sizer};
 use crate::conn::AnyTlsStream;
 
 /// Largest relay read: a busy direction moves full 64 KiB socket reads.
@@ -233,12 +233,12 @@ struct BytesHalf {
 }
 
 impl BytesHalf {
-    fn new() -> BytesHalf {
+    fn new(budget: &IoBudget) -> BytesHalf {
         BytesHalf {
             block: BytesMut::new(),
             chunk: Bytes::new(),
             read_size: MIN_BUF,
-            sizer: Sizer::default(),
+            sizer: Sizer::new(budget.relays().clone()),
             read_done: false,
             moved: 0,
         }
@@ -275,7 +275,7 @@ impl BytesHalf {
                     if n == size {
                         // The read filled what it was offered: read more at once.
                         if size >= budget::REGULAR {
-                            self.sizer.busy(&budget::RELAYS);
+                            self.sizer.busy();
                         }
                         self.read_size = (self.read_size * 2).min(self.sizer.max());
                     } else if n < size / 4 {
@@ -305,8 +305,21 @@ pub async fn relay_stream<B>(stream: &mut AnyTlsStream, other: &mut B) -> io::Re
 where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    relay_stream_with(stream, other, &IoBudget::default()).await
+}
+
+/// [`relay_stream`] with large reads from `budget` (a server's or client's
+/// own, see [`IoBudget`]).
+pub async fn relay_stream_with<B>(
+    stream: &mut AnyTlsStream,
+    other: &mut B,
+    budget: &IoBudget,
+) -> io::Result<(u64, u64)>
+where
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut down = ChunkHalf::new();
-    let mut up = BytesHalf::new();
+    let mut up = BytesHalf::new(budget);
     poll_fn(|cx| {
         if let Poll::Ready(r) = down.poll_copy(cx, stream, other) {
             return Poll::Ready(r);

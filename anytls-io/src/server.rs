@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use anytls_core::{Authenticator, Event, PaddingScheme, SessionLimits, SocksAddr, StreamId};
 use futures_lite::AsyncWriteExt;
 
+use crate::budget::IoBudget;
 use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
-use crate::relay::{relay, relay_stream};
+use crate::relay::{relay, relay_stream_with};
 use crate::runtime::{Runtime, Switch, lock, sleep_until, timeout};
 use crate::tls::{Identity, ServerTls, TlsError};
 use crate::tls_io::TlsIo;
@@ -50,6 +51,9 @@ pub struct ServerConfig {
     /// UDP over TCP (streams to `sp.v2.udp-over-tcp.arpa` and the legacy
     /// `sp.udp-over-tcp.arpa`) in the built-in relay.
     pub udp: UdpConfig,
+    /// Large-I/O slots of the server's TLS connections and relays (default:
+    /// shared by the whole process; see [`IoBudget`]).
+    pub io_budget: IoBudget,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -88,6 +92,7 @@ impl ServerConfig {
             max_connections: 10_000,
             limits: SessionLimits::default(),
             udp: UdpConfig::default(),
+            io_budget: IoBudget::default(),
         }
     }
 }
@@ -100,6 +105,7 @@ pub struct IncomingStream<R> {
     dest: SocksAddr,
     user: Arc<str>,
     peer: SocketAddr,
+    budget: IoBudget,
     decided: bool,
     _runtime: PhantomData<fn() -> R>,
 }
@@ -207,8 +213,9 @@ pub async fn relay_tcp_with<R: Runtime>(
             return;
         }
     };
+    let budget = req.budget.clone();
     let mut stream = req.accept();
-    let _ = relay_stream(&mut stream, &mut tcp).await;
+    let _ = relay_stream_with(&mut stream, &mut tcp, &budget).await;
 }
 
 type Registry = Arc<std::sync::Mutex<Vec<std::sync::Weak<Conn>>>>;
@@ -391,6 +398,7 @@ impl<R: Runtime> Server<R> {
                 self.core.clone(),
                 self.cfg.tls_handshake_timeout,
                 self.cfg.fallback,
+                self.cfg.io_budget.clone(),
                 handler.clone(),
                 self.active.clone(),
                 conns.clone(),
@@ -437,6 +445,7 @@ async fn serve_connection<R, H, F>(
     core: Arc<anytls_core::ServerConfig>,
     tls_handshake_timeout: Duration,
     fallback: Option<SocketAddr>,
+    io_budget: IoBudget,
     handler: Arc<H>,
     active: Arc<AtomicUsize>,
     registry: Registry,
@@ -448,7 +457,7 @@ async fn serve_connection<R, H, F>(
     let accept = async {
         let session = rustls::server::UnbufferedServerConnection::new(tls_config)
             .map_err(io::Error::other)?;
-        let mut tls = TlsIo::new(tcp, session);
+        let mut tls = TlsIo::with_budget(tcp, session, &io_budget);
         tls.handshake().await?;
         io::Result::Ok(tls)
     };
@@ -490,6 +499,7 @@ async fn serve_connection<R, H, F>(
     {
         let conn = conn.clone();
         let users = core.users.clone();
+        let budget = io_budget.clone();
         // Ends when the session does (next_incoming returns None).
         R::spawn(async move {
             // Streams exist only after authentication: the session knows its
@@ -509,6 +519,7 @@ async fn serve_connection<R, H, F>(
                     dest,
                     user,
                     peer,
+                    budget: budget.clone(),
                     decided: false,
                     _runtime: PhantomData,
                 };

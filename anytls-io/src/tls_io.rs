@@ -20,7 +20,7 @@ use std::task::{Context, Poll, ready};
 use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
 
-use crate::budget::{self, Sizer};
+use crate::budget::{self, IoBudget, Sizer};
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
@@ -199,7 +199,13 @@ fn ensure_room(buf: &mut Vec<u8>, at: usize, need: usize) {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
+    /// Large I/O from the process-wide budget.
+    #[cfg(all(test, feature = "self-signed"))]
     pub(crate) fn new(io: IO, tls: impl Into<Tls>) -> TlsIo<IO> {
+        TlsIo::with_budget(io, tls, &IoBudget::default())
+    }
+
+    pub(crate) fn with_budget(io: IO, tls: impl Into<Tls>, budget: &IoBudget) -> TlsIo<IO> {
         TlsIo {
             io,
             tls: tls.into(),
@@ -216,7 +222,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             plain: Plain::default(),
             close_notify_sent: false,
             failed: None,
-            sizer: Sizer::default(),
+            sizer: Sizer::new(budget.tls().clone()),
             read_busy: false,
             send_busy: false,
         }
@@ -271,7 +277,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
 
     fn update_sizer(&mut self) {
         if self.read_busy || self.send_busy {
-            self.sizer.busy(&budget::TLS_CONNECTIONS);
+            self.sizer.busy();
         } else {
             self.sizer.quiet();
         }
