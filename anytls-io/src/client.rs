@@ -22,7 +22,7 @@ use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive};
 use crate::dial::Dialer;
 use crate::runtime::{Notify, Runtime, timeout};
 use crate::tls::{TlsError, Verification, client_config, server_name};
-use crate::tls_io::TlsIo;
+use crate::tls_io::{Tls, TlsIo};
 
 /// Client settings.
 #[derive(Clone)]
@@ -286,8 +286,14 @@ fn host_of(server: &str) -> Option<&str> {
 /// the OS. Without OS randomness there is no client: padding from a
 /// predictable seed would be a fingerprint.
 fn seed() -> Result<[u8; 32], ClientError> {
+    seed_from(getrandom::fill)
+}
+
+fn seed_from<E: fmt::Display>(
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<[u8; 32], ClientError> {
     let mut s = [0u8; 32];
-    getrandom::fill(&mut s).map_err(|e| ClientError::Randomness(e.to_string()))?;
+    fill(&mut s).map_err(|e| ClientError::Randomness(e.to_string()))?;
     Ok(s)
 }
 
@@ -602,9 +608,7 @@ async fn connect_and_drive<R: Runtime, IO>(
     // away once done.
     let handshake = Box::pin(async {
         let tcp = connect.await?;
-        let session =
-            rustls::client::UnbufferedClientConnection::new(inner.tls.clone(), inner.name.clone())
-                .map_err(io::Error::other)?;
+        let session = Tls::client(inner.tls.clone(), inner.name.clone())?;
         let mut tls = TlsIo::with_budget(tcp, session, &inner.cfg.io_budget);
         tls.handshake().await?;
         io::Result::Ok(tls)
@@ -682,5 +686,21 @@ async fn endpoint_task<R: Runtime>(weak: Weak<Inner>, kick: Arc<Notify>) {
             Some(t) => futures_lite::future::or(kicked, R::timer(t)).await,
             None => kicked.await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_os_randomness_is_an_error_not_a_predictable_seed() {
+        let failed = seed_from(|_: &mut [u8]| Err("entropy source unavailable"));
+        assert!(matches!(failed, Err(ClientError::Randomness(m)) if m.contains("unavailable")));
+        let ok = seed_from(|b: &mut [u8]| {
+            b.fill(7);
+            Ok::<(), &str>(())
+        });
+        assert_eq!(ok.unwrap(), [7; 32]);
     }
 }

@@ -18,7 +18,7 @@ use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
 use crate::relay::{relay, relay_stream_with};
 use crate::runtime::{Runtime, Switch, lock, sleep_until, timeout};
 use crate::tls::{Identity, ServerTls, TlsError};
-use crate::tls_io::TlsIo;
+use crate::tls_io::{Tls, TlsIo};
 use crate::uot::{UdpConfig, relay_uot};
 
 /// Server settings.
@@ -455,8 +455,7 @@ async fn serve_connection<R, H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let accept = async {
-        let session = rustls::server::UnbufferedServerConnection::new(tls_config)
-            .map_err(io::Error::other)?;
+        let session = Tls::server(tls_config)?;
         let mut tls = TlsIo::with_budget(tcp, session, &io_budget);
         tls.handshake().await?;
         io::Result::Ok(tls)

@@ -42,9 +42,38 @@ const KEEP_OUT: usize = 16 * 1024;
 const RECORD_OVERHEAD: usize = 64;
 
 /// The rustls connection, client or server side.
+///
+/// This file is the only place that knows rustls's unbuffered API; the rest
+/// of the crate sees [`TlsIo`]: `handshake`, `encrypt`, `poll_flush_tls`,
+/// `poll_read_more` (decrypted records as [`Plain`] blocks),
+/// `send_close_notify`. Should the unbuffered API go (the rustls main branch
+/// dropped it in 2026 pending a replacement), `TlsIo` can drive rustls's
+/// buffered `ClientConnection`/`ServerConnection` behind the same methods:
+/// `read_tls` + `process_new_packets` + `reader()` for the read side,
+/// `writer()` + `write_tls` for the write side, at the cost of one more copy
+/// and a per-connection receive buffer.
 pub(crate) enum Tls {
     Client(Box<UnbufferedClientConnection>),
     Server(Box<UnbufferedServerConnection>),
+}
+
+impl Tls {
+    /// A client connection to `name`.
+    pub(crate) fn client(
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<Tls> {
+        Ok(UnbufferedClientConnection::new(config, name)
+            .map_err(io::Error::other)?
+            .into())
+    }
+
+    /// A server connection.
+    pub(crate) fn server(config: std::sync::Arc<rustls::ServerConfig>) -> io::Result<Tls> {
+        Ok(UnbufferedServerConnection::new(config)
+            .map_err(io::Error::other)?
+            .into())
+    }
 }
 
 impl From<UnbufferedClientConnection> for Tls {
