@@ -1273,8 +1273,9 @@ mod tests {
         let server = |d: &[u8]| super::server_session(d, epoch);
         let client = |d: &[u8]| super::client_session(d, epoch);
         let pool = |d: &[u8]| super::pool(d, epoch);
+        let endpoint = |d: &[u8]| crate::fuzz_endpoint::endpoint_at(d, epoch);
         type Body<'a> = &'a dyn Fn(&[u8]);
-        let targets: [(&str, Body); 9] = [
+        let targets: [(&str, Body); 10] = [
             ("frame_decoder", &super::frame_decoder),
             ("padding_scheme", &super::padding_scheme),
             ("settings", &super::settings),
@@ -1283,6 +1284,7 @@ mod tests {
             ("server_session", &server),
             ("client_session", &client),
             ("pool", &pool),
+            ("endpoint", &endpoint),
             ("uot", &super::uot),
         ];
         for (name, body) in targets {

@@ -1470,6 +1470,15 @@ impl Owner {
         assert!(rest.is_empty() || self.closed, "input not consumed");
         s.handle_eof(self.now);
         self.drain(s);
+        // Frames buffered behind a paused reader are processed first (an EOF
+        // never discards what arrived before it): the owner catches up.
+        for _ in 0..1000 {
+            if self.closed {
+                break;
+            }
+            self.read_all(s);
+            self.drain(s);
+        }
         assert!(self.closed && s.is_closed(), "EOF must close the session");
         // After Closed everything is a no-op.
         let later = self.now + Duration::from_secs(1);
