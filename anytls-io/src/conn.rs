@@ -292,7 +292,13 @@ where
         for _ in 0..LOOP_BUDGET {
             let mut progress = false;
             let now = Instant::now();
-            link.with(|m| m.handle_timeout(now));
+            // The waker is registered before transmits are pulled: output
+            // queued by a stream handle between a pull and the end of this
+            // turn wakes the driver again (the lock is not held throughout).
+            link.with(|m| {
+                m.set_driver_waker(cx.waker());
+                m.handle_timeout(now)
+            });
             if !tls.has_pending_output() && io_error.is_none() {
                 // Transmits are pulled under the lock a record at a time and
                 // encrypted outside it: encryption never holds up the stream
