@@ -44,7 +44,7 @@ use anytls_core::*;
 mod endpoint_world;
 
 use anytls_core::pool::{CloseReason, PoolConfig};
-use endpoint_world::{Kill, Rng, World, mins, ms, pool_config, secs};
+use endpoint_world::{Kill, Rng, World, mins, ms, pool_config, preset, secs};
 
 #[allow(clippy::disallowed_methods)]
 fn epoch() -> Instant {
@@ -445,34 +445,6 @@ fn refusals_kills_and_close_give_every_stream_one_outcome() {
 
 // ---------------------------------------------------------------------------
 // A virtual day
-
-/// Two presets of `pool_sim.rs` (see its table).
-fn preset(name: &str) -> PoolConfig {
-    match name {
-        "balanced" => pool_config(|c| {
-            c.check_interval = secs(30);
-            c.idle_timeout = secs(60);
-            c.min_idle = 2;
-            c.ensure_idle = 3;
-            c.heartbeat = Some(secs(30));
-            c.heartbeat_timeout = Some(secs(10));
-            c.dial_backoff = secs(1);
-            c.max_dial_backoff = secs(60);
-        }),
-        _ => pool_config(|c| {
-            c.check_interval = secs(15);
-            c.idle_timeout = mins(10);
-            c.min_idle = 4;
-            c.ensure_idle = 6;
-            c.heartbeat = Some(secs(10));
-            c.heartbeat_timeout = Some(secs(5));
-            c.max_session_lifetime = Some(mins(60));
-            c.lifetime_jitter = mins(10);
-            c.dial_backoff = secs(1);
-            c.max_dial_backoff = secs(30);
-        }),
-    }
-}
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 

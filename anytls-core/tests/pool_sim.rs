@@ -62,6 +62,9 @@ use proptest::prelude::*;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+mod pool_presets;
+use pool_presets::{mins, ms, pool_config as config, presets, secs};
+
 const NS: Duration = Duration::from_nanos(1);
 
 #[allow(clippy::disallowed_methods)]
@@ -72,99 +75,6 @@ fn epoch() -> Instant {
 #[allow(clippy::disallowed_methods)]
 fn wall_clock() -> Instant {
     Instant::now()
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn mins(n: u64) -> Duration {
-    Duration::from_secs(60 * n)
-}
-
-/// The default pool configuration with `set` applied.
-fn config(set: impl FnOnce(&mut PoolConfig)) -> PoolConfig {
-    let mut c = PoolConfig::default();
-    set(&mut c);
-    c
-}
-
-/// The five preset configurations (see the table in the file docs).
-fn presets() -> [(&'static str, PoolConfig); 5] {
-    [
-        (
-            "balanced",
-            config(|c| {
-                c.check_interval = secs(30);
-                c.idle_timeout = secs(60);
-                c.min_idle = 2;
-                c.ensure_idle = 3;
-                c.heartbeat = Some(secs(30));
-                c.heartbeat_timeout = Some(secs(10));
-                c.dial_backoff = secs(1);
-                c.max_dial_backoff = secs(60);
-            }),
-        ),
-        (
-            "low-latency",
-            config(|c| {
-                c.check_interval = secs(10);
-                c.idle_timeout = mins(5);
-                c.min_idle = 5;
-                c.ensure_idle = 8;
-                c.ensure_create_rate = 4;
-                c.heartbeat = Some(secs(15));
-                c.heartbeat_timeout = Some(secs(10));
-                c.dial_backoff = ms(500);
-                c.max_dial_backoff = secs(30);
-            }),
-        ),
-        (
-            "mobile-nat",
-            config(|c| {
-                c.check_interval = secs(20);
-                c.idle_timeout = mins(2);
-                c.min_idle = 1;
-                c.ensure_idle = 2;
-                c.heartbeat = Some(secs(20));
-                c.heartbeat_timeout = Some(secs(10));
-                c.dial_backoff = secs(2);
-                c.max_dial_backoff = mins(2);
-            }),
-        ),
-        (
-            "high-availability",
-            config(|c| {
-                c.check_interval = secs(15);
-                c.idle_timeout = mins(10);
-                c.min_idle = 4;
-                c.ensure_idle = 6;
-                c.heartbeat = Some(secs(10));
-                c.heartbeat_timeout = Some(secs(5));
-                c.max_session_lifetime = Some(mins(60));
-                c.lifetime_jitter = mins(10);
-                c.dial_backoff = secs(1);
-                c.max_dial_backoff = secs(30);
-            }),
-        ),
-        (
-            "iot",
-            config(|c| {
-                c.check_interval = mins(5);
-                c.idle_timeout = mins(30);
-                c.min_idle = 1;
-                c.ensure_idle = 1;
-                c.heartbeat = Some(mins(4));
-                c.heartbeat_timeout = Some(secs(30));
-                c.dial_backoff = mins(1);
-                c.max_dial_backoff = mins(60);
-            }),
-        ),
-    ]
 }
 
 // ---------------------------------------------------------------------------

@@ -63,24 +63,10 @@ use crate::{
 
 pub const PASSWORD: &str = "endpoint-world";
 
-pub fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-pub fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-pub fn mins(n: u64) -> Duration {
-    Duration::from_secs(60 * n)
-}
-
-/// The default pool configuration with `set` applied.
-pub fn pool_config(set: impl FnOnce(&mut PoolConfig)) -> PoolConfig {
-    let mut c = PoolConfig::default();
-    set(&mut c);
-    c
-}
+#[path = "../pool_presets/mod.rs"]
+mod pool_presets;
+#[allow(unused_imports)] // each includer uses a part
+pub use pool_presets::{mins, ms, pool_config, preset, secs};
 
 /// What streams write: byte `i` of a stream is `(31 * handle + i) % 251`,
 /// read from this table in slices of up to `CHUNK` bytes.
