@@ -348,7 +348,7 @@ impl Exchange {
             }
         }
         loop {
-            match ep.read(self.stream) {
+            match ep.read(now(), self.stream) {
                 Ok(Some(data)) => {
                     let keep = data.len().min(MAX_RESPONSE - self.response.len());
                     self.response.extend_from_slice(&data[..keep]);
@@ -810,7 +810,7 @@ fn relay(s: &mut ServerSession, ups: &mut BTreeMap<StreamId, Upstream>) {
     let mut buf = [0u8; 16 * 1024];
     ups.retain(|&id, up| {
         loop {
-            match s.read(id) {
+            match s.read(now(), id) {
                 Ok(Some(data)) if up.sock.write_all(&data).is_ok() => {}
                 Err(StreamError::Blocked) => break,
                 _ => {

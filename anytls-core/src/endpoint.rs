@@ -564,8 +564,13 @@ impl ClientEndpoint {
     /// The next chunk of received data: `Ok(Some(data))`, `Ok(None)` at EOF,
     /// `Err(Blocked)` until [`ClientEvent::StreamReadable`], or the stream's
     /// refusal or reset.
-    pub fn read(&mut self, stream: StreamHandle) -> Result<Option<Bytes>, StreamError> {
-        let res = self.with_session(stream, |s, id| s.read(id));
+    pub fn read(
+        &mut self,
+        now: Instant,
+        stream: StreamHandle,
+    ) -> Result<Option<Bytes>, StreamError> {
+        let now = self.advance(now);
+        let res = self.with_session(stream, |s, id| s.read(now, id));
         let res = match res {
             // The session forgot a finished stream (both FINs): EOF.
             Err(StreamError::Closed)

@@ -330,7 +330,7 @@ where
                 }
                 Event::StreamReadable { id } if ctl.next().unwrap_or(0) & 7 != 0 => {
                     for _ in 0..64 {
-                        match s.read(id) {
+                        match s.read(now, id) {
                             Ok(Some(_)) => {}
                             Ok(None) => {
                                 let _ = s.finish(id);
@@ -375,7 +375,7 @@ where
             5 => {
                 // Read every known stream (owner catching up).
                 for &id in &opened {
-                    while let Ok(Some(_)) = s.read(id) {}
+                    while let Ok(Some(_)) = s.read(now, id) {}
                 }
             }
             _ => {

@@ -125,7 +125,7 @@
 //!         stream = Some(s);
 //!     }
 //!     if let Some(s) = stream {
-//!         if let Ok(Some(data)) = ep.read(s) {
+//!         if let Ok(Some(data)) = ep.read(now, s) {
 //!             assert_eq!(&data[..], b"hello from the target");
 //!             assert_eq!(ep.stream_state(s), Some(&StreamState::Connected));
 //!             ep.release(now, s); // its session goes back to the pool
@@ -189,7 +189,7 @@
 //! let (sid, dest) = opened.unwrap();
 //! assert_eq!(dest.to_string(), "example.com:443");
 //! server.accept_stream(sid, Ok(()))?; // queues SYNACK for v2 clients
-//! assert_eq!(&server.read(sid)?.unwrap()[..], b"hello");
+//! assert_eq!(&server.read(now, sid)?.unwrap()[..], b"hello");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

@@ -430,6 +430,11 @@ impl<R: SessionRole> Session<R> {
         }
     }
 
+    /// The latest `now` the session was given.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// Whether events are waiting for [`poll_event`](Self::poll_event).
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
@@ -676,8 +681,10 @@ impl<R: SessionRole> Session<R> {
 
     /// Reads the next chunk of a stream: `Ok(Some(data))`, `Ok(None)` at EOF
     /// (the peer sent FIN and everything before it was read), or
-    /// `Err(Blocked)` until `Event::StreamReadable`.
-    pub fn read(&mut self, id: StreamId) -> Result<Option<Bytes>, StreamError> {
+    /// `Err(Blocked)` until `Event::StreamReadable`. Taking data may resume
+    /// paused input, which is then processed at `now`.
+    pub fn read(&mut self, now: Instant, id: StreamId) -> Result<Option<Bytes>, StreamError> {
+        self.advance_clock(now);
         if let Some(q) = self.finished_data.get_mut(&id) {
             let chunk = q.pop();
             if chunk.is_none() {

@@ -114,7 +114,7 @@ fn psh_data_is_readable_before_its_frame_is_complete() {
     for piece in wire.chunks(1000) {
         s.handle_input(now, BytesMut::from(piece));
         let before = got.len();
-        while let Ok(Some(b)) = s.read(StreamId(1)) {
+        while let Ok(Some(b)) = s.read(now, StreamId(1)) {
             got.extend_from_slice(&b);
         }
         let wanted = (before + piece.len()).min(data.len());
@@ -141,12 +141,12 @@ fn stream_data_is_not_copied_on_the_way_in() {
     let wire = [frame(Command::Psh, 1, b"x"), frame(Command::Psh, 1, &data)].concat();
     let split = 8 + 3;
     s.handle_input(now, BytesMut::from(&wire[..split]));
-    assert_eq!(s.read(StreamId(1)), Ok(Some(Bytes::from_static(b"x"))));
+    assert_eq!(s.read(now, StreamId(1)), Ok(Some(Bytes::from_static(b"x"))));
     let second = BytesMut::from(&wire[split..]);
     let range = second.as_ptr() as usize..second.as_ptr() as usize + second.len();
     s.handle_input(now, second);
     let mut got = Vec::new();
-    while let Ok(Some(b)) = s.read(StreamId(1)) {
+    while let Ok(Some(b)) = s.read(now, StreamId(1)) {
         if b.len() >= 4096 {
             let p = b.as_ptr() as usize;
             assert!(range.contains(&p), "stream data was copied");
@@ -167,7 +167,7 @@ fn small_stream_data_does_not_pin_the_read_block() {
     let block = BytesMut::from(&wire[..]);
     let range = block.as_ptr() as usize..block.as_ptr() as usize + block.len();
     s.handle_input(now, block);
-    let b = s.read(StreamId(1)).unwrap().unwrap();
+    let b = s.read(now, StreamId(1)).unwrap().unwrap();
     assert_eq!(&b[..], b"z");
     assert!(
         !range.contains(&(b.as_ptr() as usize)),

@@ -132,7 +132,7 @@ impl World {
                     self.opened.push((conn, id));
                 }
                 Event::StreamReadable { id } => {
-                    while let Ok(Some(b)) = s.read(id) {
+                    while let Ok(Some(b)) = s.read(self.now, id) {
                         let got = self.received.entry((conn, id)).or_default();
                         got.extend_from_slice(&b);
                     }
@@ -290,21 +290,21 @@ fn unread_data_lost_with_its_session_is_a_reset_not_a_clean_end() {
         w.settle();
         assert_eq!(w.ep.stream_state(h), Some(&StreamState::Finished));
         if read_first {
-            assert_eq!(&w.ep.read(h).unwrap().unwrap()[..], b"reply");
-            assert_eq!(w.ep.read(h).unwrap(), None);
+            assert_eq!(&w.ep.read(w.now, h).unwrap().unwrap()[..], b"reply");
+            assert_eq!(w.ep.read(w.now, h).unwrap(), None);
         }
         w.ep.handle_eof(w.now, conn);
         w.settle();
         if read_first {
             // Everything was read: the clean end stands.
             assert_eq!(w.ep.stream_state(h), Some(&StreamState::Finished));
-            assert_eq!(w.ep.read(h).unwrap(), None);
+            assert_eq!(w.ep.read(w.now, h).unwrap(), None);
         } else {
             assert!(matches!(
                 w.ep.stream_state(h),
                 Some(StreamState::Reset(ResetReason::SessionClosed(_)))
             ));
-            assert!(w.ep.read(h).is_err(), "no silent EOF");
+            assert!(w.ep.read(w.now, h).is_err(), "no silent EOF");
         }
     }
 }

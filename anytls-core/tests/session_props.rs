@@ -1124,7 +1124,7 @@ fn peer_fin_dropping_a_queue_wakes_blocked_writers() {
     // b is blocked, then reading b lets the FIN in, which drops a's queue.
     assert_eq!(p.client.write(a, &[1u8; 20_000]), Ok(4096));
     assert_eq!(p.client.write(b, b"x"), Err(StreamError::Blocked));
-    while let Ok(Some(_)) = p.client.read(b) {}
+    while let Ok(Some(_)) = p.client.read(p.now, b) {}
     // Before any transmit (which would free room by sending a's queue): the
     // FIN made the room.
     let events: Vec<Event> = std::iter::from_fn(|| p.client.poll_event()).collect();
@@ -1357,7 +1357,7 @@ impl Owner {
 
     fn read<R: SessionRole>(&mut self, s: &mut Session<R>, id: StreamId) {
         for _ in 0..10_000 {
-            match s.read(id) {
+            match s.read(self.now, id) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     let _ = s.finish(id);

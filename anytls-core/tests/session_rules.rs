@@ -284,7 +284,7 @@ impl<R: SessionRole> Solo<R> {
         let mut data = Vec::new();
         let mut eof = false;
         for _ in 0..100_000 {
-            match self.s.read(StreamId(id)) {
+            match self.s.read(self.now, StreamId(id)) {
                 Ok(Some(b)) => data.extend_from_slice(&b),
                 Ok(None) => {
                     eof = true;
@@ -1572,7 +1572,7 @@ fn a_stalled_lone_reader_stops_pausing_input_and_loses_nothing_under_the_limit()
             .any(|e| matches!(e, Event::StreamReset { .. }))
     );
     let mut got = Vec::new();
-    while let Ok(Some(chunk)) = p.client.read(id) {
+    while let Ok(Some(chunk)) = p.client.read(p.now, id) {
         got.extend_from_slice(&chunk);
     }
     assert_eq!(got, data);
@@ -1600,7 +1600,7 @@ fn a_stalled_lone_reader_past_the_limit_is_reset_and_the_session_lives() {
     );
     assert_eq!(p.client.readable_len(id), 0, "its buffer is dropped");
     assert!(matches!(
-        p.client.read(id),
+        p.client.read(p.now, id),
         Err(StreamError::UnknownStream(_))
     ));
     assert!(!p.client.is_closed() && !p.server.is_closed());
@@ -1635,7 +1635,7 @@ fn a_reader_that_stops_stalls_only_its_own_stream() {
             break;
         }
         p.step();
-        while let Ok(Some(chunk)) = p.client.read(b) {
+        while let Ok(Some(chunk)) = p.client.read(p.now, b) {
             got_b.extend_from_slice(&chunk);
         }
     }
@@ -1728,16 +1728,16 @@ fn stream_readable_is_edge_triggered() {
     c.input(&frame(Command::Psh, 1, b"b"));
     assert_eq!(c.take_events(), vec![]);
     // A read that leaves data behind does not re-arm it.
-    assert_eq!(c.s.read(id), Ok(Some(Bytes::from_static(b"a"))));
+    assert_eq!(c.s.read(c.now, id), Ok(Some(Bytes::from_static(b"a"))));
     c.input(&frame(Command::Psh, 1, b"c"));
     assert_eq!(c.take_events(), vec![]);
     // Reading the stream empty does not either; only `Blocked` does.
-    assert_eq!(c.s.read(id), Ok(Some(Bytes::from_static(b"b"))));
-    assert_eq!(c.s.read(id), Ok(Some(Bytes::from_static(b"c"))));
+    assert_eq!(c.s.read(c.now, id), Ok(Some(Bytes::from_static(b"b"))));
+    assert_eq!(c.s.read(c.now, id), Ok(Some(Bytes::from_static(b"c"))));
     c.input(&frame(Command::Psh, 1, b"d"));
     assert_eq!(c.take_events(), vec![]);
-    assert_eq!(c.s.read(id), Ok(Some(Bytes::from_static(b"d"))));
-    assert_eq!(c.s.read(id), Err(StreamError::Blocked));
+    assert_eq!(c.s.read(c.now, id), Ok(Some(Bytes::from_static(b"d"))));
+    assert_eq!(c.s.read(c.now, id), Err(StreamError::Blocked));
     c.input(&frame(Command::Psh, 1, b"e"));
     assert_eq!(c.take_events(), vec![readable(1)]);
     assert_eq!(c.read_all(1), (b"e".to_vec(), false));
@@ -1747,7 +1747,7 @@ fn stream_readable_is_edge_triggered() {
         c.take_events(),
         vec![Event::StreamFinished { id }, readable(1)]
     );
-    assert_eq!(c.s.read(id), Ok(None));
+    assert_eq!(c.s.read(c.now, id), Ok(None));
 }
 
 // ----- configuration -----

@@ -478,7 +478,7 @@ impl ClientEnd {
 
 impl StreamEnd for ClientEnd {
     fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        self.op(|ep, h| ep.read(h), false, cx)
+        self.op(|ep, h| ep.read(Instant::now(), h), false, cx)
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {

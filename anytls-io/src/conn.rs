@@ -599,7 +599,7 @@ impl StreamEnd for ServerEnd {
     fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         let mut g = self.conn.lock();
         let was_reading = g.session.wants_read();
-        let res = g.session.read(self.id);
+        let res = g.session.read(Instant::now(), self.id);
         if !was_reading {
             // Paused input may have resumed and been processed: let the
             // driver act on its output.

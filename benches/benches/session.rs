@@ -60,7 +60,7 @@ fn pump(total: usize, chunk: &Bytes) -> usize {
                 s.accept_stream(id, Ok(())).unwrap();
             }
         }
-        while let Ok(Some(b)) = s.read(id) {
+        while let Ok(Some(b)) = s.read(now, id) {
             read += b.len();
         }
         while s.poll_transmit(now, &mut back).is_some() {

@@ -237,7 +237,7 @@ impl App {
 
     pub fn read_all<R: SessionRole>(&mut self, s: &mut Session<R>, id: StreamId) {
         loop {
-            match s.read(id) {
+            match s.read(s.now(), id) {
                 Ok(Some(b)) => {
                     self.received.entry(id).or_default().extend_from_slice(&b);
                     if self.echo {

@@ -635,7 +635,7 @@ impl World {
             if self.streams.get(&h).is_none_or(|t| t.released) {
                 return;
             }
-            match self.ep.read(h) {
+            match self.ep.read(self.now, h) {
                 Ok(Some(data)) => {
                     let t = self.streams.get_mut(&h).expect("tracked");
                     assert!(!t.eof, "data after EOF on {h:?}");
@@ -1086,7 +1086,7 @@ impl World {
                         let _ = l.server.accept_stream(id, verdict);
                     }
                     Event::StreamReadable { id } => loop {
-                        match l.server.read(id) {
+                        match l.server.read(now, id) {
                             Ok(Some(data)) => l.echo.entry(id).or_default().push_back(data),
                             Ok(None) => {
                                 l.echo.remove(&id);
