@@ -61,7 +61,7 @@
 //! decided here from `now` and the inputs. A user's dial that fails refuses
 //! its stream at once (no retry: the caller decides).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -246,6 +246,9 @@ pub struct ClientEndpoint {
     by_id: BTreeMap<(SessionSeq, StreamId), StreamHandle>,
     /// Sessions out of service that close once their streams are done.
     retiring: BTreeMap<SessionSeq, SessionError>,
+    /// Live connections that may have output: every input or command on a
+    /// session adds it, `poll_transmit` drops it once it has nothing to send.
+    sending: BTreeSet<SessionSeq>,
     next_handle: u64,
     timers: TimerTable<EpTimer>,
     actions: VecDeque<Action>,
@@ -299,6 +302,7 @@ impl ClientEndpoint {
             streams: BTreeMap::new(),
             by_id: BTreeMap::new(),
             retiring: BTreeMap::new(),
+            sending: BTreeSet::new(),
             next_handle: 1,
             timers: TimerTable::default(),
             actions: VecDeque::new(),
@@ -822,19 +826,23 @@ impl ClientEndpoint {
         buf: &mut BytesMut,
     ) -> Option<(SessionSeq, Transmit)> {
         let now = self.advance(now);
-        let n = self.conns.len();
+        // Only connections that may have output are asked (see `sending`).
+        let n = self.sending.len();
         let mut at = self.cursor;
         for _ in 0..n {
             let next = self
-                .conns
+                .sending
                 .range((Bound::Excluded(at), Bound::Unbounded))
                 .next()
-                .or_else(|| self.conns.iter().next())
-                .map(|(seq, _)| *seq)?;
+                .or_else(|| self.sending.iter().next())
+                .copied()?;
             at = next;
             if let Some(t) = self.poll_transmit_on(now, next, buf) {
                 self.cursor = next;
                 return Some((next, t));
+            }
+            if !self.session(next).is_some_and(ClientSession::has_output) {
+                self.sending.remove(&next);
             }
         }
         None
@@ -871,6 +879,9 @@ impl ClientEndpoint {
     /// Takes in what a session did: its events, its deadline, its end.
     fn after_session(&mut self, conn: SessionSeq) {
         let now = self.now;
+        if self.is_live(conn) {
+            self.sending.insert(conn);
+        }
         let mut ended = None;
         loop {
             let ev = match self.conns.get_mut(&conn) {
@@ -1034,6 +1045,7 @@ impl ClientEndpoint {
             return;
         };
         self.retiring.remove(&conn);
+        self.sending.remove(&conn);
         self.timers.clear(EpTimer::Session(conn));
         if self.cursor == conn {
             self.cursor = SessionSeq(conn.0.saturating_sub(1));

@@ -792,6 +792,23 @@ impl<R: SessionRole> Session<R> {
         Some(Transmit { len, shaped })
     }
 
+    /// Whether [`poll_transmit`](Self::poll_transmit) may have something to
+    /// send (queued control frames, stream data or FINs, the rest of a shaped
+    /// write, the preamble). False means it has nothing until the next input
+    /// or command.
+    pub fn has_output(&self) -> bool {
+        match self.state {
+            State::Closed => false,
+            State::Draining(_) => true,
+            State::Auth | State::Open => {
+                !self.control.is_empty()
+                    || self.current.is_some()
+                    || (self.state == State::Open && !self.ready.is_empty())
+                    || matches!(&self.role, Role::Client(c) if c.preamble.is_some())
+            }
+        }
+    }
+
     /// Appends the next transmit; returns whether it is shaped (see
     /// [`Transmit::shaped`]).
     fn fill_transmit(&mut self, buf: &mut BytesMut) -> bool {
