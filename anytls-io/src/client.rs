@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anytls_core::pool::{PoolConfig, PoolConfigError, PoolStats};
 use anytls_core::{
-    Action, ClientEndpoint, ClientEvent, ConfigError, Event, PaddingScheme, SessionError,
-    SessionLimits, SessionSeq, SocksAddr, StreamError, StreamHandle, StreamState, Transmit,
-    TransportError,
+    Action, ClientEndpoint, ClientEvent, ConfigError, Event, PaddingScheme, RefuseReason,
+    SessionError, SessionLimits, SessionSeq, SocksAddr, StreamError, StreamHandle, StreamId,
+    StreamState, Transmit, TransportError,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -382,7 +382,16 @@ impl<R: Runtime> Client<R> {
                     g.open_wakers.insert(h, cx.waker().clone());
                     Poll::Pending
                 }
-                _ => Poll::Ready(Err(end_error(&g.ep, h))),
+                // It never had a session: the dial failed, or the client
+                // closed first.
+                Some(StreamState::Refused(
+                    RefuseReason::DialFailed(_) | RefuseReason::EndpointClosed,
+                ))
+                | None => Poll::Ready(Err(end_error(&g.ep, h))),
+                // It was opened on a session and its end came quickly (a
+                // fast refusal): the stream reports it, as it would a moment
+                // later.
+                Some(_) => Poll::Ready(Ok(StreamId::SESSION)),
             }
         })
         .await;
