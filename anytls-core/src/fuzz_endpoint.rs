@@ -135,28 +135,16 @@ pub fn endpoint_at(data: &[u8], epoch: Instant) {
     w.finish_ops();
 }
 
-/// [`endpoint_at`] from now (the only clock read: virtual time starts here).
-pub fn endpoint(data: &[u8]) {
-    #[allow(clippy::disallowed_methods)]
-    let epoch = Instant::now();
-    endpoint_at(data, epoch);
-}
-
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::time::Instant;
 
-    /// Replays `fuzz/corpus/endpoint/` (when present) and a few fixed inputs.
+    /// A few fixed inputs (`fuzzing::tests::replay_fuzz_corpus` replays the
+    /// checked-in corpus `fuzz/corpus/endpoint/` with the other targets').
     #[test]
-    fn replay_endpoint_corpus() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/endpoint");
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries {
-                let path = entry.unwrap().path();
-                let data = std::fs::read(&path).unwrap();
-                super::endpoint(&data);
-            }
-        }
+    fn fixed_endpoint_inputs() {
+        #[allow(clippy::disallowed_methods)] // the test's epoch
+        let epoch = Instant::now();
         let fixed: [&[u8]; 4] = [
             b"",
             // Pre-warm 2, heartbeats; opens, writes, time passes.
@@ -173,10 +161,10 @@ mod tests {
             ],
         ];
         for data in fixed {
-            super::endpoint(data);
+            super::endpoint_at(data, epoch);
         }
         // A long mixed run.
         let long: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
-        super::endpoint(&long);
+        super::endpoint_at(&long, epoch);
     }
 }
