@@ -349,9 +349,8 @@ impl ClientEndpoint {
 
     /// The connection a stream is on, once it has a live session.
     pub fn stream_session(&self, stream: StreamHandle) -> Option<SessionSeq> {
-        let e = self.streams.get(&stream)?;
-        e.id?;
-        matches!(self.conns.get(&e.conn), Some(Conn::Live(_))).then_some(e.conn)
+        let (conn, _) = self.locate(stream)?;
+        self.is_live(conn).then_some(conn)
     }
 
     /// The stream's id on its session, once it has one.
@@ -362,10 +361,8 @@ impl ClientEndpoint {
     /// Bytes ready to read on a stream.
     pub fn readable_len(&self, stream: StreamHandle) -> usize {
         self.locate(stream)
-            .map_or(0, |(conn, id)| match self.conns.get(&conn) {
-                Some(Conn::Live(s)) => s.readable_len(id),
-                _ => 0,
-            })
+            .and_then(|(conn, id)| self.session(conn).map(|s| s.readable_len(id)))
+            .unwrap_or(0)
     }
 
     /// The session of a live connection (read-only: statistics, version).
@@ -961,23 +958,14 @@ impl ClientEndpoint {
                 _ => {}
             }
         }
-        if let Some(reason) = ended {
-            self.pool.session_closed(now, conn);
-            self.end_conn(conn, reason);
-            self.pool_actions();
-            return;
-        }
-        if self.retiring.contains_key(&conn) {
-            self.close_if_drained(conn);
-            if !self.conns.contains_key(&conn) {
-                self.pool_actions();
-                return;
+        match ended {
+            Some(reason) => {
+                self.pool.session_closed(now, conn);
+                self.end_conn(conn, reason);
             }
+            None => self.close_if_drained(conn),
         }
-        let deadline = match self.conns.get(&conn) {
-            Some(Conn::Live(s)) => s.poll_timeout(),
-            _ => None,
-        };
+        let deadline = self.session(conn).and_then(ClientSession::poll_timeout);
         self.timers.set_or_clear(EpTimer::Session(conn), deadline);
         self.pool_actions();
     }
@@ -1092,17 +1080,15 @@ impl ClientEndpoint {
     /// Takes a session out of service: no new streams; it closes (with
     /// `reason`) once its streams have sent everything, FINs included.
     fn retire(&mut self, conn: SessionSeq, reason: SessionError) {
-        if matches!(self.conns.get(&conn), Some(Conn::Live(_))) {
+        if self.is_live(conn) {
             self.retiring.entry(conn).or_insert(reason);
             self.close_if_drained(conn);
         }
     }
 
+    /// A retiring session whose streams are all done closes.
     fn close_if_drained(&mut self, conn: SessionSeq) {
-        let drained = match self.conns.get(&conn) {
-            Some(Conn::Live(s)) => s.stream_count() == 0,
-            _ => false,
-        };
+        let drained = self.session(conn).is_some_and(|s| s.stream_count() == 0);
         if drained {
             if let Some(reason) = self.retiring.remove(&conn) {
                 self.end_conn(conn, reason);

@@ -390,13 +390,6 @@ impl<R: SessionRole> Session<R> {
         self.peer_version
     }
 
-    /// Whether the session still holds stream `id` (a stream is let go once
-    /// both sides are done with it: FIN sent after a local finish, or a
-    /// local finish after the peer's FIN, or a refusal or reset).
-    pub fn has_stream(&self, id: StreamId) -> bool {
-        self.streams.contains_key(&id) || self.finished_data.contains_key(&id)
-    }
-
     /// Number of streams the session holds (open, or not yet released).
     pub fn stream_count(&self) -> usize {
         self.streams.len()
@@ -991,11 +984,18 @@ impl<R: SessionRole> Session<R> {
             .map(|(id, _)| *id)
             .collect();
         for id in opening {
-            if let Some(s) = self.streams.get_mut(&id) {
+            self.connect_stream(id);
+        }
+    }
+
+    /// Client: a stream waiting for the server's verdict is connected.
+    fn connect_stream(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            if s.phase == Phase::Opening {
                 s.phase = Phase::Open;
+                self.timers.clear(Timer::StreamOpen(id));
+                self.events.push_back(Event::StreamConnected { id });
             }
-            self.timers.clear(Timer::StreamOpen(id));
-            self.events.push_back(Event::StreamConnected { id });
         }
     }
 
@@ -1214,13 +1214,9 @@ impl<R: SessionRole> Session<R> {
             self.parse_destination(id);
             return;
         }
-        if s.phase == Phase::Opening {
-            // Data from the server: the stream was accepted (a v2 server
-            // sends its SYNACK first; a v1 server sends none).
-            s.phase = Phase::Open;
-            self.timers.clear(Timer::StreamOpen(id));
-            self.events.push_back(Event::StreamConnected { id });
-        }
+        // Data from the server: the stream was accepted (a v2 server sends
+        // its SYNACK first; a v1 server sends none).
+        self.connect_stream(id);
         self.signal_readable(id);
     }
 
@@ -1393,10 +1389,7 @@ impl<R: SessionRole> Session<R> {
         };
         self.timers.clear(Timer::StreamOpen(id));
         if data.is_empty() {
-            if s.phase == Phase::Opening {
-                s.phase = Phase::Open;
-                self.events.push_back(Event::StreamConnected { id });
-            }
+            self.connect_stream(id);
             return;
         }
         let reason = String::from_utf8_lossy(data).into_owned();
@@ -1566,10 +1559,7 @@ impl Session<Client> {
     /// Whether the server's protocol version is known: ServerSettings
     /// arrived, or the server showed it is v1 (see `Event::StreamConnected`).
     pub fn peer_version_known(&self) -> bool {
-        match &self.role {
-            Role::Client(c) => c.version_known,
-            Role::Server(_) => true,
-        }
+        self.version_known()
     }
 
     /// Client: opens a stream to `dest`. Queues SYN and the destination; data can

@@ -176,9 +176,6 @@ impl Shared {
                     wake(&mut self.write_wakers, h);
                     wake(&mut self.open_wakers, h);
                 }
-                ClientEvent::PaddingSchemeUpdated(s) => {
-                    tracing::debug!("server sent a new padding scheme (md5 {})", s.md5_hex());
-                }
                 _ => {}
             }
         }
@@ -437,16 +434,23 @@ struct ClientEnd {
 
 impl ClientEnd {
     fn release(&mut self) {
-        let mut g = self.inner.lock();
-        let conn = g.ep.stream_session(self.h);
-        g.ep.release(Instant::now(), self.h);
+        let mut g = self.command(|ep, h| ep.release(Instant::now(), h));
         g.read_wakers.remove(&self.h);
         g.write_wakers.remove(&self.h);
         g.open_wakers.remove(&self.h);
+    }
+
+    /// Runs a command that queues output on the stream's session (a FIN)
+    /// and wakes that session's driver; returns the lock.
+    fn command(&self, f: impl FnOnce(&mut ClientEndpoint, StreamHandle)) -> MutexGuard<'_, Shared> {
+        let mut g = self.inner.lock();
+        let conn = g.ep.stream_session(self.h);
+        f(&mut g.ep, self.h);
         g.after(&self.inner.kick);
         if let Some(conn) = conn {
             g.wake_driver(conn);
         }
+        g
     }
 
     /// Runs a stream operation under the lock; the stream's driver is woken
@@ -495,12 +499,7 @@ impl StreamEnd for ClientEnd {
     }
 
     fn finish(&mut self) {
-        let mut g = self.inner.lock();
-        g.ep.finish(Instant::now(), self.h);
-        g.after(&self.inner.kick);
-        if let Some(conn) = g.ep.stream_session(self.h) {
-            g.wake_driver(conn);
-        }
+        drop(self.command(|ep, h| ep.finish(Instant::now(), h)));
     }
 
     fn poll_established(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -315,19 +315,18 @@ where
                     }
                 }
             }
+            let holds = tls.holds_busy_resources() || out.capacity() > 0;
+            if holds && now >= last_active + IDLE_RELEASE {
+                tls.release_busy_resources();
+                out = BytesMut::new();
+                // What could not go yet (bytes in flight) is tried again
+                // a period later, not in a loop.
+                last_active = now;
+            }
+            let release = (tls.holds_busy_resources() || out.capacity() > 0)
+                .then_some(last_active + IDLE_RELEASE);
             let (timeout, wants_read, closed) = link.with(|m| {
-                let holds = tls.holds_busy_resources() || out.capacity() > 0;
-                if holds && now >= last_active + IDLE_RELEASE {
-                    tls.release_busy_resources();
-                    out = BytesMut::new();
-                    // What could not go yet (bytes in flight) is tried again
-                    // a period later, not in a loop.
-                    last_active = now;
-                }
                 m.dispatch(&mut events);
-                m.set_driver_waker(cx.waker());
-                let release = (tls.holds_busy_resources() || out.capacity() > 0)
-                    .then_some(last_active + IDLE_RELEASE);
                 (
                     earliest(m.poll_timeout(), release),
                     m.wants_read(),
