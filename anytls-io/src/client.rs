@@ -19,9 +19,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::budget::IoBudget;
 use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive};
-use crate::dial::Dialer;
+use crate::dial::{DialOptions, Dialer};
 use crate::runtime::{Notify, Runtime, timeout};
-use crate::tls::{TlsError, Verification, client_config, server_name};
+use crate::tls::{TlsError, TlsOptions, Verification, client_config_with, server_name};
 use crate::tls_io::{Tls, TlsIo};
 
 /// Client settings.
@@ -38,12 +38,17 @@ pub struct ClientConfig {
     pub verification: Verification,
     /// ALPN protocols to offer.
     pub alpn: Vec<String>,
+    /// TLS versions, cipher suites and SNI.
+    pub tls_options: TlsOptions,
     /// Your own rustls configuration (roots, client certificates, ALPN, key
-    /// log...). When set, `verification` and `alpn` are not used.
+    /// log...). When set, `verification`, `alpn` and `tls_options` are not used.
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
     /// How connections to the server are made. `None`: TCP to `server`
-    /// through the runtime, Nagle off.
+    /// with the socket options of `dial`, Nagle off.
     pub dialer: Option<Arc<dyn Dialer>>,
+    /// Socket options and address choice of the built-in dialer (not used
+    /// with your own `dialer`).
+    pub dial: DialOptions,
     /// Large-I/O slots of the client's TLS connections (default: shared by
     /// the whole process; see [`IoBudget`]).
     pub io_budget: IoBudget,
@@ -67,6 +72,8 @@ impl fmt::Debug for ClientConfig {
             .field("sni", &self.sni)
             .field("verification", &self.verification)
             .field("alpn", &self.alpn)
+            .field("tls_options", &self.tls_options)
+            .field("dial", &self.dial)
             .field("tls_config", &self.tls_config.as_ref().map(|_| "custom"))
             .field("dialer", &self.dialer.as_ref().map(|_| "custom"))
             .field("pool", &self.pool)
@@ -84,8 +91,10 @@ impl ClientConfig {
             sni: None,
             verification: Verification::WebPki,
             alpn: Vec::new(),
+            tls_options: TlsOptions::default(),
             tls_config: None,
             dialer: None,
+            dial: DialOptions::default(),
             io_budget: IoBudget::default(),
             pool: PoolConfig::default(),
             client_name: String::new(),
@@ -304,7 +313,11 @@ impl<R: Runtime> Client<R> {
         let name = server_name(cfg.sni.as_deref().unwrap_or(host))?;
         let tls = match &cfg.tls_config {
             Some(tls) => tls.clone(),
-            None => Arc::new(client_config(&cfg.verification, &cfg.alpn)?),
+            None => Arc::new(client_config_with(
+                &cfg.verification,
+                &cfg.alpn,
+                &cfg.tls_options,
+            )?),
         };
         let mut core = anytls_core::ClientConfig::new(&cfg.password);
         core.client_name = cfg.client_name.clone();
@@ -598,7 +611,11 @@ async fn dial<R: Runtime>(inner: Arc<Inner>, conn: SessionSeq) {
         }
         None => {
             let server = inner.cfg.server.clone();
-            connect_and_drive::<R, _>(inner, conn, async move { R::connect(&server).await }).await
+            let opts = inner.cfg.dial.clone();
+            connect_and_drive::<R, _>(inner, conn, async move {
+                crate::dial::dial_tcp::<R>(&server, &opts).await
+            })
+            .await
         }
     }
 }

@@ -40,6 +40,15 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// turns Nagle's algorithm off.
     fn connect(addr: &str) -> impl Future<Output = io::Result<Self::Tcp>> + Send;
 
+    /// Finishes a connect the caller started: `stream` is a non-blocking
+    /// socket whose `connect` returned "in progress" (or succeeded). Waits
+    /// until it is connected, returns the connect's error if it failed, and
+    /// turns Nagle off. (The client's built-in dialer makes its sockets
+    /// itself, to set options the runtime's own connect does not.)
+    fn finish_connect(
+        stream: std::net::TcpStream,
+    ) -> impl Future<Output = io::Result<Self::Tcp>> + Send;
+
     /// Binds a listening socket.
     fn bind(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
 

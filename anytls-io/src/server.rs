@@ -17,7 +17,7 @@ use crate::budget::IoBudget;
 use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
 use crate::relay::{relay, relay_stream_with};
 use crate::runtime::{Runtime, Switch, lock, sleep_until, timeout};
-use crate::tls::{Identity, ServerTls, TlsError};
+use crate::tls::{Identity, ServerTls, TlsError, TlsOptions};
 use crate::tls_io::{Tls, TlsIo};
 use crate::uot::{UdpConfig, relay_uot};
 
@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub tls: ServerTls,
     /// ALPN protocols to accept (not applied to [`ServerTls::Rustls`]).
     pub alpn: Vec<String>,
+    /// TLS versions and cipher suites (not applied to [`ServerTls::Rustls`]).
+    pub tls_options: TlsOptions,
     /// The padding scheme clients are told to use.
     pub padding: PaddingScheme,
     /// Where connections that fail authentication go (with every byte they
@@ -84,6 +86,7 @@ impl ServerConfig {
             users: vec![("default".into(), password.into())],
             tls: tls.into(),
             alpn: Vec::new(),
+            tls_options: TlsOptions::default(),
             padding: PaddingScheme::default_scheme(),
             fallback: None,
             tls_handshake_timeout: Duration::from_secs(10),
@@ -302,7 +305,10 @@ impl<R: Runtime> Server<R> {
     }
 
     fn with_listener(listener: R::Listener, cfg: ServerConfig) -> io::Result<Server<R>> {
-        let tls = cfg.tls.build(&cfg.alpn).map_err(io::Error::other)?;
+        let tls = cfg
+            .tls
+            .build_with(&cfg.alpn, &cfg.tls_options)
+            .map_err(io::Error::other)?;
         let mut users = Authenticator::default();
         for (name, pw) in &cfg.users {
             users.add_user(name.clone(), anytls_core::PasswordHash::of(pw));

@@ -35,6 +35,9 @@ pub enum TlsError {
     /// The SNI is not a valid DNS name or IP address.
     #[error("invalid server name {0:?}")]
     BadServerName(String),
+    /// Versions or cipher suites that cannot be used.
+    #[error("TLS options: {0}")]
+    Options(String),
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -42,6 +45,123 @@ pub enum TlsError {
     #[cfg(feature = "self-signed")]
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+}
+
+/// A TLS protocol version rustls speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl TlsVersion {
+    /// Parses a version as sing-box writes it: `"1.2"`, `"1.3"`. `"1.0"`
+    /// and `"1.1"` are errors that say why (rustls has neither).
+    pub fn parse(s: &str) -> Result<TlsVersion, TlsError> {
+        match s.trim() {
+            "1.2" => Ok(TlsVersion::Tls12),
+            "1.3" => Ok(TlsVersion::Tls13),
+            v @ ("1.0" | "1.1") => Err(TlsError::Options(format!(
+                "TLS {v} is not supported (rustls speaks TLS 1.2 and 1.3 only)"
+            ))),
+            v => Err(TlsError::Options(format!(
+                "unknown TLS version {v:?} (use \"1.2\" or \"1.3\")"
+            ))),
+        }
+    }
+
+    fn rustls(self) -> &'static rustls::SupportedProtocolVersion {
+        match self {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        }
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        })
+    }
+}
+
+/// TLS knobs beyond verification: the protocol versions, the cipher suites
+/// and SNI (sing-box's `min_version`, `max_version`, `cipher_suites` and
+/// `disable_sni`). The default is rustls's: TLS 1.2 and 1.3, its safe
+/// suites, SNI sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsOptions {
+    /// Lowest version offered or accepted.
+    pub min_version: Option<TlsVersion>,
+    /// Highest version offered or accepted.
+    pub max_version: Option<TlsVersion>,
+    /// Cipher suites by their IANA names (as Go and sing-box write them,
+    /// e.g. `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`). As in Go, the list
+    /// restricts the TLS 1.2 suites; TLS 1.3 suites are restricted only when
+    /// the list names some (`TLS_AES_128_GCM_SHA256`, ...). Empty: all of
+    /// rustls's. A name rustls does not implement is an error.
+    pub cipher_suites: Vec<String>,
+    /// Client: send no SNI (the certificate is still checked against the
+    /// server name). Not used by servers.
+    pub disable_sni: bool,
+}
+
+impl TlsOptions {
+    /// The versions to enable, lowest first; an error when none remains.
+    fn versions(&self) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
+        let min = self.min_version.unwrap_or(TlsVersion::Tls12);
+        let max = self.max_version.unwrap_or(TlsVersion::Tls13);
+        if min > max {
+            return Err(TlsError::Options(format!(
+                "min_version {min} is above max_version {max}"
+            )));
+        }
+        Ok([TlsVersion::Tls12, TlsVersion::Tls13]
+            .into_iter()
+            .filter(|v| (min..=max).contains(v))
+            .map(TlsVersion::rustls)
+            .collect())
+    }
+
+    /// The crypto provider with the chosen suites.
+    fn provider(&self) -> Result<Arc<CryptoProvider>, TlsError> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if self.cipher_suites.is_empty() {
+            return Ok(Arc::new(provider));
+        }
+        let name = |s: &rustls::SupportedCipherSuite| suite_name(s.suite());
+        for wanted in &self.cipher_suites {
+            if !provider.cipher_suites.iter().any(|s| name(s) == *wanted) {
+                let known: Vec<String> = provider.cipher_suites.iter().map(name).collect();
+                return Err(TlsError::Options(format!(
+                    "cipher suite {wanted:?} is not available (rustls offers {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        let names_tls13 = provider
+            .cipher_suites
+            .iter()
+            .any(|s| s.tls13().is_some() && self.cipher_suites.contains(&name(s)));
+        provider.cipher_suites.retain(|s| {
+            (s.tls13().is_some() && !names_tls13) || self.cipher_suites.contains(&name(s))
+        });
+        Ok(Arc::new(provider))
+    }
+}
+
+/// The IANA name of a suite (rustls calls the TLS 1.3 ones `TLS13_...`).
+fn suite_name(suite: rustls::CipherSuite) -> String {
+    let debug = format!("{suite:?}");
+    match debug.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => debug,
+    }
 }
 
 /// How the client checks the server's certificate.
@@ -185,31 +305,63 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
 }
 
-/// A rustls client configuration.
+/// A rustls client configuration with rustls's default versions and suites.
 pub fn client_config(
     verification: &Verification,
     alpn: &[String],
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = provider();
+    client_config_with(verification, alpn, &TlsOptions::default())
+}
+
+/// A rustls client configuration: `verification`, `alpn`, and the versions,
+/// suites and SNI of `options`.
+///
+/// With [`Verification::CaFile`] or [`Verification::CaPem`], a certificate of
+/// the file is also accepted when the server presents it *itself* as its
+/// end-entity certificate, even if it is marked as a CA (openssl's default
+/// for `req -x509`), as Go's TLS does: the name and the validity period are
+/// still checked, and chains to real CAs are verified as before.
+pub fn client_config_with(
+    verification: &Verification,
+    alpn: &[String],
+    options: &TlsOptions,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = options.provider()?;
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+        .with_protocol_versions(&options.versions()?)?;
     let mut cfg = match verification {
-        Verification::WebPki | Verification::CaFile(_) | Verification::CaPem(_) => {
+        Verification::WebPki => {
             let mut roots = RootCertStore::empty();
-            match verification {
-                Verification::CaFile(path) => {
-                    for c in load_certs(path)? {
-                        roots.add(c).map_err(|e| file_err(path, e))?;
-                    }
-                }
-                Verification::CaPem(pem) => {
-                    for c in pem_certs(pem)? {
-                        roots.add(c).map_err(|e| TlsError::Pem(e.to_string()))?;
-                    }
-                }
-                _ => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Verification::CaFile(_) | Verification::CaPem(_) => {
+            let certs = match verification {
+                Verification::CaFile(path) => load_certs(path)?,
+                Verification::CaPem(pem) => pem_certs(pem)?,
+                _ => unreachable!("matched above"),
+            };
+            let mut roots = RootCertStore::empty();
+            for c in &certs {
+                roots.add(c.clone()).map_err(|e| match verification {
+                    Verification::CaFile(path) => file_err(path, e),
+                    _ => TlsError::Pem(e.to_string()),
+                })?;
+            }
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Options(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(TrustedFile {
+                    webpki,
+                    certs,
+                    algs: provider.signature_verification_algorithms,
+                }))
+                .with_no_client_auth()
         }
         Verification::Pin(_) | Verification::Insecure => {
             let pin = match verification {
@@ -226,7 +378,100 @@ pub fn client_config(
         }
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    cfg.enable_sni = !options.disable_sni;
     Ok(cfg)
+}
+
+/// Roots from a file, plus Go's rule: a certificate of the file presented
+/// as the server's own (self-signed, often marked CA:TRUE) is trusted for
+/// the names it carries while it is valid.
+#[derive(Debug)]
+struct TrustedFile {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    certs: Vec<CertificateDer<'static>>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for TrustedFile {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chained =
+            self.webpki
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        if chained.is_ok() || !self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            return chained;
+        }
+        // The very certificate the user trusts: its name and dates decide.
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::InvalidCertificate(pki_error(e)))?;
+        cert.verify_is_valid_for_subject_name(server_name)
+            .map_err(|e| rustls::Error::InvalidCertificate(pki_error(e)))?;
+        check_validity(end_entity, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+fn pki_error(e: webpki::Error) -> rustls::CertificateError {
+    match e {
+        webpki::Error::CertNotValidForName(_) => rustls::CertificateError::NotValidForName,
+        webpki::Error::BadDer | webpki::Error::BadDerTime => rustls::CertificateError::BadEncoding,
+        e => rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))),
+    }
+}
+
+/// The certificate's validity period against `now`.
+fn check_validity(der: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    let (not_before, not_after) = validity(der).ok_or(rustls::Error::InvalidCertificate(
+        rustls::CertificateError::BadEncoding,
+    ))?;
+    let now = now.as_secs() as i64;
+    if now < not_before {
+        return Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidYet,
+        ));
+    }
+    if now > not_after {
+        return Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired,
+        ));
+    }
+    Ok(())
+}
+
+/// A certificate's validity period, in Unix seconds.
+pub fn validity(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// The server name to present: an IP literal sends no SNI (rustls does not
@@ -342,10 +587,20 @@ impl ServerTls {
     /// The rustls configuration: built from the identity or resolver (with
     /// this crate's crypto provider, TLS 1.2 and 1.3, and `alpn`), or yours.
     pub fn build(&self, alpn: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.build_with(alpn, &TlsOptions::default())
+    }
+
+    /// [`build`](Self::build) with the versions and suites of `options`
+    /// (not applied to [`ServerTls::Rustls`]).
+    pub fn build_with(
+        &self,
+        alpn: &[String],
+        options: &TlsOptions,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let builder = || {
             Ok::<_, TlsError>(
-                rustls::ServerConfig::builder_with_provider(provider())
-                    .with_safe_default_protocol_versions()?
+                rustls::ServerConfig::builder_with_provider(options.provider()?)
+                    .with_protocol_versions(&options.versions()?)?
                     .with_no_client_auth(),
             )
         };
@@ -396,6 +651,166 @@ mod tests {
         assert_eq!(back.leaf_sha256(), id.leaf_sha256());
         server_config(&back, &[]).unwrap();
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A handshake in memory; the client's error if it fails.
+    fn handshake(
+        client: rustls::ClientConfig,
+        server: Arc<rustls::ServerConfig>,
+        name: &str,
+    ) -> Result<(), rustls::Error> {
+        let mut c = rustls::ClientConnection::new(Arc::new(client), server_name(name).unwrap())?;
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            if let Err(e) = s.process_new_packets() {
+                // The client's alert says why, when it refused.
+                let _ = e;
+            }
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    fn ca_true_self_signed(name: &str) -> Identity {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Identity {
+            certs: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    #[test]
+    fn a_self_signed_ca_certificate_given_as_the_ca_file_is_trusted_as_go_does() {
+        let id = ca_true_self_signed("proxy.test");
+        let server = ServerTls::Identity(id.clone()).build(&[]).unwrap();
+        let ca = Verification::CaPem(id.to_pem().0);
+        let cfg = || client_config(&ca, &[]).unwrap();
+        handshake(cfg(), server.clone(), "proxy.test").unwrap();
+        // The name is still checked.
+        let e = handshake(cfg(), server.clone(), "other.test").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+            ),
+            "{e:?}"
+        );
+        // Another CA:TRUE certificate for the same name is not trusted.
+        let stranger = ServerTls::Identity(ca_true_self_signed("proxy.test"))
+            .build(&[])
+            .unwrap();
+        let e = handshake(cfg(), stranger, "proxy.test").unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_real_chain_is_verified_as_before() {
+        // A CA, and a leaf it signed: the leaf is trusted through the CA.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["site.test".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let id = Identity {
+            certs: vec![leaf.der().clone()],
+            key: PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        };
+        let server = ServerTls::Identity(id).build(&[]).unwrap();
+        let ca = Verification::CaPem(pem_block("CERTIFICATE", ca_cert.der()));
+        handshake(
+            client_config(&ca, &[]).unwrap(),
+            server.clone(),
+            "site.test",
+        )
+        .unwrap();
+        let e = handshake(client_config(&ca, &[]).unwrap(), server, "else.test").unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
+    }
+
+    #[test]
+    fn versions_and_suites_restrict_the_handshake() {
+        let id = Identity::self_signed(&["localhost".into()]).unwrap();
+        let pin = Verification::Pin(id.leaf_sha256().unwrap());
+        let only = |min, max| TlsOptions {
+            min_version: Some(min),
+            max_version: Some(max),
+            ..TlsOptions::default()
+        };
+        let tls12 = only(TlsVersion::Tls12, TlsVersion::Tls12);
+        let tls13 = only(TlsVersion::Tls13, TlsVersion::Tls13);
+        let server12 = ServerTls::Identity(id.clone())
+            .build_with(&[], &tls12)
+            .unwrap();
+        let client13 = client_config_with(&pin, &[], &tls13).unwrap();
+        assert!(handshake(client13, server12.clone(), "localhost").is_err());
+        let client12 = client_config_with(&pin, &[], &tls12).unwrap();
+        handshake(client12, server12.clone(), "localhost").unwrap();
+        // One TLS 1.2 suite by its Go name; an unknown one is an error.
+        let suite = TlsOptions {
+            cipher_suites: vec!["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256".into()],
+            ..tls12.clone()
+        };
+        handshake(
+            client_config_with(&pin, &[], &suite).unwrap(),
+            server12,
+            "localhost",
+        )
+        .unwrap();
+        let bad = TlsOptions {
+            cipher_suites: vec!["TLS_RSA_WITH_RC4_128_SHA".into()],
+            ..TlsOptions::default()
+        };
+        let e = client_config_with(&pin, &[], &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("TLS_RSA_WITH_RC4_128_SHA") && e.contains("TLS_AES_128_GCM_SHA256"),
+            "{e}"
+        );
+        assert!(
+            TlsVersion::parse("1.1")
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
+        assert!(
+            client_config_with(&pin, &[], &only(TlsVersion::Tls13, TlsVersion::Tls12)).is_err()
+        );
+    }
+
+    #[test]
+    fn disable_sni_sends_no_name_but_still_checks_it() {
+        let id = Identity::self_signed(&["localhost".into()]).unwrap();
+        let server = ServerTls::Identity(id.clone()).build(&[]).unwrap();
+        let opts = TlsOptions {
+            disable_sni: true,
+            ..TlsOptions::default()
+        };
+        let ca = Verification::CaPem(id.to_pem().0);
+        let cfg = client_config_with(&ca, &[], &opts).unwrap();
+        assert!(!cfg.enable_sni);
+        handshake(cfg, server, "localhost").unwrap();
     }
 
     #[test]

@@ -100,6 +100,18 @@ impl anytls_io::Runtime for Smol {
         Ok(tcp)
     }
 
+    async fn finish_connect(stream: std::net::TcpStream) -> io::Result<Self::Tcp> {
+        let tcp = smol::Async::new(stream)?;
+        tcp.writable().await?;
+        if let Some(e) = tcp.get_ref().take_error()? {
+            return Err(e);
+        }
+        tcp.get_ref().peer_addr()?;
+        let tcp = smol::net::TcpStream::from(tcp);
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
     async fn bind(addr: SocketAddr) -> io::Result<Self::Listener> {
         // std's listen backlog is 128; a server taking bursts of connections
         // wants tokio's 1024.

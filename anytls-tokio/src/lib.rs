@@ -219,6 +219,19 @@ impl anytls_io::Runtime for Tokio {
         Ok(TokioIo(tcp))
     }
 
+    async fn finish_connect(stream: std::net::TcpStream) -> io::Result<Self::Tcp> {
+        let tcp = tokio::net::TcpStream::from_std(stream)?;
+        tcp.writable().await?;
+        if let Some(e) = tcp.take_error()? {
+            return Err(e);
+        }
+        // Writable without an error can still be a refused connect on some
+        // systems: the peer address tells.
+        tcp.peer_addr()?;
+        tcp.set_nodelay(true)?;
+        Ok(TokioIo(tcp))
+    }
+
     async fn bind(addr: SocketAddr) -> io::Result<Self::Listener> {
         tokio::net::TcpListener::bind(addr).await
     }
