@@ -139,6 +139,13 @@ pub struct ClientConfig {
     /// answer heartbeats). `None`: owner-requested heartbeats have no deadline;
     /// the probe sent for a slow SYNACK then waits `stream_open_timeout`.
     pub heartbeat_timeout: Option<Duration>,
+    /// How long a session may go without any frame from the server once it
+    /// carries a stream, before it is closed with `SessionError::NoAnswer`
+    /// (its streams fail). A v2 server answers at once (ServerSettings); a
+    /// TLS server that is not AnyTLS says nothing; a v1 server answers with
+    /// the first stream's data, so a v1 server whose first destination stays
+    /// silent this long loses the session too. Default 10 s.
+    pub answer_timeout: Duration,
     /// Buffer caps.
     pub limits: SessionLimits,
 }
@@ -150,6 +157,7 @@ impl fmt::Debug for ClientConfig {
             .field("client_name", &self.client_name)
             .field("stream_open_timeout", &self.stream_open_timeout)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("answer_timeout", &self.answer_timeout)
             .field("limits", &self.limits)
             .finish()
     }
@@ -164,6 +172,7 @@ impl ClientConfig {
             client_name: concat!("anytls-rs/", env!("CARGO_PKG_VERSION")).to_owned(),
             stream_open_timeout: Duration::from_secs(3),
             heartbeat_timeout: Some(Duration::from_secs(10)),
+            answer_timeout: Duration::from_secs(10),
             limits: SessionLimits::default(),
         }
     }
@@ -171,6 +180,7 @@ impl ClientConfig {
     /// Checks the timeouts and the limits (see [`SessionLimits::validate`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_duration("stream_open_timeout", self.stream_open_timeout)?;
+        check_duration("answer_timeout", self.answer_timeout)?;
         if let Some(t) = self.heartbeat_timeout {
             check_duration("heartbeat_timeout", t)?;
         }

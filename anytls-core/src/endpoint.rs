@@ -155,6 +155,20 @@ pub enum ClientEvent {
         /// Time from the HeartRequest to the HeartResponse.
         rtt: Duration,
     },
+    /// A session ended before the server sent a single AnyTLS frame: the
+    /// server does not speak AnyTLS to this client. It closed right after
+    /// the preamble (`SessionError::PeerEof`: a wrong password, or a server
+    /// that is not AnyTLS), sent bytes that are not AnyTLS
+    /// (`SessionError::Protocol`: not an AnyTLS server, or the fallback web
+    /// site a server hands a wrong password to), or said nothing
+    /// (`SessionError::NoAnswer`). Sessions the client closed itself are not
+    /// reported.
+    SessionUnanswered {
+        /// The connection.
+        conn: SessionSeq,
+        /// How it ended.
+        reason: SessionError,
+    },
     /// A server sent a new padding scheme; sessions dialled from now on use it.
     PaddingSchemeUpdated(Arc<PaddingScheme>),
     /// The stream is connected.
@@ -1051,6 +1065,13 @@ impl ClientEndpoint {
                 }
             }
             Conn::Live(mut s) => {
+                let ours = matches!(reason, SessionError::LocallyClosed | SessionError::Pool(_));
+                if !s.server_answered() && !ours && !self.closed {
+                    self.events.push_back(ClientEvent::SessionUnanswered {
+                        conn,
+                        reason: reason.clone(),
+                    });
+                }
                 s.close(self.now);
                 let on_conn: Vec<(StreamId, StreamHandle)> = self
                     .by_id

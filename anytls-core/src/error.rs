@@ -387,6 +387,10 @@ pub enum SessionError {
     /// Nothing arrived within the timeout after a HeartRequest.
     #[error("no answer to heartbeat: session dead")]
     HeartbeatTimeout,
+    /// Client: the server sent no AnyTLS frame within `answer_timeout` of
+    /// the session's first stream (not an AnyTLS server, or a silent one).
+    #[error("no answer from the server")]
+    NoAnswer,
     /// The peer closed the connection.
     #[error("connection closed by peer")]
     PeerEof,
@@ -408,7 +412,9 @@ fn session_error_kind(e: &SessionError) -> std::io::ErrorKind {
         SessionError::PeerEof => ErrorKind::UnexpectedEof,
         SessionError::LocallyClosed | SessionError::Pool(_) => ErrorKind::NotConnected,
         SessionError::AuthFailed => ErrorKind::PermissionDenied,
-        SessionError::HandshakeTimeout | SessionError::HeartbeatTimeout => ErrorKind::TimedOut,
+        SessionError::HandshakeTimeout
+        | SessionError::HeartbeatTimeout
+        | SessionError::NoAnswer => ErrorKind::TimedOut,
         SessionError::Alert(_) => ErrorKind::ConnectionAborted,
         SessionError::Transport(t) => t.kind(),
         _ => ErrorKind::InvalidData,

@@ -213,6 +213,8 @@ struct ClientData {
     version_known: bool,
     /// ... only because no ServerSettings came within the SYNACK wait.
     version_guessed: bool,
+    /// A frame of a known command arrived from the server.
+    answered: bool,
 }
 
 struct ServerData {
@@ -268,6 +270,9 @@ enum Timer {
     Liveness,
     /// Client: a stream's SYNACK wait.
     StreamOpen(StreamId),
+    /// Client: the server must say something (any frame of a known
+    /// command) after the session's first stream.
+    Answer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -559,6 +564,12 @@ impl<R: SessionRole> Session<R> {
         if self.timers.is_expired(Timer::Liveness, now) {
             debug!("no frame since heartbeat: closing session");
             self.close_with(SessionError::HeartbeatTimeout);
+            return;
+        }
+        if self.timers.is_expired(Timer::Answer, now) {
+            self.timers.clear(Timer::Answer);
+            debug!("no frame from the server since the first stream: closing session");
+            self.close_with(SessionError::NoAnswer);
             return;
         }
         if self.stall_deadline().is_some_and(|t| t <= now) {
@@ -1127,6 +1138,25 @@ impl<R: SessionRole> Session<R> {
             stream_id: id,
             data,
         } = frame;
+        if let Role::Client(c) = &mut self.role {
+            // Bytes that merely parse as frames (a web server's answer) do
+            // not count: only a command a server sends does.
+            let known = matches!(
+                cmd,
+                Command::Psh
+                    | Command::Fin
+                    | Command::Alert
+                    | Command::UpdatePaddingScheme
+                    | Command::SynAck
+                    | Command::HeartRequest
+                    | Command::HeartResponse
+                    | Command::ServerSettings
+            );
+            if known && !c.answered {
+                c.answered = true;
+                self.timers.clear(Timer::Answer);
+            }
+        }
         if !self.version_known() && matches!(cmd, Command::Psh | Command::Fin) {
             // A v2 server sends ServerSettings before any stream frame; a
             // stream frame first means a v1 server.
@@ -1509,6 +1539,7 @@ impl Session<Client> {
                 settings_flushed: false,
                 version_known: false,
                 version_guessed: false,
+                answered: false,
             })),
             limits,
             State::Open,
@@ -1562,6 +1593,16 @@ impl Session<Client> {
         self.version_known()
     }
 
+    /// Client: whether the server has sent a frame of a known command (it
+    /// speaks AnyTLS). Until then a session with a stream is closed with
+    /// [`SessionError::NoAnswer`] after `answer_timeout`.
+    pub fn server_answered(&self) -> bool {
+        match &self.role {
+            Role::Client(c) => c.answered,
+            Role::Server(_) => true,
+        }
+    }
+
     /// Client: opens a stream to `dest`. Queues SYN and the destination; data can
     /// be written at once.
     pub fn open_stream(&mut self, now: Instant, dest: &SocksAddr) -> Result<StreamId, StreamError> {
@@ -1590,6 +1631,10 @@ impl Session<Client> {
             let deadline = self.now + c.cfg.stream_open_timeout;
             self.timers.set(Timer::StreamOpen(id), deadline);
             self.streams.insert(id, Stream::new(Phase::Opening));
+        }
+        if !c.answered && self.timers.get(Timer::Answer).is_none() {
+            let deadline = self.now + c.cfg.answer_timeout;
+            self.timers.set(Timer::Answer, deadline);
         }
         self.push_control(Command::Syn, id, &[]);
         self.push_control(Command::Psh, id, &addr);

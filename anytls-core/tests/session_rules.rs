@@ -1411,8 +1411,45 @@ fn no_server_settings_within_the_synack_wait_means_a_v1_server() {
     assert!(c.s.peer_version_known());
     assert_eq!(no_waste(c.frames()), vec![]);
     assert_eq!(c.s.stats().heartbeats_sent, 0);
-    assert_eq!(c.s.poll_timeout(), None);
+    // What is left is the wait for the server's first word.
+    assert_eq!(c.s.poll_timeout(), Some(c.now + Duration::from_secs(7)));
     assert!(!c.s.is_closed());
+}
+
+#[test]
+fn a_server_that_never_says_a_word_loses_the_session_after_the_answer_timeout() {
+    // Guessed v1 at 3 s, still silent at 10 s: not an AnyTLS server.
+    let mut c = Solo::opened_client();
+    assert!(!c.s.server_answered());
+    c.advance(Duration::from_secs(3));
+    c.take_events();
+    // Bytes that parse as frames of unknown commands (a web server's
+    // "HTTP/1.1 400 ...") are no answer.
+    c.input(&frame(Command::Unknown(0x48), 0, b""));
+    assert!(!c.s.server_answered());
+    c.advance(Duration::from_millis(6999));
+    assert!(!c.s.is_closed());
+    c.advance(Duration::from_millis(1));
+    assert!(c.s.is_closed());
+    assert_eq!(
+        c.take_events().last(),
+        Some(&Event::Closed {
+            reason: SessionError::NoAnswer
+        })
+    );
+    // Any AnyTLS frame is an answer: a v1 server's data, a v2 server's
+    // ServerSettings; the deadline goes away.
+    for first in [
+        frame(Command::Psh, 1, b"data"),
+        frame(Command::ServerSettings, 0, b"v=2"),
+    ] {
+        let mut c = Solo::opened_client();
+        c.advance(Duration::from_secs(1));
+        c.input(&first);
+        assert!(c.s.server_answered());
+        c.advance(Duration::from_secs(60));
+        assert!(!c.s.is_closed());
+    }
 }
 
 #[test]

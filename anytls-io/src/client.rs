@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use crate::budget::IoBudget;
 use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive};
 use crate::dial::{DialOptions, Dialer};
+use crate::explain::{self, Reporter};
 use crate::runtime::{Notify, Runtime, timeout};
 use crate::tls::{TlsError, TlsOptions, Verification, client_config_with, server_name};
 use crate::tls_io::{Tls, TlsIo};
@@ -58,8 +59,13 @@ pub struct ClientConfig {
     pub client_name: String,
     /// TCP connect plus TLS handshake time limit.
     pub connect_timeout: Duration,
-    /// SYNACK wait before a session is probed (v2 servers).
+    /// SYNACK wait before a session is probed (v2 servers); also how long a
+    /// server that sends no ServerSettings has before it is taken for a v1
+    /// server.
     pub stream_open_timeout: Duration,
+    /// A session with a stream is given up when the server has sent nothing
+    /// AnyTLS for this long (see [`Client::connect`]). Default 10 s.
+    pub answer_timeout: Duration,
     /// Per-session buffer caps.
     pub limits: SessionLimits,
 }
@@ -100,6 +106,7 @@ impl ClientConfig {
             client_name: String::new(),
             connect_timeout: Duration::from_secs(10),
             stream_open_timeout: Duration::from_secs(3),
+            answer_timeout: Duration::from_secs(10),
             limits: SessionLimits::default(),
         }
     }
@@ -142,6 +149,11 @@ struct Shared {
     dials: Vec<SessionSeq>,
     /// The deadline the endpoint task sleeps until (`None`: no timer).
     armed: Option<Instant>,
+    /// Failures explained in the log.
+    reporter: Arc<Reporter>,
+    /// The server (`host:port`), for those explanations.
+    server: Arc<str>,
+    answer_timeout: Duration,
 }
 
 impl Shared {
@@ -178,6 +190,16 @@ impl Shared {
                     wake(&mut self.open_wakers, h);
                 }
                 ClientEvent::StreamConnected(h) => wake(&mut self.open_wakers, h),
+                // `connect` waits for the server's first word on a new session.
+                ClientEvent::PeerVersion { .. } => {
+                    for (_, w) in self.open_wakers.drain() {
+                        w.wake();
+                    }
+                }
+                ClientEvent::SessionUnanswered { reason, .. } => {
+                    let d = explain::unanswered(&self.server, self.answer_timeout, reason);
+                    self.reporter.report(Instant::now(), &d);
+                }
                 ClientEvent::StreamFinished(h)
                 | ClientEvent::StreamRefused { stream: h, .. }
                 | ClientEvent::StreamReset { stream: h, .. } => {
@@ -215,6 +237,8 @@ struct Inner {
     cfg: ClientConfig,
     tls: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
+    /// The TLS name as the user wrote it (for messages).
+    name_text: String,
     shared: Mutex<Shared>,
     /// Wakes the endpoint task: dials to start, a new deadline.
     kick: Arc<Notify>,
@@ -322,6 +346,7 @@ impl<R: Runtime> Client<R> {
         let mut core = anytls_core::ClientConfig::new(&cfg.password);
         core.client_name = cfg.client_name.clone();
         core.stream_open_timeout = cfg.stream_open_timeout;
+        core.answer_timeout = cfg.answer_timeout;
         core.heartbeat_timeout = cfg.pool.heartbeat_timeout;
         core.limits = cfg.limits.clone();
         let ep =
@@ -340,12 +365,16 @@ impl<R: Runtime> Client<R> {
             closed: HashMap::new(),
             dials: Vec::new(),
             armed: None,
+            reporter: Arc::new(Reporter::default()),
+            server: cfg.server.as_str().into(),
+            answer_timeout: cfg.answer_timeout,
         };
         let kick = Arc::new(Notify::default());
         shared.after(&kick);
         let inner = Arc::new(Inner {
             tls,
             name,
+            name_text: cfg.sni.clone().unwrap_or_else(|| host.to_owned()),
             shared: Mutex::new(shared),
             kick: kick.clone(),
             cfg,
@@ -359,8 +388,18 @@ impl<R: Runtime> Client<R> {
     }
 
     /// Opens a stream to `dest` on a pooled session (or a new one). Returns
-    /// once the stream has a session (after the dial, if one was needed); the
-    /// server's verdict comes later (see [`AnyTlsStream::established`]).
+    /// once the stream is on a session that has heard from the server; the
+    /// server's verdict on the destination comes later (see
+    /// [`AnyTlsStream::established`]).
+    ///
+    /// On a session used before, that is at once. On a new one it is after
+    /// the dial and the server's first answer: ServerSettings, one round
+    /// trip after the preamble (v2 servers), or `stream_open_timeout` of
+    /// silence (taken for a v1 server, which says nothing first). So a wrong
+    /// password or a server that is not AnyTLS fails here, with the reason
+    /// (also logged, see the crate docs), instead of giving a stream that
+    /// closes. A server that stays silent longer than `answer_timeout` loses
+    /// the session, and its streams fail.
     pub async fn connect(&self, dest: impl Into<SocksAddr>) -> io::Result<AnyTlsStream> {
         let dest = dest.into();
         let inner = &self.inner;
@@ -381,13 +420,27 @@ impl<R: Runtime> Client<R> {
         };
         let id = poll_fn(|cx| {
             let mut g = inner.lock();
-            if let Some(id) =
-                g.ep.stream_id(h)
-                    .filter(|_| g.ep.stream_session(h).is_some())
-            {
+            let heard =
+                g.ep.stream_session(h)
+                    .and_then(|conn| g.ep.session(conn))
+                    .is_some_and(|s| s.peer_version_known());
+            if let Some(id) = g.ep.stream_id(h).filter(|_| heard) {
                 return Poll::Ready(Ok(id));
             }
             match g.ep.stream_state(h) {
+                Some(StreamState::Opening | StreamState::Connected)
+                    if g.ep.stream_session(h).is_some() =>
+                {
+                    g.open_wakers.insert(h, cx.waker().clone());
+                    Poll::Pending
+                }
+                // The session ended before the server said a word: that is
+                // what connect reports.
+                Some(StreamState::Refused(RefuseReason::SessionClosed(reason))) => {
+                    let d = explain::unanswered(&g.server, g.answer_timeout, reason);
+                    let kind = io::Error::from(reason.clone()).kind();
+                    Poll::Ready(Err(io::Error::new(kind, d.text)))
+                }
                 Some(StreamState::Opening) => {
                     g.open_wakers.insert(h, cx.waker().clone());
                     Poll::Pending
@@ -656,6 +709,9 @@ async fn connect_and_drive<R: Runtime, IO>(
             }
             Err(e) => {
                 tracing::debug!(seq = conn.0, "dial failed: {e}");
+                let d =
+                    explain::dial_failure(&cfg.server, &inner.name_text, cfg.connect_timeout, &e);
+                g.reporter.report(Instant::now(), &d);
                 g.ep.handle_dial_failed(Instant::now(), conn, &e);
                 g.after(&inner.kick);
                 // A dial abandoned by a close left its reason here.

@@ -26,6 +26,7 @@ mod client_udp;
 pub mod config;
 mod conn;
 mod dial;
+mod explain;
 mod relay;
 mod runtime;
 mod server;

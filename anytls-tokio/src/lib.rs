@@ -184,9 +184,10 @@ pub use anytls_io::config;
 pub use anytls_io::core;
 pub use anytls_io::{
     AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, BoxTransport, ClientConfig,
-    ClientError, DialFuture, Dialer, Host, Identity, IoBudget, PoolConfig, PoolStats, ServerConfig,
-    ServerTls, ShutdownHandle, SocksAddr, TlsError, Transport, UdpConfig, UotEnd, UotReport,
-    UotStats, Verification, relay, relay_stream, relay_stream_with, relay_tcp_with, relay_uot, tls,
+    ClientError, DialFuture, DialOptions, Dialer, DomainStrategy, Host, Identity, IoBudget,
+    PoolConfig, PoolStats, ServerConfig, ServerTls, ShutdownHandle, SocksAddr, TlsError,
+    TlsOptions, TlsVersion, Transport, UdpConfig, UotEnd, UotReport, UotStats, Verification, relay,
+    relay_stream, relay_stream_with, relay_tcp_with, relay_uot, tls,
 };
 
 /// The tokio runtime, for `anytls-io`.

@@ -1,0 +1,286 @@
+//! Failures that explain themselves, on 127.0.0.1: a wrong password, a TLS
+//! server that is not AnyTLS (answers with a web page, or says nothing), a
+//! certificate that does not verify, a refused connection. The client
+//! program logs one line saying why at the default log level, and the
+//! waiting SOCKS5 request gets a failure reply; the library's `connect`
+//! fails with the reason. Also the built-in dialer's options.
+//!
+//! Every wait is bounded; child processes are killed when a test fails.
+
+mod common;
+#[path = "faults/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anytls_tokio::tls::hex32;
+use anytls_tokio::{Client, DialOptions, DomainStrategy, Identity, SocksAddr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::{
+    PASSWORD, Proc, STEP, client_config, echo_target, free_port, identity, start_server,
+};
+
+/// What a TLS server that is not AnyTLS does after the handshake.
+#[derive(Clone, Copy)]
+enum NotAnytls {
+    /// Answers the first bytes with an HTTP 400 page and closes, as web
+    /// servers do.
+    WebPage,
+    /// Reads and says nothing (for up to 30 s).
+    Silent,
+}
+
+/// A TLS server (rustls, blocking, on threads) that does not speak AnyTLS.
+fn not_anytls_server(id: &Identity, behaviour: NotAnytls) -> SocketAddr {
+    let cfg = anytls_tokio::tls::server_config(id, &[]).unwrap();
+    let cfg = Arc::new(cfg);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..16 {
+            let Ok((tcp, _)) = l.accept() else { return };
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut buf = [0u8; 4096];
+                match behaviour {
+                    NotAnytls::WebPage => {
+                        if tls.read(&mut buf).is_ok() {
+                            let _ = tls.write_all(
+                                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                            );
+                            tls.conn.send_close_notify();
+                            let _ = tls.flush();
+                        }
+                    }
+                    NotAnytls::Silent => {
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        while Instant::now() < deadline {
+                            match tls.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `anytls client` on a free local port with `args`; returns once its port
+/// accepts connections.
+fn spawn_client(args: &[&str]) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = vec!["client", "--listen", &listen];
+    all.extend_from_slice(args);
+    let p = Proc::spawn(&all);
+    let addr: SocketAddr = listen.parse().unwrap();
+    let deadline = Instant::now() + STEP;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "client never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, addr)
+}
+
+/// A SOCKS5 CONNECT to `dest` through `proxy`: the reply code (0 = success).
+fn socks5_reply(proxy: SocketAddr, dest: SocketAddr) -> u8 {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).unwrap();
+    assert_eq!(m, [5, 0]);
+    let SocketAddr::V4(d) = dest else {
+        unreachable!()
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&d.ip().octets());
+    req.extend_from_slice(&d.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply)
+        .expect("a SOCKS5 reply, not a hang");
+    reply[1]
+}
+
+/// The client's stderr once it is stopped.
+fn stderr_of(mut p: Proc) -> String {
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    let (_, err) = p.drain();
+    err + &p.seen.join("\n")
+}
+
+fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_the_request_and_says_so() {
+    let (id, pin) = identity();
+    let (server, _h) = start_server(id).await;
+    let echo = echo_target().await;
+    let (server, pin) = (server.to_string(), hex32(&pin));
+    let (reply, err) = blocking(move || {
+        let (p, proxy) = spawn_client(&[
+            "--server",
+            &server,
+            "--password",
+            "not-the-password",
+            "--pin",
+            &pin,
+            "--sni",
+            "localhost",
+        ]);
+        let reply = socks5_reply(proxy, echo.addr);
+        (reply, stderr_of(p))
+    });
+    assert_ne!(reply, 0, "a failure reply; log:\n{err}");
+    assert!(
+        err.contains("closed the session right after authentication: wrong password"),
+        "{err}"
+    );
+    // The library says the same.
+    let (id, pin) = identity();
+    let (server, _h) = start_server(id).await;
+    let mut cfg = client_config(&server.to_string(), pin);
+    cfg.password = "not-the-password".into();
+    let client = Client::new(cfg).unwrap();
+    let Err(e) = tokio::time::timeout(STEP, client.connect(SocksAddr::from(echo.addr)))
+        .await
+        .expect("connect hung")
+    else {
+        panic!("connect succeeded with a wrong password");
+    };
+    assert!(e.to_string().contains("wrong password"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_server_instead_of_anytls_fails_the_request_and_says_so() {
+    let (id, pin) = identity();
+    let web = not_anytls_server(&id, NotAnytls::WebPage).to_string();
+    let pin = hex32(&pin);
+    let (reply, err) = blocking(move || {
+        let (p, proxy) = spawn_client(&[
+            "--server",
+            &web,
+            "--password",
+            PASSWORD,
+            "--pin",
+            &pin,
+            "--sni",
+            "localhost",
+        ]);
+        let reply = socks5_reply(proxy, "127.0.0.1:9".parse().unwrap());
+        (reply, stderr_of(p))
+    });
+    assert_ne!(reply, 0, "a failure reply; log:\n{err}");
+    assert!(err.contains("not an AnyTLS server"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_does_not_verify_is_explained_with_a_hint() {
+    let (id, _) = identity();
+    let (server, _h) = start_server(id).await;
+    let server = server.to_string();
+    let (reply, err) = blocking(move || {
+        // The Mozilla roots do not know a self-signed certificate.
+        let (p, proxy) = spawn_client(&[
+            "--server",
+            &server,
+            "--password",
+            PASSWORD,
+            "--sni",
+            "localhost",
+        ]);
+        let reply = socks5_reply(proxy, "127.0.0.1:9".parse().unwrap());
+        (reply, stderr_of(p))
+    });
+    assert_ne!(reply, 0);
+    assert!(
+        err.contains("TLS certificate verification failed") && err.contains("--pin"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_explained_with_the_address() {
+    let closed = support::closed_port().to_string();
+    let (reply, err) = blocking(move || {
+        let (p, proxy) = spawn_client(&["--server", &closed, "--password", PASSWORD, "--insecure"]);
+        let reply = socks5_reply(proxy, "127.0.0.1:9".parse().unwrap());
+        (reply, stderr_of(p))
+    });
+    assert_ne!(reply, 0);
+    assert!(err.contains("connection refused"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_server_is_given_up_within_the_answer_timeout() {
+    let (id, pin) = identity();
+    let silent = not_anytls_server(&id, NotAnytls::Silent);
+    let mut cfg = client_config(&silent.to_string(), pin);
+    cfg.stream_open_timeout = Duration::from_millis(200);
+    cfg.answer_timeout = Duration::from_millis(600);
+    let client = Client::new(cfg).unwrap();
+    let start = Instant::now();
+    // No ServerSettings: after the SYNACK wait it is taken for a v1 server...
+    let mut s = tokio::time::timeout(STEP, client.connect(SocksAddr::from(silent)))
+        .await
+        .expect("connect hung")
+        .expect("connect after the v1 guess");
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    // ... and given up when nothing at all comes.
+    let mut b = [0u8; 16];
+    let r = tokio::time::timeout(STEP, s.read(&mut b))
+        .await
+        .expect("read hung");
+    let Err(e) = r else {
+        panic!("the stream of a silent server did not fail");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(start.elapsed() < STEP);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_dialer_honours_its_options() {
+    let (id, pin) = identity();
+    let (server, _h) = start_server(id).await;
+    let echo = echo_target().await;
+    let mut cfg = client_config(&format!("localhost:{}", server.port()), pin);
+    let mut dial = DialOptions::default();
+    dial.bind_address_v4 = Some("127.0.0.1".parse().unwrap());
+    dial.reuse_addr = true;
+    dial.tcp_fast_open = true;
+    dial.tcp_multi_path = true;
+    dial.domain_strategy = DomainStrategy::Ipv4Only;
+    dial.fallback_delay = Some(Duration::from_millis(50));
+    cfg.dial = dial.clone();
+    let client = Client::new(cfg).unwrap();
+    let mut s = support::open(&client, echo.addr).await;
+    support::echo_round(&mut s, 7, 1000, STEP, "echo with dial options").await;
+    // An address family the name does not have is a clear dial error.
+    let mut cfg = client_config(&server.to_string(), pin);
+    dial.domain_strategy = DomainStrategy::Ipv6Only;
+    dial.bind_address_v4 = None;
+    cfg.dial = dial;
+    let client = Client::new(cfg).unwrap();
+    let Err(e) = tokio::time::timeout(STEP, client.connect(SocksAddr::from(echo.addr)))
+        .await
+        .expect("connect hung")
+    else {
+        panic!("an IPv6-only dial to 127.0.0.1 succeeded");
+    };
+    assert!(e.to_string().contains("no IPv6 address"), "{e}");
+}
