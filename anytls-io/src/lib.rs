@@ -26,6 +26,7 @@ mod client_udp;
 pub mod config;
 mod conn;
 mod dial;
+pub mod proxy;
 mod relay;
 mod runtime;
 mod server;
