@@ -1,13 +1,18 @@
-//! A local SOCKS5 server (RFC 1928: CONNECT and UDP ASSOCIATE, no
-//! authentication) in front of a [`Client`], and a small SOCKS5 client for
-//! tests and tools.
+//! A local SOCKS5 server (RFC 1928: CONNECT and UDP ASSOCIATE) in front of
+//! a [`Client`], and a small SOCKS5 client for tests and tools.
+//!
+//! The server is one side of the mixed port ([`crate::proxy`]), which adds
+//! username/password authentication (RFC 1929), SOCKS4/4a and HTTP;
+//! [`serve_socks5`] is that port serving SOCKS only, without
+//! authentication.
 //!
 //! * [`wire`]: the message formats, without I/O (usable by any runtime).
 //! * [`serve_socks5`] / [`serve_socks5_with`]: accept loop; every CONNECT opens
 //!   an AnyTLS stream with [`Client::connect`] and relays; every UDP ASSOCIATE
 //!   relays datagrams over one UDP-over-TCP stream ([`Client::udp`]), see
 //!   [UDP ASSOCIATE](#udp-associate).
-//! * [`socks5_connect`]: connect through a SOCKS5 proxy.
+//! * [`socks5_connect`] / [`socks5_connect_with`]: connect through a SOCKS5
+//!   proxy (with username/password).
 //!
 //! # Replies and the server's verdict
 //!
@@ -509,6 +514,7 @@ impl From<Socks5Error> for io::Error {
                 io::Error::new(io::ErrorKind::ConnectionRefused, e)
             }
             Socks5Error::Timeout => io::Error::new(io::ErrorKind::TimedOut, e),
+            Socks5Error::Auth(_) => io::Error::new(io::ErrorKind::PermissionDenied, e),
             e => io::Error::other(e),
         }
     }

@@ -99,13 +99,26 @@ fn gateway_error(e: &io::Error) -> HttpError {
     HttpError::new(status, e.to_string())
 }
 
-/// Reads up to [`READ_CHUNK`] more bytes onto `buf`; 0 at EOF.
+/// Reads up to [`READ_CHUNK`] more bytes onto `buf`; 0 at EOF. Cancelled
+/// (a timeout, or the end of an exchange), it leaves `buf` as it was.
 async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let old = buf.len();
-    buf.resize(old + READ_CHUNK, 0);
-    let r = s.read(&mut buf[old..]).await;
-    buf.truncate(old + *r.as_ref().unwrap_or(&0));
-    r
+    /// Cuts the buffer back to its filled part, also when the read is
+    /// dropped half-way.
+    struct Filled<'a> {
+        buf: &'a mut Vec<u8>,
+        len: usize,
+    }
+    impl Drop for Filled<'_> {
+        fn drop(&mut self) {
+            self.buf.truncate(self.len);
+        }
+    }
+    let len = buf.len();
+    let mut g = Filled { buf, len };
+    g.buf.resize(len + READ_CHUNK, 0);
+    let n = s.read(&mut g.buf[len..]).await?;
+    g.len = len + n;
+    Ok(n)
 }
 
 /// The outcome of [`read_head_bytes`].
@@ -429,6 +442,129 @@ where
             Ok(0) => return Err(origin("the origin closed in the middle of the body".into())),
             Ok(_) => {}
             Err(e) => return Err(Failure::Answer(gateway_error(&e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::{block_on, poll_once};
+    use std::pin::Pin;
+    use std::task::Context;
+
+    /// A reader that never has data.
+    struct Never;
+
+    impl AsyncRead for Never {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_cancelled_read_leaves_the_buffer() {
+        let mut buf = b"abc".to_vec();
+        assert!(block_on(poll_once(read_more(&mut Never, &mut buf))).is_none());
+        assert_eq!(buf, b"abc");
+        let mut src = futures_lite::io::Cursor::new(b"def".to_vec());
+        assert_eq!(block_on(read_more(&mut src, &mut buf)).unwrap(), 3);
+        assert_eq!(buf, b"abcdef");
+    }
+
+    #[test]
+    fn bodies_go_up_exactly_and_the_rest_stays() {
+        // Part of a chunked body already read, the rest and a pipelined
+        // request on the socket.
+        let mut buf = b"3\r\nab".to_vec();
+        let mut client = futures_lite::io::Cursor::new(b"c\r\n0\r\n\r\nGET next".to_vec());
+        let mut up = Vec::new();
+        let r = block_on(send_body(&mut client, &mut up, &mut buf, Framing::Chunked));
+        assert!(matches!(r, Ok(true)));
+        assert_eq!(up, b"3\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(buf, b"GET next");
+        // A client that ends mid-body, a malformed body.
+        let mut short = futures_lite::io::Cursor::new(b"ab".to_vec());
+        let r = block_on(send_body(
+            &mut short,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            Framing::Length(5),
+        ));
+        assert!(matches!(r, Err(Failure::Client(_))));
+        let mut bad = futures_lite::io::Cursor::new(b"zz\r\n".to_vec());
+        let r = block_on(send_body(
+            &mut bad,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            Framing::Chunked,
+        ));
+        assert!(matches!(r, Err(Failure::Answer(e)) if e.status == 400));
+    }
+
+    #[test]
+    fn responses_are_rewritten_and_delimited() {
+        let origin = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+                       Connection: keep-alive\r\n\r\nhiEXTRA"
+            .to_vec();
+        let run = |method: &str, minor: u8, keep: bool| {
+            let mut up = futures_lite::io::Cursor::new(origin.clone());
+            let mut out = Vec::new();
+            let started = AtomicBool::new(false);
+            let r = block_on(send_response(
+                &mut up, &mut out, method, keep, minor, 1024, &started,
+            ));
+            (r.ok(), String::from_utf8(out).unwrap())
+        };
+        let (keep, out) = run("GET", 1, true);
+        assert_eq!(keep, Some(true));
+        assert_eq!(
+            out,
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+        );
+        // HTTP/1.0: no interim response; HEAD: no body.
+        let (keep, out) = run("HEAD", 0, true);
+        assert_eq!(keep, Some(true));
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let (keep, out) = run("GET", 1, false);
+        assert_eq!(keep, Some(false));
+        assert!(out.ends_with("Connection: close\r\n\r\nhi"), "{out}");
+        // Close-delimited; cut short; nothing at all.
+        let mut up = futures_lite::io::Cursor::new(b"HTTP/1.0 200 OK\r\n\r\nall of it".to_vec());
+        let mut out = Vec::new();
+        let started = AtomicBool::new(false);
+        let r = block_on(send_response(
+            &mut up, &mut out, "GET", true, 1, 1024, &started,
+        ));
+        assert!(matches!(r, Ok(false)));
+        assert!(out.ends_with(b"Connection: close\r\n\r\nall of it"));
+        for (text, begun) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhalf"[..],
+                true,
+            ),
+            (b"", false),
+        ] {
+            let mut up = futures_lite::io::Cursor::new(text.to_vec());
+            let started = AtomicBool::new(false);
+            let r = block_on(send_response(
+                &mut up,
+                &mut Vec::new(),
+                "GET",
+                true,
+                1,
+                1024,
+                &started,
+            ));
+            assert!(matches!(r, Err(Failure::Answer(e)) if e.status == 502));
+            assert_eq!(started.load(Ordering::Acquire), begun);
         }
     }
 }
