@@ -1212,6 +1212,46 @@ mod tests {
     }
 
     #[test]
+    fn user_pass_messages() {
+        let msg = encode_user_pass(b"alice", b"pw").unwrap();
+        assert_eq!(msg, b"\x01\x05alice\x02pw");
+        for cut in 0..msg.len() {
+            assert_eq!(parse_user_pass(&msg[..cut]), Ok(None), "cut {cut}");
+        }
+        let mut more = msg.clone();
+        more.push(5);
+        let (up, used) = parse_user_pass(&more).unwrap().unwrap();
+        assert_eq!(
+            (up.username.as_slice(), up.password.as_slice(), used),
+            (&b"alice"[..], &b"pw"[..], msg.len())
+        );
+        assert!(!format!("{up:?}").contains("pw"));
+        assert!(parse_user_pass(&[5, 1, b'a', 0]).is_err());
+        assert!(encode_user_pass(&[b'a'; 256], b"").is_err());
+        assert_eq!(encode_auth_status(true), [1, 0]);
+        assert_eq!(encode_auth_status(false), [1, 1]);
+        assert_eq!(
+            parse_greeting_methods(&[5, 2, 0, 2]),
+            Ok(Some((vec![0, 2], 4)))
+        );
+        // Never panics on arbitrary bytes.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..600 {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = parse_user_pass(&data);
+            let _ = parse_greeting_methods(&data);
+            let _ = parse_request(&data);
+        }
+    }
+
+    #[test]
     fn bind_ip_is_the_reached_address() {
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
