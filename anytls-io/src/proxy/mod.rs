@@ -5,7 +5,7 @@
 //!
 //! [`serve_proxy`] runs the accept loop; [`ProxyConfig`] chooses what is
 //! served. The message formats are I/O-free in [`http`], [`socks4`] and
-//! [`socks5::wire`](crate::socks5::wire).
+//! [`socks5::wire`].
 //!
 //! # What is served
 //!
@@ -16,7 +16,7 @@
 //! a reply (logged at debug).
 //!
 //! * **SOCKS5** (RFC 1928): CONNECT and UDP ASSOCIATE, as described in
-//!   [`socks5`](crate::socks5) (verdict wait, UDP relay, caps); BIND is
+//!   [`socks5`] (verdict wait, UDP relay, caps); BIND is
 //!   answered "command not supported".
 //! * **SOCKS4 / SOCKS4a**: CONNECT to an IPv4 address, or (4a) to a name
 //!   resolved by the AnyTLS server; BIND and failures are answered 91
