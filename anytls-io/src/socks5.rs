@@ -314,7 +314,7 @@ pub mod wire {
 
     /// Parses an RFC 1929 request (VER 0x01, ULEN, UNAME, PLEN, PASSWD) from
     /// the front of `buf`: `Ok(None)` until it is complete. Empty fields are
-    /// accepted (and match no user).
+    /// accepted here (they match only a user configured with empty ones).
     pub fn parse_user_pass(buf: &[u8]) -> Result<Option<(UserPass, usize)>, BadMessage> {
         let Some(&ver) = buf.first() else {
             return Ok(None);
