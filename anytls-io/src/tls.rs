@@ -697,14 +697,9 @@ mod tests {
     }
 
     fn ca_true_self_signed(name: &str) -> Identity {
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Identity {
-            certs: vec![cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        }
+        self_signed_with(name, |p| {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+        })
     }
 
     #[test]

@@ -25,55 +25,16 @@ use support::{
     PASSWORD, Proc, STEP, client_config, echo_target, free_port, identity, start_server,
 };
 
-/// What a TLS server that is not AnyTLS does after the handshake.
-#[derive(Clone, Copy)]
-enum NotAnytls {
-    /// Answers the first bytes with an HTTP 400 page and closes, as web
-    /// servers do.
-    WebPage,
-    /// Reads and says nothing (for up to 30 s).
-    Silent,
+/// A TLS server that is not AnyTLS and answers the first bytes with a web
+/// server's error page, then closes.
+fn web_server(id: &Identity) -> SocketAddr {
+    let page = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    scripted_server(id, page.to_vec(), true)
 }
 
-/// A TLS server (rustls, blocking, on threads) that does not speak AnyTLS.
-fn not_anytls_server(id: &Identity, behaviour: NotAnytls) -> SocketAddr {
-    let cfg = anytls_tokio::tls::server_config(id, &[]).unwrap();
-    let cfg = Arc::new(cfg);
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for _ in 0..16 {
-            let Ok((tcp, _)) = l.accept() else { return };
-            let cfg = cfg.clone();
-            std::thread::spawn(move || {
-                let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
-                let conn = rustls::ServerConnection::new(cfg).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, tcp);
-                let mut buf = [0u8; 4096];
-                match behaviour {
-                    NotAnytls::WebPage => {
-                        if tls.read(&mut buf).is_ok() {
-                            let _ = tls.write_all(
-                                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                            );
-                            tls.conn.send_close_notify();
-                            let _ = tls.flush();
-                        }
-                    }
-                    NotAnytls::Silent => {
-                        let deadline = Instant::now() + Duration::from_secs(30);
-                        while Instant::now() < deadline {
-                            match tls.read(&mut buf) {
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+/// A TLS server that is not AnyTLS and says nothing (for up to 30 s).
+fn silent_server(id: &Identity) -> SocketAddr {
+    scripted_server(id, Vec::new(), false)
 }
 
 /// `anytls client` on a free local port with `args`; returns once its port
@@ -169,7 +130,7 @@ async fn a_wrong_password_fails_the_request_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_server_instead_of_anytls_fails_the_request_and_says_so() {
     let (id, pin) = identity();
-    let web = not_anytls_server(&id, NotAnytls::WebPage).to_string();
+    let web = web_server(&id).to_string();
     let pin = hex32(&pin);
     let (reply, err) = blocking(move || {
         let (p, proxy) = spawn_client(&[
@@ -229,7 +190,7 @@ async fn a_refused_connection_is_explained_with_the_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tls_server_is_given_up_within_the_answer_timeout() {
     let (id, pin) = identity();
-    let silent = not_anytls_server(&id, NotAnytls::Silent);
+    let silent = silent_server(&id);
     let mut cfg = client_config(&silent.to_string(), pin);
     cfg.stream_open_timeout = Duration::from_millis(200);
     cfg.answer_timeout = Duration::from_millis(600);
@@ -304,7 +265,9 @@ fn scripted_server(id: &Identity, reply: Vec<u8>, close: bool) -> SocketAddr {
                 if tls.read(&mut buf).is_err() {
                     return;
                 }
-                let _ = tls.write_all(&reply);
+                if !reply.is_empty() {
+                    let _ = tls.write_all(&reply);
+                }
                 if close {
                     tls.conn.send_close_notify();
                     let _ = tls.flush();
