@@ -1,4 +1,18 @@
 use super::*;
+use crate::tls::{Identity, Verification};
+
+fn parse_client_json(text: &str) -> Result<ClientOptions, ConfigError> {
+    parse_client_config(text, None, Some(ConfigFormat::Json), None)
+}
+
+fn parse_server_json(text: &str) -> Result<ServerOptions, ConfigError> {
+    parse_server_config(text, None, Some(ConfigFormat::Json), None)
+}
+
+/// The first listener's address.
+fn first_listen(s: &ClientSetup) -> Option<SocketAddr> {
+    s.listeners.first().map(|l| l.addr)
+}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -274,7 +288,7 @@ fn outbound_full() {
     let s = o.to_client_setup().unwrap();
     let c = &s.config;
     assert_eq!(s.tag.as_deref(), Some("anytls-out"));
-    assert_eq!(s.socks_listen, Some("127.0.0.1:1081".parse().unwrap()));
+    assert_eq!(first_listen(&s), Some("127.0.0.1:1081".parse().unwrap()));
     assert_eq!(c.server, "example.com:443");
     assert_eq!(c.password, "8JCsPssfgS8tiRwiMlhARg==");
     assert_eq!(c.sni.as_deref(), Some("cdn.example.com"));
@@ -305,7 +319,7 @@ fn outbound_minimal_defaults() {
     )
     .unwrap();
     let s = o.to_client_setup().unwrap();
-    assert_eq!(s.socks_listen, None);
+    assert_eq!(first_listen(&s), None);
     let c = s.config;
     assert_eq!(c.server, "1.2.3.4:8443");
     assert_eq!(c.sni, None);
@@ -326,7 +340,7 @@ fn outbound_minimal_defaults() {
         parse_client_json(r#"{"server":"h","server_port":1,"password":"pw","listen_port":2080}"#)
             .unwrap();
     assert_eq!(
-        o.to_client_setup().unwrap().socks_listen,
+        first_listen(&o.to_client_setup().unwrap()),
         Some("127.0.0.1:2080".parse().unwrap())
     );
 }
@@ -402,32 +416,36 @@ fn outbound_tls_variants() {
 
 #[test]
 fn unknown_fields_are_named() {
+    // Path, line and column, in the entry and in its objects.
     let e =
-        parse_client_json(r#"{"server":"h","server_port":1,"password":"p","tcp_fast_open":true}"#)
+        parse_client_json(r#"{"server":"h","server_port":1,"password":"p","tcp_fast_opn":true}"#)
             .unwrap_err()
             .to_string();
-    assert!(e.contains("unknown field `tcp_fast_open`"), "{e}");
-    assert!(e.contains("line 1"), "{e}");
-    let e = parse_client_json(r#"{"server":"h","tls":{"enabled":true,"utls":{}}}"#)
+    assert!(e.starts_with("config:1:"), "{e}");
+    assert!(e.contains("unknown field `tcp_fast_opn`"), "{e}");
+    let e = parse_client_json("{\"server\":\"h\",\n \"tls\":{\"enabled\":true,\n   \"utls_\":{}}}")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown field `utls`"), "{e}");
-    let e = parse_server_json(r#"{"listen_port":1,"sniff":true}"#)
+    assert!(
+        e.starts_with("config:3:") && e.contains(": tls.utls_: unknown field `utls_`"),
+        "{e}"
+    );
+    let e = parse_server_json(r#"{"listen_port":1,"sniffing":true}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown field `sniff`"), "{e}");
+    assert!(e.contains("unknown field `sniffing`"), "{e}");
     let e = parse_server_json(r#"{"users":[{"name":"a","password":"b","uuid":"c"}]}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown field `uuid`"), "{e}");
-    // Inside a whole config: the entry's position is named too.
+    assert!(e.contains("users[0].uuid: unknown field `uuid`"), "{e}");
+    // Inside a whole config: the entry's path is named too.
     let e = parse_client_json(
-        r#"{"outbounds":[{"type":"direct"},{"type":"anytls","server":"h","bogus":1}]}"#,
+        r#"{"outbounds":[{"type":"direct"},{"type":"anytls","server":"h","tls":{"bogus":1}}]}"#,
     )
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("outbounds[1]") && e.contains("unknown field `bogus`"),
+        e.contains("outbounds[1].tls.bogus: unknown field `bogus`"),
         "{e}"
     );
 }
@@ -483,7 +501,7 @@ fn whole_singbox_client_config() {
     let s = parse_client_json(text).unwrap().to_client_setup().unwrap();
     assert_eq!(s.tag.as_deref(), Some("proxy"));
     assert_eq!(s.config.server, "example.com:443");
-    assert_eq!(s.socks_listen, Some("127.0.0.1:2080".parse().unwrap()));
+    assert_eq!(first_listen(&s), Some("127.0.0.1:2080".parse().unwrap()));
     let e = parse_client_json(r#"{"outbounds":[{"type":"direct"}]}"#)
         .unwrap_err()
         .to_string();

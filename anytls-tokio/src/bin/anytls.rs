@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anytls_tokio::config::{
-    self, AnytlsUri, InboundOptions, OutboundOptions, User, parse_go_duration,
+    self, AnytlsUri, ClientOptions, ConfigNote, ListenerKind, ListenerSetup, NoteKind,
+    ServerOptions, User, parse_go_duration,
 };
 use anytls_tokio::socks5::{Socks5Config, serve_socks5_with};
 use anytls_tokio::tls::{hex32, parse_pin};
@@ -54,8 +55,9 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// sing-box JSON: an `anytls` inbound, or a whole config (the first anytls
-    /// inbound is used). Flags override its values.
+    /// sing-box JSON (an `anytls` inbound, or a whole config: its first anytls
+    /// inbound) or mihomo YAML (its first anytls listener). Flags override
+    /// its values.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen address [default: 0.0.0.0:8443].
@@ -83,10 +85,15 @@ struct ServerArgs {
 
 #[derive(Args)]
 struct ClientArgs {
-    /// sing-box JSON: an `anytls` outbound, or a whole config (the first anytls
-    /// outbound is used). Flags override its values.
+    /// sing-box JSON (an `anytls` outbound, or a whole config: its anytls
+    /// outbound and its mixed/socks/http inbounds as listeners) or mihomo YAML
+    /// (an anytls proxy, and its ports and listeners). Flags override its values.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Which anytls outbound (sing-box tag) or proxy (mihomo name) of the
+    /// config to use [default: the first].
+    #[arg(long, value_name = "NAME")]
+    proxy: Option<String>,
     #[arg(
         value_name = "URI",
         help = "anytls://[password@]host[:port]/?sni=NAME&insecure=1 (instead of --server and --password)"
@@ -111,9 +118,14 @@ struct ClientArgs {
     /// Mozilla roots).
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Local SOCKS5 listen address [default: 127.0.0.1:1080].
+    /// Local proxy listener (repeatable; replaces the config's listeners)
+    /// [default: 127.0.0.1:1080].
     #[arg(short, long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
+    listen: Vec<SocketAddr>,
+    /// USER:PASS for the local listeners that have no users of their own
+    /// (repeatable).
+    #[arg(long, value_name = "USER:PASS")]
+    auth: Vec<String>,
     /// Pool maintenance interval [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     idle_session_check_interval: Option<Duration>,
@@ -193,10 +205,11 @@ async fn shutdown_signal() {
 }
 
 async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
-    let mut opts = match &a.config {
-        Some(p) => config::load_server_file(p)?,
-        None => InboundOptions::default(),
+    let mut file = match &a.config {
+        Some(p) => config::load_server_config(p, None)?,
+        None => ServerOptions::default(),
     };
+    let opts = &mut file.inbound;
     if let Some(l) = a.listen {
         opts.listen = Some(l.ip().to_string());
         opts.listen_port = Some(l.port());
@@ -225,7 +238,8 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
         opts.users = vec![user("default", config::generate_password()?)];
         generated = true;
     }
-    let setup = opts.to_server_setup()?;
+    let setup = file.to_server_setup()?;
+    log_notes(&setup.notes);
     let pin = setup.config.tls.leaf_sha256();
     let server = Server::bind(setup.listen, setup.config.clone()).await?;
     let addr = server.local_addr()?;
@@ -327,10 +341,14 @@ fn shell_quote(s: &str) -> String {
 }
 
 async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
-    let mut opts = match &a.config {
-        Some(p) => config::load_client_file(p)?,
-        None => OutboundOptions::default(),
+    let mut file = match &a.config {
+        Some(p) => config::load_client_config(p, a.proxy.as_deref())?,
+        None if a.proxy.is_some() => {
+            return Err("--proxy NAME chooses from a config file (-c)".into());
+        }
+        None => ClientOptions::default(),
     };
+    let opts = &mut file.outbound;
     // Config file < URI < flags.
     let is_uri = |s: &str| s.to_ascii_lowercase().starts_with("anytls://");
     let (uri, server) = match a.server {
@@ -377,11 +395,36 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
         heartbeat_timeout,
         max_connection_lifetime
     );
-    let setup = opts.to_client_setup()?;
-    let listen = a
-        .listen
-        .or(setup.socks_listen)
-        .unwrap_or(config::DEFAULT_SOCKS_LISTEN);
+    let mut setup = file.to_client_setup()?;
+    log_notes(&setup.notes);
+    let listeners = local_listeners(&mut setup.listeners, &a.listen, &a.auth)?;
+    // Until the proxy front door is wired in, the first listener is served as
+    // SOCKS5 without authentication.
+    let first = &listeners[0];
+    if first.protocols == ListenerKind::Http {
+        return Err(format!(
+            "{}: HTTP proxy listeners are not served yet (only SOCKS5); use a mixed or socks listener first",
+            first.addr
+        )
+        .into());
+    }
+    if !first.users.is_empty() {
+        return Err(format!(
+            "{}: listeners with users are not served yet (SOCKS5 without authentication only); \
+             put a listener without users first",
+            first.addr
+        )
+        .into());
+    }
+    for l in &listeners[1..] {
+        tracing::warn!(
+            "{} listener {} ({}) is not served yet: only the first listener is",
+            l.protocols.name(),
+            l.addr,
+            l.tag.as_deref().unwrap_or("-")
+        );
+    }
+    let listen = first.addr;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("SOCKS5 listen {listen}: {e}"))?;
@@ -409,4 +452,55 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
     tracing::info!("pool statistics: {:?}", client.stats());
     client.close();
     Ok(())
+}
+
+/// The startup summary: what the config gave (info), what was ignored
+/// (info) and warnings (warn).
+fn log_notes(notes: &[ConfigNote]) {
+    for n in notes {
+        match n.kind {
+            NoteKind::Warning => tracing::warn!("config: {n}"),
+            _ => tracing::info!("config: {n}"),
+        }
+    }
+}
+
+/// The listeners to serve: `--listen` flags (mixed, replacing the config's)
+/// or the config's, else 127.0.0.1:1080; `--auth` users go to every listener
+/// without users of its own.
+fn local_listeners(
+    from_config: &mut Vec<ListenerSetup>,
+    flags: &[SocketAddr],
+    auth: &[String],
+) -> Result<Vec<ListenerSetup>, BoxError> {
+    let mixed = |addr| ListenerSetup {
+        addr,
+        protocols: ListenerKind::Mixed,
+        users: Vec::new(),
+        tag: None,
+    };
+    let mut list = if !flags.is_empty() {
+        flags.iter().copied().map(mixed).collect()
+    } else if !from_config.is_empty() {
+        std::mem::take(from_config)
+    } else {
+        vec![mixed(config::DEFAULT_SOCKS_LISTEN)]
+    };
+    let users = auth
+        .iter()
+        .map(|a| {
+            a.split_once(':')
+                .map(|(u, p)| (u.to_owned(), p.to_owned()))
+                .ok_or_else(|| {
+                    format!(
+                        "--auth {:?}: expected USER:PASS",
+                        a.split(':').next().unwrap_or("")
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for l in list.iter_mut().filter(|l| l.users.is_empty()) {
+        l.users = users.clone();
+    }
+    Ok(list)
 }
