@@ -174,8 +174,8 @@ pub struct MihomoProxy {
     #[serde(default, deserialize_with = "de_routing_mark")]
     pub routing_mark: Option<u32>,
     /// `dual`, `ipv4`, `ipv6`, `ipv4-prefer`, `ipv6-prefer`.
-    #[serde(default)]
-    pub ip_version: Option<String>,
+    #[serde(default, deserialize_with = "de_ip_version")]
+    pub ip_version: Option<DomainStrategy>,
     /// Refused when set.
     #[serde(default, deserialize_with = "de_refuse_dialer_proxy")]
     pub dialer_proxy: Option<String>,
@@ -207,20 +207,20 @@ impl fmt::Debug for MihomoProxy {
     }
 }
 
-fn ip_version(s: &str) -> Result<DomainStrategy, ConfigError> {
-    Ok(match s {
+fn de_ip_version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DomainStrategy>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(Some(match s.as_str() {
         "" | "dual" => DomainStrategy::AsIs,
         "ipv4" => DomainStrategy::Ipv4Only,
         "ipv6" => DomainStrategy::Ipv6Only,
         "ipv4-prefer" => DomainStrategy::PreferIpv4,
         "ipv6-prefer" => DomainStrategy::PreferIpv6,
         _ => {
-            return Err(super::invalid(
-                "ip-version",
-                format!("{s:?}: use dual, ipv4, ipv6, ipv4-prefer or ipv6-prefer"),
-            ));
+            return Err(de::Error::custom(format!(
+                "{s:?}: use dual, ipv4, ipv6, ipv4-prefer or ipv6-prefer"
+            )));
         }
-    })
+    }))
 }
 
 impl MihomoProxy {
@@ -283,7 +283,7 @@ impl MihomoProxy {
             tcp_multi_path: self.mptcp,
             bind_interface: self.interface_name.clone(),
             routing_mark: self.routing_mark,
-            domain_strategy: Some(ip_version(self.ip_version.as_deref().unwrap_or(""))?),
+            domain_strategy: self.ip_version,
             ..OutboundOptions::default()
         })
     }
@@ -540,13 +540,14 @@ impl Probe {
 }
 
 fn parse_probe(src: &Source<'_>) -> Result<Probe, ConfigError> {
-    src.parse_as::<Probe>().map_err(|e| match e {
-        ConfigError::Parse { .. } if src.guessed => ConfigError::Unsupported(format!(
-            "{}: unrecognised format: neither sing-box JSON nor mihomo YAML ({e})",
-            src.name
-        )),
-        e => e,
-    })
+    src.parse_map::<Probe>("a YAML map: a mihomo config or an anytls entry")
+        .map_err(|e| match e {
+            ConfigError::Parse { .. } if src.guessed => ConfigError::Unsupported(format!(
+                "{}: unrecognised format: neither sing-box JSON nor mihomo YAML ({e})",
+                src.name
+            )),
+            e => e,
+        })
 }
 
 /// `user:pass` entries of mihomo's `authentication`.

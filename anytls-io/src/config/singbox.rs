@@ -1699,7 +1699,6 @@ fn inbound_identity(
 
 /// The top level of a sing-box config, as far as choosing needs.
 #[derive(Deserialize)]
-#[serde(expecting = "a JSON object: an anytls entry or a sing-box config")]
 struct Probe {
     #[serde(default)]
     inbounds: Option<Vec<ProbeEntry>>,
@@ -1709,6 +1708,8 @@ struct Probe {
     route: Option<IgnoredAny>,
 }
 
+const PROBE: &str = "a JSON object: an anytls entry or a sing-box config";
+
 const LOCAL_KINDS: [&str; 3] = ["mixed", "socks", "http"];
 
 /// A sing-box client config: a bare outbound, or a whole config.
@@ -1717,7 +1718,7 @@ pub(super) fn client_options(
     select: Option<&str>,
 ) -> Result<ClientOptions, ConfigError> {
     let prefix = src.prefix();
-    let probe: Probe = src.parse_as()?;
+    let probe: Probe = src.parse_map(PROBE)?;
     if probe.inbounds.is_none() && probe.outbounds.is_none() {
         return Ok(ClientOptions {
             outbound: src.parse_as()?,
@@ -1780,7 +1781,7 @@ pub(super) fn server_options(
     select: Option<&str>,
 ) -> Result<ServerOptions, ConfigError> {
     let prefix = src.prefix();
-    let probe: Probe = src.parse_as()?;
+    let probe: Probe = src.parse_map(PROBE)?;
     if probe.inbounds.is_none() && probe.outbounds.is_none() {
         return Ok(ServerOptions {
             inbound: src.parse_as()?,

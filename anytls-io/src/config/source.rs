@@ -121,7 +121,9 @@ impl<'a> Source<'a> {
                     .and_then(|v| de.end().map(|()| v));
                 res.map_err(|e| {
                     let msg = strip_position(e.to_string(), e.line(), e.column());
-                    self.error(e.line(), e.column(), track.path().to_string(), msg)
+                    // serde_json's column 0 is "before the first character".
+                    let column = if e.line() > 0 { e.column().max(1) } else { 0 };
+                    self.error(e.line(), column, track.path().to_string(), msg)
                 })
             }
             ConfigFormat::Yaml => {
@@ -135,7 +137,7 @@ impl<'a> Source<'a> {
                         // serde_norway names its own idea of the path first.
                         if let Some((p, rest)) = msg.split_once(": ")
                             && !p.contains(' ')
-                            && path_suffix_eq(&path, p)
+                            && (p == "." || path.contains(p))
                         {
                             msg = rest.to_owned();
                         }
@@ -150,6 +152,18 @@ impl<'a> Source<'a> {
         self.parse(PhantomData::<T>)
     }
 
+    /// Parses the whole text as one `T`, which must be written as a map
+    /// (serde would also fill a struct from a list).
+    pub fn parse_map<T: DeserializeOwned>(
+        &self,
+        expecting: &'static str,
+    ) -> Result<T, ConfigError> {
+        self.parse(MapOnly::<T> {
+            expecting,
+            _t: PhantomData,
+        })
+    }
+
     fn error(&self, line: usize, column: usize, path: String, msg: String) -> ConfigError {
         ConfigError::Parse {
             source_name: self.name.clone(),
@@ -159,11 +173,6 @@ impl<'a> Source<'a> {
             msg,
         }
     }
-}
-
-/// Whether serde_norway's path `theirs` names the same field as ours.
-fn path_suffix_eq(ours: &str, theirs: &str) -> bool {
-    ours == theirs || ours.ends_with(&format!(".{theirs}")) || theirs == "."
 }
 
 /// Drops the ` at line L column C` serde_json and serde_norway append.
@@ -241,6 +250,32 @@ pub(super) fn strip_json_comments(text: &str) -> Cow<'_, str> {
 
 // ---------------------------------------------------------------------------
 // Seeds: parse some elements of some lists strictly, skip everything else
+
+/// A `T` that must be written as a map.
+struct MapOnly<T> {
+    expecting: &'static str,
+    _t: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for MapOnly<T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for MapOnly<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<T, M::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
 
 /// The elements at `want` of a list, as `T`; the others skipped unparsed.
 struct PickSeq<'a, T> {
