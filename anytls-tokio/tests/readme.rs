@@ -92,3 +92,25 @@ fn readme_json_examples_parse() {
         "{clients} client / {servers} server examples"
     );
 }
+
+#[test]
+fn readme_yaml_examples_parse() {
+    let yaml = blocks("yaml");
+    assert_eq!(yaml.len(), 2, "expected a mihomo client and server");
+    let client = parse_client_config(&yaml[0], None, Some(ConfigFormat::Yaml), None)
+        .and_then(|o| o.to_client_setup())
+        .unwrap_or_else(|e| panic!("{e}\n{}", yaml[0]));
+    assert_eq!(client.config.server, "vpn.example.com:8443");
+    assert_eq!(client.config.sni.as_deref(), Some("vpn.example.com"));
+    assert_eq!(client.listeners[0].addr.to_string(), "127.0.0.1:7890");
+    let mut server = parse_server_config(&yaml[1], None, Some(ConfigFormat::Yaml), None)
+        .unwrap_or_else(|e| panic!("{e}\n{}", yaml[1]));
+    // The example names certificate files; make the certificate here instead.
+    let tls = server.inbound.tls_mut();
+    assert!(tls.certificate_path.is_some() && tls.key_path.is_some());
+    tls.certificate_path = None;
+    tls.key_path = None;
+    let setup = server.to_server_setup().unwrap();
+    assert_eq!(setup.listen.port(), 8443);
+    assert_eq!(setup.config.users[0].0, "alice");
+}
