@@ -836,16 +836,17 @@ impl OutboundOptions {
     }
 
     fn dial_options(&self, n: &mut Notes) -> DialOptions {
-        let mut d = DialOptions::default();
-        d.bind_interface = self.bind_interface.clone().filter(|s| !s.is_empty());
-        d.bind_address_v4 = self.inet4_bind_address;
-        d.bind_address_v6 = self.inet6_bind_address;
-        d.routing_mark = self.routing_mark;
-        d.reuse_addr = self.reuse_addr == Some(true);
-        d.tcp_fast_open = self.tcp_fast_open == Some(true);
-        d.tcp_multi_path = self.tcp_multi_path == Some(true);
-        d.fallback_delay = nonzero(self.fallback_delay);
-        d.domain_strategy = self.domain_strategy.unwrap_or_default();
+        let mut d = DialOptions {
+            bind_interface: self.bind_interface.clone().filter(|s| !s.is_empty()),
+            bind_address_v4: self.inet4_bind_address,
+            bind_address_v6: self.inet6_bind_address,
+            routing_mark: self.routing_mark,
+            reuse_addr: self.reuse_addr == Some(true),
+            tcp_fast_open: self.tcp_fast_open == Some(true),
+            tcp_multi_path: self.tcp_multi_path == Some(true),
+            fallback_delay: nonzero(self.fallback_delay),
+            domain_strategy: self.domain_strategy.unwrap_or_default(),
+        };
         if let Some(r) = &self.domain_resolver {
             if let Some(s) = r.strategy {
                 d.domain_strategy = s;
