@@ -221,6 +221,19 @@ fn join_path(a: &str, b: &str) -> String {
     }
 }
 
+/// Runs `build` with its notes and its errors' fields under `prefix` +
+/// `path` (`client.json: outbounds[1]`).
+fn under<T>(
+    prefix: &str,
+    path: &str,
+    build: impl FnOnce(&mut Notes) -> Result<T, ConfigError>,
+) -> Result<(T, Vec<ConfigNote>), ConfigError> {
+    let origin = join_path(prefix, path);
+    let mut n = Notes::new(origin.clone());
+    let v = build(&mut n).map_err(prefixed(&origin))?;
+    Ok((v, n.list))
+}
+
 /// Puts `prefix` in front of the field of an [`ConfigError::Invalid`].
 fn prefixed(prefix: &str) -> impl Fn(ConfigError) -> ConfigError + '_ {
     move |e| match e {

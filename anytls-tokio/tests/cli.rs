@@ -248,11 +248,21 @@ fn doc_config(name: &str, subst: &[(&str, String)]) -> PathBuf {
     temp_file(name, &text)
 }
 
-/// The port of the first share URI a server printed.
-fn share_uri_port(server: &mut Proc) -> u16 {
+/// `anytls server -c NAME` with the certificate `c`, and its port (from the
+/// first share URI it prints).
+fn doc_server(name: &str, c: &TestCert) -> (Proc, u16) {
+    let cfg = doc_config(
+        name,
+        &[
+            ("@CERT@", c.cert.display().to_string()),
+            ("@KEY@", c.key.display().to_string()),
+        ],
+    );
+    let mut server = Proc::spawn(&["server", "-c", cfg.to_str().unwrap()]);
     let line = server.wait_stdout("share URI", Duration::from_secs(20));
     let uri = &line[line.find("anytls://").expect("no URI")..];
-    anytls_tokio::config::AnytlsUri::parse(uri).unwrap().port
+    let port = anytls_tokio::config::AnytlsUri::parse(uri).unwrap().port;
+    (server, port)
 }
 
 /// Stops a process with Ctrl-C and returns everything it printed.
@@ -272,15 +282,7 @@ fn stop(p: &mut Proc) -> String {
 #[test]
 fn singbox_doc_configs_carry_traffic() {
     let c = test_cert("singbox");
-    let server_cfg = doc_config(
-        "singbox-server.json",
-        &[
-            ("@CERT@", c.cert.display().to_string()),
-            ("@KEY@", c.key.display().to_string()),
-        ],
-    );
-    let mut server = Proc::spawn(&["server", "-c", server_cfg.to_str().unwrap()]);
-    let port = share_uri_port(&mut server);
+    let (mut server, port) = doc_server("singbox-server.json", &c);
     let client_cfg = doc_config(
         "singbox-client.json",
         &[
@@ -324,15 +326,7 @@ fn singbox_doc_configs_carry_traffic() {
 #[test]
 fn mihomo_doc_configs_carry_traffic() {
     let c = test_cert("mihomo");
-    let server_cfg = doc_config(
-        "mihomo-server.yaml",
-        &[
-            ("@CERT@", c.cert.display().to_string()),
-            ("@KEY@", c.key.display().to_string()),
-        ],
-    );
-    let mut server = Proc::spawn(&["server", "-c", server_cfg.to_str().unwrap()]);
-    let port = share_uri_port(&mut server);
+    let (mut server, port) = doc_server("mihomo-server.yaml", &c);
     let mixed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

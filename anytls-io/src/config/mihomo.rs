@@ -6,7 +6,6 @@
 //! set of rules builds the configuration.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use super::singbox::{
     OutboundOptions, OutboundTls, ProxyUser, REALITY, ServerOptions, User, de_routing_mark,
     utls_warning,
 };
-use super::source::{PickLists, ProbeEntry, Source, choose};
+use super::source::{ProbeEntry, Source, choose};
 use super::{ConfigError, Notes, de_listable};
 use crate::dial::DomainStrategy;
 use crate::tls::{hex32, parse_pin};
@@ -622,22 +621,11 @@ pub(super) fn client_options(
         "skip-auth-prefixes",
         "every client authenticates when users are set",
     );
-    let (px, ls) = src.parse(PickLists::<MihomoProxy, MihomoLocal> {
-        a: ("proxies", &[chosen]),
-        b: ("listeners", &local),
-        _t: PhantomData,
-    })?;
-    let proxy = px
-        .into_iter()
-        .next()
-        .map(|(_, p)| p)
-        .ok_or_else(|| ConfigError::NotFound("the anytls proxy vanished".into()))?;
+    let (proxy, ls): (MihomoProxy, Vec<(usize, MihomoLocal)>) =
+        src.pick(("proxies", chosen), ("listeners", &local))?;
     let path = format!("proxies[{chosen}]");
-    let mut pn = Notes::new(super::join_path(&prefix, &path));
-    let outbound = proxy
-        .to_outbound(&mut pn)
-        .map_err(super::prefixed(&super::join_path(&prefix, &path)))?;
-    notes.list.append(&mut pn.list);
+    let (outbound, mut pn) = super::under(&prefix, &path, |n| proxy.to_outbound(n))?;
+    notes.list.append(&mut pn);
 
     let auth = authentication(&probe.authentication, &mut notes)?;
     // Ports: localhost only unless allow-lan, then bind-address ('*': all).
@@ -734,21 +722,11 @@ pub(super) fn server_options(
         return Err(probe.unsupported(src, "listeners"));
     };
     let chosen = choose(listeners, "listeners", select, &mut notes)?;
-    let (ls, _) = src.parse(PickLists::<MihomoListener, IgnoredAny> {
-        a: ("listeners", &[chosen]),
-        b: ("proxies", &[]),
-        _t: PhantomData,
-    })?;
-    let l = ls
-        .into_iter()
-        .next()
-        .map(|(_, l)| l)
-        .ok_or_else(|| ConfigError::NotFound("the anytls listener vanished".into()))?;
+    let (l, _): (MihomoListener, Vec<(usize, IgnoredAny)>) =
+        src.pick(("listeners", chosen), ("proxies", &[]))?;
     let path = format!("listeners[{chosen}]");
-    let full = super::join_path(&prefix, &path);
-    let mut ln = Notes::new(full.clone());
-    let inbound = l.to_inbound(&mut ln).map_err(super::prefixed(&full))?;
-    notes.list.append(&mut ln.list);
+    let (inbound, mut ln) = super::under(&prefix, &path, |n| l.to_inbound(n))?;
+    notes.list.append(&mut ln);
     Ok(ServerOptions {
         inbound,
         inbound_path: path,

@@ -3,7 +3,6 @@
 //! client config, and what each field becomes here.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,10 +13,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::source::{PickLists, ProbeEntry, Source, choose};
+use super::source::{ProbeEntry, Source, choose};
 use super::{
     AnytlsUri, ConfigError, ConfigNote, DEFAULT_SERVER_PORT, DEFAULT_SOCKS_LISTEN, Notes,
-    de_duration, de_listable, invalid, join_host_port, join_path, prefixed,
+    de_duration, de_listable, invalid, join_host_port, under,
 };
 use crate::client::ClientConfig;
 use crate::dial::{DialOptions, DomainStrategy};
@@ -197,6 +196,53 @@ fn check_enabled(enabled: Option<bool>, msg: &str) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 // TLS, client side
 
+/// Declares a TLS struct with the fields sing-box's inbound and outbound TLS
+/// share in front of its own.
+macro_rules! with_tls_fields {
+    ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$m])*
+        pub struct $name {
+            /// Must not be `false` (AnyTLS always uses TLS).
+            #[serde(default)]
+            pub enabled: Option<bool>,
+            /// Client: the name sent (SNI) and checked; defaults to `server`.
+            /// Server: the name of a generated self-signed certificate (and of
+            /// the share link).
+            #[serde(default)]
+            pub server_name: Option<String>,
+            /// ALPN protocols.
+            #[serde(default, deserialize_with = "de_listable")]
+            pub alpn: Vec<String>,
+            /// Lowest TLS version (`"1.2"`, `"1.3"`; 1.0 and 1.1 are errors).
+            #[serde(default, deserialize_with = "de_tls_version")]
+            pub min_version: Option<TlsVersion>,
+            /// Highest TLS version.
+            #[serde(default, deserialize_with = "de_tls_version")]
+            pub max_version: Option<TlsVersion>,
+            /// Cipher suites by IANA name.
+            #[serde(default, deserialize_with = "de_listable")]
+            pub cipher_suites: Vec<String>,
+            /// Ignored: rustls's key exchange groups are used.
+            #[serde(default, deserialize_with = "de_listable")]
+            pub curve_preferences: Vec<String>,
+            /// Inline PEM (string or list of lines): the trusted root
+            /// certificate(s) of a client, the certificate chain of a server.
+            #[serde(default, deserialize_with = "de_listable")]
+            pub certificate: Vec<String>,
+            /// The same as a PEM file.
+            #[serde(default)]
+            pub certificate_path: Option<PathBuf>,
+            /// Ignored: TLS runs in this process.
+            #[serde(default)]
+            pub kernel_tx: Option<bool>,
+            /// Ignored: TLS runs in this process.
+            #[serde(default)]
+            pub kernel_rx: Option<bool>,
+            $($body)*
+        }
+    };
+}
+
 /// `tls.utls` (accepted; the ClientHello stays rustls's, with a warning).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -262,43 +308,17 @@ fn de_out_reality<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OutboundReal
     checked(d, |r: &OutboundReality| check_enabled(r.enabled, REALITY))
 }
 
+with_tls_fields! {
 /// sing-box outbound TLS options, plus our `pin_sha256`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundTls {
-    /// Must not be `false` (AnyTLS always uses TLS).
-    #[serde(default)]
-    pub enabled: Option<bool>,
     /// Send no SNI (the certificate is still checked against the name).
     #[serde(default)]
     pub disable_sni: Option<bool>,
-    /// TLS server name (SNI and the name checked); defaults to `server`.
-    #[serde(default)]
-    pub server_name: Option<String>,
     /// Accept any certificate.
     #[serde(default)]
     pub insecure: Option<bool>,
-    /// ALPN protocols.
-    #[serde(default, deserialize_with = "de_listable")]
-    pub alpn: Vec<String>,
-    /// Lowest TLS version (`"1.2"`, `"1.3"`; 1.0 and 1.1 are errors).
-    #[serde(default, deserialize_with = "de_tls_version")]
-    pub min_version: Option<TlsVersion>,
-    /// Highest TLS version.
-    #[serde(default, deserialize_with = "de_tls_version")]
-    pub max_version: Option<TlsVersion>,
-    /// Cipher suites by IANA name.
-    #[serde(default, deserialize_with = "de_listable")]
-    pub cipher_suites: Vec<String>,
-    /// Ignored: rustls's key exchange groups are used.
-    #[serde(default, deserialize_with = "de_listable")]
-    pub curve_preferences: Vec<String>,
-    /// Trusted root certificate(s), inline PEM (string or list of lines).
-    #[serde(default, deserialize_with = "de_listable")]
-    pub certificate: Vec<String>,
-    /// Trusted root certificate(s), PEM file.
-    #[serde(default)]
-    pub certificate_path: Option<PathBuf>,
     /// Refused when set (public-key pins).
     #[serde(default, deserialize_with = "de_spki_pins")]
     pub certificate_public_key_sha256: Vec<String>,
@@ -323,12 +343,6 @@ pub struct OutboundTls {
     /// Not applied (warning).
     #[serde(default)]
     pub record_fragment: Option<bool>,
-    /// Ignored: TLS runs in this process.
-    #[serde(default)]
-    pub kernel_tx: Option<bool>,
-    /// Ignored: TLS runs in this process.
-    #[serde(default)]
-    pub kernel_rx: Option<bool>,
     /// Refused when enabled.
     #[serde(default, deserialize_with = "de_out_ech")]
     pub ech: Option<OutboundEch>,
@@ -341,6 +355,7 @@ pub struct OutboundTls {
     /// Ours: accept exactly the certificate with this DER SHA-256 (64 hex digits).
     #[serde(default)]
     pub pin_sha256: Option<String>,
+}
 }
 
 impl OutboundTls {
@@ -400,17 +415,26 @@ impl OutboundTls {
             "tls.fragment_fallback_delay",
             "the handshake is not fragmented",
         );
-        n.ignored_if(
-            !self.curve_preferences.is_empty(),
-            "tls.curve_preferences",
-            "rustls's key exchange groups are used (X25519, P-256, P-384)",
-        );
-        n.ignored_if(
+        tls_notes(
+            n,
+            &self.curve_preferences,
             self.kernel_tx == Some(true) || self.kernel_rx == Some(true),
-            "tls.kernel_tx/kernel_rx",
-            "kernel TLS is not used: TLS runs in this process",
         );
     }
+}
+
+/// Notes for the TLS fields both sides ignore.
+fn tls_notes(n: &mut Notes, curve_preferences: &[String], kernel_tls: bool) {
+    n.ignored_if(
+        !curve_preferences.is_empty(),
+        "tls.curve_preferences",
+        "rustls's key exchange groups are used (X25519, P-256, P-384)",
+    );
+    n.ignored_if(
+        kernel_tls,
+        "tls.kernel_tx/kernel_rx",
+        "kernel TLS is not used: TLS runs in this process",
+    );
 }
 
 /// The warning for a uTLS fingerprint (sing-box `tls.utls`, mihomo
@@ -1217,20 +1241,15 @@ impl ClientOptions {
     /// `listen`/`listen_port` first, then the inbounds in order. Errors and
     /// notes name the file and the field.
     pub fn to_client_setup(&self) -> Result<ClientSetup, ConfigError> {
-        let origin = join_path(&self.prefix, &self.outbound_path);
-        let mut notes = Notes::new(origin.clone());
-        let mut setup = self.outbound.build(&mut notes).map_err(prefixed(&origin))?;
+        let (mut setup, mut notes) = under(&self.prefix, &self.outbound_path, |n| {
+            self.outbound.build(n)
+        })?;
         let mut list = self.notes.clone();
-        list.append(&mut notes.list);
+        list.append(&mut notes);
         for l in &self.listeners {
-            let origin = join_path(&self.prefix, &l.path);
-            let mut n = Notes::new(origin.clone());
-            setup.listeners.push(
-                l.value
-                    .to_listener_setup(&mut n)
-                    .map_err(prefixed(&origin))?,
-            );
-            list.append(&mut n.list);
+            let (listener, mut n) = under(&self.prefix, &l.path, |n| l.value.to_listener_setup(n))?;
+            setup.listeners.push(listener);
+            list.append(&mut n);
         }
         setup.notes = list;
         Ok(setup)
@@ -1359,37 +1378,11 @@ fn de_acme<'de, D: Deserializer<'de>>(d: D) -> Result<Option<InboundAcme>, D::Er
     })
 }
 
+with_tls_fields! {
 /// sing-box inbound TLS options.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InboundTls {
-    /// Must not be `false`.
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// Name for a generated self-signed certificate (and the share link's SNI).
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// ALPN protocols.
-    #[serde(default, deserialize_with = "de_listable")]
-    pub alpn: Vec<String>,
-    /// Lowest TLS version accepted.
-    #[serde(default, deserialize_with = "de_tls_version")]
-    pub min_version: Option<TlsVersion>,
-    /// Highest TLS version accepted.
-    #[serde(default, deserialize_with = "de_tls_version")]
-    pub max_version: Option<TlsVersion>,
-    /// Cipher suites by IANA name.
-    #[serde(default, deserialize_with = "de_listable")]
-    pub cipher_suites: Vec<String>,
-    /// Ignored: rustls's groups.
-    #[serde(default, deserialize_with = "de_listable")]
-    pub curve_preferences: Vec<String>,
-    /// Certificate chain, inline PEM (string or list of lines).
-    #[serde(default, deserialize_with = "de_listable")]
-    pub certificate: Vec<String>,
-    /// Certificate chain, PEM file.
-    #[serde(default)]
-    pub certificate_path: Option<PathBuf>,
     /// Private key, inline PEM (string or list of lines).
     #[serde(default, deserialize_with = "de_listable")]
     pub key: Vec<String>,
@@ -1408,12 +1401,6 @@ pub struct InboundTls {
     /// Ignored.
     #[serde(default, deserialize_with = "de_listable")]
     pub client_certificate_public_key_sha256: Vec<String>,
-    /// Ignored.
-    #[serde(default)]
-    pub kernel_tx: Option<bool>,
-    /// Ignored.
-    #[serde(default)]
-    pub kernel_rx: Option<bool>,
     /// Refused when it names domains.
     #[serde(default, deserialize_with = "de_acme")]
     pub acme: Option<InboundAcme>,
@@ -1423,6 +1410,7 @@ pub struct InboundTls {
     /// Refused when enabled.
     #[serde(default, deserialize_with = "de_in_reality")]
     pub reality: Option<InboundReality>,
+}
 }
 
 impl InboundTls {
@@ -1466,15 +1454,10 @@ impl InboundTls {
             "tls.client_authentication",
             "client certificates are not asked for",
         );
-        n.ignored_if(
-            !self.curve_preferences.is_empty(),
-            "tls.curve_preferences",
-            "rustls's key exchange groups are used (X25519, P-256, P-384)",
-        );
-        n.ignored_if(
+        tls_notes(
+            n,
+            &self.curve_preferences,
             self.kernel_tx == Some(true) || self.kernel_rx == Some(true),
-            "tls.kernel_tx/kernel_rx",
-            "kernel TLS is not used: TLS runs in this process",
         );
         Ok(())
     }
@@ -1624,11 +1607,10 @@ impl ServerOptions {
 
     /// Builds the server; errors and notes name the file and the field.
     pub fn to_server_setup(&self) -> Result<ServerSetup, ConfigError> {
-        let origin = join_path(&self.prefix, &self.inbound_path);
-        let mut n = Notes::new(origin.clone());
-        let mut setup = self.inbound.build(&mut n).map_err(prefixed(&origin))?;
+        let (mut setup, mut notes) =
+            under(&self.prefix, &self.inbound_path, |n| self.inbound.build(n))?;
         let mut list = self.notes.clone();
-        list.append(&mut n.list);
+        list.append(&mut notes);
         setup.notes = list;
         Ok(setup)
     }
@@ -1751,16 +1733,8 @@ pub(super) fn client_options(
         "route",
         "there is no routing here: every connection goes through the anytls outbound",
     );
-    let (out, inbounds) = src.parse(PickLists::<OutboundOptions, LocalInbound> {
-        a: ("outbounds", &[chosen]),
-        b: ("inbounds", &local),
-        _t: PhantomData,
-    })?;
-    let outbound = out
-        .into_iter()
-        .next()
-        .map(|(_, o)| o)
-        .ok_or_else(|| ConfigError::NotFound("the anytls outbound vanished".into()))?;
+    let (outbound, inbounds): (OutboundOptions, Vec<(usize, LocalInbound)>) =
+        src.pick(("outbounds", chosen), ("inbounds", &local))?;
     Ok(ClientOptions {
         outbound,
         outbound_path: format!("outbounds[{chosen}]"),
@@ -1795,16 +1769,8 @@ pub(super) fn server_options(
         .inbounds
         .ok_or_else(|| ConfigError::NotFound("no \"inbounds\" list in the config".into()))?;
     let chosen = choose(&ins, "inbounds", select, &mut notes)?;
-    let (inb, _) = src.parse(PickLists::<InboundOptions, IgnoredAny> {
-        a: ("inbounds", &[chosen]),
-        b: ("outbounds", &[]),
-        _t: PhantomData,
-    })?;
-    let inbound = inb
-        .into_iter()
-        .next()
-        .map(|(_, o)| o)
-        .ok_or_else(|| ConfigError::NotFound("the anytls inbound vanished".into()))?;
+    let (inbound, _): (InboundOptions, Vec<(usize, IgnoredAny)>) =
+        src.pick(("inbounds", chosen), ("outbounds", &[]))?;
     Ok(ServerOptions {
         inbound,
         inbound_path: format!("inbounds[{chosen}]"),

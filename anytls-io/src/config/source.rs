@@ -164,6 +164,24 @@ impl<'a> Source<'a> {
         })
     }
 
+    /// Parses the entry at `a.1` of the list under key `a.0` and the entries
+    /// at `b.1` of the list under `b.0`; everything else is skipped unparsed.
+    pub fn pick<A: DeserializeOwned, B: DeserializeOwned>(
+        &self,
+        a: (&'static str, usize),
+        b: (&'static str, &[usize]),
+    ) -> Result<(A, Vec<(usize, B)>), ConfigError> {
+        let (first, rest) = self.parse(PickLists::<A, B> {
+            a: (a.0, &[a.1]),
+            b,
+            _t: PhantomData,
+        })?;
+        let first = first.into_iter().next().map(|(_, v)| v).ok_or_else(|| {
+            ConfigError::NotFound(format!("{}: {}[{}] vanished", self.name, a.0, a.1))
+        })?;
+        Ok((first, rest))
+    }
+
     fn error(&self, line: usize, column: usize, path: String, msg: String) -> ConfigError {
         ConfigError::Parse {
             source_name: self.name.clone(),
@@ -317,14 +335,14 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for PickSeq<'_, T> {
 /// The wanted elements of the lists under two keys of the top-level map
 /// (`outbounds` and `inbounds`, `proxies` and `listeners`); every other key
 /// is skipped unparsed.
-pub(super) struct PickLists<'a, A, B> {
-    pub a: (&'static str, &'a [usize]),
-    pub b: (&'static str, &'a [usize]),
-    pub _t: PhantomData<(A, B)>,
+struct PickLists<'a, A, B> {
+    a: (&'static str, &'a [usize]),
+    b: (&'static str, &'a [usize]),
+    _t: PhantomData<(A, B)>,
 }
 
 /// Elements and their indices.
-pub(super) type Picked<A, B> = (Vec<(usize, A)>, Vec<(usize, B)>);
+type Picked<A, B> = (Vec<(usize, A)>, Vec<(usize, B)>);
 
 impl<'de, A: Deserialize<'de>, B: Deserialize<'de>> DeserializeSeed<'de> for PickLists<'_, A, B> {
     type Value = Picked<A, B>;
