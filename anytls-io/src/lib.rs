@@ -9,6 +9,8 @@
 //!   relays UDP over TCP with [`relay_uot`]).
 //! * [`socks5`]: a local SOCKS5 server in front of a [`Client`] (and a SOCKS5
 //!   client helper).
+//! * [`proxy`]: the local mixed port (SOCKS5, SOCKS4/4a and HTTP) in front
+//!   of a [`Client`].
 //! * [`config`]: sing-box JSON options, Go durations and `anytls://` URIs,
 //!   converted to [`ClientConfig`] / [`ServerConfig`].
 //!
@@ -27,6 +29,7 @@ pub mod config;
 mod conn;
 mod dial;
 mod explain;
+pub mod proxy;
 mod relay;
 mod runtime;
 mod server;

@@ -1,13 +1,18 @@
-//! A local SOCKS5 server (RFC 1928: CONNECT and UDP ASSOCIATE, no
-//! authentication) in front of a [`Client`], and a small SOCKS5 client for
-//! tests and tools.
+//! A local SOCKS5 server (RFC 1928: CONNECT and UDP ASSOCIATE) in front of
+//! a [`Client`], and a small SOCKS5 client for tests and tools.
+//!
+//! The server is one side of the mixed port ([`crate::proxy`]), which adds
+//! username/password authentication (RFC 1929), SOCKS4/4a and HTTP;
+//! [`serve_socks5`] is that port serving SOCKS only, without
+//! authentication.
 //!
 //! * [`wire`]: the message formats, without I/O (usable by any runtime).
 //! * [`serve_socks5`] / [`serve_socks5_with`]: accept loop; every CONNECT opens
 //!   an AnyTLS stream with [`Client::connect`] and relays; every UDP ASSOCIATE
 //!   relays datagrams over one UDP-over-TCP stream ([`Client::udp`]), see
 //!   [UDP ASSOCIATE](#udp-associate).
-//! * [`socks5_connect`]: connect through a SOCKS5 proxy.
+//! * [`socks5_connect`] / [`socks5_connect_with`]: connect through a SOCKS5
+//!   proxy (with username/password).
 //!
 //! # Replies and the server's verdict
 //!
@@ -93,7 +98,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::AnyTlsStream;
 use crate::client::Client;
-use crate::relay::relay_stream;
+use crate::proxy::{self, ProxyConfig, ProxyUser};
 use crate::runtime::{Notify, Runtime, lock, sleep_until, timeout};
 
 /// SOCKS5 messages (RFC 1928), without I/O.
@@ -104,6 +109,10 @@ pub mod wire {
     pub const VERSION: u8 = 5;
     /// Method: no authentication.
     pub const METHOD_NO_AUTH: u8 = 0x00;
+    /// Method: username/password (RFC 1929).
+    pub const METHOD_USER_PASS: u8 = 0x02;
+    /// Version byte of the username/password sub-negotiation (RFC 1929).
+    pub const AUTH_VERSION: u8 = 0x01;
     /// Method: none of the offered methods is acceptable.
     pub const METHOD_NONE_ACCEPTABLE: u8 = 0xff;
     /// Command: CONNECT.
@@ -245,6 +254,12 @@ pub mod wire {
     /// `buf`: `Ok(None)` until it is complete, then whether "no authentication"
     /// is offered and the bytes used.
     pub fn parse_greeting(buf: &[u8]) -> Result<Option<(bool, usize)>, BadMessage> {
+        Ok(parse_greeting_methods(buf)?.map(|(m, n)| (m.contains(&METHOD_NO_AUTH), n)))
+    }
+
+    /// Parses the client greeting from the front of `buf`: `Ok(None)` until
+    /// it is complete, then the methods offered and the bytes used.
+    pub fn parse_greeting_methods(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, BadMessage> {
         let Some(&ver) = buf.first() else {
             return Ok(None);
         };
@@ -258,7 +273,7 @@ pub mod wire {
         let Some(methods) = buf.get(2..total) else {
             return Ok(None);
         };
-        Ok(Some((methods.contains(&METHOD_NO_AUTH), total)))
+        Ok(Some((methods.to_vec(), total)))
     }
 
     /// The server's method choice.
@@ -271,6 +286,79 @@ pub mod wire {
                 METHOD_NONE_ACCEPTABLE
             },
         ]
+    }
+
+    /// The server's choice of `method` ([`METHOD_NONE_ACCEPTABLE`] for none).
+    pub fn encode_method_choice(method: u8) -> [u8; 2] {
+        [VERSION, method]
+    }
+
+    /// Username and password of an RFC 1929 request. `Debug` does not show
+    /// the password.
+    #[derive(Clone, PartialEq, Eq)]
+    pub struct UserPass {
+        /// UNAME (1 to 255 bytes).
+        pub username: Vec<u8>,
+        /// PASSWD (1 to 255 bytes).
+        pub password: Vec<u8>,
+    }
+
+    impl fmt::Debug for UserPass {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("UserPass")
+                .field("username", &String::from_utf8_lossy(&self.username))
+                .field("password", &"<redacted>")
+                .finish()
+        }
+    }
+
+    /// Parses an RFC 1929 request (VER 0x01, ULEN, UNAME, PLEN, PASSWD) from
+    /// the front of `buf`: `Ok(None)` until it is complete. Empty fields are
+    /// accepted here (they match only a user configured with empty ones).
+    pub fn parse_user_pass(buf: &[u8]) -> Result<Option<(UserPass, usize)>, BadMessage> {
+        let Some(&ver) = buf.first() else {
+            return Ok(None);
+        };
+        if ver != AUTH_VERSION {
+            return Err(bad(
+                format!("bad username/password version {ver:#04x}"),
+                None,
+            ));
+        }
+        let Some(&ulen) = buf.get(1) else {
+            return Ok(None);
+        };
+        let uend = 2 + usize::from(ulen);
+        let Some(&plen) = buf.get(uend) else {
+            return Ok(None);
+        };
+        let total = uend + 1 + usize::from(plen);
+        let Some(password) = buf.get(uend + 1..total) else {
+            return Ok(None);
+        };
+        let up = UserPass {
+            username: buf[2..uend].to_vec(),
+            password: password.to_vec(),
+        };
+        Ok(Some((up, total)))
+    }
+
+    /// An RFC 1929 request (client side); each field at most 255 bytes.
+    pub fn encode_user_pass(username: &[u8], password: &[u8]) -> Result<Vec<u8>, BadMessage> {
+        let (Ok(ulen), Ok(plen)) = (u8::try_from(username.len()), u8::try_from(password.len()))
+        else {
+            return Err(bad("username or password longer than 255 bytes", None));
+        };
+        let mut out = vec![AUTH_VERSION, ulen];
+        out.extend_from_slice(username);
+        out.push(plen);
+        out.extend_from_slice(password);
+        Ok(out)
+    }
+
+    /// The RFC 1929 status: success (0x00) or failure (0x01).
+    pub fn encode_auth_status(ok: bool) -> [u8; 2] {
+        [AUTH_VERSION, if ok { 0 } else { 1 }]
     }
 
     /// A request: the command and the destination.
@@ -406,6 +494,10 @@ pub enum Socks5Error {
     /// The handshake took too long.
     #[error("SOCKS5 handshake timed out")]
     Timeout,
+    /// Authentication failed: the proxy refused the credentials or the
+    /// methods (client side), or the client did (server side).
+    #[error("SOCKS5 authentication failed: {0}")]
+    Auth(String),
 }
 
 impl From<BadMessage> for Socks5Error {
@@ -422,6 +514,7 @@ impl From<Socks5Error> for io::Error {
                 io::Error::new(io::ErrorKind::ConnectionRefused, e)
             }
             Socks5Error::Timeout => io::Error::new(io::ErrorKind::TimedOut, e),
+            Socks5Error::Auth(_) => io::Error::new(io::ErrorKind::PermissionDenied, e),
             e => io::Error::other(e),
         }
     }
@@ -463,6 +556,9 @@ pub const UDP_QUEUE_DATAGRAMS: usize = 256;
 /// per association; more are dropped.
 pub const UDP_QUEUE_BYTES: usize = 1024 * 1024;
 
+/// Largest SOCKS5 handshake message buffered.
+const MAX_MESSAGE: usize = 1024;
+
 /// Reads from `r` into `buf` until `parse` returns a message.
 async fn read_message<R, T>(
     r: &mut R,
@@ -472,28 +568,11 @@ async fn read_message<R, T>(
 where
     R: AsyncRead + Unpin,
 {
-    loop {
-        match parse(buf) {
-            Ok(Some(t)) => return Ok(Ok(t)),
-            Ok(None) => {}
-            Err(b) => return Ok(Err(b)),
-        }
-        if buf.len() > 1024 {
-            return Ok(Err(BadMessage {
-                msg: "message too long".into(),
-                reply: Some(Reply::GeneralFailure),
-            }));
-        }
-        let mut chunk = [0u8; 512];
-        let n = r.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed during the SOCKS5 handshake",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    proxy::read_message(r, buf, MAX_MESSAGE, parse, || BadMessage {
+        msg: "message too long".into(),
+        reply: Some(Reply::GeneralFailure),
+    })
+    .await
 }
 
 /// The server side of the handshake on `local`: returns the CONNECT
@@ -503,7 +582,7 @@ pub async fn accept_handshake<S>(local: &mut S) -> Result<(SocksAddr, Vec<u8>), 
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (req, early) = accept_request(local).await?;
+    let (req, early) = accept_request(local, Vec::new(), &[]).await?;
     if req.command != wire::CMD_CONNECT {
         return Err(unsupported(local, req.command).await);
     }
@@ -521,21 +600,54 @@ async fn unsupported<S: AsyncWrite + Unpin>(local: &mut S, command: u8) -> Socks
     Socks5Error::Protocol(format!("command {command:#04x} is not supported"))
 }
 
-/// Greeting, method choice and request: the request and any bytes after it.
-/// Failures are answered before returning.
-async fn accept_request<S>(local: &mut S) -> Result<(wire::Request, Vec<u8>), Socks5Error>
+/// Greeting, method choice, with `users` username/password authentication
+/// (RFC 1929), and request: the request and any bytes after it. `buf` holds
+/// bytes read already. Failures are answered before returning; refused
+/// authentication is [`Socks5Error::Auth`].
+async fn accept_request<S>(
+    local: &mut S,
+    mut buf: Vec<u8>,
+    users: &[ProxyUser],
+) -> Result<(wire::Request, Vec<u8>), Socks5Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = Vec::with_capacity(64);
-    let (no_auth, used) = read_message(local, &mut buf, wire::parse_greeting).await??;
+    let (methods, used) = read_message(local, &mut buf, wire::parse_greeting_methods).await??;
     buf.drain(..used);
-    local.write_all(&wire::encode_method(no_auth)).await?;
-    if !no_auth {
+    let wanted = if users.is_empty() {
+        wire::METHOD_NO_AUTH
+    } else {
+        wire::METHOD_USER_PASS
+    };
+    let offered = methods.contains(&wanted);
+    let choice = if offered {
+        wanted
+    } else {
+        wire::METHOD_NONE_ACCEPTABLE
+    };
+    local.write_all(&wire::encode_method_choice(choice)).await?;
+    if !offered && users.is_empty() {
         return Err(Socks5Error::Protocol(
             "the client offers no acceptable method (only \"no authentication\" is supported)"
                 .into(),
         ));
+    }
+    if !offered {
+        return Err(Socks5Error::Auth(
+            "the client does not offer username/password authentication".into(),
+        ));
+    }
+    if !users.is_empty() {
+        let (up, used) = read_message(local, &mut buf, wire::parse_user_pass).await??;
+        buf.drain(..used);
+        let ok = proxy::check_user(users, &up.username, &up.password);
+        local.write_all(&wire::encode_auth_status(ok)).await?;
+        if !ok {
+            return Err(Socks5Error::Auth(format!(
+                "wrong credentials for user {:?}",
+                String::from_utf8_lossy(&up.username)
+            )));
+        }
     }
     let (req, used) = match read_message(local, &mut buf, wire::parse_request).await? {
         Ok(r) => r,
@@ -565,112 +677,86 @@ where
     let (dest, early) = timeout::<R, _>(cfg.handshake_timeout, accept_handshake(&mut local))
         .await
         .ok_or(Socks5Error::Timeout)??;
-    connect_and_relay::<R, _, _>(local, dest, early, connect).await
+    connect_and_relay(&mut local, dest, &early, connect).await
 }
 
 /// CONNECT after the request: open the stream, reply, relay.
-async fn connect_and_relay<R, F, Fut>(
-    mut local: R::Tcp,
+async fn connect_and_relay<S, F, Fut>(
+    local: &mut S,
     dest: SocksAddr,
-    early: Vec<u8>,
+    early: &[u8],
     connect: F,
 ) -> Result<(), Socks5Error>
 where
-    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(SocksAddr) -> Fut,
     Fut: Future<Output = io::Result<AnyTlsStream>>,
 {
     tracing::debug!(%dest, "socks5 CONNECT");
-    let mut remote = match connect(dest.clone()).await {
-        Ok(s) => s,
+    let reply = |r: Result<(), &io::Error>| match r {
+        Ok(()) => wire::encode_reply(Reply::Succeeded, None),
         Err(e) => {
-            let reply = Reply::for_error(&e);
+            let reply = Reply::for_error(e);
             tracing::debug!(%dest, "connect failed: {e}; replying {reply}");
-            local.write_all(&wire::encode_reply(reply, None)).await?;
-            return Err(e.into());
+            wire::encode_reply(reply, None)
         }
     };
-    // Bytes the application sent before our reply (optimistic clients) go first.
-    if !early.is_empty() {
-        remote.write_all(&early).await?;
-    }
-    local
-        .write_all(&wire::encode_reply(Reply::Succeeded, None))
-        .await?;
-    // Until either side ends (see "Closing" in the module docs).
-    relay_stream(&mut remote, &mut local).await?;
+    proxy::tunnel(local, early, connect(dest.clone()), reply).await?;
     Ok(())
 }
 
 /// Serves SOCKS5 on `listener`, every CONNECT through `client`, with default
 /// settings. Runs until the task is dropped.
+///
+/// Since the mixed port ([`serve_proxy`](crate::proxy::serve_proxy)) this is
+/// its SOCKS-only form: SOCKS4/4a CONNECT is served too.
 pub async fn serve_socks5<R: Runtime>(listener: R::Listener, client: Client<R>) -> io::Result<()> {
     serve_socks5_with(listener, client, Socks5Config::default()).await
 }
 
-/// [`serve_socks5`] with settings.
+/// [`serve_socks5`] with settings: [`serve_proxy`](crate::proxy::serve_proxy)
+/// with [`Protocols::Socks`](crate::proxy::Protocols::Socks), no
+/// authentication.
 pub async fn serve_socks5_with<R: Runtime>(
     listener: R::Listener,
     client: Client<R>,
     cfg: Socks5Config,
 ) -> io::Result<()> {
-    let listen_ip = R::local_addr(&listener).ok().map(|a| a.ip());
-    loop {
-        let (tcp, peer) = match R::accept(&listener).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("socks5 accept failed: {e}");
-                sleep_until::<R>(std::time::Instant::now() + Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let client = client.clone();
-        let cfg = cfg.clone();
-        R::spawn(async move {
-            let res = serve_one::<R>(tcp, peer, listen_ip, &cfg, client).await;
-            if let Err(e) = res {
-                tracing::debug!(%peer, "socks5 connection: {e}");
-            }
-        });
-    }
+    proxy::serve_proxy(listener, client, ProxyConfig::from(cfg)).await
 }
 
-/// One connection of [`serve_socks5_with`]: CONNECT as [`handle_connection`],
+/// One SOCKS5 connection of [`serve_proxy`](crate::proxy::serve_proxy)
+/// (`buf` holds what was read; the handshake ends by `deadline`): CONNECT,
 /// UDP ASSOCIATE (see the [module docs](self#udp-associate)).
-async fn serve_one<R: Runtime>(
+pub(crate) async fn serve_connection<R: Runtime>(
     mut local: R::Tcp,
     peer: SocketAddr,
     listen_ip: Option<IpAddr>,
-    cfg: &Socks5Config,
-    client: Client<R>,
+    buf: Vec<u8>,
+    deadline: Instant,
+    cfg: &ProxyConfig,
+    client: &Client<R>,
 ) -> Result<(), Socks5Error> {
-    let (req, early) = timeout::<R, _>(cfg.handshake_timeout, accept_request(&mut local))
-        .await
-        .ok_or(Socks5Error::Timeout)??;
-    let wait = cfg.verdict_wait;
+    let accept = accept_request(&mut local, buf, &cfg.users);
+    let (req, early) = match timeout::<R, _>(proxy::left(deadline), accept).await {
+        None => return Err(Socks5Error::Timeout),
+        Some(Err(Socks5Error::Auth(why))) => {
+            tracing::info!(%peer, "socks5 authentication refused: {why}");
+            return Ok(());
+        }
+        Some(r) => r?,
+    };
     match req.command {
         wire::CMD_CONNECT => {
-            connect_and_relay::<R, _, _>(local, req.dest, early, |dest| async move {
-                // A failure here is about the session to the AnyTLS server,
-                // not the destination: a general failure, whatever its kind.
-                let mut stream = client
-                    .connect(dest)
-                    .await
-                    .map_err(|e| io::Error::other(format!("AnyTLS session: {e}")))?;
-                if !wait.is_zero() {
-                    // The server's SYNACK: a refusal becomes the matching
-                    // reply; no verdict in time counts as success.
-                    if let Some(Err(e)) = timeout::<R, _>(wait, stream.established()).await {
-                        return Err(e);
-                    }
-                }
-                Ok(stream)
+            let wait = cfg.verdict_wait;
+            connect_and_relay(&mut local, req.dest, &early, |dest| {
+                proxy::open_stream(client, dest, wait)
             })
             .await
         }
         wire::CMD_UDP_ASSOCIATE if cfg.udp_associate => {
             let ip = udp_bind_ip(listen_ip, peer);
-            udp_associate::<R>(local, peer, ip, cfg, &client).await
+            udp_associate::<R>(local, peer, ip, cfg, client).await
         }
         c => Err(unsupported(&mut local, c).await),
     }
@@ -742,7 +828,7 @@ async fn udp_associate<R: Runtime>(
     mut control: R::Tcp,
     peer: SocketAddr,
     ip: IpAddr,
-    cfg: &Socks5Config,
+    cfg: &ProxyConfig,
     client: &Client<R>,
 ) -> Result<(), Socks5Error> {
     let failed = |reply: Reply| wire::encode_reply(reply, None);
@@ -955,18 +1041,60 @@ pub async fn connect_handshake<S>(proxy: &mut S, dest: &SocksAddr) -> Result<Soc
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Greeting and request together: saves a round trip; the server reads them
-    // in order.
-    let mut msg = vec![wire::VERSION, 1, wire::METHOD_NO_AUTH];
-    msg.extend(wire::encode_request(wire::CMD_CONNECT, dest)?);
+    connect_handshake_with(proxy, dest, None).await
+}
+
+/// [`connect_handshake`] with username/password authentication (RFC 1929)
+/// when `auth` is `Some((username, password))`. A refusal (no acceptable
+/// method, wrong credentials) is [`Socks5Error::Auth`].
+pub async fn connect_handshake_with<S>(
+    proxy: &mut S,
+    dest: &SocksAddr,
+    auth: Option<(&str, &str)>,
+) -> Result<SocksAddr, Socks5Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = wire::encode_request(wire::CMD_CONNECT, dest)?;
+    let method = match auth {
+        Some(_) => wire::METHOD_USER_PASS,
+        None => wire::METHOD_NO_AUTH,
+    };
+    let mut msg = vec![wire::VERSION, 1, method];
+    match auth {
+        // Credentials with the greeting; the request only once they are
+        // accepted (a refused client must not leave unread bytes behind).
+        Some((user, password)) => {
+            msg.extend(wire::encode_user_pass(
+                user.as_bytes(),
+                password.as_bytes(),
+            )?);
+        }
+        // Greeting and request together: saves a round trip; the server
+        // reads them in order.
+        None => msg.extend_from_slice(&request),
+    }
     proxy.write_all(&msg).await?;
     let mut m = [0u8; 2];
     proxy.read_exact(&mut m).await?;
-    if m != [wire::VERSION, wire::METHOD_NO_AUTH] {
+    if m == wire::encode_method_choice(wire::METHOD_NONE_ACCEPTABLE) {
+        return Err(Socks5Error::Auth("no acceptable method".into()));
+    }
+    if m != wire::encode_method_choice(method) {
         return Err(Socks5Error::Protocol(format!(
             "proxy chose method {:#04x}",
             m[1]
         )));
+    }
+    if auth.is_some() {
+        let mut status = [0u8; 2];
+        proxy.read_exact(&mut status).await?;
+        if status != wire::encode_auth_status(true) {
+            return Err(Socks5Error::Auth(
+                "the proxy refused the credentials".into(),
+            ));
+        }
+        proxy.write_all(&request).await?;
     }
     // Read the reply exactly, so no relayed byte is consumed.
     let mut head = [0u8; 5];
@@ -1000,6 +1128,17 @@ pub async fn socks5_connect<R: Runtime>(
 ) -> Result<R::Tcp, Socks5Error> {
     let mut tcp = R::connect(proxy).await?;
     connect_handshake(&mut tcp, &dest.into()).await?;
+    Ok(tcp)
+}
+
+/// [`socks5_connect`] with username/password authentication.
+pub async fn socks5_connect_with<R: Runtime>(
+    proxy: &str,
+    dest: impl Into<SocksAddr>,
+    auth: Option<(&str, &str)>,
+) -> Result<R::Tcp, Socks5Error> {
+    let mut tcp = R::connect(proxy).await?;
+    connect_handshake_with(&mut tcp, &dest.into(), auth).await?;
     Ok(tcp)
 }
 
@@ -1070,6 +1209,46 @@ mod tests {
         let longest = SocksAddr::domain("a".repeat(255), 1);
         encode_udp_header(&longest, &mut v).unwrap();
         assert_eq!(v.len(), MAX_UDP_HEADER);
+    }
+
+    #[test]
+    fn user_pass_messages() {
+        let msg = encode_user_pass(b"alice", b"pw").unwrap();
+        assert_eq!(msg, b"\x01\x05alice\x02pw");
+        for cut in 0..msg.len() {
+            assert_eq!(parse_user_pass(&msg[..cut]), Ok(None), "cut {cut}");
+        }
+        let mut more = msg.clone();
+        more.push(5);
+        let (up, used) = parse_user_pass(&more).unwrap().unwrap();
+        assert_eq!(
+            (up.username.as_slice(), up.password.as_slice(), used),
+            (&b"alice"[..], &b"pw"[..], msg.len())
+        );
+        assert!(!format!("{up:?}").contains("pw"));
+        assert!(parse_user_pass(&[5, 1, b'a', 0]).is_err());
+        assert!(encode_user_pass(&[b'a'; 256], b"").is_err());
+        assert_eq!(encode_auth_status(true), [1, 0]);
+        assert_eq!(encode_auth_status(false), [1, 1]);
+        assert_eq!(
+            parse_greeting_methods(&[5, 2, 0, 2]),
+            Ok(Some((vec![0, 2], 4)))
+        );
+        // Never panics on arbitrary bytes.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..600 {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = parse_user_pass(&data);
+            let _ = parse_greeting_methods(&data);
+            let _ = parse_request(&data);
+        }
     }
 
     #[test]

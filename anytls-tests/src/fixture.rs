@@ -1,10 +1,11 @@
 //! Our server on runtime `S` and a client on runtime `C` pinned to it, on
-//! 127.0.0.1, plus SOCKS5 listeners in front of the client.
+//! 127.0.0.1, plus SOCKS5 and mixed-port listeners in front of the client.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
-use anytls_io::socks5::{Socks5Config, serve_socks5_with};
+use anytls_io::proxy::{ProxyConfig, serve_proxy};
+use anytls_io::socks5::Socks5Config;
 use anytls_io::{
     Client, ClientConfig, Identity, Server, ServerConfig, ShutdownHandle, Verification,
 };
@@ -59,13 +60,20 @@ pub async fn pair<C: TestRuntime, S: TestRuntime>(password: &str) -> Pair<C> {
     .await
 }
 
-/// A SOCKS5 listener on runtime `C` in front of `client`.
+/// A SOCKS5 listener on runtime `C` in front of `client` (what
+/// `serve_socks5_with` serves: [`proxy`] with SOCKS only).
 pub async fn socks5<C: TestRuntime>(client: &Client<C>, cfg: Socks5Config) -> SocketAddr {
+    proxy(client, ProxyConfig::from(cfg)).await
+}
+
+/// A mixed-port listener ([`serve_proxy`]) on runtime `C` in front of
+/// `client`.
+pub async fn proxy<C: TestRuntime>(client: &Client<C>, cfg: ProxyConfig) -> SocketAddr {
     let l = C::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = C::local_addr(&l).unwrap();
     let c = client.clone();
     C::spawn(async move {
-        let _ = serve_socks5_with(l, c, cfg).await;
+        let _ = serve_proxy(l, c, cfg).await;
     });
     addr
 }

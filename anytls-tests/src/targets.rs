@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,4 +112,47 @@ pub fn check(data: &[u8], max: usize, seen: &mut HashSet<u32>) -> u32 {
     );
     assert!(seen.insert(i), "datagram {i} twice");
     i
+}
+
+/// How long a [`tcp_echo`] connection waits for bytes before it ends.
+pub const TARGET_SILENCE: Duration = Duration::from_secs(10);
+
+/// Connections an echo target serves at most before its thread ends.
+pub const ECHO_MAX_CONNS: usize = 16;
+
+/// A runtime-free echo target: a thread accepting up to [`ECHO_MAX_CONNS`]
+/// connections, each echoed on its own thread until EOF or [`TARGET_SILENCE`] of silence.
+pub fn tcp_echo() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..ECHO_MAX_CONNS {
+            let Ok((mut s, _)) = l.accept() else {
+                return;
+            };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(TARGET_SILENCE));
+                let _ = s.set_write_timeout(Some(TARGET_SILENCE));
+                let mut buf = [0u8; 16 * 1024];
+                // At most a few MiB per connection; the tests send ~1 KiB.
+                for _ in 0..1024 {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A port on 127.0.0.1 that nothing listens on.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }

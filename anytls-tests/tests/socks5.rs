@@ -2,7 +2,6 @@
 //! listener -> Client -> Server -> TCP target, for every runtime pair (C runs
 //! the client and its SOCKS5 listener, S the server). Every wait is bounded.
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -11,49 +10,10 @@ use anytls_io::socks5::{Socks5Config, Socks5Error, serve_socks5};
 use anytls_io::{Host, SocksAddr, timeout};
 use anytls_tests::TestRuntime;
 use anytls_tests::fixture::{Pair, pair, socks5};
+use anytls_tests::targets::{closed_port, tcp_echo as echo_target};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(10);
-
-/// Connections an echo target serves at most before its thread ends.
-const ECHO_MAX_CONNS: usize = 16;
-
-/// A runtime-free echo target: a thread accepting up to [`ECHO_MAX_CONNS`]
-/// connections, each echoed on its own thread until EOF or [`STEP`] of silence.
-fn echo_target() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for _ in 0..ECHO_MAX_CONNS {
-            let Ok((mut s, _)) = l.accept() else {
-                return;
-            };
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(STEP));
-                let _ = s.set_write_timeout(Some(STEP));
-                let mut buf = [0u8; 16 * 1024];
-                // At most a few MiB per connection; the tests send ~1 KiB.
-                for _ in 0..1024 {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// A port on 127.0.0.1 that nothing listens on.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 struct Fixture<C: TestRuntime> {
     /// Client and server (closed and shut down when dropped).

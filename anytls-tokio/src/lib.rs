@@ -8,6 +8,8 @@
 //!   (by default [`relay_tcp`], which dials the destination and relays).
 //! * [`socks5`]: a local SOCKS5 server in front of a [`Client`] (and a SOCKS5
 //!   client helper).
+//! * [`proxy`]: the local mixed port (SOCKS5, SOCKS4/4a and HTTP) in front
+//!   of a [`Client`].
 //! * [`config`]: sing-box JSON options, Go durations and `anytls://` URIs,
 //!   converted to [`ClientConfig`] / [`ServerConfig`].
 //!
@@ -395,5 +397,34 @@ pub mod socks5 {
         tcp.set_nodelay(true)?;
         connect_handshake(&mut TokioIo(&mut tcp), &dest.into()).await?;
         Ok(tcp)
+    }
+
+    /// [`socks5_connect`] with username/password authentication (RFC 1929)
+    /// when `auth` is `Some((username, password))`.
+    pub async fn socks5_connect_with(
+        proxy: impl ToSocketAddrs,
+        dest: impl Into<SocksAddr>,
+        auth: Option<(&str, &str)>,
+    ) -> Result<TcpStream, Socks5Error> {
+        let mut tcp = TcpStream::connect(proxy).await?;
+        tcp.set_nodelay(true)?;
+        connect_handshake_with(&mut TokioIo(&mut tcp), &dest.into(), auth).await?;
+        Ok(tcp)
+    }
+}
+
+pub mod proxy {
+    //! The local mixed proxy port (SOCKS5, SOCKS4/4a, HTTP) in front of a
+    //! [`Client`](crate::Client); see [`anytls_io::proxy`].
+    pub use anytls_io::proxy::*;
+
+    /// Serves the protocols of `cfg` on `listener`, every destination
+    /// through `client`; see [`anytls_io::proxy::serve_proxy`].
+    pub async fn serve_proxy(
+        listener: tokio::net::TcpListener,
+        client: crate::Client,
+        cfg: ProxyConfig,
+    ) -> std::io::Result<()> {
+        anytls_io::proxy::serve_proxy::<crate::Tokio>(listener, client, cfg).await
     }
 }
