@@ -161,7 +161,7 @@ fn server_and_client_processes_carry_socks5_traffic() {
     let socks1 = c1.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
     let socks2 = c2.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
 
-    echo_via_socks(&[&socks1, &socks2, &socks1]);
+    echo_via_socks(&[(&socks1, None), (&socks2, None), (&socks1, None)]);
 
     for p in [&mut c1, &mut c2, &mut server] {
         p.interrupt();
@@ -170,9 +170,10 @@ fn server_and_client_processes_carry_socks5_traffic() {
     }
 }
 
-/// Echoes 1 KiB through each SOCKS5 proxy in turn, to a local echo server.
+/// Echoes 1 KiB through each SOCKS5 proxy in turn (with its user, if any),
+/// to a local echo server.
 #[cfg(unix)]
-fn echo_via_socks(proxies: &[&str]) {
+fn echo_via_socks(proxies: &[(&str, Option<(&str, &str)>)]) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -189,9 +190,9 @@ fn echo_via_socks(proxies: &[&str]) {
                 });
             }
         });
-        for (i, socks) in proxies.iter().enumerate() {
+        for (i, (socks, auth)) in proxies.iter().enumerate() {
             let step = async {
-                let mut s = anytls_tokio::socks5::socks5_connect(*socks, target)
+                let mut s = anytls_tokio::socks5::socks5_connect_with(*socks, target, *auth)
                     .await
                     .unwrap();
                 let data: Vec<u8> = (0..1024u32).map(|k| (k as u8) ^ (i as u8)).collect();
@@ -291,8 +292,30 @@ fn singbox_doc_configs_carry_traffic() {
         ],
     );
     let mut client = Proc::spawn(&["client", "-c", client_cfg.to_str().unwrap()]);
-    let socks = client.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
-    echo_via_socks(&[&socks, &socks]);
+    let open = client.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
+    let with_users = client.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
+    echo_via_socks(&[
+        (&open, None),
+        (&with_users, Some(("admin", "admin"))),
+        (&open, None),
+    ]);
+    // The listener with users lets no one in without them.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            anytls_tokio::socks5::socks5_connect(
+                with_users.as_str(),
+                "127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap(),
+            ),
+        )
+        .await
+        .expect("SOCKS5 handshake timed out")
+    });
+    assert!(refused.is_err(), "no credentials, yet connected");
     let out = stop(&mut client);
     for needle in [
         "singbox-client.json: outbounds[0]: using anytls \"anytls-out\"",
@@ -300,7 +323,8 @@ fn singbox_doc_configs_carry_traffic() {
         "outbounds[0].domain_resolver: ignored",
         "inbounds[0].udp_timeout: ignored",
         "route: ignored",
-        "listener 127.0.0.1:0 (mixed-auth) is not served yet",
+        "mixed proxy on 127.0.0.1:",
+        "for 1 user(s) (mixed-auth)",
     ] {
         assert!(out.contains(needle), "no {needle:?} in:\n{out}");
     }
@@ -349,7 +373,7 @@ fn mihomo_doc_configs_carry_traffic() {
     ]);
     let socks = client.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
     assert_eq!(socks, format!("127.0.0.1:{mixed_port}"));
-    echo_via_socks(&[&socks, &socks]);
+    echo_via_socks(&[(&socks, None), (&socks, None)]);
     let out = stop(&mut client);
     for needle in [
         "mihomo-client.yaml: proxies[0].client-fingerprint: WARNING",

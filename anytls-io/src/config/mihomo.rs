@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::singbox::{
     CLIENT_CERT, ClientOptions, ECH_CLIENT, InboundOptions, InboundTls, LocalInbound, Located,
-    OutboundOptions, OutboundTls, ProxyUser, REALITY, ServerOptions, User, de_routing_mark,
+    OutboundOptions, OutboundTls, LocalUser, REALITY, ServerOptions, User, de_routing_mark,
     utls_warning,
 };
 use super::source::{ProbeEntry, Source, choose};
@@ -550,13 +550,13 @@ fn parse_probe(src: &Source<'_>) -> Result<Probe, ConfigError> {
 }
 
 /// `user:pass` entries of mihomo's `authentication`.
-fn authentication(list: &[String], n: &mut Notes) -> Result<Vec<ProxyUser>, ConfigError> {
+fn authentication(list: &[String], n: &mut Notes) -> Result<Vec<LocalUser>, ConfigError> {
     let users = list
         .iter()
         .enumerate()
         .map(|(i, s)| {
             s.split_once(':')
-                .map(|(u, p)| ProxyUser {
+                .map(|(u, p)| LocalUser {
                     username: u.to_owned(),
                     password: p.to_owned(),
                 })
@@ -674,7 +674,7 @@ pub(super) fn client_options(
             None => auth.clone(),
             Some(u) => u
                 .into_iter()
-                .map(|u| ProxyUser {
+                .map(|u| LocalUser {
                     username: u.username,
                     password: u.password,
                 })

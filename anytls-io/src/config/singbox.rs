@@ -20,6 +20,7 @@ use super::{
 };
 use crate::client::ClientConfig;
 use crate::dial::{DialOptions, DomainStrategy};
+use crate::proxy::{Protocols, ProxyUser};
 use crate::server::ServerConfig;
 use crate::tls::{Identity, TlsVersion, Verification, hex32, parse_pin};
 
@@ -649,52 +650,27 @@ impl fmt::Debug for OutboundOptions {
     }
 }
 
-/// The protocols a local listener speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ListenerKind {
-    /// SOCKS5 and HTTP proxy on one port (sing-box/mihomo `mixed`).
-    Mixed,
-    /// SOCKS only.
-    Socks,
-    /// HTTP proxy only.
-    Http,
-}
-
-impl ListenerKind {
-    /// The sing-box type name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ListenerKind::Mixed => "mixed",
-            ListenerKind::Socks => "socks",
-            ListenerKind::Http => "http",
-        }
+/// The sing-box type name of `p` (`mixed`, `socks`, `http`).
+pub fn protocols_name(p: Protocols) -> &'static str {
+    match p {
+        Protocols::Mixed => "mixed",
+        Protocols::Socks => "socks",
+        Protocols::Http => "http",
     }
 }
 
-/// One local proxy listener of the client program.
-#[derive(Clone, PartialEq, Eq)]
+/// One local proxy listener of the client program (served with
+/// [`serve_proxy`](crate::proxy::serve_proxy)).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerSetup {
     /// Where to listen.
     pub addr: SocketAddr,
     /// Which protocols.
-    pub protocols: ListenerKind,
-    /// Username/password pairs; empty: no authentication.
-    pub users: Vec<(String, String)>,
+    pub protocols: Protocols,
+    /// Who may use it; empty: no authentication.
+    pub users: Vec<ProxyUser>,
     /// The inbound's tag or name, for messages.
     pub tag: Option<String>,
-}
-
-impl fmt::Debug for ListenerSetup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let users: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
-        f.debug_struct("ListenerSetup")
-            .field("addr", &self.addr)
-            .field("protocols", &self.protocols)
-            .field("users", &users)
-            .field("tag", &self.tag)
-            .finish()
-    }
 }
 
 /// A client ready to build: the [`ClientConfig`], the local listeners the
@@ -846,7 +822,7 @@ impl OutboundOptions {
                     self.listen_port,
                     DEFAULT_SOCKS_LISTEN,
                 )?,
-                protocols: ListenerKind::Mixed,
+                protocols: Protocols::Mixed,
                 users: Vec::new(),
                 tag: None,
             });
@@ -1094,19 +1070,19 @@ macro_rules! with_listen_fields {
     };
 }
 
-/// A user of a local proxy inbound.
+/// A user of a local proxy inbound (`username`, `password`).
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct ProxyUser {
+pub struct LocalUser {
     /// User name.
     pub username: String,
     /// Password.
     pub password: String,
 }
 
-impl fmt::Debug for ProxyUser {
+impl fmt::Debug for LocalUser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyUser")
+        f.debug_struct("LocalUser")
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
@@ -1126,7 +1102,7 @@ with_listen_fields! {
         pub tag: Option<String>,
         /// Users; empty: no authentication.
         #[serde(default)]
-        pub users: Vec<ProxyUser>,
+        pub users: Vec<LocalUser>,
         /// Ignored: the system proxy settings are not changed.
         #[serde(default)]
         pub set_system_proxy: Option<bool>,
@@ -1143,9 +1119,9 @@ impl LocalInbound {
     /// The listener, and its notes.
     pub(crate) fn to_listener_setup(&self, n: &mut Notes) -> Result<ListenerSetup, ConfigError> {
         let protocols = match self.kind.as_str() {
-            "mixed" => ListenerKind::Mixed,
-            "socks" => ListenerKind::Socks,
-            "http" => ListenerKind::Http,
+            "mixed" => Protocols::Mixed,
+            "socks" => Protocols::Socks,
+            "http" => Protocols::Http,
             k => {
                 return Err(invalid(
                     "type",
@@ -1175,16 +1151,16 @@ impl LocalInbound {
             .listen_port
             .ok_or_else(|| invalid("listen_port", "missing"))?;
         let addr = listen_addr(self.listen.as_deref(), Some(port), DEFAULT_SOCKS_LISTEN)?;
-        let users: Vec<(String, String)> = self
+        let users: Vec<ProxyUser> = self
             .users
             .iter()
-            .map(|u| (u.username.clone(), u.password.clone()))
+            .map(|u| ProxyUser::new(&u.username, &u.password))
             .collect();
         n.taken(
             "",
             format!(
                 "{} listener on {addr}{}",
-                protocols.name(),
+                protocols_name(protocols),
                 if users.is_empty() {
                     " (no authentication)".to_owned()
                 } else {

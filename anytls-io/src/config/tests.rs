@@ -1,4 +1,5 @@
 use super::*;
+use crate::proxy::{Protocols, ProxyUser};
 use crate::tls::{Identity, TlsVersion, Verification};
 
 fn parse_client_json(text: &str) -> Result<ClientOptions, ConfigError> {
@@ -812,7 +813,7 @@ fn full_singbox_client_schema() {
     assert_eq!(d.domain_strategy, crate::DomainStrategy::PreferIpv6);
     assert_eq!(d.fallback_delay, Some(ms(200)));
     // Three listeners, in order, with their users.
-    let l: Vec<(SocketAddr, ListenerKind, usize)> = s
+    let l: Vec<(SocketAddr, Protocols, usize)> = s
         .listeners
         .iter()
         .map(|l| (l.addr, l.protocols, l.users.len()))
@@ -820,14 +821,14 @@ fn full_singbox_client_schema() {
     assert_eq!(
         l,
         vec![
-            ("127.0.0.1:2080".parse().unwrap(), ListenerKind::Mixed, 0),
-            ("[::1]:2081".parse().unwrap(), ListenerKind::Socks, 1),
-            ("127.0.0.1:2082".parse().unwrap(), ListenerKind::Http, 0),
+            ("127.0.0.1:2080".parse().unwrap(), Protocols::Mixed, 0),
+            ("[::1]:2081".parse().unwrap(), Protocols::Socks, 1),
+            ("127.0.0.1:2082".parse().unwrap(), Protocols::Http, 0),
         ]
     );
     assert_eq!(
         s.listeners[1].users[0],
-        ("alice".into(), "alice-secret".into())
+        ProxyUser::new("alice", "alice-secret")
     );
     // The summary: what was taken, ignored and warned about.
     let notes: Vec<String> = s.notes.iter().map(ToString::to_string).collect();
@@ -1206,7 +1207,7 @@ fn mihomo_client() {
     assert!(c.dial.tcp_fast_open);
     assert_eq!(c.dial.routing_mark, Some(6666));
     assert_eq!(c.dial.domain_strategy, crate::DomainStrategy::PreferIpv4);
-    let l: Vec<(String, ListenerKind, usize)> = s
+    let l: Vec<(String, Protocols, usize)> = s
         .listeners
         .iter()
         .map(|l| (l.addr.to_string(), l.protocols, l.users.len()))
@@ -1214,17 +1215,17 @@ fn mihomo_client() {
     assert_eq!(
         l,
         vec![
-            ("127.0.0.1:7890".into(), ListenerKind::Http, 1),
-            ("127.0.0.1:7891".into(), ListenerKind::Socks, 1),
-            ("127.0.0.1:10801".into(), ListenerKind::Mixed, 1),
-            ("0.0.0.0:10810".into(), ListenerKind::Mixed, 1),
+            ("127.0.0.1:7890".into(), Protocols::Http, 1),
+            ("127.0.0.1:7891".into(), Protocols::Socks, 1),
+            ("127.0.0.1:10801".into(), Protocols::Mixed, 1),
+            ("0.0.0.0:10810".into(), Protocols::Mixed, 1),
         ]
     );
     assert_eq!(
         s.listeners[0].users[0],
-        ("username".into(), "password".into())
+        ProxyUser::new("username", "password")
     );
-    assert_eq!(s.listeners[3].users[0], ("aaa".into(), "bbb".into()));
+    assert_eq!(s.listeners[3].users[0], ProxyUser::new("aaa", "bbb"));
     let notes: Vec<String> = s.notes.iter().map(ToString::to_string).collect();
     assert!(
         s.notes.iter().any(|n| n.kind == NoteKind::Warning

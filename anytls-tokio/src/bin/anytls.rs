@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anytls_tokio::config::{
-    self, AnytlsUri, ClientOptions, ConfigNote, ListenerKind, ListenerSetup, NoteKind,
-    ServerOptions, User, parse_go_duration,
+    self, AnytlsUri, ClientOptions, ConfigNote, ListenerSetup, NoteKind, ServerOptions, User,
+    parse_go_duration,
 };
-use anytls_tokio::socks5::{Socks5Config, serve_socks5_with};
+use anytls_tokio::proxy::{Protocols, ProxyConfig, ProxyUser, serve_proxy};
 use anytls_tokio::tls::{hex32, parse_pin};
 use anytls_tokio::{Client, Server, Verification};
 use clap::{Args, Parser, Subcommand};
@@ -26,7 +26,7 @@ const AFTER_HELP: &str = "Logging: RUST_LOG (default info), e.g. RUST_LOG=debug,
 RUST_LOG=info,anytls_core::pool=debug for the pool's maintenance decisions.";
 
 #[derive(Parser)]
-#[command(name = "anytls", version, about = "AnyTLS proxy: server, client (local SOCKS5) and a demo", after_help = AFTER_HELP)]
+#[command(name = "anytls", version, about = "AnyTLS proxy: server, client (local SOCKS5/HTTP proxy) and a demo", after_help = AFTER_HELP)]
 struct Cli {
     /// Runtime worker threads (1: everything on one thread, the cheapest per
     /// byte when client, server and applications share a few cores)
@@ -42,7 +42,7 @@ struct Cli {
 enum Cmd {
     /// Run an AnyTLS server.
     Server(ServerArgs),
-    /// Run a local SOCKS5 proxy that tunnels through an AnyTLS server.
+    /// Run local proxies (SOCKS5, SOCKS4, HTTP) that tunnel through an AnyTLS server.
     Client(ClientArgs),
     /// Show everything working on 127.0.0.1: latency cold/warm/reused, pool
     /// statistics, throughput. Needs no files; takes a few seconds.
@@ -118,7 +118,7 @@ struct ClientArgs {
     /// Mozilla roots).
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Local proxy listener (repeatable; replaces the config's listeners)
+    /// Local mixed (SOCKS5, SOCKS4, HTTP) proxy listener (repeatable; replaces the config's listeners)
     /// [default: 127.0.0.1:1080].
     #[arg(short, long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
@@ -398,42 +398,10 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
     let mut setup = file.to_client_setup()?;
     log_notes(&setup.notes);
     let listeners = local_listeners(&mut setup.listeners, &a.listen, &a.auth)?;
-    // Until the proxy front door is wired in, the first listener is served as
-    // SOCKS5 without authentication.
-    let first = &listeners[0];
-    if first.protocols == ListenerKind::Http {
-        return Err(format!(
-            "{}: HTTP proxy listeners are not served yet (only SOCKS5); use a mixed or socks listener first",
-            first.addr
-        )
-        .into());
-    }
-    if !first.users.is_empty() {
-        return Err(format!(
-            "{}: listeners with users are not served yet (SOCKS5 without authentication only); \
-             put a listener without users first",
-            first.addr
-        )
-        .into());
-    }
-    for l in &listeners[1..] {
-        tracing::warn!(
-            "{} listener {} ({}) is not served yet: only the first listener is",
-            l.protocols.name(),
-            l.addr,
-            l.tag.as_deref().unwrap_or("-")
-        );
-    }
-    let listen = first.addr;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("SOCKS5 listen {listen}: {e}"))?;
     let client = Client::new(setup.config.clone())?;
-    let local = listener.local_addr()?;
-    println!("SOCKS5 proxy listening on {local}");
     let p = &setup.config.pool;
     tracing::info!(
-        "SOCKS5 on {local} -> anytls server {} ({:?}; ensure_idle_session {}, min_idle_session {}, heartbeat {})",
+        "anytls server {} ({:?}; ensure_idle_session {}, min_idle_session {}, heartbeat {})",
         setup.config.server,
         setup.config.verification,
         p.ensure_idle,
@@ -441,14 +409,47 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
         p.heartbeat
             .map_or("off".to_owned(), config::format_go_duration),
     );
-    let socks_cfg = Socks5Config {
-        verdict_wait: a.socks_verdict_wait,
-        ..Socks5Config::default()
-    };
+    let mut serving = tokio::task::JoinSet::new();
+    for l in listeners {
+        let tcp = TcpListener::bind(l.addr).await.map_err(|e| {
+            format!(
+                "{} listen {}: {e}",
+                config::protocols_name(l.protocols),
+                l.addr
+            )
+        })?;
+        let local = tcp.local_addr()?;
+        // What a user needs to connect: on stdout. A mixed port speaks both.
+        if l.protocols != Protocols::Http {
+            println!("SOCKS5 proxy listening on {local}");
+        }
+        if l.protocols != Protocols::Socks {
+            println!("HTTP proxy listening on {local}");
+        }
+        tracing::info!(
+            "{} proxy on {local}{} ({})",
+            config::protocols_name(l.protocols),
+            match l.users.len() {
+                0 => " without authentication".to_owned(),
+                n => format!(" for {n} user(s)"),
+            },
+            l.tag.as_deref().unwrap_or("-"),
+        );
+        let mut cfg = ProxyConfig::default()
+            .with_protocols(l.protocols)
+            .with_users(l.users);
+        cfg.verdict_wait = a.socks_verdict_wait;
+        serving.spawn(serve_proxy(tcp, client.clone(), cfg));
+    }
     tokio::select! {
-        r = serve_socks5_with(listener, client.clone(), socks_cfg) => r?,
+        r = serving.join_next() => match r {
+            Some(Ok(r)) => r?,
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        },
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
+    serving.abort_all();
     tracing::info!("pool statistics: {:?}", client.stats());
     client.close();
     Ok(())
@@ -475,7 +476,7 @@ fn local_listeners(
 ) -> Result<Vec<ListenerSetup>, BoxError> {
     let mixed = |addr| ListenerSetup {
         addr,
-        protocols: ListenerKind::Mixed,
+        protocols: Protocols::Mixed,
         users: Vec::new(),
         tag: None,
     };
@@ -490,7 +491,7 @@ fn local_listeners(
         .iter()
         .map(|a| {
             a.split_once(':')
-                .map(|(u, p)| (u.to_owned(), p.to_owned()))
+                .map(|(u, p)| ProxyUser::new(u, p))
                 .ok_or_else(|| {
                     format!(
                         "--auth {:?}: expected USER:PASS",
