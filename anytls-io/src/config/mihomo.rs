@@ -13,8 +13,8 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::singbox::{
-    CLIENT_CERT, ClientOptions, ECH_CLIENT, InboundOptions, InboundTls, LocalInbound, Located,
-    OutboundOptions, OutboundTls, LocalUser, REALITY, ServerOptions, User, de_routing_mark,
+    CLIENT_CERT, ClientOptions, ECH_CLIENT, InboundOptions, InboundTls, LocalInbound, LocalUser,
+    Located, OutboundOptions, OutboundTls, REALITY, ServerOptions, User, de_routing_mark,
     utls_warning,
 };
 use super::source::{ProbeEntry, Source, choose};
