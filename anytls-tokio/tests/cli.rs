@@ -300,22 +300,7 @@ fn singbox_doc_configs_carry_traffic() {
         (&open, None),
     ]);
     // The listener with users lets no one in without them.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let refused = rt.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            anytls_tokio::socks5::socks5_connect(
-                with_users.as_str(),
-                "127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap(),
-            ),
-        )
-        .await
-        .expect("SOCKS5 handshake timed out")
-    });
-    assert!(refused.is_err(), "no credentials, yet connected");
+    assert_socks_refused(&with_users, None);
     let out = stop(&mut client);
     for needle in [
         "singbox-client.json: outbounds[0]: using anytls \"anytls-out\"",
@@ -388,4 +373,53 @@ fn mihomo_doc_configs_carry_traffic() {
         out.contains("mihomo-server.yaml: listeners[0]: using anytls \"anytls-in-1\""),
         "{out}"
     );
+}
+
+/// `--listen` twice and `--auth`: two mixed ports, both asking for the user.
+#[cfg(unix)]
+#[test]
+fn client_listen_flags_and_auth() {
+    let mut server = Proc::spawn(&["server", "--listen", "127.0.0.1:0"]);
+    let uri = server.wait_stdout("share URI:", Duration::from_secs(20));
+    let mut client = Proc::spawn(&[
+        "client",
+        &uri,
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--auth",
+        "u1:p1",
+        "--auth",
+        "u2:p2",
+    ]);
+    let a = client.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
+    let b = client.wait_stdout("SOCKS5 proxy listening on", Duration::from_secs(20));
+    assert_ne!(a, b);
+    echo_via_socks(&[(&a, Some(("u1", "p1"))), (&b, Some(("u2", "p2")))]);
+    assert_socks_refused(&a, None);
+    assert_socks_refused(&b, Some(("u1", "wrong")));
+    let out = stop(&mut client);
+    assert!(out.contains("for 2 user(s)"), "{out}");
+    assert!(!out.contains("p2"), "a password in the output:\n{out}");
+    stop(&mut server);
+}
+
+/// A SOCKS5 handshake with `proxy` (and `auth`) fails.
+#[cfg(unix)]
+fn assert_socks_refused(proxy: &str, auth: Option<(&str, &str)>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt.block_on(async {
+        let dest: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            anytls_tokio::socks5::socks5_connect_with(proxy, dest, auth),
+        )
+        .await
+        .expect("SOCKS5 handshake timed out")
+    });
+    assert!(res.is_err(), "{proxy} let {auth:?} in");
 }

@@ -427,13 +427,15 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
             println!("HTTP proxy listening on {local}");
         }
         tracing::info!(
-            "{} proxy on {local}{} ({})",
+            "{} proxy on {local}{}{}",
             config::protocols_name(l.protocols),
             match l.users.len() {
                 0 => " without authentication".to_owned(),
                 n => format!(" for {n} user(s)"),
             },
-            l.tag.as_deref().unwrap_or("-"),
+            l.tag
+                .as_deref()
+                .map_or(String::new(), |t| format!(" ({t})")),
         );
         let mut cfg = ProxyConfig::default()
             .with_protocols(l.protocols)
