@@ -582,9 +582,10 @@ pub(super) fn client_options(
     let Some(proxies) = &probe.proxies else {
         if probe.kind.as_deref() == Some("anytls") {
             let proxy: MihomoProxy = src.parse_as()?;
+            let (outbound, notes) = super::under(&prefix, "", |n| proxy.to_outbound(n))?;
             return Ok(ClientOptions {
-                outbound: proxy.to_outbound(&mut notes)?,
-                notes: notes.list,
+                outbound,
+                notes,
                 prefix,
                 ..ClientOptions::default()
             });
@@ -712,9 +713,10 @@ pub(super) fn server_options(
     let Some(listeners) = &probe.listeners else {
         if probe.kind.as_deref() == Some("anytls") {
             let l: MihomoListener = src.parse_as()?;
+            let (inbound, notes) = super::under(&prefix, "", |n| l.to_inbound(n))?;
             return Ok(ServerOptions {
-                inbound: l.to_inbound(&mut notes)?,
-                notes: notes.list,
+                inbound,
+                notes,
                 prefix,
                 ..ServerOptions::default()
             });
