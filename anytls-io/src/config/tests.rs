@@ -1417,3 +1417,46 @@ fn mihomo_server() {
     assert!(s.self_signed.is_some());
     assert!(s.notes.iter().any(|n| n.text.contains("self-signed")));
 }
+
+#[test]
+fn mihomo_ports_and_authentication() {
+    let base = "proxies:\n- {name: p, type: anytls, server: h, port: 1, password: pw}\n";
+    let parse = |extra: &str| {
+        parse_client_config(
+            &format!("{base}{extra}"),
+            None,
+            Some(ConfigFormat::Yaml),
+            None,
+        )
+        .and_then(|o| o.to_client_setup())
+    };
+    // allow-lan with a specific bind-address; listeners with `users: []` opt out
+    // of the global authentication.
+    let s = parse(
+        "allow-lan: true\nbind-address: 192.0.2.7\nsocks-port: \"7891\"\nauthentication: [\"a:b:c\"]\nlisteners:\n- {name: open, type: http, port: 8080, users: []}\n",
+    )
+    .unwrap();
+    assert_eq!(s.listeners[0].addr.to_string(), "192.0.2.7:7891");
+    assert_eq!(s.listeners[0].protocols, Protocols::Socks);
+    // Split at the first colon: the password may hold colons.
+    assert_eq!(s.listeners[0].users, vec![ProxyUser::new("a", "b:c")]);
+    assert_eq!(s.listeners[1].addr.to_string(), "192.0.2.7:8080");
+    assert!(s.listeners[1].users.is_empty());
+    // mixed-port 0 is off, as in mihomo.
+    assert!(parse("mixed-port: 0\n").unwrap().listeners.is_empty());
+    let e = parse("mixed-port: 1\nauthentication: [\"nocolon\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("authentication[0]: expected \"user:password\""),
+        "{e}"
+    );
+    assert!(!e.contains("nocolon"), "{e}");
+    let e = parse("listeners:\n- {name: x, type: mixed, port: 1, certificate: c.pem}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("listeners[0].certificate: TLS on local proxy listeners"),
+        "{e}"
+    );
+}
