@@ -25,8 +25,8 @@ pub enum ConfigFormat {
 
 impl ConfigFormat {
     /// The format of a file: by its extension (`.json`, `.jsonc`, `.yaml`,
-    /// `.yml`), else by its text (`{` as the first non-blank character:
-    /// JSON, else YAML). Formats this program does not read are errors.
+    /// `.yml`), else by its text (`{`, `//` or `/*` first: JSON, else YAML).
+    /// Formats this program does not read are errors.
     pub fn detect(path: Option<&Path>, text: &str) -> Result<ConfigFormat, ConfigError> {
         let ext = path
             .and_then(|p| p.extension())
@@ -43,17 +43,14 @@ impl ConfigFormat {
             }
             _ => {}
         }
-        Ok(
-            match text
-                .trim_start_matches('\u{feff}')
-                .trim_start()
-                .as_bytes()
-                .first()
-            {
-                Some(b'{') => ConfigFormat::Json,
-                _ => ConfigFormat::Yaml,
-            },
-        )
+        // YAML comments start with `#`; `//` and `/*` can only be JSON's.
+        let start = text.trim_start_matches('\u{feff}').trim_start();
+        let json = ["{", "//", "/*"].iter().any(|p| start.starts_with(p));
+        Ok(if json {
+            ConfigFormat::Json
+        } else {
+            ConfigFormat::Yaml
+        })
     }
 }
 

@@ -1094,6 +1094,18 @@ fn format_detection() {
         ConfigFormat::Json
     );
     assert_eq!(fmt("config", "proxies: []").unwrap(), ConfigFormat::Yaml);
+    assert_eq!(
+        fmt("config", "// sing-box\n{}").unwrap(),
+        ConfigFormat::Json
+    );
+    assert_eq!(
+        fmt("config", "\u{feff} /* x */ {}").unwrap(),
+        ConfigFormat::Json
+    );
+    assert_eq!(
+        fmt("config", "# mihomo\nproxies: []").unwrap(),
+        ConfigFormat::Yaml
+    );
     let e = fmt("c.toml", "").unwrap_err().to_string();
     assert!(e.contains(".toml files are not supported"), "{e}");
     // TOML without its extension, and YAML that is not a mihomo config.
