@@ -311,7 +311,7 @@ fn de_out_reality<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OutboundReal
 
 with_tls_fields! {
 /// sing-box outbound TLS options, plus our `pin_sha256`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundTls {
     /// Send no SNI (the certificate is still checked against the name).
@@ -436,6 +436,56 @@ fn tls_notes(n: &mut Notes, curve_preferences: &[String], kernel_tls: bool) {
         "tls.kernel_tx/kernel_rx",
         "kernel TLS is not used: TLS runs in this process",
     );
+}
+
+/// `Debug` without private keys.
+impl fmt::Debug for OutboundTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundTls")
+            .field("server_name", &self.server_name)
+            .field("insecure", &self.insecure)
+            .field("alpn", &self.alpn)
+            .field("min_version", &self.min_version)
+            .field("max_version", &self.max_version)
+            .field("certificate_path", &self.certificate_path)
+            .field("pin_sha256", &self.pin_sha256)
+            .field("utls", &self.utls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Debug` without the private key.
+impl fmt::Debug for InboundTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundTls")
+            .field("server_name", &self.server_name)
+            .field("alpn", &self.alpn)
+            .field("min_version", &self.min_version)
+            .field("max_version", &self.max_version)
+            .field("certificate_path", &self.certificate_path)
+            .field("key_path", &self.key_path)
+            .field("inline_key", &(!self.key.is_empty()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Debug` without the key.
+impl fmt::Debug for InboundEch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundEch")
+            .field("enabled", &self.enabled)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Debug` without the private key.
+impl fmt::Debug for InboundReality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundReality")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The warning for a uTLS fingerprint (sing-box `tls.utls`, mihomo
@@ -1255,7 +1305,7 @@ impl fmt::Debug for User {
 }
 
 /// `tls.ech` of an inbound: accepted only when not enabled.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct InboundEch {
     /// Must not be `true`.
@@ -1280,7 +1330,7 @@ fn de_in_ech<'de, D: Deserializer<'de>>(d: D) -> Result<Option<InboundEch>, D::E
 }
 
 /// `tls.reality` of an inbound: accepted only when not enabled.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InboundReality {
     /// Must not be `true`.
@@ -1356,7 +1406,7 @@ fn de_acme<'de, D: Deserializer<'de>>(d: D) -> Result<Option<InboundAcme>, D::Er
 
 with_tls_fields! {
 /// sing-box inbound TLS options.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InboundTls {
     /// Private key, inline PEM (string or list of lines).
