@@ -139,12 +139,13 @@ pub struct ClientConfig {
     /// answer heartbeats). `None`: owner-requested heartbeats have no deadline;
     /// the probe sent for a slow SYNACK then waits `stream_open_timeout`.
     pub heartbeat_timeout: Option<Duration>,
-    /// How long a session may go without any frame from the server once it
-    /// carries a stream, before it is closed with `SessionError::NoAnswer`
-    /// (its streams fail). A v2 server answers at once (ServerSettings); a
-    /// TLS server that is not AnyTLS says nothing; a v1 server answers with
-    /// the first stream's data, so a v1 server whose first destination stays
-    /// silent this long loses the session too. Default 10 s.
+    /// How much longer than `stream_open_timeout` a session may go without
+    /// any frame from the server once it carries a stream, before it is
+    /// closed with `SessionError::NoAnswer` (its streams fail). A v2 server
+    /// answers at once (ServerSettings); a TLS server that is not AnyTLS
+    /// says nothing; a v1 server answers with the first stream's data, so a
+    /// v1 server whose first destination stays silent that long loses the
+    /// session too. Default 7 s (10 s in all with the default SYNACK wait).
     pub answer_timeout: Duration,
     /// Buffer caps.
     pub limits: SessionLimits,
@@ -172,7 +173,7 @@ impl ClientConfig {
             client_name: concat!("anytls-rs/", env!("CARGO_PKG_VERSION")).to_owned(),
             stream_open_timeout: Duration::from_secs(3),
             heartbeat_timeout: Some(Duration::from_secs(10)),
-            answer_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(7),
             limits: SessionLimits::default(),
         }
     }

@@ -1066,7 +1066,8 @@ impl ClientEndpoint {
             }
             Conn::Live(mut s) => {
                 let ours = matches!(reason, SessionError::LocallyClosed | SessionError::Pool(_));
-                if !s.server_answered() && !ours && !self.closed {
+                let unanswered = !s.server_answered() && !ours && !self.closed;
+                if unanswered {
                     self.events.push_back(ClientEvent::SessionUnanswered {
                         conn,
                         reason: reason.clone(),
@@ -1088,7 +1089,12 @@ impl ClientEndpoint {
                     // the server with data still unread (lost now, which is
                     // no clean end): reset.
                     if e.state == StreamState::Opening {
-                        self.refuse(h, RefuseReason::SessionClosed(reason.clone()));
+                        let why = if unanswered {
+                            RefuseReason::Unanswered(reason.clone())
+                        } else {
+                            RefuseReason::SessionClosed(reason.clone())
+                        };
+                        self.refuse(h, why);
                     } else {
                         self.reset(h, ResetReason::SessionClosed(reason.clone()));
                     }

@@ -235,6 +235,11 @@ pub enum RefuseReason {
     /// The session ended before the stream was established.
     #[error("session closed before the stream was established: {0}")]
     SessionClosed(SessionError),
+    /// Client: the session ended before the server sent a single AnyTLS
+    /// frame (see `ClientEvent::SessionUnanswered`): a wrong password, or a
+    /// server that does not speak AnyTLS.
+    #[error("the server ended the session without an AnyTLS answer: {0}")]
+    Unanswered(SessionError),
     /// The client endpoint was closed before the stream had a session.
     #[error("client closed")]
     EndpointClosed,
@@ -434,7 +439,7 @@ impl From<StreamError> for std::io::Error {
             StreamError::Blocked => ErrorKind::WouldBlock,
             // The stream's end is the session's: report that, as a session
             // error would be.
-            StreamError::Refused(RefuseReason::SessionClosed(s))
+            StreamError::Refused(RefuseReason::SessionClosed(s) | RefuseReason::Unanswered(s))
             | StreamError::Reset(ResetReason::SessionClosed(s)) => {
                 return std::io::Error::new(session_error_kind(s), s.clone());
             }

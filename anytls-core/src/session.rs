@@ -566,12 +566,6 @@ impl<R: SessionRole> Session<R> {
             self.close_with(SessionError::HeartbeatTimeout);
             return;
         }
-        if self.timers.is_expired(Timer::Answer, now) {
-            self.timers.clear(Timer::Answer);
-            debug!("no frame from the server since the first stream: closing session");
-            self.close_with(SessionError::NoAnswer);
-            return;
-        }
         if self.stall_deadline().is_some_and(|t| t <= now) {
             // The reader is stuck: stop pausing the session for it (streams
             // behind it may be waiting); it is reset if it overflows.
@@ -584,10 +578,16 @@ impl<R: SessionRole> Session<R> {
             }
             self.resume_input();
         }
+        let mut unanswered = false;
         while let Some((timer, _)) = self.timers.pop_expired(now) {
-            let Timer::StreamOpen(id) = timer else {
+            let id = match timer {
+                Timer::StreamOpen(id) => id,
+                Timer::Answer => {
+                    unanswered = true;
+                    continue;
+                }
                 // Handshake and liveness were handled above.
-                continue;
+                _ => continue,
             };
             let waiting = self
                 .streams
@@ -611,6 +611,11 @@ impl<R: SessionRole> Session<R> {
                 };
                 self.queue_heartbeat(now, Some(timeout));
             }
+        }
+        // After the v1 guess of the same instant, if any.
+        if unanswered {
+            debug!("no frame from the server since the first stream: closing session");
+            self.close_with(SessionError::NoAnswer);
         }
     }
 
@@ -1595,7 +1600,8 @@ impl Session<Client> {
 
     /// Client: whether the server has sent a frame of a known command (it
     /// speaks AnyTLS). Until then a session with a stream is closed with
-    /// [`SessionError::NoAnswer`] after `answer_timeout`.
+    /// [`SessionError::NoAnswer`] after `stream_open_timeout` +
+    /// `answer_timeout`.
     pub fn server_answered(&self) -> bool {
         match &self.role {
             Role::Client(c) => c.answered,
@@ -1633,7 +1639,7 @@ impl Session<Client> {
             self.streams.insert(id, Stream::new(Phase::Opening));
         }
         if !c.answered && self.timers.get(Timer::Answer).is_none() {
-            let deadline = self.now + c.cfg.answer_timeout;
+            let deadline = self.now + c.cfg.stream_open_timeout + c.cfg.answer_timeout;
             self.timers.set(Timer::Answer, deadline);
         }
         self.push_control(Command::Syn, id, &[]);

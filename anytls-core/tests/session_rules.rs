@@ -2018,3 +2018,41 @@ fn preamble_padding_comes_from_the_first_item_of_line_0() {
         }
     }
 }
+
+#[test]
+fn the_answer_wait_comes_after_the_synack_wait_whatever_its_length() {
+    // A long SYNACK wait (here 600 s) delays the v1 guess; a silent server
+    // is given up `answer_timeout` (7 s) after it, never before it.
+    let mut cfg = client_config();
+    cfg.stream_open_timeout = Duration::from_secs(600);
+    let mut c = Solo::client(cfg, PaddingScheme::default_scheme(), true);
+    c.frames();
+    c.take_events();
+    c.advance(Duration::from_secs(600));
+    assert!(c.s.peer_version_known(), "the v1 guess");
+    c.advance(Duration::from_millis(6999));
+    assert!(!c.s.is_closed());
+    c.advance(Duration::from_millis(1));
+    assert!(c.s.is_closed());
+}
+
+#[test]
+fn a_synack_without_server_settings_is_an_answer() {
+    // A server that answers SYNACK without a usable ServerSettings (empty:
+    // ignored): the stream is connected and the server has answered (the
+    // owner may go on: `Client::connect` does), though its version stays
+    // unknown and no timer will decide it.
+    let mut c = Solo::opened_client();
+    c.advance(Duration::from_millis(100));
+    c.input(&frame(Command::ServerSettings, 0, b""));
+    c.input(&frame(Command::SynAck, 1, b""));
+    assert_eq!(
+        c.take_events(),
+        vec![Event::StreamConnected { id: StreamId(1) }]
+    );
+    assert!(c.s.server_answered());
+    assert!(!c.s.peer_version_known());
+    assert_eq!(c.s.poll_timeout(), None);
+    c.advance(Duration::from_secs(600));
+    assert!(!c.s.is_closed());
+}

@@ -64,7 +64,8 @@ pub struct ClientConfig {
     /// server.
     pub stream_open_timeout: Duration,
     /// A session with a stream is given up when the server has sent nothing
-    /// AnyTLS for this long (see [`Client::connect`]). Default 10 s.
+    /// AnyTLS for this long after `stream_open_timeout` (see
+    /// [`Client::connect`]). Default 7 s: 10 s in all.
     pub answer_timeout: Duration,
     /// Per-session buffer caps.
     pub limits: SessionLimits,
@@ -106,7 +107,7 @@ impl ClientConfig {
             client_name: String::new(),
             connect_timeout: Duration::from_secs(10),
             stream_open_timeout: Duration::from_secs(3),
-            answer_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(7),
             limits: SessionLimits::default(),
         }
     }
@@ -153,7 +154,8 @@ struct Shared {
     reporter: Arc<Reporter>,
     /// The server (`host:port`), for those explanations.
     server: Arc<str>,
-    answer_timeout: Duration,
+    /// How long a silent server has (`stream_open_timeout` + `answer_timeout`).
+    answer_wait: Duration,
 }
 
 impl Shared {
@@ -197,7 +199,7 @@ impl Shared {
                     }
                 }
                 ClientEvent::SessionUnanswered { reason, .. } => {
-                    let d = explain::unanswered(&self.server, self.answer_timeout, reason);
+                    let d = explain::unanswered(&self.server, self.answer_wait, reason);
                     self.reporter.report(Instant::now(), &d);
                 }
                 ClientEvent::StreamFinished(h)
@@ -367,7 +369,7 @@ impl<R: Runtime> Client<R> {
             armed: None,
             reporter: Arc::new(Reporter::default()),
             server: cfg.server.as_str().into(),
-            answer_timeout: cfg.answer_timeout,
+            answer_wait: cfg.stream_open_timeout + cfg.answer_timeout,
         };
         let kick = Arc::new(Notify::default());
         shared.after(&kick);
@@ -392,14 +394,17 @@ impl<R: Runtime> Client<R> {
     /// server's verdict on the destination comes later (see
     /// [`AnyTlsStream::established`]).
     ///
-    /// On a session used before, that is at once. On a new one it is after
-    /// the dial and the server's first answer: ServerSettings, one round
-    /// trip after the preamble (v2 servers), or `stream_open_timeout` of
-    /// silence (taken for a v1 server, which says nothing first). So a wrong
-    /// password or a server that is not AnyTLS fails here, with the reason
-    /// (also logged, see the crate docs), instead of giving a stream that
-    /// closes. A server that stays silent longer than `answer_timeout` loses
-    /// the session, and its streams fail.
+    /// On a session that has heard from the server, that is at once. On a
+    /// new one it is after the dial and the server's first answer: its
+    /// ServerSettings, one round trip after the preamble (v2 servers, also
+    /// on a pre-warmed session, which sends its preamble when dialled), or
+    /// `stream_open_timeout` (3 s) of silence, after which the server is
+    /// taken for a v1 server (those say nothing before the destination
+    /// does): the first stream of every session to a v1 server pays that
+    /// wait. So a wrong password or a server that is not AnyTLS fails
+    /// here, with the reason (also logged), instead of giving a stream that
+    /// closes. A server that stays silent `answer_timeout` longer loses the
+    /// session, and its streams fail.
     pub async fn connect(&self, dest: impl Into<SocksAddr>) -> io::Result<AnyTlsStream> {
         let dest = dest.into();
         let inner = &self.inner;
@@ -423,7 +428,7 @@ impl<R: Runtime> Client<R> {
             let heard =
                 g.ep.stream_session(h)
                     .and_then(|conn| g.ep.session(conn))
-                    .is_some_and(|s| s.peer_version_known());
+                    .is_some_and(|s| s.peer_version_known() || s.server_answered());
             if let Some(id) = g.ep.stream_id(h).filter(|_| heard) {
                 return Poll::Ready(Ok(id));
             }
@@ -436,8 +441,8 @@ impl<R: Runtime> Client<R> {
                 }
                 // The session ended before the server said a word: that is
                 // what connect reports.
-                Some(StreamState::Refused(RefuseReason::SessionClosed(reason))) => {
-                    let d = explain::unanswered(&g.server, g.answer_timeout, reason);
+                Some(StreamState::Refused(RefuseReason::Unanswered(reason))) => {
+                    let d = explain::unanswered(&g.server, g.answer_wait, reason);
                     let kind = io::Error::from(reason.clone()).kind();
                     Poll::Ready(Err(io::Error::new(kind, d.text)))
                 }

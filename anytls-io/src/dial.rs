@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_io::{AsyncRead, AsyncWrite};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::runtime::{Runtime, sleep_until};
+use crate::runtime::Runtime;
 
 /// A connected byte stream under a client's TLS: anything `futures-io`
 /// readable and writable (tokio streams: wrap them in `anytls_tokio::TokioIo`).
@@ -111,7 +111,10 @@ pub struct DialOptions {
     /// `SO_REUSEADDR` before binding a local address.
     pub reuse_addr: bool,
     /// TCP Fast Open on connect (`TCP_FASTOPEN_CONNECT`; Linux; the kernel
-    /// falls back to a normal handshake without a cookie or support).
+    /// falls back to a normal handshake without a cookie or support). With
+    /// a cookie cached, connect returns before the handshake, so a dead
+    /// address shows only at the first write: the other addresses of the
+    /// name are then not tried.
     pub tcp_fast_open: bool,
     /// Multipath TCP (Linux 5.6+); plain TCP where the kernel has no MPTCP.
     pub tcp_multi_path: bool,
@@ -119,7 +122,9 @@ pub struct DialOptions {
     pub domain_strategy: DomainStrategy,
     /// With addresses of both families: how long the first family gets
     /// before the other is tried alongside (RFC 8305 "Happy Eyeballs";
-    /// default 300 ms).
+    /// default 300 ms; at once when the first family has failed). Used
+    /// when any option here is set; with all defaults the runtime's own
+    /// connect tries the addresses one after another.
     pub fallback_delay: Option<Duration>,
 }
 
@@ -149,34 +154,39 @@ pub(crate) async fn dial_tcp<R: Runtime>(server: &str, opts: &DialOptions) -> io
     }
     let delay = opts.fallback_delay.unwrap_or(FALLBACK_DELAY);
     let mut first = Box::pin(connect_each::<R>(primary, opts));
-    let mut second = Box::pin(async {
-        sleep_until::<R>(Instant::now() + delay).await;
-        connect_each::<R>(secondary, opts).await
-    });
+    // The other family starts after the delay, or at once when the first
+    // one has failed (RFC 8305).
+    let mut timer = R::timer(Instant::now() + delay);
+    let mut secondary = Some(secondary);
+    let mut second = None;
     // The first success wins; an error waits for the other attempt.
     let mut failed: [Option<io::Error>; 2] = [None, None];
     poll_fn(|cx| {
-        for (i, fut) in [
-            &mut first as &mut (dyn Future<Output = _> + Unpin + Send),
-            &mut second,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if failed[i].is_some() {
-                continue;
-            }
-            if let Poll::Ready(r) = Pin::new(fut).poll(cx) {
+        if failed[0].is_none() {
+            if let Poll::Ready(r) = first.as_mut().poll(cx) {
                 match r {
                     Ok(s) => return Poll::Ready(Ok(s)),
-                    Err(e) => failed[i] = Some(e),
+                    Err(e) => failed[0] = Some(e),
+                }
+            }
+        }
+        if second.is_none() && (failed[0].is_some() || Pin::new(&mut timer).poll(cx).is_ready()) {
+            let addrs = secondary.take().unwrap_or_default();
+            second = Some(Box::pin(connect_each::<R>(addrs, opts)));
+        }
+        if let (Some(fut), None) = (second.as_mut(), &failed[1]) {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                match r {
+                    Ok(s) => return Poll::Ready(Ok(s)),
+                    Err(e) => failed[1] = Some(e),
                 }
             }
         }
         if failed.iter().all(Option::is_some) {
-            return Poll::Ready(Err(failed[0]
+            let e = failed[0]
                 .take()
-                .unwrap_or_else(|| io::Error::other("no address"))));
+                .unwrap_or_else(|| io::Error::other("no address"));
+            return Poll::Ready(Err(e));
         }
         Poll::Pending
     })
@@ -271,7 +281,7 @@ fn socket(addr: SocketAddr, opts: &DialOptions) -> io::Result<Socket> {
             tracing::debug!("TCP Fast Open unavailable ({e}): a normal handshake");
         }
     }
-    sock.set_tcp_nodelay(true)?;
+    // Nagle is turned off by `finish_connect`.
     Ok(sock)
 }
 

@@ -128,11 +128,7 @@ fn is_dns(text: &str) -> bool {
 }
 
 /// A session that ended before the server sent any AnyTLS frame.
-pub(crate) fn unanswered(
-    server: &str,
-    answer_timeout: Duration,
-    reason: &SessionError,
-) -> Diagnosis {
+pub(crate) fn unanswered(server: &str, wait: Duration, reason: &SessionError) -> Diagnosis {
     let at = format!("AnyTLS server {server}");
     let d = |kind, text: String| Diagnosis { kind, text };
     match reason {
@@ -152,7 +148,7 @@ pub(crate) fn unanswered(
             "no-answer",
             format!(
                 "{at} sent nothing within {} of the first request: not an AnyTLS server (or an AnyTLS v1 server whose destination stayed silent)",
-                secs(answer_timeout)
+                secs(wait)
             ),
         ),
         SessionError::Alert(text) => d("alert", format!("{at} refused the session: {text}")),

@@ -404,15 +404,23 @@ impl ServerCertVerifier for TrustedFile {
         let chained =
             self.webpki
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        if chained.is_ok() || !self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+        // Only webpki's "a CA certificate as the end entity" is reconsidered,
+        // and only for a certificate of the file itself.
+        let ca_as_leaf = matches!(
+            &chained,
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)))
+                if o.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
+        );
+        if !ca_as_leaf || !self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
             return chained;
         }
-        // The very certificate the user trusts: its name and dates decide.
+        // The very certificate the user trusts: its name, dates and key
+        // usage for servers decide (the chain is that certificate alone).
         let cert = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| rustls::Error::InvalidCertificate(pki_error(e)))?;
         cert.verify_is_valid_for_subject_name(server_name)
             .map_err(|e| rustls::Error::InvalidCertificate(pki_error(e)))?;
-        check_validity(end_entity, now)?;
+        check_self_trusted(end_entity, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -447,31 +455,33 @@ fn pki_error(e: webpki::Error) -> rustls::CertificateError {
     }
 }
 
-/// The certificate's validity period against `now`.
-fn check_validity(der: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
-    let (not_before, not_after) = validity(der).ok_or(rustls::Error::InvalidCertificate(
-        rustls::CertificateError::BadEncoding,
-    ))?;
+/// The validity period against `now`, and an extended key usage (if any)
+/// that allows a TLS server, as Go checks a one-certificate chain.
+fn check_self_trusted(der: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    use x509_parser::prelude::FromDer;
+    let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(der.as_ref()).map_err(|_| bad())?;
+    let v = cert.validity();
     let now = now.as_secs() as i64;
-    if now < not_before {
+    if now < v.not_before.timestamp() {
         return Err(rustls::Error::InvalidCertificate(
             rustls::CertificateError::NotValidYet,
         ));
     }
-    if now > not_after {
+    if now > v.not_after.timestamp() {
         return Err(rustls::Error::InvalidCertificate(
             rustls::CertificateError::Expired,
         ));
     }
+    if let Some(eku) = cert.extended_key_usage().map_err(|_| bad())? {
+        if !eku.value.any && !eku.value.server_auth {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::InvalidPurpose,
+            ));
+        }
+    }
     Ok(())
-}
-
-/// A certificate's validity period, in Unix seconds.
-pub fn validity(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
-    use x509_parser::prelude::FromDer;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).ok()?;
-    let v = cert.validity();
-    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// The server name to present: an IP literal sends no SNI (rustls does not
@@ -687,14 +697,9 @@ mod tests {
     }
 
     fn ca_true_self_signed(name: &str) -> Identity {
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Identity {
-            certs: vec![cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        }
+        self_signed_with(name, |p| {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+        })
     }
 
     #[test]
@@ -719,6 +724,57 @@ mod tests {
             .unwrap();
         let e = handshake(cfg(), stranger, "proxy.test").unwrap_err();
         assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
+    }
+
+    fn self_signed_with(name: &str, f: impl FnOnce(&mut rcgen::CertificateParams)) -> Identity {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        f(&mut params);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Identity {
+            certs: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    #[test]
+    fn a_trusted_file_certificate_must_be_for_servers_and_in_date() {
+        // Extended key usage clientAuth only: not for a TLS server (webpki
+        // and Go refuse it), CA or not.
+        for ca in [false, true] {
+            let id = self_signed_with("proxy.test", |p| {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+                if ca {
+                    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+                }
+            });
+            let server = ServerTls::Identity(id.clone()).build(&[]).unwrap();
+            let cfg = client_config(&Verification::CaPem(id.to_pem().0), &[]).unwrap();
+            let r = handshake(cfg, server, "proxy.test");
+            assert!(
+                r.is_err(),
+                "ca={ca}: a clientAuth-only certificate was accepted"
+            );
+        }
+        // Expired.
+        let id = self_signed_with("proxy.test", |p| {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        });
+        let server = ServerTls::Identity(id.clone()).build(&[]).unwrap();
+        let cfg = client_config(&Verification::CaPem(id.to_pem().0), &[]).unwrap();
+        let e = handshake(cfg, server, "proxy.test").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired
+                        | rustls::CertificateError::ExpiredContext { .. }
+                )
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -111,7 +111,8 @@ impl anytls_io::Runtime for Smol {
         }
         tcp.get_ref().peer_addr()?;
         let tcp = smol::net::TcpStream::from(tcp);
-        tcp.set_nodelay(true)?;
+        // Not fatal: MPTCP sockets of older kernels (before 5.17) refuse it.
+        let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
 

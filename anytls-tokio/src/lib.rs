@@ -231,7 +231,8 @@ impl anytls_io::Runtime for Tokio {
         // Writable without an error can still be a refused connect on some
         // systems: the peer address tells.
         tcp.peer_addr()?;
-        tcp.set_nodelay(true)?;
+        // Not fatal: MPTCP sockets of older kernels (before 5.17) refuse it.
+        let _ = tcp.set_nodelay(true);
         Ok(TokioIo(tcp))
     }
 

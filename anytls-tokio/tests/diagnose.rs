@@ -25,55 +25,16 @@ use support::{
     PASSWORD, Proc, STEP, client_config, echo_target, free_port, identity, start_server,
 };
 
-/// What a TLS server that is not AnyTLS does after the handshake.
-#[derive(Clone, Copy)]
-enum NotAnytls {
-    /// Answers the first bytes with an HTTP 400 page and closes, as web
-    /// servers do.
-    WebPage,
-    /// Reads and says nothing (for up to 30 s).
-    Silent,
+/// A TLS server that is not AnyTLS and answers the first bytes with a web
+/// server's error page, then closes.
+fn web_server(id: &Identity) -> SocketAddr {
+    let page = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    scripted_server(id, page.to_vec(), true)
 }
 
-/// A TLS server (rustls, blocking, on threads) that does not speak AnyTLS.
-fn not_anytls_server(id: &Identity, behaviour: NotAnytls) -> SocketAddr {
-    let cfg = anytls_tokio::tls::server_config(id, &[]).unwrap();
-    let cfg = Arc::new(cfg);
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for _ in 0..16 {
-            let Ok((tcp, _)) = l.accept() else { return };
-            let cfg = cfg.clone();
-            std::thread::spawn(move || {
-                let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
-                let conn = rustls::ServerConnection::new(cfg).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, tcp);
-                let mut buf = [0u8; 4096];
-                match behaviour {
-                    NotAnytls::WebPage => {
-                        if tls.read(&mut buf).is_ok() {
-                            let _ = tls.write_all(
-                                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                            );
-                            tls.conn.send_close_notify();
-                            let _ = tls.flush();
-                        }
-                    }
-                    NotAnytls::Silent => {
-                        let deadline = Instant::now() + Duration::from_secs(30);
-                        while Instant::now() < deadline {
-                            match tls.read(&mut buf) {
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+/// A TLS server that is not AnyTLS and says nothing (for up to 30 s).
+fn silent_server(id: &Identity) -> SocketAddr {
+    scripted_server(id, Vec::new(), false)
 }
 
 /// `anytls client` on a free local port with `args`; returns once its port
@@ -169,7 +130,7 @@ async fn a_wrong_password_fails_the_request_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_server_instead_of_anytls_fails_the_request_and_says_so() {
     let (id, pin) = identity();
-    let web = not_anytls_server(&id, NotAnytls::WebPage).to_string();
+    let web = web_server(&id).to_string();
     let pin = hex32(&pin);
     let (reply, err) = blocking(move || {
         let (p, proxy) = spawn_client(&[
@@ -229,7 +190,7 @@ async fn a_refused_connection_is_explained_with_the_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tls_server_is_given_up_within_the_answer_timeout() {
     let (id, pin) = identity();
-    let silent = not_anytls_server(&id, NotAnytls::Silent);
+    let silent = silent_server(&id);
     let mut cfg = client_config(&silent.to_string(), pin);
     cfg.stream_open_timeout = Duration::from_millis(200);
     cfg.answer_timeout = Duration::from_millis(600);
@@ -283,4 +244,217 @@ async fn the_built_in_dialer_honours_its_options() {
         panic!("an IPv6-only dial to 127.0.0.1 succeeded");
     };
     assert!(e.to_string().contains("no IPv6 address"), "{e}");
+}
+
+/// A TLS server that reads the client's first bytes, writes `reply` (raw
+/// AnyTLS frames), then closes (`close`) or stays silent.
+fn scripted_server(id: &Identity, reply: Vec<u8>, close: bool) -> SocketAddr {
+    let cfg = Arc::new(anytls_tokio::tls::server_config(id, &[]).unwrap());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..64 {
+            let Ok((tcp, _)) = l.accept() else { return };
+            let cfg = cfg.clone();
+            let reply = reply.clone();
+            std::thread::spawn(move || {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut buf = [0u8; 4096];
+                if tls.read(&mut buf).is_err() {
+                    return;
+                }
+                if !reply.is_empty() {
+                    let _ = tls.write_all(&reply);
+                }
+                if close {
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                    return;
+                }
+                let _ = tls.flush();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn raw_frame(cmd: u8, sid: u32, data: &[u8]) -> Vec<u8> {
+    let mut b = vec![cmd];
+    b.extend_from_slice(&sid.to_be_bytes());
+    b.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synack_without_server_settings_lets_connect_return() {
+    let (id, pin) = identity();
+    // SYNACK (cmd 7) for stream 1, no (or an empty) ServerSettings.
+    let reply = [raw_frame(10, 0, b""), raw_frame(7, 1, b"")].concat();
+    let srv = scripted_server(&id, reply, false);
+    let mut cfg = client_config(&srv.to_string(), pin);
+    cfg.stream_open_timeout = Duration::from_millis(200);
+    cfg.answer_timeout = Duration::from_millis(600);
+    let client = Client::new(cfg).unwrap();
+    let r =
+        tokio::time::timeout(Duration::from_secs(5), client.connect(SocksAddr::from(srv))).await;
+    assert!(
+        r.is_ok(),
+        "connect still pending after 5 s (both timeouts are < 1 s)"
+    );
+    r.unwrap().expect("connect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_answered_then_closed_is_not_blamed_on_the_password() {
+    let (id, pin) = identity();
+    // A v2 server: ServerSettings (so the password was right), then it closes.
+    let srv = scripted_server(&id, raw_frame(10, 0, b"v=2"), true);
+    let mut blamed = 0;
+    let mut ok = 0;
+    for _ in 0..20 {
+        let client = Client::new(client_config(&srv.to_string(), pin)).unwrap();
+        match tokio::time::timeout(STEP, client.connect(SocksAddr::from(srv)))
+            .await
+            .expect("connect hung")
+        {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                if e.to_string().contains("wrong password") {
+                    blamed += 1;
+                }
+                eprintln!("connect error: {e}");
+            }
+        }
+    }
+    eprintln!("ok {ok}, blamed on the password {blamed}");
+    assert_eq!(blamed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dial_with_options_is_connection_refused() {
+    let (_, pin) = identity();
+    let port = free_port();
+    let mut cfg = client_config(&format!("127.0.0.1:{port}"), pin);
+    let mut dial = DialOptions::default();
+    dial.reuse_addr = true;
+    cfg.dial = dial;
+    let client = Client::new(cfg).unwrap();
+    let Err(e) = tokio::time::timeout(
+        STEP,
+        client.connect(SocksAddr::from(SocketAddr::from(([127, 0, 0, 1], 9)))),
+    )
+    .await
+    .expect("hung") else {
+        panic!("connected to a closed port");
+    };
+    eprintln!("{:?}: {e}", e.kind());
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+}
+
+/// Tokio, but every name resolves to `[::1]:port` first, then `127.0.0.1:port`.
+struct TwoFamilies;
+impl anytls_io::Runtime for TwoFamilies {
+    type Tcp = <anytls_tokio::Tokio as anytls_io::Runtime>::Tcp;
+    type Listener = <anytls_tokio::Tokio as anytls_io::Runtime>::Listener;
+    type Timer = <anytls_tokio::Tokio as anytls_io::Runtime>::Timer;
+    type Udp = <anytls_tokio::Tokio as anytls_io::Runtime>::Udp;
+    fn spawn<F>(fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::spawn(fut)
+    }
+    fn timer(d: Instant) -> Self::Timer {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::timer(d)
+    }
+    fn reset_timer(t: &mut Self::Timer, d: Instant) {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::reset_timer(t, d)
+    }
+    fn connect(a: &str) -> impl std::future::Future<Output = std::io::Result<Self::Tcp>> + Send {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::connect(a)
+    }
+    fn finish_connect(
+        s: std::net::TcpStream,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Tcp>> + Send {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::finish_connect(s)
+    }
+    fn bind(
+        a: SocketAddr,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Listener>> + Send {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::bind(a)
+    }
+    fn listener_from_std(l: std::net::TcpListener) -> std::io::Result<Self::Listener> {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::listener_from_std(l)
+    }
+    fn accept(
+        l: &Self::Listener,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Tcp, SocketAddr)>> + Send {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::accept(l)
+    }
+    fn local_addr(l: &Self::Listener) -> std::io::Result<SocketAddr> {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::local_addr(l)
+    }
+    fn bind_udp(
+        a: SocketAddr,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Udp>> + Send {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::bind_udp(a)
+    }
+    fn send_to<'a>(
+        s: &'a Self::Udp,
+        d: &'a [u8],
+        to: SocketAddr,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::send_to(s, d, to)
+    }
+    fn recv_from<'a>(
+        s: &'a Self::Udp,
+        b: &'a mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<(usize, SocketAddr)>> + Send + 'a {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::recv_from(s, b)
+    }
+    fn udp_local_addr(s: &Self::Udp) -> std::io::Result<SocketAddr> {
+        <anytls_tokio::Tokio as anytls_io::Runtime>::udp_local_addr(s)
+    }
+    fn resolve(
+        a: &str,
+    ) -> impl std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send {
+        let port: u16 = a.rsplit_once(':').unwrap().1.parse().unwrap();
+        async move {
+            Ok(vec![
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            ])
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_eyeballs_starts_the_other_family_at_once_when_the_first_fails() {
+    let (id, pin) = identity();
+    let (server, _h) = start_server(id).await; // 127.0.0.1 only: [::1] is refused at once
+    let echo = echo_target().await;
+    let mut cfg = client_config(&format!("twofamilies.test:{}", server.port()), pin);
+    let mut dial = DialOptions::default();
+    dial.fallback_delay = Some(Duration::from_secs(1));
+    cfg.connect_timeout = Duration::from_secs(5);
+    cfg.dial = dial;
+    let client = anytls_io::Client::<TwoFamilies>::new(cfg).unwrap();
+    let start = Instant::now();
+    let _s = tokio::time::timeout(STEP, client.connect(SocksAddr::from(echo.addr)))
+        .await
+        .expect("hung")
+        .expect("connect");
+    let took = start.elapsed();
+    eprintln!("connect took {took:?} (IPv6 refused within ms; fallback_delay 1 s)");
+    assert!(took < Duration::from_millis(500), "took {took:?}");
 }
