@@ -1,15 +1,33 @@
-//! Configuration the way users write it: sing-box JSON (`anytls` outbound and
-//! inbound), Go duration strings, and `anytls://` share URIs; plus the
-//! conversion into [`ClientConfig`] and [`ServerConfig`].
+//! Configuration the way users write it: sing-box JSON (the `anytls` outbound
+//! and inbound, whole sing-box configs), mihomo (Clash.Meta) YAML, Go duration
+//! strings and `anytls://` share URIs; plus the conversion into
+//! [`ClientConfig`](crate::ClientConfig) and [`ServerConfig`](crate::ServerConfig).
 //!
-//! * [`OutboundOptions`]: sing-box's `anytls` outbound (and our pool extensions:
-//!   `ensure_idle_session`, `heartbeat`, ...), plus `listen`/`listen_port` for the
-//!   local SOCKS5 listener of the `anytls client` program.
-//! * [`InboundOptions`]: sing-box's `anytls` inbound plus our `fallback`.
-//! * [`parse_client_json`] / [`parse_server_json`] accept either one such object
-//!   or a whole sing-box config (`{"outbounds": [...]}` / `{"inbounds": [...]}`),
-//!   from which the first `anytls` entry is taken.
-//! * Unknown fields are errors that name the field.
+//! * [`load_client_config`] / [`parse_client_config`] read what `anytls client
+//!   -c FILE` takes: a sing-box `anytls` outbound object or a whole sing-box
+//!   config (its `anytls` outbound, and every `mixed`, `socks` and `http`
+//!   inbound as a local listener), or a mihomo config (an `anytls` entry of
+//!   `proxies`, `port`/`socks-port`/`mixed-port` and `mixed`/`socks`/`http`
+//!   `listeners`) or one bare mihomo `anytls` proxy. The result is a
+//!   [`ClientOptions`]; [`ClientOptions::to_client_setup`] builds the
+//!   [`ClientSetup`].
+//! * [`load_server_config`] / [`parse_server_config`]: a sing-box `anytls`
+//!   inbound or whole config, or a mihomo config with an `anytls` listener (or
+//!   one bare listener), into [`ServerOptions`] and [`ServerSetup`].
+//! * The format comes from the file name (`.json`/`.jsonc`, `.yaml`/`.yml`) or
+//!   else from the text (`{` first: JSON). JSON may carry `//` and `/* */`
+//!   comments and trailing commas, as sing-box allows.
+//! * The whole documented schema of the anytls outbound and inbound, their TLS
+//!   fields and the shared dial and listen fields is accepted. What maps onto
+//!   this program is honoured; what does not is either reported in
+//!   [`ClientSetup::notes`] / [`ServerSetup::notes`] (ignored, with why) or,
+//!   when ignoring it would change where traffic goes or weaken its
+//!   protection (`detour`, `netns`, `tls.ech`, `tls.reality`, public-key pins,
+//!   ACME, ...), refused with an error. Unknown fields inside the anytls
+//!   entries and listeners are errors; other entries and sections of a whole
+//!   config are left alone.
+//! * Every parse error names the file, line and column and the full path of
+//!   the field (`client.json:14:23: outbounds[0].tls.min_version: ...`).
 //! * [`parse_go_duration`]: `"30s"`, `"1m30s"`, `"1.5h"`, `"500ms"` (exact, in
 //!   integer nanoseconds).
 //! * [`AnytlsUri`], the share link
@@ -21,27 +39,37 @@
 //! the optional ones (`heartbeat`, `max_connection_lifetime`, ...).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anytls_core::PaddingScheme;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Deserializer};
 
-use crate::client::ClientConfig;
-use crate::server::ServerConfig;
-use crate::tls::{Identity, TlsError, Verification, hex32, parse_pin};
+use crate::tls::{TlsError, hex32, parse_pin};
+
+mod mihomo;
+mod singbox;
+mod source;
+
+pub use mihomo::{MihomoListener, MihomoProxy};
+pub use singbox::{
+    ClientOptions, ClientSetup, DomainResolver, InboundOptions, InboundTls, ListenerSetup,
+    LocalInbound, LocalUser, Located, OutboundOptions, OutboundTls, ServerOptions, ServerSetup,
+    User, protocols_name, self_signed_names,
+};
+pub use source::{
+    ConfigFormat, load_client_config, load_server_config, parse_client_config, parse_server_config,
+};
 
 /// Default port of `anytls://` URIs.
 pub const DEFAULT_URI_PORT: u16 = 443;
-/// Default local SOCKS5 listener of the client program.
+/// Default local proxy listener of the client program.
 pub const DEFAULT_SOCKS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
 /// Default port of the server program.
 pub const DEFAULT_SERVER_PORT: u16 = 8443;
 
-/// A configuration problem. The message names the field or file at fault.
+/// A configuration problem. The message names the file, the field and, for
+/// parse errors, the line and column.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -53,25 +81,35 @@ pub enum ConfigError {
         /// Why.
         err: std::io::Error,
     },
-    /// Bad JSON, a wrong type, or an unknown field (the message names it).
-    #[error("{context}{err}")]
-    Json {
-        /// Where in a whole sing-box config the entry was (`outbounds[2]: `), or empty.
-        context: String,
-        /// serde's message.
-        err: serde_json::Error,
-    },
-    /// A field has an unusable value.
-    #[error("{field}: {msg}")]
-    Invalid {
-        /// The field (sing-box name).
-        field: &'static str,
+    /// Bad syntax, a wrong type, an unknown field or a refused value.
+    #[error("{source_name}:{line}:{column}: {}{msg}", path_prefix(path))]
+    Parse {
+        /// The file name, or `config` for text without one.
+        source_name: String,
+        /// 1-based line (0: unknown).
+        line: usize,
+        /// 1-based column (0: unknown).
+        column: usize,
+        /// The field, e.g. `outbounds[0].tls.min_version` (`.`: the document).
+        path: String,
         /// What is wrong.
         msg: String,
     },
-    /// No `anytls` entry in a whole sing-box config.
+    /// A field has an unusable value (found after parsing, so without a line).
+    #[error("{field}: {msg}")]
+    Invalid {
+        /// The field, with the file and the entry when known
+        /// (`client.json: outbounds[1].server`).
+        field: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The entry to use is not in the config.
     #[error("{0}")]
     NotFound(String),
+    /// Not a format or a kind of document this program reads.
+    #[error("{0}")]
+    Unsupported(String),
     /// TLS material could not be loaded or made.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -80,13 +118,132 @@ pub enum ConfigError {
     Uri(#[from] UriError),
 }
 
-fn invalid(field: &'static str, msg: impl fmt::Display) -> ConfigError {
+fn path_prefix(path: &str) -> String {
+    if path.is_empty() || path == "." {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+fn invalid(field: impl Into<String>, msg: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid {
-        field,
+        field: field.into(),
         msg: msg.to_string(),
     }
 }
 
+/// What kind of remark a [`ConfigNote`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NoteKind {
+    /// What was taken from the config (which entry, which listener).
+    Taken,
+    /// A field that was accepted but has no effect here, and why.
+    Ignored,
+    /// A field that is not honoured in a way the user should know about
+    /// (the connection looks or behaves differently than the config asks).
+    Warning,
+}
+
+/// One line of the startup summary: what the config gave, what was ignored
+/// and why, and warnings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigNote {
+    /// Taken, ignored or warning.
+    pub kind: NoteKind,
+    /// The field (`outbounds[1].tls.utls`), with the file when known.
+    pub field: String,
+    /// The remark.
+    pub text: String,
+}
+
+impl fmt::Display for ConfigNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            NoteKind::Ignored => write!(f, "{}: ignored: {}", self.field, self.text),
+            NoteKind::Taken | NoteKind::Warning => write!(f, "{}: {}", self.field, self.text),
+        }
+    }
+}
+
+/// Collects notes under a path prefix.
+#[derive(Debug, Default)]
+pub(crate) struct Notes {
+    prefix: String,
+    list: Vec<ConfigNote>,
+}
+
+impl Notes {
+    fn new(prefix: impl Into<String>) -> Notes {
+        Notes {
+            prefix: prefix.into(),
+            list: Vec::new(),
+        }
+    }
+
+    fn field(&self, field: &str) -> String {
+        join_path(&self.prefix, field)
+    }
+
+    fn push(&mut self, kind: NoteKind, field: &str, text: impl Into<String>) {
+        let field = self.field(field);
+        self.list.push(ConfigNote {
+            kind,
+            field,
+            text: text.into(),
+        });
+    }
+
+    fn taken(&mut self, field: &str, text: impl Into<String>) {
+        self.push(NoteKind::Taken, field, text);
+    }
+
+    fn warn(&mut self, field: &str, text: impl Into<String>) {
+        self.push(NoteKind::Warning, field, text);
+    }
+
+    /// An ignored note when `set` (the field has a non-default value).
+    fn ignored_if(&mut self, set: bool, field: &str, why: &str) {
+        if set {
+            self.push(NoteKind::Ignored, field, why);
+        }
+    }
+}
+
+/// `a` + `.` + `b`, either may be empty; `b` may start with `[`.
+fn join_path(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (false, true) => a.to_owned(),
+        (false, false) if b.starts_with('[') || a.ends_with(": ") => format!("{a}{b}"),
+        (false, false) => format!("{a}.{b}"),
+    }
+}
+
+/// Runs `build` with its notes and its errors' fields under `prefix` +
+/// `path` (`client.json: outbounds[1]`).
+fn under<T>(
+    prefix: &str,
+    path: &str,
+    build: impl FnOnce(&mut Notes) -> Result<T, ConfigError>,
+) -> Result<(T, Vec<ConfigNote>), ConfigError> {
+    let origin = join_path(prefix, path);
+    let mut n = Notes::new(origin.clone());
+    let v = build(&mut n).map_err(prefixed(&origin))?;
+    Ok((v, n.list))
+}
+
+/// Puts `prefix` in front of the field of an [`ConfigError::Invalid`].
+fn prefixed(prefix: &str) -> impl Fn(ConfigError) -> ConfigError + '_ {
+    move |e| match e {
+        ConfigError::Invalid { field, msg } => ConfigError::Invalid {
+            field: join_path(prefix, &field),
+            msg,
+        },
+        e => e,
+    }
+}
 // ---------------------------------------------------------------------------
 // Go durations
 
@@ -493,620 +650,6 @@ impl fmt::Display for AnytlsUri {
             write!(f, "#{}", percent_encode(name))?;
         }
         Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// sing-box outbound (client)
-
-/// sing-box outbound TLS options (the subset AnyTLS uses), plus `pin_sha256`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct OutboundTls {
-    /// Must not be `false` (AnyTLS always uses TLS).
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// TLS server name (SNI and the name checked); defaults to `server`.
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// Accept any certificate.
-    #[serde(default)]
-    pub insecure: Option<bool>,
-    /// ALPN protocols.
-    #[serde(default, deserialize_with = "de_listable")]
-    pub alpn: Vec<String>,
-    /// Trusted root certificate(s), PEM file.
-    #[serde(default)]
-    pub certificate_path: Option<PathBuf>,
-    /// Trusted root certificate(s), inline PEM (string or list of lines).
-    #[serde(default, deserialize_with = "de_listable")]
-    pub certificate: Vec<String>,
-    /// Ours: accept exactly the certificate with this DER SHA-256 (64 hex digits).
-    #[serde(default)]
-    pub pin_sha256: Option<String>,
-}
-
-/// sing-box's `anytls` outbound, with our pool extensions and the local
-/// SOCKS5 listener of the `anytls client` program.
-///
-/// Field names are sing-box's (and KexiChanProjectProxy/sing-box's for
-/// `ensure_idle_session`, `heartbeat`, `max_connection_lifetime`, ...).
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboundOptions {
-    /// `"anytls"` (optional in a bare object).
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-    /// sing-box tag, kept for messages.
-    #[serde(default)]
-    pub tag: Option<String>,
-    /// Server host.
-    #[serde(default)]
-    pub server: Option<String>,
-    /// Server port.
-    #[serde(default)]
-    pub server_port: Option<u16>,
-    /// The password.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Pool maintenance interval (30 s).
-    #[serde(default, deserialize_with = "de_duration")]
-    pub idle_session_check_interval: Option<Duration>,
-    /// Idle time after which a session is closed (30 s).
-    #[serde(default, deserialize_with = "de_duration")]
-    pub idle_session_timeout: Option<Duration>,
-    /// Idle sessions kept through the idle sweep (0).
-    #[serde(default)]
-    pub min_idle_session: Option<usize>,
-    /// Value of the `client=` setting.
-    #[serde(default)]
-    pub client_metadata: Option<String>,
-    /// TLS.
-    #[serde(default)]
-    pub tls: Option<OutboundTls>,
-    /// sing-box dial field: TCP connect plus TLS handshake limit.
-    #[serde(default, deserialize_with = "de_duration")]
-    pub connect_timeout: Option<Duration>,
-    /// Keep this many sessions idle, pre-warmed (0 = off).
-    #[serde(default)]
-    pub ensure_idle_session: Option<usize>,
-    /// At most this many pre-warm dials per check (0 = no cap).
-    #[serde(default)]
-    pub ensure_idle_session_create_rate: Option<usize>,
-    /// HeartRequest interval (0 = off).
-    #[serde(default, deserialize_with = "de_duration")]
-    pub heartbeat: Option<Duration>,
-    /// Close a session when a heartbeat is not answered within this (0 = never).
-    #[serde(default, deserialize_with = "de_duration")]
-    pub heartbeat_timeout: Option<Duration>,
-    /// Close sessions older than this (0 = never).
-    #[serde(default, deserialize_with = "de_duration")]
-    pub max_connection_lifetime: Option<Duration>,
-    /// Spread of session lifetimes.
-    #[serde(default, deserialize_with = "de_duration")]
-    pub connection_lifetime_jitter: Option<Duration>,
-    /// Local SOCKS5 listener address (`anytls client`), default 127.0.0.1.
-    #[serde(default)]
-    pub listen: Option<String>,
-    /// Local SOCKS5 listener port, default 1080.
-    #[serde(default)]
-    pub listen_port: Option<u16>,
-}
-
-impl fmt::Debug for OutboundOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OutboundOptions")
-            .field("tag", &self.tag)
-            .field("server", &self.server)
-            .field("server_port", &self.server_port)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A client ready to build: the [`ClientConfig`] and where the local SOCKS5
-/// listener goes (if the configuration says).
-#[derive(Debug, Clone)]
-pub struct ClientSetup {
-    /// The client.
-    pub config: ClientConfig,
-    /// Local SOCKS5 listener from `listen`/`listen_port` (or a `socks`/`mixed`
-    /// inbound of a whole sing-box config).
-    pub socks_listen: Option<SocketAddr>,
-    /// The outbound's tag.
-    pub tag: Option<String>,
-}
-
-fn nonzero(d: Option<Duration>) -> Option<Duration> {
-    d.filter(|d| !d.is_zero())
-}
-
-fn listen_addr(
-    listen: Option<&str>,
-    port: Option<u16>,
-    default: SocketAddr,
-) -> Result<SocketAddr, ConfigError> {
-    let ip = match listen {
-        None | Some("") => default.ip(),
-        Some(s) => s
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .map_err(|_| invalid("listen", format!("{s:?} is not an IP address")))?,
-    };
-    Ok(SocketAddr::new(ip, port.unwrap_or(default.port())))
-}
-
-impl OutboundOptions {
-    /// The TLS options, created empty if absent.
-    pub fn tls_mut(&mut self) -> &mut OutboundTls {
-        self.tls.get_or_insert_with(OutboundTls::default)
-    }
-
-    /// Takes server, port, password, SNI and verification from a share link.
-    pub fn apply_uri(&mut self, uri: &AnytlsUri) {
-        self.server = Some(uri.host.clone());
-        self.server_port = Some(uri.port);
-        if let Some(pw) = &uri.password {
-            self.password = Some(pw.clone());
-        }
-        if let Some(sni) = &uri.sni {
-            self.tls_mut().server_name = Some(sni.clone());
-        }
-        if let Some(pin) = &uri.pin {
-            self.set_verification(Verification::Pin(*pin));
-        } else if uri.insecure {
-            self.set_verification(Verification::Insecure);
-        }
-    }
-
-    /// Sets how the certificate is checked, replacing whatever was configured.
-    pub fn set_verification(&mut self, v: Verification) {
-        let tls = self.tls_mut();
-        tls.insecure = None;
-        tls.pin_sha256 = None;
-        tls.certificate_path = None;
-        tls.certificate.clear();
-        match v {
-            Verification::WebPki => {}
-            Verification::CaFile(p) => tls.certificate_path = Some(p),
-            Verification::CaPem(pem) => tls.certificate = pem.lines().map(str::to_owned).collect(),
-            Verification::Pin(p) => tls.pin_sha256 = Some(hex32(&p)),
-            Verification::Insecure => tls.insecure = Some(true),
-        }
-    }
-
-    /// Builds the client configuration. Checks the pool settings too.
-    pub fn to_client_setup(&self) -> Result<ClientSetup, ConfigError> {
-        if let Some(kind) = self.kind.as_deref().filter(|k| *k != "anytls") {
-            return Err(invalid(
-                "type",
-                format!("expected \"anytls\", got {kind:?}"),
-            ));
-        }
-        let server = self
-            .server
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| invalid("server", "missing"))?;
-        let port = self
-            .server_port
-            .filter(|p| *p != 0)
-            .ok_or_else(|| invalid("server_port", "missing"))?;
-        let password = self
-            .password
-            .as_deref()
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| invalid("password", "missing"))?;
-        let mut cfg = ClientConfig::new(join_host_port(server, port), password);
-        if let Some(tls) = &self.tls {
-            if tls.enabled == Some(false) {
-                return Err(invalid("tls.enabled", "AnyTLS always runs over TLS"));
-            }
-            cfg.sni = tls.server_name.clone().filter(|s| !s.is_empty());
-            cfg.alpn = tls.alpn.clone();
-            cfg.verification = outbound_verification(tls)?;
-        }
-        if let Some(m) = &self.client_metadata {
-            cfg.client_name = m.clone();
-        }
-        if let Some(t) = nonzero(self.connect_timeout) {
-            cfg.connect_timeout = t;
-        }
-        let pool = &mut cfg.pool;
-        if let Some(d) = nonzero(self.idle_session_check_interval) {
-            pool.check_interval = d;
-        }
-        if let Some(d) = nonzero(self.idle_session_timeout) {
-            pool.idle_timeout = d;
-        }
-        if let Some(n) = self.min_idle_session {
-            pool.min_idle = n;
-        }
-        if let Some(n) = self.ensure_idle_session {
-            pool.ensure_idle = n;
-        }
-        if let Some(n) = self.ensure_idle_session_create_rate {
-            pool.ensure_create_rate = n;
-        }
-        if self.heartbeat.is_some() {
-            pool.heartbeat = nonzero(self.heartbeat);
-        }
-        if self.heartbeat_timeout.is_some() {
-            pool.heartbeat_timeout = nonzero(self.heartbeat_timeout);
-        }
-        if self.max_connection_lifetime.is_some() {
-            pool.max_session_lifetime = nonzero(self.max_connection_lifetime);
-        }
-        if let Some(j) = self.connection_lifetime_jitter {
-            pool.lifetime_jitter = j;
-        }
-        pool.validate().map_err(|e| invalid("pool", e))?;
-        let socks_listen = if self.listen.is_some() || self.listen_port.is_some() {
-            Some(listen_addr(
-                self.listen.as_deref(),
-                self.listen_port,
-                DEFAULT_SOCKS_LISTEN,
-            )?)
-        } else {
-            None
-        };
-        Ok(ClientSetup {
-            config: cfg,
-            socks_listen,
-            tag: self.tag.clone(),
-        })
-    }
-}
-
-fn outbound_verification(tls: &OutboundTls) -> Result<Verification, ConfigError> {
-    let mut chosen = Vec::new();
-    if tls.insecure == Some(true) {
-        chosen.push(Verification::Insecure);
-    }
-    if let Some(p) = &tls.pin_sha256 {
-        chosen.push(Verification::Pin(parse_pin(p)?));
-    }
-    if let Some(p) = &tls.certificate_path {
-        chosen.push(Verification::CaFile(p.clone()));
-    }
-    if !tls.certificate.is_empty() {
-        chosen.push(Verification::CaPem(inline_ca(&tls.certificate)?));
-    }
-    if chosen.len() > 1 {
-        return Err(invalid(
-            "tls",
-            "choose one of insecure, pin_sha256, certificate_path and certificate",
-        ));
-    }
-    Ok(chosen.pop().unwrap_or(Verification::WebPki))
-}
-
-/// Inline trusted certificates stay in memory (checked here, so that a bad
-/// one is reported with its field).
-fn inline_ca(lines: &[String]) -> Result<String, ConfigError> {
-    let pem = join_lines(lines);
-    crate::tls::pem_certs(&pem).map_err(|e| invalid("tls.certificate", e))?;
-    Ok(pem)
-}
-
-/// sing-box joins list-of-lines values with `\n` and no trailing newline.
-fn join_lines(lines: &[String]) -> String {
-    lines.join("\n")
-}
-
-// ---------------------------------------------------------------------------
-// sing-box inbound (server)
-
-/// One user of an inbound.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct User {
-    /// Name (for logs).
-    #[serde(default)]
-    pub name: String,
-    /// Password.
-    pub password: String,
-}
-
-impl fmt::Debug for User {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("User")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-/// sing-box inbound TLS options (the subset we support).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct InboundTls {
-    /// Must not be `false`.
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// Name for a generated self-signed certificate (and the share link's SNI).
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// ALPN protocols.
-    #[serde(default, deserialize_with = "de_listable")]
-    pub alpn: Vec<String>,
-    /// Certificate chain, PEM file.
-    #[serde(default)]
-    pub certificate_path: Option<PathBuf>,
-    /// Private key, PEM file.
-    #[serde(default)]
-    pub key_path: Option<PathBuf>,
-    /// Certificate chain, inline PEM (string or list of lines).
-    #[serde(default, deserialize_with = "de_listable")]
-    pub certificate: Vec<String>,
-    /// Private key, inline PEM (string or list of lines).
-    #[serde(default, deserialize_with = "de_listable")]
-    pub key: Vec<String>,
-}
-
-/// sing-box's `anytls` inbound, plus our `fallback`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InboundOptions {
-    /// `"anytls"` (optional in a bare object).
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-    /// sing-box tag.
-    #[serde(default)]
-    pub tag: Option<String>,
-    /// Listen address (IP), default `0.0.0.0`.
-    #[serde(default)]
-    pub listen: Option<String>,
-    /// Listen port, default 8443.
-    #[serde(default)]
-    pub listen_port: Option<u16>,
-    /// Users.
-    #[serde(default)]
-    pub users: Vec<User>,
-    /// Padding scheme lines (joined with `\n`, no trailing newline).
-    #[serde(default, deserialize_with = "de_listable")]
-    pub padding_scheme: Vec<String>,
-    /// TLS. Without a certificate a self-signed one is made.
-    #[serde(default)]
-    pub tls: Option<InboundTls>,
-    /// Ours: where connections that fail authentication go (`host:port`).
-    #[serde(default)]
-    pub fallback: Option<String>,
-}
-
-/// A server ready to bind.
-#[derive(Debug, Clone)]
-pub struct ServerSetup {
-    /// Where to listen.
-    pub listen: SocketAddr,
-    /// The server.
-    pub config: ServerConfig,
-    /// The names of the certificate, when it was generated (self-signed) here.
-    pub self_signed: Option<Vec<String>>,
-    /// `tls.server_name`, if given.
-    pub server_name: Option<String>,
-}
-
-impl InboundOptions {
-    /// The TLS options, created empty if absent.
-    pub fn tls_mut(&mut self) -> &mut InboundTls {
-        self.tls.get_or_insert_with(InboundTls::default)
-    }
-
-    /// Builds the server configuration. Needs at least one user; loads or makes
-    /// the certificate.
-    pub fn to_server_setup(&self) -> Result<ServerSetup, ConfigError> {
-        if let Some(kind) = self.kind.as_deref().filter(|k| *k != "anytls") {
-            return Err(invalid(
-                "type",
-                format!("expected \"anytls\", got {kind:?}"),
-            ));
-        }
-        let listen = listen_addr(
-            self.listen.as_deref(),
-            self.listen_port,
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_SERVER_PORT),
-        )?;
-        if self.users.is_empty() {
-            return Err(invalid("users", "at least one user is needed"));
-        }
-        if let Some(u) = self.users.iter().find(|u| u.password.is_empty()) {
-            return Err(invalid(
-                "users",
-                format!("user {:?} has an empty password", u.name),
-            ));
-        }
-        let tls = self.tls.clone().unwrap_or_default();
-        if tls.enabled == Some(false) {
-            return Err(invalid("tls.enabled", "AnyTLS always runs over TLS"));
-        }
-        let server_name = tls.server_name.clone().filter(|s| !s.is_empty());
-        let (identity, self_signed) = inbound_identity(&tls, listen, server_name.as_deref())?;
-        let mut cfg = ServerConfig::new(String::new(), identity);
-        cfg.users = self
-            .users
-            .iter()
-            .map(|u| (u.name.clone(), u.password.clone()))
-            .collect();
-        cfg.alpn = tls.alpn.clone();
-        if !self.padding_scheme.is_empty() {
-            cfg.padding = PaddingScheme::parse(join_lines(&self.padding_scheme).into_bytes())
-                .map_err(|e| invalid("padding_scheme", e))?;
-        }
-        if let Some(fb) = self.fallback.as_deref() {
-            cfg.fallback = Some(resolve("fallback", fb)?);
-        }
-        Ok(ServerSetup {
-            listen,
-            config: cfg,
-            self_signed,
-            server_name,
-        })
-    }
-}
-
-fn resolve(field: &'static str, addr: &str) -> Result<SocketAddr, ConfigError> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    addr.to_socket_addrs()
-        .map_err(|e| invalid(field, format!("{addr:?}: {e}")))?
-        .next()
-        .ok_or_else(|| invalid(field, format!("{addr:?} resolves to nothing")))
-}
-
-/// Names for a self-signed certificate: the server name (or `localhost`) and
-/// the listen IP when it is a specific one.
-pub fn self_signed_names(server_name: Option<&str>, listen: SocketAddr) -> Vec<String> {
-    let mut names = vec![server_name.unwrap_or("localhost").to_owned()];
-    if !listen.ip().is_unspecified() {
-        let ip = listen.ip().to_string();
-        if !names.contains(&ip) {
-            names.push(ip);
-        }
-    }
-    names
-}
-
-fn inbound_identity(
-    tls: &InboundTls,
-    listen: SocketAddr,
-    server_name: Option<&str>,
-) -> Result<(Identity, Option<Vec<String>>), ConfigError> {
-    let has_files = tls.certificate_path.is_some() || tls.key_path.is_some();
-    let has_inline = !tls.certificate.is_empty() || !tls.key.is_empty();
-    if has_files && has_inline {
-        return Err(invalid(
-            "tls",
-            "give certificate_path/key_path or certificate/key, not both",
-        ));
-    }
-    if has_files {
-        let (Some(c), Some(k)) = (&tls.certificate_path, &tls.key_path) else {
-            return Err(invalid("tls", "certificate_path and key_path go together"));
-        };
-        return Ok((Identity::from_pem_files(c, k)?, None));
-    }
-    if has_inline {
-        if tls.certificate.is_empty() || tls.key.is_empty() {
-            return Err(invalid("tls", "certificate and key go together"));
-        }
-        let cert_pem = join_lines(&tls.certificate);
-        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("tls.certificate", e))?;
-        if certs.is_empty() {
-            return Err(invalid("tls.certificate", "no PEM certificate found"));
-        }
-        let key = PrivateKeyDer::from_pem_slice(join_lines(&tls.key).as_bytes())
-            .map_err(|e| invalid("tls.key", e))?;
-        return Ok((Identity { certs, key }, None));
-    }
-    let names = self_signed_names(server_name, listen);
-    Ok((Identity::self_signed(&names)?, Some(names)))
-}
-
-// ---------------------------------------------------------------------------
-// Files: one entry or a whole sing-box config
-
-fn json_err(context: String) -> impl FnOnce(serde_json::Error) -> ConfigError {
-    move |err| ConfigError::Json { context, err }
-}
-
-/// Parses `text` as one `anytls` entry, or as a whole sing-box config (it has
-/// `inbounds` or `outbounds`) whose first entry of `type: "anytls"` in
-/// `list_key` is taken. Returns the entry and the parsed document.
-fn parse_entry<T: serde::de::DeserializeOwned>(
-    text: &str,
-    list_key: &str,
-    what: &str,
-) -> Result<(T, serde_json::Value), ConfigError> {
-    let root: serde_json::Value = serde_json::from_str(text).map_err(json_err(String::new()))?;
-    let Some(obj) = root.as_object() else {
-        return Err(ConfigError::NotFound(format!(
-            "expected a JSON object (an anytls {what}, or a sing-box config)"
-        )));
-    };
-    if !obj.contains_key("inbounds") && !obj.contains_key("outbounds") {
-        // From the text again, so that errors carry line and column.
-        let entry = serde_json::from_str(text).map_err(json_err(String::new()))?;
-        return Ok((entry, root));
-    }
-    let list = obj
-        .get(list_key)
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| ConfigError::NotFound(format!("no {list_key:?} list in the config")))?;
-    let (i, entry) = list
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.get("type").and_then(|t| t.as_str()) == Some("anytls"))
-        .ok_or_else(|| {
-            ConfigError::NotFound(format!("no entry of type \"anytls\" in {list_key:?}"))
-        })?;
-    let entry = T::deserialize(entry).map_err(json_err(format!("{list_key}[{i}]: ")))?;
-    Ok((entry, root))
-}
-
-/// Parses a client configuration: an `anytls` outbound object, or a whole
-/// sing-box config whose first `anytls` outbound is used (and whose first
-/// `socks`/`mixed` inbound, if any, gives the SOCKS5 listen address when the
-/// outbound has none).
-pub fn parse_client_json(text: &str) -> Result<OutboundOptions, ConfigError> {
-    let (mut opts, root): (OutboundOptions, _) = parse_entry(text, "outbounds", "outbound")?;
-    if opts.listen.is_none() && opts.listen_port.is_none() {
-        let socks = root
-            .get("inbounds")
-            .and_then(|v| v.as_array())
-            .and_then(|l| {
-                l.iter().find(|e| {
-                    matches!(
-                        e.get("type").and_then(|t| t.as_str()),
-                        Some("socks" | "mixed")
-                    )
-                })
-            });
-        if let Some(s) = socks {
-            opts.listen = s.get("listen").and_then(|v| v.as_str()).map(str::to_owned);
-            opts.listen_port = s
-                .get("listen_port")
-                .and_then(|v| v.as_u64())
-                .and_then(|p| u16::try_from(p).ok());
-        }
-    }
-    Ok(opts)
-}
-
-/// Parses a server configuration: an `anytls` inbound object, or a whole
-/// sing-box config whose first `anytls` inbound is used.
-pub fn parse_server_json(text: &str) -> Result<InboundOptions, ConfigError> {
-    Ok(parse_entry(text, "inbounds", "inbound")?.0)
-}
-
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-        path: path.to_owned(),
-        err,
-    })
-}
-
-/// [`parse_client_json`] of a file; errors name the file.
-pub fn load_client_file(path: &Path) -> Result<OutboundOptions, ConfigError> {
-    parse_client_json(&read(path)?).map_err(|e| in_file(path, e))
-}
-
-/// [`parse_server_json`] of a file; errors name the file.
-pub fn load_server_file(path: &Path) -> Result<InboundOptions, ConfigError> {
-    parse_server_json(&read(path)?).map_err(|e| in_file(path, e))
-}
-
-fn in_file(path: &Path, e: ConfigError) -> ConfigError {
-    match e {
-        ConfigError::Json { context, err } => ConfigError::Json {
-            context: format!("{}: {context}", path.display()),
-            err,
-        },
-        e => e,
     }
 }
 

@@ -10,7 +10,7 @@
 //!   client helper).
 //! * [`proxy`]: the local mixed port (SOCKS5, SOCKS4/4a and HTTP) in front
 //!   of a [`Client`].
-//! * [`config`]: sing-box JSON options, Go durations and `anytls://` URIs,
+//! * [`config`]: sing-box JSON and mihomo YAML options, Go durations and `anytls://` URIs,
 //!   converted to [`ClientConfig`] / [`ServerConfig`].
 //!
 //! The `anytls` program (`src/bin/anytls.rs`) puts these together.

@@ -2,7 +2,7 @@
 //! and its first code block holds the two commands.
 
 use anytls_tokio::Identity;
-use anytls_tokio::config::{parse_client_json, parse_server_json};
+use anytls_tokio::config::{ConfigFormat, parse_client_config, parse_server_config};
 
 const README: &str = include_str!("../../README.md");
 
@@ -51,7 +51,9 @@ fn readme_json_examples_parse() {
     for text in &json {
         let is_server = text.contains("\"users\"");
         if is_server {
-            let mut opts = parse_server_json(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let mut file = parse_server_config(text, None, Some(ConfigFormat::Json), None)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let opts = &mut file.inbound;
             // The example names certificate files; put real ones in their place.
             let id = Identity::self_signed(&["vpn.example.com".into()]).unwrap();
             let (cert, key) = id.to_pem();
@@ -64,7 +66,7 @@ fn readme_json_examples_parse() {
                 tls.certificate_path = Some(dir.join("c.pem"));
                 tls.key_path = Some(dir.join("k.pem"));
             }
-            let setup = opts
+            let setup = file
                 .to_server_setup()
                 .unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(setup.listen.port(), 8443);
@@ -76,12 +78,12 @@ fn readme_json_examples_parse() {
             let _ = std::fs::remove_dir_all(&dir);
             servers += 1;
         } else {
-            let setup = parse_client_json(text)
+            let setup = parse_client_config(text, None, Some(ConfigFormat::Json), None)
                 .and_then(|o| o.to_client_setup())
                 .unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(setup.config.server, "vpn.example.com:8443");
             assert_eq!(setup.config.sni.as_deref(), Some("vpn.example.com"));
-            assert!(setup.socks_listen.is_some(), "{text}");
+            assert!(!setup.listeners.is_empty(), "{text}");
             clients += 1;
         }
     }
@@ -89,4 +91,26 @@ fn readme_json_examples_parse() {
         clients >= 2 && servers >= 1,
         "{clients} client / {servers} server examples"
     );
+}
+
+#[test]
+fn readme_yaml_examples_parse() {
+    let yaml = blocks("yaml");
+    assert_eq!(yaml.len(), 2, "expected a mihomo client and server");
+    let client = parse_client_config(&yaml[0], None, Some(ConfigFormat::Yaml), None)
+        .and_then(|o| o.to_client_setup())
+        .unwrap_or_else(|e| panic!("{e}\n{}", yaml[0]));
+    assert_eq!(client.config.server, "vpn.example.com:8443");
+    assert_eq!(client.config.sni.as_deref(), Some("vpn.example.com"));
+    assert_eq!(client.listeners[0].addr.to_string(), "127.0.0.1:7890");
+    let mut server = parse_server_config(&yaml[1], None, Some(ConfigFormat::Yaml), None)
+        .unwrap_or_else(|e| panic!("{e}\n{}", yaml[1]));
+    // The example names certificate files; make the certificate here instead.
+    let tls = server.inbound.tls_mut();
+    assert!(tls.certificate_path.is_some() && tls.key_path.is_some());
+    tls.certificate_path = None;
+    tls.key_path = None;
+    let setup = server.to_server_setup().unwrap();
+    assert_eq!(setup.listen.port(), 8443);
+    assert_eq!(setup.config.users[0].0, "alice");
 }

@@ -1,4 +1,19 @@
 use super::*;
+use crate::proxy::{Protocols, ProxyUser};
+use crate::tls::{Identity, TlsVersion, Verification};
+
+fn parse_client_json(text: &str) -> Result<ClientOptions, ConfigError> {
+    parse_client_config(text, None, Some(ConfigFormat::Json), None)
+}
+
+fn parse_server_json(text: &str) -> Result<ServerOptions, ConfigError> {
+    parse_server_config(text, None, Some(ConfigFormat::Json), None)
+}
+
+/// The first listener's address.
+fn first_listen(s: &ClientSetup) -> Option<SocketAddr> {
+    s.listeners.first().map(|l| l.addr)
+}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -274,7 +289,7 @@ fn outbound_full() {
     let s = o.to_client_setup().unwrap();
     let c = &s.config;
     assert_eq!(s.tag.as_deref(), Some("anytls-out"));
-    assert_eq!(s.socks_listen, Some("127.0.0.1:1081".parse().unwrap()));
+    assert_eq!(first_listen(&s), Some("127.0.0.1:1081".parse().unwrap()));
     assert_eq!(c.server, "example.com:443");
     assert_eq!(c.password, "8JCsPssfgS8tiRwiMlhARg==");
     assert_eq!(c.sni.as_deref(), Some("cdn.example.com"));
@@ -305,7 +320,7 @@ fn outbound_minimal_defaults() {
     )
     .unwrap();
     let s = o.to_client_setup().unwrap();
-    assert_eq!(s.socks_listen, None);
+    assert_eq!(first_listen(&s), None);
     let c = s.config;
     assert_eq!(c.server, "1.2.3.4:8443");
     assert_eq!(c.sni, None);
@@ -326,7 +341,7 @@ fn outbound_minimal_defaults() {
         parse_client_json(r#"{"server":"h","server_port":1,"password":"pw","listen_port":2080}"#)
             .unwrap();
     assert_eq!(
-        o.to_client_setup().unwrap().socks_listen,
+        first_listen(&o.to_client_setup().unwrap()),
         Some("127.0.0.1:2080".parse().unwrap())
     );
 }
@@ -402,32 +417,36 @@ fn outbound_tls_variants() {
 
 #[test]
 fn unknown_fields_are_named() {
+    // Path, line and column, in the entry and in its objects.
     let e =
-        parse_client_json(r#"{"server":"h","server_port":1,"password":"p","tcp_fast_open":true}"#)
+        parse_client_json(r#"{"server":"h","server_port":1,"password":"p","tcp_fast_opn":true}"#)
             .unwrap_err()
             .to_string();
-    assert!(e.contains("unknown field `tcp_fast_open`"), "{e}");
-    assert!(e.contains("line 1"), "{e}");
-    let e = parse_client_json(r#"{"server":"h","tls":{"enabled":true,"utls":{}}}"#)
+    assert!(e.starts_with("config:1:"), "{e}");
+    assert!(e.contains("unknown field `tcp_fast_opn`"), "{e}");
+    let e = parse_client_json("{\"server\":\"h\",\n \"tls\":{\"enabled\":true,\n   \"utls_\":{}}}")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown field `utls`"), "{e}");
-    let e = parse_server_json(r#"{"listen_port":1,"sniff":true}"#)
+    assert!(
+        e.starts_with("config:3:") && e.contains(": tls.utls_: unknown field `utls_`"),
+        "{e}"
+    );
+    let e = parse_server_json(r#"{"listen_port":1,"sniffing":true}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown field `sniff`"), "{e}");
+    assert!(e.contains("unknown field `sniffing`"), "{e}");
     let e = parse_server_json(r#"{"users":[{"name":"a","password":"b","uuid":"c"}]}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown field `uuid`"), "{e}");
-    // Inside a whole config: the entry's position is named too.
+    assert!(e.contains("users[0].uuid: unknown field `uuid`"), "{e}");
+    // Inside a whole config: the entry's path is named too.
     let e = parse_client_json(
-        r#"{"outbounds":[{"type":"direct"},{"type":"anytls","server":"h","bogus":1}]}"#,
+        r#"{"outbounds":[{"type":"direct"},{"type":"anytls","server":"h","tls":{"bogus":1}}]}"#,
     )
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("outbounds[1]") && e.contains("unknown field `bogus`"),
+        e.contains("outbounds[1].tls.bogus: unknown field `bogus`"),
         "{e}"
     );
 }
@@ -483,7 +502,7 @@ fn whole_singbox_client_config() {
     let s = parse_client_json(text).unwrap().to_client_setup().unwrap();
     assert_eq!(s.tag.as_deref(), Some("proxy"));
     assert_eq!(s.config.server, "example.com:443");
-    assert_eq!(s.socks_listen, Some("127.0.0.1:2080".parse().unwrap()));
+    assert_eq!(first_listen(&s), Some("127.0.0.1:2080".parse().unwrap()));
     let e = parse_client_json(r#"{"outbounds":[{"type":"direct"}]}"#)
         .unwrap_err()
         .to_string();
@@ -576,7 +595,11 @@ fn inbound_certificates_and_errors() {
         lines(&cert),
         lines(&key)
     );
-    let s = parse_server_json(&text).unwrap().to_server_setup().unwrap();
+    let o = parse_server_json(&text).unwrap();
+    // Debug never shows the private key.
+    let key_line = key.lines().nth(1).unwrap();
+    assert!(!format!("{o:?}").contains(key_line));
+    let s = o.to_server_setup().unwrap();
     assert_eq!(s.config.tls.leaf_sha256(), id.leaf_sha256());
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -674,4 +697,782 @@ fn host_port_split() {
     }
     assert_eq!(join_host_port("::1", 443), "[::1]:443");
     assert_eq!(join_host_port("h", 1), "h:1");
+}
+
+// ---------------------------------------------------------------------------
+// The whole schema, comments, positions, mihomo
+
+fn client_err(text: &str) -> String {
+    match parse_client_json(text) {
+        Ok(o) => o.to_client_setup().unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn server_err(text: &str) -> String {
+    match parse_server_json(text) {
+        Ok(o) => o.to_server_setup().unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn json_comments_and_trailing_commas_keep_positions() {
+    let text = "// sing-box allows comments\n{\n  /* a block\n     over lines */ \"server\": \"h\", // the host\n  \"server_port\": 1, \"password\": \"a//b/*c*/\",\n  \"tls\": {\"alpn\": [\"h2\",],},\n}\n";
+    let stripped = source::strip_json_comments(text);
+    assert_eq!(stripped.len(), text.len());
+    assert_eq!(stripped.lines().count(), text.lines().count());
+    let s = parse_client_json(text).unwrap().to_client_setup().unwrap();
+    // Comment markers inside strings are text.
+    assert_eq!(s.config.password, "a//b/*c*/");
+    assert_eq!(s.config.alpn, vec!["h2"]);
+    // An error after comments points at the line and column as written.
+    let text = "{\n  // comment\n  /* more */ \"server_port\": \"x\"\n}";
+    let e = parse_client_json(text).unwrap_err().to_string();
+    assert!(e.starts_with("config:3:"), "{e}");
+    assert!(e.contains("server_port: invalid type"), "{e}");
+    let ConfigError::Parse { line, column, .. } = parse_client_json(text).unwrap_err() else {
+        panic!()
+    };
+    assert_eq!((line, column), (3, 31));
+}
+
+/// A whole sing-box client config with every TLS and dial field.
+const FULL_CLIENT: &str = r#"{
+  "log": {"level": "debug"},
+  "dns": {"servers": [{"tag": "local", "type": "local"}]},
+  "inbounds": [
+    {"type": "tun", "tag": "tun-in", "address": ["172.19.0.1/30"]},
+    {"type": "mixed", "tag": "mixed-in", "listen": "127.0.0.1", "listen_port": 2080,
+     "tcp_fast_open": true, "sniff": true, "set_system_proxy": false},
+    {"type": "socks", "tag": "socks-in", "listen": "::1", "listen_port": 2081,
+     "users": [{"username": "alice", "password": "alice-secret"}]},
+    {"type": "http", "tag": "http-in", "listen_port": 2082, "tls": {"enabled": false}}
+  ],
+  "outbounds": [
+    {"type": "direct", "tag": "direct"},
+    {
+      "type": "anytls", "tag": "proxy",
+      "server": "example.com", "server_port": 443, "password": "pw-secret",
+      "idle_session_check_interval": "30s", "idle_session_timeout": "30s", "min_idle_session": 5,
+      "tls": {
+        "enabled": true, "disable_sni": true, "server_name": "cdn.example.com",
+        "insecure": false, "alpn": ["h2", "http/1.1"],
+        "min_version": "1.2", "max_version": "1.3",
+        "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"],
+        "curve_preferences": ["X25519"],
+        "certificate_public_key_sha256": [],
+        "fragment": true, "fragment_fallback_delay": "500ms", "record_fragment": false,
+        "ech": {"enabled": false, "config": [], "query_server_name": ""},
+        "utls": {"enabled": true, "fingerprint": "firefox"},
+        "reality": {"enabled": false, "public_key": "", "short_id": ""}
+      },
+      "detour": "",
+      "bind_interface": "eth0",
+      "inet4_bind_address": "192.0.2.1",
+      "inet6_bind_address": "2001:db8::1",
+      "bind_address_no_port": true,
+      "routing_mark": "0x1234",
+      "reuse_addr": true,
+      "netns": "",
+      "connect_timeout": "5s",
+      "tcp_fast_open": true,
+      "tcp_multi_path": true,
+      "disable_tcp_keep_alive": false,
+      "tcp_keep_alive": "5m",
+      "tcp_keep_alive_interval": "75s",
+      "udp_fragment": false,
+      "domain_resolver": {"server": "local", "strategy": "prefer_ipv6"},
+      "network_strategy": "default",
+      "network_type": [],
+      "fallback_network_type": [],
+      "fallback_delay": "200ms",
+      "domain_strategy": "ipv4_only"
+    },
+    {"type": "anytls", "tag": "backup", "server": "b.example.com", "server_port": 443, "password": "x"}
+  ],
+  "route": {"final": "proxy"}
+}"#;
+
+#[test]
+fn full_singbox_client_schema() {
+    let o = parse_client_json(FULL_CLIENT).unwrap();
+    assert_eq!(o.outbound_path, "outbounds[1]");
+    let s = o.to_client_setup().unwrap();
+    let c = &s.config;
+    assert_eq!(s.tag.as_deref(), Some("proxy"));
+    assert_eq!(c.sni.as_deref(), Some("cdn.example.com"));
+    assert!(c.tls_options.disable_sni);
+    assert_eq!(c.tls_options.min_version, Some(TlsVersion::Tls12));
+    assert_eq!(c.tls_options.max_version, Some(TlsVersion::Tls13));
+    assert_eq!(c.tls_options.cipher_suites.len(), 2);
+    assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    let d = &c.dial;
+    assert_eq!(d.bind_interface.as_deref(), Some("eth0"));
+    assert_eq!(d.bind_address_v4, Some("192.0.2.1".parse().unwrap()));
+    assert_eq!(d.bind_address_v6, Some("2001:db8::1".parse().unwrap()));
+    assert_eq!(d.routing_mark, Some(0x1234));
+    assert!(d.reuse_addr && d.tcp_fast_open && d.tcp_multi_path);
+    // domain_resolver.strategy (the newer field) wins over domain_strategy.
+    assert_eq!(d.domain_strategy, crate::DomainStrategy::PreferIpv6);
+    assert_eq!(d.fallback_delay, Some(ms(200)));
+    // Three listeners, in order, with their users.
+    let l: Vec<(SocketAddr, Protocols, usize)> = s
+        .listeners
+        .iter()
+        .map(|l| (l.addr, l.protocols, l.users.len()))
+        .collect();
+    assert_eq!(
+        l,
+        vec![
+            ("127.0.0.1:2080".parse().unwrap(), Protocols::Mixed, 0),
+            ("[::1]:2081".parse().unwrap(), Protocols::Socks, 1),
+            ("127.0.0.1:2082".parse().unwrap(), Protocols::Http, 0),
+        ]
+    );
+    assert_eq!(
+        s.listeners[1].users[0],
+        ProxyUser::new("alice", "alice-secret")
+    );
+    // The summary: what was taken, ignored and warned about.
+    let notes: Vec<String> = s.notes.iter().map(ToString::to_string).collect();
+    let has = |kind: NoteKind, needle: &str| {
+        s.notes
+            .iter()
+            .any(|n| n.kind == kind && n.to_string().contains(needle))
+    };
+    assert!(
+        has(NoteKind::Taken, "outbounds[1]: using anytls \"proxy\""),
+        "{notes:#?}"
+    );
+    assert!(has(NoteKind::Taken, "1 more anytls entry"), "{notes:#?}");
+    assert!(
+        has(NoteKind::Ignored, "inbounds[0]: ignored: tun"),
+        "{notes:#?}"
+    );
+    assert!(has(NoteKind::Ignored, "route"), "{notes:#?}");
+    assert!(
+        has(NoteKind::Warning, "outbounds[1].tls.utls: WARNING"),
+        "{notes:#?}"
+    );
+    assert!(has(NoteKind::Warning, "\"firefox\""), "{notes:#?}");
+    assert!(
+        has(NoteKind::Warning, "tls.fragment: not applied"),
+        "{notes:#?}"
+    );
+    assert!(
+        has(NoteKind::Ignored, "tls.curve_preferences"),
+        "{notes:#?}"
+    );
+    assert!(
+        has(NoteKind::Ignored, "outbounds[1].domain_resolver"),
+        "{notes:#?}"
+    );
+    assert!(has(NoteKind::Ignored, "bind_address_no_port"), "{notes:#?}");
+    assert!(has(NoteKind::Ignored, "tcp_keep_alive"), "{notes:#?}");
+    assert!(
+        has(NoteKind::Ignored, "inbounds[1].listen socket options"),
+        "{notes:#?}"
+    );
+    assert!(has(NoteKind::Ignored, "inbounds[1].sniff"), "{notes:#?}");
+    assert!(
+        has(
+            NoteKind::Taken,
+            "inbounds[2]: socks listener on [::1]:2081 (1 user(s))"
+        ),
+        "{notes:#?}"
+    );
+    // Secrets stay out of Debug output and notes.
+    let dbg = format!("{o:?} {s:?}");
+    for secret in ["pw-secret", "alice-secret"] {
+        assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        assert!(!notes.concat().contains(secret));
+    }
+    // --proxy NAME picks by tag.
+    let o = parse_client_config(FULL_CLIENT, None, None, Some("backup")).unwrap();
+    assert_eq!(o.outbound.server.as_deref(), Some("b.example.com"));
+    let e = parse_client_config(FULL_CLIENT, None, None, Some("direct")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("outbounds[0] \"direct\" is of type \"direct\", not anytls"),
+        "{e}"
+    );
+    let e = parse_client_config(FULL_CLIENT, None, None, Some("nope")).unwrap_err();
+    assert!(e.to_string().contains("\"proxy\", \"backup\""), "{e}");
+}
+
+#[test]
+fn refused_fields_name_path_and_position() {
+    let out = |extra: &str| {
+        format!(
+            r#"{{"outbounds":[{{"type":"anytls","server":"h","server_port":1,"password":"p",{extra}}}]}}"#
+        )
+    };
+    for (extra, needle) in [
+        (
+            r#""tls":{"ech":{"enabled":true}}"#,
+            "outbounds[0].tls.ech: Encrypted Client Hello is not available in this build (rustls's client ECH needs an HPKE provider the ring crypto provider does not have); connecting without it would send the real server name in clear, so this config is refused. Remove tls.ech to connect without ECH.",
+        ),
+        (
+            r#""tls":{"reality":{"enabled":true,"public_key":"k"}}"#,
+            "outbounds[0].tls.reality: AnyTLS over REALITY is not supported",
+        ),
+        (
+            r#""tls":{"certificate_public_key_sha256":["abc="]}"#,
+            "outbounds[0].tls.certificate_public_key_sha256: public-key (SPKI) pins",
+        ),
+        (
+            r#""tls":{"client_certificate_path":"/c.pem"}"#,
+            "outbounds[0].tls.client_certificate_path: client certificates",
+        ),
+        (
+            r#""tls":{"min_version":"1.0"}"#,
+            "outbounds[0].tls.min_version: TLS options: TLS 1.0 is not supported",
+        ),
+        (
+            r#""tls":{"max_version":"2"}"#,
+            "outbounds[0].tls.max_version: TLS options: unknown TLS version",
+        ),
+        (
+            r#""detour":"other""#,
+            "outbounds[0].detour: detour is not supported",
+        ),
+        (r#""netns":"vpn""#, "outbounds[0].netns: network namespaces"),
+        (
+            r#""routing_mark":"0xzz""#,
+            "outbounds[0].routing_mark: routing mark \"0xzz\"",
+        ),
+        (
+            r#""domain_strategy":"ipv5_only""#,
+            "outbounds[0].domain_strategy: unknown domain strategy",
+        ),
+        (
+            r#""domain_resolver":{"strategy":"fast"}"#,
+            "outbounds[0].domain_resolver.strategy: unknown domain strategy",
+        ),
+        (
+            r#""inet4_bind_address":"::1""#,
+            "outbounds[0].inet4_bind_address",
+        ),
+        (
+            r#""tls":{"utls":{"enabled":true,"fingerprnt":"x"}}"#,
+            "outbounds[0].tls.utls.fingerprnt: unknown field",
+        ),
+    ] {
+        let e = client_err(&out(extra));
+        assert!(e.starts_with("config:1:"), "{extra}: {e}");
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    // After parsing (no line): names the entry and the field.
+    for (extra, needle) in [
+        (
+            r#""tls":{"cipher_suites":["TLS_FOO"]}"#,
+            "outbounds[0].tls: TLS options: cipher suite \"TLS_FOO\"",
+        ),
+        (
+            r#""tls":{"min_version":"1.3","max_version":"1.2"}"#,
+            "outbounds[0].tls: ",
+        ),
+        (r#""tls":{"insecure":true,"pin_sha256":"00"}"#, "64 hex"),
+    ] {
+        let e = client_err(&out(extra));
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    let inb = |extra: &str| {
+        format!(
+            "{{\"inbounds\":[{{\"type\":\"direct\"}},\n{{\"type\":\"anytls\",\"users\":[{{\"password\":\"p\"}}],{extra}}}]}}"
+        )
+    };
+    for (extra, needle) in [
+        (r#""tls":{"acme":{"domain":["example.com"]}}"#, "config:2:"),
+        (
+            r#""tls":{"acme":{"domain":["example.com"]}}"#,
+            "inbounds[1].tls.acme: ACME is not supported yet",
+        ),
+        (
+            r#""tls":{"ech":{"enabled":true,"key_path":"/k"}}"#,
+            "inbounds[1].tls.ech: Encrypted Client Hello",
+        ),
+        (
+            r#""tls":{"reality":{"enabled":true,"handshake":{"server":"x","server_port":443}}}"#,
+            "inbounds[1].tls.reality",
+        ),
+        (
+            r#""tls":{"client_authentication":"require-and-verify"}"#,
+            "inbounds[1].tls.client_authentication: verifying client certificates",
+        ),
+        (r#""detour":"other-in""#, "inbounds[1].detour: detour"),
+        (r#""netns":"/run/netns/x""#, "inbounds[1].netns"),
+        (
+            r#""listen":"localhost""#,
+            "inbounds[1].listen: \"localhost\" is not an IP address",
+        ),
+        (
+            r#""tls":{"cipher_suites":"TLS_BAR"}"#,
+            "inbounds[1].tls: TLS options",
+        ),
+    ] {
+        let e = server_err(&inb(extra));
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    // Disabled or empty refused features are fine.
+    let ok = inb(
+        r#""tls":{"acme":{"domain":[]},"ech":{"enabled":false},"reality":{"enabled":false},"client_authentication":"no"}"#,
+    );
+    parse_server_json(&ok).unwrap().to_server_setup().unwrap();
+    // A local listener without a port, and an HTTPS proxy listener.
+    let e = client_err(
+        r#"{"inbounds":[{"type":"mixed"}],"outbounds":[{"type":"anytls","server":"h","server_port":1,"password":"p"}]}"#,
+    );
+    assert!(e.contains("inbounds[0].listen_port: missing"), "{e}");
+    let e = client_err(
+        r#"{"inbounds":[{"type":"http","listen_port":1,"tls":{"enabled":true}}],"outbounds":[{"type":"anytls","server":"h","server_port":1,"password":"p"}]}"#,
+    );
+    assert!(e.contains("inbounds[0].tls: HTTPS proxy listeners"), "{e}");
+}
+
+#[test]
+fn routing_marks_and_resolvers() {
+    let mark = |v: &str| {
+        let t = format!(r#"{{"server":"h","server_port":1,"password":"p","routing_mark":{v}}}"#);
+        parse_client_json(&t)
+            .unwrap()
+            .to_client_setup()
+            .unwrap()
+            .config
+            .dial
+            .routing_mark
+    };
+    assert_eq!(mark("1234"), Some(1234));
+    assert_eq!(mark("\"0x1234\""), Some(0x1234));
+    assert_eq!(mark("\"4660\""), Some(4660));
+    assert_eq!(mark("0"), None);
+    let e =
+        client_err(r#"{"server":"h","server_port":1,"password":"p","routing_mark":4294967296}"#);
+    assert!(e.contains("routing_mark: routing mark 4294967296"), "{e}");
+    let t = r#"{"server":"h","server_port":1,"password":"p","domain_resolver":"local"}"#;
+    let s = parse_client_json(t).unwrap().to_client_setup().unwrap();
+    assert_eq!(s.config.dial.domain_strategy, crate::DomainStrategy::AsIs);
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.kind == NoteKind::Ignored && n.field == "domain_resolver")
+    );
+    assert!(s.config.dial.is_default());
+}
+
+#[test]
+fn inbound_listen_fields() {
+    let t = r#"{
+      "type": "anytls", "listen": "127.0.0.1", "listen_port": 0,
+      "tcp_fast_open": true, "udp_timeout": "2m", "sniff": true,
+      "users": [{"name": "u", "password": "p"}],
+      "tls": {"min_version": "1.3", "kernel_tx": true}
+    }"#;
+    let s = parse_server_json(t).unwrap().to_server_setup().unwrap();
+    assert_eq!(s.config.udp.idle_timeout, Duration::from_secs(120));
+    assert_eq!(s.config.tls_options.min_version, Some(TlsVersion::Tls13));
+    let notes: Vec<String> = s.notes.iter().map(ToString::to_string).collect();
+    for needle in [
+        "listen socket options: ignored",
+        "sniff",
+        "udp_timeout",
+        "kernel_tx",
+    ] {
+        assert!(
+            notes.iter().any(|n| n.contains(needle)),
+            "{needle}: {notes:#?}"
+        );
+    }
+}
+
+#[test]
+fn format_detection() {
+    use std::path::Path;
+    let fmt = |name: &str, text: &str| ConfigFormat::detect(Some(Path::new(name)), text);
+    assert_eq!(fmt("a.json", "x").unwrap(), ConfigFormat::Json);
+    assert_eq!(fmt("a.JSONC", "x").unwrap(), ConfigFormat::Json);
+    assert_eq!(fmt("a.yml", "{").unwrap(), ConfigFormat::Yaml);
+    assert_eq!(
+        fmt("a.conf.d", "  \n{\"a\":1}").unwrap(),
+        ConfigFormat::Json
+    );
+    assert_eq!(fmt("config", "proxies: []").unwrap(), ConfigFormat::Yaml);
+    assert_eq!(
+        fmt("config", "// sing-box\n{}").unwrap(),
+        ConfigFormat::Json
+    );
+    assert_eq!(
+        fmt("config", "\u{feff} /* x */ {}").unwrap(),
+        ConfigFormat::Json
+    );
+    assert_eq!(
+        fmt("config", "# mihomo\nproxies: []").unwrap(),
+        ConfigFormat::Yaml
+    );
+    let e = fmt("c.toml", "").unwrap_err().to_string();
+    assert!(e.contains(".toml files are not supported"), "{e}");
+    // TOML without its extension, and YAML that is not a mihomo config.
+    let e = parse_client_config(
+        "[server]\naddr = \"h:1\"\n",
+        Some(Path::new("conf")),
+        None,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("conf: unrecognised format") || e.contains("not a mihomo config"),
+        "{e}"
+    );
+    let e = parse_client_config("log-level: info\n", Some(Path::new("c.yaml")), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("c.yaml: not a mihomo config with proxies, nor a bare anytls entry"),
+        "{e}"
+    );
+    let e = parse_server_config("proxies: []\n", Some(Path::new("s.yaml")), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a mihomo config with listeners"), "{e}");
+    let e = parse_client_config("[1]", Some(Path::new("c.json")), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("c.json:1:1: invalid type: sequence, expected a JSON object"),
+        "{e}"
+    );
+    let e = parse_server_config("- a\n- b\n", None, Some(ConfigFormat::Yaml), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("config:1:1: invalid type: sequence, expected a YAML map"),
+        "{e}"
+    );
+}
+
+/// mihomo's anytls proxy as its docs/config.yaml shows it, in a config with
+/// ports, authentication and listeners.
+const MIHOMO_CLIENT: &str = r#"
+port: 7890
+socks-port: 7891
+mixed-port: 10801
+allow-lan: false
+bind-address: "*"
+authentication:
+  - "username:password"
+log-level: debug
+proxies:
+  - name: "ss1"
+    type: ss
+    server: server
+    port: 443
+    cipher: aes-128-gcm
+    password: "password"
+  - name: anytls
+    type: anytls
+    server: 1.2.3.4
+    port: 443
+    password: "<your password>"
+    client-fingerprint: chrome
+    udp: true
+    idle-session-check-interval: 30
+    idle-session-timeout: 30
+    min-idle-session: 0
+    sni: "example.com"
+    alpn:
+      - h2
+      - http/1.1
+    skip-cert-verify: true
+    tfo: true
+    ip-version: ipv4-prefer
+    routing-mark: 6666
+listeners:
+  - name: mixed-in-1
+    type: mixed
+    port: 10810
+    listen: 0.0.0.0
+    users:
+      - username: aaa
+        password: bbb
+  - name: tun-in-1
+    type: tun
+rules:
+  - MATCH,anytls
+"#;
+
+#[test]
+fn mihomo_client() {
+    let o = parse_client_config(
+        MIHOMO_CLIENT,
+        Some(std::path::Path::new("c.yaml")),
+        None,
+        None,
+    )
+    .unwrap();
+    let s = o.to_client_setup().unwrap();
+    let c = &s.config;
+    assert_eq!(s.tag.as_deref(), Some("anytls"));
+    assert_eq!(c.server, "1.2.3.4:443");
+    assert_eq!(c.password, "<your password>");
+    assert_eq!(c.sni.as_deref(), Some("example.com"));
+    assert_eq!(c.alpn, vec!["h2", "http/1.1"]);
+    assert_eq!(c.verification, Verification::Insecure);
+    assert_eq!(c.pool.check_interval, Duration::from_secs(30));
+    assert!(c.dial.tcp_fast_open);
+    assert_eq!(c.dial.routing_mark, Some(6666));
+    assert_eq!(c.dial.domain_strategy, crate::DomainStrategy::PreferIpv4);
+    let l: Vec<(String, Protocols, usize)> = s
+        .listeners
+        .iter()
+        .map(|l| (l.addr.to_string(), l.protocols, l.users.len()))
+        .collect();
+    assert_eq!(
+        l,
+        vec![
+            ("127.0.0.1:7890".into(), Protocols::Http, 1),
+            ("127.0.0.1:7891".into(), Protocols::Socks, 1),
+            ("127.0.0.1:10801".into(), Protocols::Mixed, 1),
+            ("0.0.0.0:10810".into(), Protocols::Mixed, 1),
+        ]
+    );
+    assert_eq!(
+        s.listeners[0].users[0],
+        ProxyUser::new("username", "password")
+    );
+    assert_eq!(s.listeners[3].users[0], ProxyUser::new("aaa", "bbb"));
+    let notes: Vec<String> = s.notes.iter().map(ToString::to_string).collect();
+    assert!(
+        s.notes.iter().any(|n| n.kind == NoteKind::Warning
+            && n.field == "c.yaml: proxies[1].client-fingerprint"
+            && n.text.contains("\"chrome\"")),
+        "{notes:#?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("listeners[1]: ignored: tun")),
+        "{notes:#?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("c.yaml: proxies[1]: using anytls \"anytls\"")),
+        "{notes:#?}"
+    );
+    assert!(!format!("{o:?}{s:?}").contains("your password"));
+
+    // allow-lan opens the ports on bind-address.
+    let lan = MIHOMO_CLIENT.replace("allow-lan: false", "allow-lan: true");
+    let s = parse_client_config(&lan, None, Some(ConfigFormat::Yaml), None)
+        .unwrap()
+        .to_client_setup()
+        .unwrap();
+    assert_eq!(s.listeners[0].addr.to_string(), "0.0.0.0:7890");
+    // A pin (colons allowed) wins over skip-cert-verify.
+    let pin = "AB:".repeat(31) + "AB";
+    let pinned = MIHOMO_CLIENT.replace(
+        "skip-cert-verify: true",
+        &format!("skip-cert-verify: true\n    fingerprint: \"{pin}\""),
+    );
+    let s = parse_client_config(&pinned, None, Some(ConfigFormat::Yaml), None)
+        .unwrap()
+        .to_client_setup()
+        .unwrap();
+    assert_eq!(s.config.verification, Verification::Pin([0xab; 32]));
+    // --proxy NAME.
+    let e = parse_client_config(MIHOMO_CLIENT, None, Some(ConfigFormat::Yaml), Some("ss1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("proxies[0] \"ss1\" is of type \"ss\", not anytls"),
+        "{e}"
+    );
+    // Errors: file, line, column, path.
+    let bad = MIHOMO_CLIENT.replace(
+        "    tfo: true\n",
+        "    tfo: true\n    reality-opts: {public-key: x}\n",
+    );
+    let e = parse_client_config(&bad, Some(std::path::Path::new("c.yaml")), None, None)
+        .unwrap_err()
+        .to_string();
+    // serde_norway places errors raised by a value at its entry (line 17).
+    assert!(e.starts_with("c.yaml:17:5: "), "{e}");
+    assert!(
+        e.contains("proxies[1].reality-opts: AnyTLS over REALITY"),
+        "{e}"
+    );
+    for (from, to, needle) in [
+        (
+            "    tfo: true\n",
+            "    tfo: true\n    sni-typo: x\n",
+            "proxies[1].sni-typo: unknown field `sni-typo`",
+        ),
+        (
+            "    tfo: true\n",
+            "    tfo: true\n    ech-opts:\n      enable: true\n",
+            "proxies[1].ech-opts: Encrypted Client Hello",
+        ),
+        (
+            "    tfo: true\n",
+            "    tfo: true\n    dialer-proxy: ss1\n",
+            "proxies[1].dialer-proxy: dialer-proxy is not supported",
+        ),
+        (
+            "    tfo: true\n",
+            "    tfo: true\n    fingerprint: abc\n",
+            "proxies[1].fingerprint: ",
+        ),
+        (
+            "    port: 10810\n",
+            "    port: 200,302\n",
+            "listeners[0].port: port \"200,302\"",
+        ),
+        (
+            "        password: bbb\n",
+            "        password: bbb\n        uuid: x\n",
+            "listeners[0].users[0].uuid: unknown field",
+        ),
+    ] {
+        let text = MIHOMO_CLIENT.replace(from, to);
+        let e = parse_client_config(&text, None, Some(ConfigFormat::Yaml), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config:"), "{e}");
+        assert!(e.contains(needle), "{to}: {e}");
+    }
+    let e = parse_client_config(
+        &MIHOMO_CLIENT.replace("ipv4-prefer", "ipv9"),
+        None,
+        Some(ConfigFormat::Yaml),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("proxies[1].ip-version: \"ipv9\""), "{e}");
+    // A bare proxy entry.
+    let bare = "name: a\ntype: anytls\nserver: h\nport: 8443\npassword: p\n";
+    let s = parse_client_config(bare, None, Some(ConfigFormat::Yaml), None)
+        .unwrap()
+        .to_client_setup()
+        .unwrap();
+    assert_eq!(s.config.server, "h:8443");
+    assert!(s.listeners.is_empty());
+}
+
+#[test]
+fn mihomo_server() {
+    let id = Identity::self_signed(&["example.com".into()]).unwrap();
+    let (cert, key) = id.to_pem();
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    };
+    let text = format!(
+        "listeners:\n  - name: anytls-in-1\n    type: anytls\n    port: 10818\n    listen: 127.0.0.1\n    users:\n      username1: password1\n      username2: password2\n    certificate: |\n{}    private-key: |\n{}    padding-scheme: |\n      stop=2\n      0=30-30\n      1=100-400\n",
+        indent(&cert),
+        indent(&key)
+    );
+    let o = parse_server_config(&text, Some(std::path::Path::new("s.yaml")), None, None).unwrap();
+    assert_eq!(o.inbound_path, "listeners[0]");
+    let s = o.to_server_setup().unwrap();
+    assert_eq!(s.listen, "127.0.0.1:10818".parse().unwrap());
+    assert_eq!(
+        s.config.users,
+        vec![
+            ("username1".to_owned(), "password1".to_owned()),
+            ("username2".to_owned(), "password2".to_owned())
+        ]
+    );
+    assert_eq!(s.config.tls.leaf_sha256(), id.leaf_sha256());
+    assert_eq!(s.self_signed, None);
+    assert_eq!(
+        s.config.padding.raw().as_ref(),
+        b"stop=2\n0=30-30\n1=100-400"
+    );
+    assert!(!format!("{o:?}").contains("password1"));
+    // Files by name; errors after parsing name the listener.
+    let files = "listeners:\n- name: a\n  type: anytls\n  port: 1\n  users: {u: p}\n  certificate: /nonexistent/c.pem\n  private-key: /nonexistent/k.pem\n";
+    let e = parse_server_config(files, Some(std::path::Path::new("s.yml")), None, None)
+        .unwrap()
+        .to_server_setup()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent/c.pem"), "{e}");
+    for (text, needle) in [
+        (
+            "listeners:\n- {name: a, type: anytls, port: 1, users: {u: p}, ech-key: x}\n",
+            "listeners[0].ech-key: Encrypted Client Hello",
+        ),
+        (
+            "listeners:\n- {name: a, type: anytls, port: 1, users: {u: p}, proxy: b}\n",
+            "listeners[0].proxy: proxy",
+        ),
+        (
+            "listeners:\n- {name: a, type: anytls, port: 1, users: [u, p]}\n",
+            "listeners[0].users: invalid type: sequence",
+        ),
+        (
+            "listeners:\n- {name: a, type: mixed, port: 1}\n",
+            "no entry of type \"anytls\" in listeners",
+        ),
+    ] {
+        let e = parse_server_config(text, None, Some(ConfigFormat::Yaml), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{text}: {e}");
+    }
+    // A bare listener: no certificate, so a self-signed one (noted).
+    let bare = "name: a\ntype: anytls\nport: 0\nlisten: 127.0.0.1\nusers:\n  u: p\n";
+    let s = parse_server_config(bare, None, Some(ConfigFormat::Yaml), None)
+        .unwrap()
+        .to_server_setup()
+        .unwrap();
+    assert!(s.self_signed.is_some());
+    assert!(s.notes.iter().any(|n| n.text.contains("self-signed")));
+}
+
+#[test]
+fn mihomo_ports_and_authentication() {
+    let base = "proxies:\n- {name: p, type: anytls, server: h, port: 1, password: pw}\n";
+    let parse = |extra: &str| {
+        parse_client_config(
+            &format!("{base}{extra}"),
+            None,
+            Some(ConfigFormat::Yaml),
+            None,
+        )
+        .and_then(|o| o.to_client_setup())
+    };
+    // allow-lan with a specific bind-address; listeners with `users: []` opt out
+    // of the global authentication.
+    let s = parse(
+        "allow-lan: true\nbind-address: 192.0.2.7\nsocks-port: \"7891\"\nauthentication: [\"a:b:c\"]\nlisteners:\n- {name: open, type: http, port: 8080, users: []}\n",
+    )
+    .unwrap();
+    assert_eq!(s.listeners[0].addr.to_string(), "192.0.2.7:7891");
+    assert_eq!(s.listeners[0].protocols, Protocols::Socks);
+    // Split at the first colon: the password may hold colons.
+    assert_eq!(s.listeners[0].users, vec![ProxyUser::new("a", "b:c")]);
+    assert_eq!(s.listeners[1].addr.to_string(), "192.0.2.7:8080");
+    assert!(s.listeners[1].users.is_empty());
+    // mixed-port 0 is off, as in mihomo.
+    assert!(parse("mixed-port: 0\n").unwrap().listeners.is_empty());
+    let e = parse("mixed-port: 1\nauthentication: [\"nocolon\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("authentication[0]: expected \"user:password\""),
+        "{e}"
+    );
+    assert!(!e.contains("nocolon"), "{e}");
+    let e = parse("listeners:\n- {name: x, type: mixed, port: 1, certificate: c.pem}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("listeners[0].certificate: TLS on local proxy listeners"),
+        "{e}"
+    );
 }

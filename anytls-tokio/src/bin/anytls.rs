@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anytls_tokio::config::{
-    self, AnytlsUri, InboundOptions, OutboundOptions, User, parse_go_duration,
+    self, AnytlsUri, ClientOptions, ConfigNote, ListenerSetup, NoteKind, ServerOptions, User,
+    parse_go_duration,
 };
-use anytls_tokio::socks5::{Socks5Config, serve_socks5_with};
+use anytls_tokio::proxy::{Protocols, ProxyConfig, ProxyUser, serve_proxy};
 use anytls_tokio::tls::{hex32, parse_pin};
 use anytls_tokio::{Client, Server, Verification};
 use clap::{Args, Parser, Subcommand};
@@ -25,7 +26,7 @@ const AFTER_HELP: &str = "Logging: RUST_LOG (default info), e.g. RUST_LOG=debug,
 RUST_LOG=info,anytls_core::pool=debug for the pool's maintenance decisions.";
 
 #[derive(Parser)]
-#[command(name = "anytls", version, about = "AnyTLS proxy: server, client (local SOCKS5) and a demo", after_help = AFTER_HELP)]
+#[command(name = "anytls", version, about = "AnyTLS proxy: server, client (local SOCKS5/HTTP proxy) and a demo", after_help = AFTER_HELP)]
 struct Cli {
     /// Runtime worker threads (1: everything on one thread, the cheapest per
     /// byte when client, server and applications share a few cores)
@@ -41,7 +42,7 @@ struct Cli {
 enum Cmd {
     /// Run an AnyTLS server.
     Server(ServerArgs),
-    /// Run a local SOCKS5 proxy that tunnels through an AnyTLS server.
+    /// Run local proxies (SOCKS5, SOCKS4, HTTP) that tunnel through an AnyTLS server.
     Client(ClientArgs),
     /// Show everything working on 127.0.0.1: latency cold/warm/reused, pool
     /// statistics, throughput. Needs no files; takes a few seconds.
@@ -54,8 +55,9 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// sing-box JSON: an `anytls` inbound, or a whole config (the first anytls
-    /// inbound is used). Flags override its values.
+    /// sing-box JSON (an `anytls` inbound, or a whole config: its first anytls
+    /// inbound) or mihomo YAML (its first anytls listener). Flags override
+    /// its values.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen address [default: 0.0.0.0:8443].
@@ -83,10 +85,15 @@ struct ServerArgs {
 
 #[derive(Args)]
 struct ClientArgs {
-    /// sing-box JSON: an `anytls` outbound, or a whole config (the first anytls
-    /// outbound is used). Flags override its values.
+    /// sing-box JSON (an `anytls` outbound, or a whole config: its anytls
+    /// outbound and its mixed/socks/http inbounds as listeners) or mihomo YAML
+    /// (an anytls proxy, and its ports and listeners). Flags override its values.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Which anytls outbound (sing-box tag) or proxy (mihomo name) of the
+    /// config to use [default: the first].
+    #[arg(long, value_name = "NAME")]
+    proxy: Option<String>,
     #[arg(
         value_name = "URI",
         help = "anytls://[password@]host[:port]/?sni=NAME&insecure=1 (instead of --server and --password)"
@@ -111,9 +118,14 @@ struct ClientArgs {
     /// Mozilla roots).
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Local SOCKS5 listen address [default: 127.0.0.1:1080].
+    /// Local mixed (SOCKS5, SOCKS4, HTTP) proxy listener (repeatable; replaces the config's listeners)
+    /// [default: 127.0.0.1:1080].
     #[arg(short, long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
+    listen: Vec<SocketAddr>,
+    /// USER:PASS for the local listeners that have no users of their own
+    /// (repeatable).
+    #[arg(long, value_name = "USER:PASS")]
+    auth: Vec<String>,
     /// Pool maintenance interval [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     idle_session_check_interval: Option<Duration>,
@@ -193,10 +205,11 @@ async fn shutdown_signal() {
 }
 
 async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
-    let mut opts = match &a.config {
-        Some(p) => config::load_server_file(p)?,
-        None => InboundOptions::default(),
+    let mut file = match &a.config {
+        Some(p) => config::load_server_config(p, None)?,
+        None => ServerOptions::default(),
     };
+    let opts = &mut file.inbound;
     if let Some(l) = a.listen {
         opts.listen = Some(l.ip().to_string());
         opts.listen_port = Some(l.port());
@@ -225,7 +238,8 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
         opts.users = vec![user("default", config::generate_password()?)];
         generated = true;
     }
-    let setup = opts.to_server_setup()?;
+    let setup = file.to_server_setup()?;
+    log_notes(&setup.notes);
     let pin = setup.config.tls.leaf_sha256();
     let server = Server::bind(setup.listen, setup.config.clone()).await?;
     let addr = server.local_addr()?;
@@ -327,10 +341,14 @@ fn shell_quote(s: &str) -> String {
 }
 
 async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
-    let mut opts = match &a.config {
-        Some(p) => config::load_client_file(p)?,
-        None => OutboundOptions::default(),
+    let mut file = match &a.config {
+        Some(p) => config::load_client_config(p, a.proxy.as_deref())?,
+        None if a.proxy.is_some() => {
+            return Err("--proxy NAME chooses from a config file (-c)".into());
+        }
+        None => ClientOptions::default(),
     };
+    let opts = &mut file.outbound;
     // Config file < URI < flags.
     let is_uri = |s: &str| s.to_ascii_lowercase().starts_with("anytls://");
     let (uri, server) = match a.server {
@@ -377,20 +395,13 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
         heartbeat_timeout,
         max_connection_lifetime
     );
-    let setup = opts.to_client_setup()?;
-    let listen = a
-        .listen
-        .or(setup.socks_listen)
-        .unwrap_or(config::DEFAULT_SOCKS_LISTEN);
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("SOCKS5 listen {listen}: {e}"))?;
+    let mut setup = file.to_client_setup()?;
+    log_notes(&setup.notes);
+    let listeners = local_listeners(&mut setup.listeners, &a.listen, &a.auth)?;
     let client = Client::new(setup.config.clone())?;
-    let local = listener.local_addr()?;
-    println!("SOCKS5 proxy listening on {local}");
     let p = &setup.config.pool;
     tracing::info!(
-        "SOCKS5 on {local} -> anytls server {} ({:?}; ensure_idle_session {}, min_idle_session {}, heartbeat {})",
+        "anytls server {} ({:?}; ensure_idle_session {}, min_idle_session {}, heartbeat {})",
         setup.config.server,
         setup.config.verification,
         p.ensure_idle,
@@ -398,15 +409,101 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
         p.heartbeat
             .map_or("off".to_owned(), config::format_go_duration),
     );
-    let socks_cfg = Socks5Config {
-        verdict_wait: a.socks_verdict_wait,
-        ..Socks5Config::default()
-    };
+    let mut serving = tokio::task::JoinSet::new();
+    for l in listeners {
+        let tcp = TcpListener::bind(l.addr).await.map_err(|e| {
+            format!(
+                "{} listen {}: {e}",
+                config::protocols_name(l.protocols),
+                l.addr
+            )
+        })?;
+        let local = tcp.local_addr()?;
+        // What a user needs to connect: on stdout. A mixed port speaks both.
+        if l.protocols != Protocols::Http {
+            println!("SOCKS5 proxy listening on {local}");
+        }
+        if l.protocols != Protocols::Socks {
+            println!("HTTP proxy listening on {local}");
+        }
+        tracing::info!(
+            "{} proxy on {local}{}{}",
+            config::protocols_name(l.protocols),
+            match l.users.len() {
+                0 => " without authentication".to_owned(),
+                n => format!(" for {n} user(s)"),
+            },
+            l.tag
+                .as_deref()
+                .map_or(String::new(), |t| format!(" ({t})")),
+        );
+        let mut cfg = ProxyConfig::default()
+            .with_protocols(l.protocols)
+            .with_users(l.users);
+        cfg.verdict_wait = a.socks_verdict_wait;
+        serving.spawn(serve_proxy(tcp, client.clone(), cfg));
+    }
     tokio::select! {
-        r = serve_socks5_with(listener, client.clone(), socks_cfg) => r?,
+        r = serving.join_next() => match r {
+            Some(Ok(r)) => r?,
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        },
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
+    serving.abort_all();
     tracing::info!("pool statistics: {:?}", client.stats());
     client.close();
     Ok(())
+}
+
+/// The startup summary: what the config gave (info), what was ignored
+/// (info) and warnings (warn).
+fn log_notes(notes: &[ConfigNote]) {
+    for n in notes {
+        match n.kind {
+            NoteKind::Warning => tracing::warn!("config: {n}"),
+            _ => tracing::info!("config: {n}"),
+        }
+    }
+}
+
+/// The listeners to serve: `--listen` flags (mixed, replacing the config's)
+/// or the config's, else 127.0.0.1:1080; `--auth` users go to every listener
+/// without users of its own.
+fn local_listeners(
+    from_config: &mut Vec<ListenerSetup>,
+    flags: &[SocketAddr],
+    auth: &[String],
+) -> Result<Vec<ListenerSetup>, BoxError> {
+    let mixed = |addr| ListenerSetup {
+        addr,
+        protocols: Protocols::Mixed,
+        users: Vec::new(),
+        tag: None,
+    };
+    let mut list = if !flags.is_empty() {
+        flags.iter().copied().map(mixed).collect()
+    } else if !from_config.is_empty() {
+        std::mem::take(from_config)
+    } else {
+        vec![mixed(config::DEFAULT_SOCKS_LISTEN)]
+    };
+    let users = auth
+        .iter()
+        .map(|a| {
+            a.split_once(':')
+                .map(|(u, p)| ProxyUser::new(u, p))
+                .ok_or_else(|| {
+                    format!(
+                        "--auth {:?}: expected USER:PASS",
+                        a.split(':').next().unwrap_or("")
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for l in list.iter_mut().filter(|l| l.users.is_empty()) {
+        l.users = users.clone();
+    }
+    Ok(list)
 }
