@@ -721,6 +721,8 @@ pub struct ListenerSetup {
     pub users: Vec<ProxyUser>,
     /// The inbound's tag or name, for messages.
     pub tag: Option<String>,
+    /// Socket options ([`ListenOptions::bind`] makes the socket).
+    pub socket: ListenOptions,
 }
 
 /// A client ready to build: the [`ClientConfig`], the local listeners the
@@ -875,6 +877,7 @@ impl OutboundOptions {
                 protocols: Protocols::Mixed,
                 users: Vec::new(),
                 tag: None,
+                socket: ListenOptions::default(),
             });
         }
         Ok(ClientSetup {
@@ -1006,6 +1009,99 @@ fn join_lines(lines: &[String]) -> String {
 // ---------------------------------------------------------------------------
 // Listen fields (sing-box's shared inbound fields), in two structs
 
+/// Socket options of a listening socket (sing-box's listen fields
+/// `bind_interface`, `routing_mark`, `reuse_addr`, `tcp_multi_path`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenOptions {
+    /// `SO_BINDTODEVICE` (Linux; usually needs `CAP_NET_RAW`).
+    pub bind_interface: Option<String>,
+    /// `SO_MARK` (Linux; needs `CAP_NET_ADMIN`).
+    pub routing_mark: Option<u32>,
+    /// `SO_REUSEADDR` (on Unix it is set anyway, as the standard library does).
+    pub reuse_addr: bool,
+    /// Multipath TCP (Linux 5.6+); plain TCP where the kernel has none.
+    pub tcp_multi_path: bool,
+}
+
+impl ListenOptions {
+    /// Whether these are the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == ListenOptions::default()
+    }
+
+    /// A listening socket on `addr` with these options: non-blocking,
+    /// backlog 1024, ready for `TcpListener::from_std` of any runtime.
+    pub fn bind(&self, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let domain = Domain::for_address(addr);
+        let tcp = || Socket::new(domain, Type::STREAM, Some(Protocol::TCP));
+        let socket = if self.tcp_multi_path {
+            mptcp_socket(domain).or_else(|e| {
+                tracing::info!("no Multipath TCP for {addr} ({e}): plain TCP");
+                tcp()
+            })?
+        } else {
+            tcp()?
+        };
+        if cfg!(unix) || self.reuse_addr {
+            socket.set_reuse_address(true)?;
+        }
+        if let Some(name) = &self.bind_interface {
+            bind_device(&socket, name)?;
+        }
+        if let Some(mark) = self.routing_mark {
+            set_mark(&socket, mark)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn mptcp_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        domain,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::MPTCP),
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mptcp_socket(_: socket2::Domain) -> std::io::Result<socket2::Socket> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn bind_device(s: &socket2::Socket, name: &str) -> std::io::Result<()> {
+    s.bind_device(Some(name.as_bytes()))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind_interface {name:?}: {e}")))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn bind_device(_: &socket2::Socket, _: &str) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "bind_interface is supported on Linux only",
+    ))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_mark(s: &socket2::Socket, mark: u32) -> std::io::Result<()> {
+    s.set_mark(mark)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("routing_mark {mark:#x}: {e}")))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_mark(_: &socket2::Socket, _: u32) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "routing_mark is supported on Linux only",
+    ))
+}
+
 /// Declares an inbound struct with sing-box's listen fields in front of its
 /// own, and the notes for the listen fields that have no effect here.
 macro_rules! with_listen_fields {
@@ -1018,22 +1114,22 @@ macro_rules! with_listen_fields {
             /// Listen port.
             #[serde(default)]
             pub listen_port: Option<u16>,
-            /// Listen field: ignored.
+            /// Listen field: bind the listening socket to this interface.
             #[serde(default)]
             pub bind_interface: Option<String>,
-            /// Listen field: ignored.
+            /// Listen field: firewall mark of the listening socket.
             #[serde(default, deserialize_with = "de_routing_mark")]
             pub routing_mark: Option<u32>,
-            /// Listen field: ignored.
+            /// Listen field: `SO_REUSEADDR`.
             #[serde(default)]
             pub reuse_addr: Option<bool>,
             /// Listen field: refused when set.
             #[serde(default, deserialize_with = "de_netns")]
             pub netns: Option<String>,
-            /// Listen field: ignored.
+            /// Listen field: ignored (TCP Fast Open is not set on listening sockets).
             #[serde(default)]
             pub tcp_fast_open: Option<bool>,
-            /// Listen field: ignored.
+            /// Listen field: Multipath TCP on the listening socket.
             #[serde(default)]
             pub tcp_multi_path: Option<bool>,
             /// Listen field: ignored.
@@ -1074,6 +1170,16 @@ macro_rules! with_listen_fields {
         }
 
         impl $name {
+            /// The socket options of the listen fields.
+            pub fn listen_options(&self) -> ListenOptions {
+                ListenOptions {
+                    bind_interface: self.bind_interface.clone().filter(|s| !s.is_empty()),
+                    routing_mark: self.routing_mark,
+                    reuse_addr: self.reuse_addr == Some(true),
+                    tcp_multi_path: self.tcp_multi_path == Some(true),
+                }
+            }
+
             /// Refusals and notes of the listen fields.
             fn listen_notes(&self, n: &mut Notes) -> Result<(), ConfigError> {
                 for (field, value, msg) in [
@@ -1084,14 +1190,9 @@ macro_rules! with_listen_fields {
                         .map_err(|m| invalid(field, m))?;
                 }
                 n.ignored_if(
-                    self.bind_interface.as_deref().is_some_and(|s| !s.is_empty())
-                        || self.routing_mark.is_some()
-                        || self.reuse_addr == Some(true)
-                        || self.tcp_fast_open == Some(true)
-                        || self.tcp_multi_path == Some(true),
-                    "listen socket options",
-                    "bind_interface, routing_mark, reuse_addr, tcp_fast_open and tcp_multi_path \
-                     are not applied to listening sockets",
+                    self.tcp_fast_open == Some(true),
+                    "tcp_fast_open",
+                    "TCP Fast Open is not enabled on listening sockets here",
                 );
                 n.ignored_if(
                     self.disable_tcp_keep_alive.is_some()
@@ -1223,6 +1324,7 @@ impl LocalInbound {
             protocols,
             users,
             tag: self.tag.clone(),
+            socket: self.listen_options(),
         })
     }
 }
@@ -1526,6 +1628,8 @@ pub struct ServerSetup {
     pub self_signed: Option<Vec<String>>,
     /// `tls.server_name`, if given.
     pub server_name: Option<String>,
+    /// Socket options of the listening socket ([`ListenOptions::bind`]).
+    pub socket: ListenOptions,
     /// What was taken, ignored (and why) and warnings.
     pub notes: Vec<ConfigNote>,
 }
@@ -1603,6 +1707,7 @@ impl InboundOptions {
             config: cfg,
             self_signed,
             server_name,
+            socket: self.listen_options(),
             notes: Vec::new(),
         })
     }
