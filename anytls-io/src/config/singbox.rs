@@ -194,6 +194,65 @@ fn check_enabled(enabled: Option<bool>, msg: &str) -> Result<(), String> {
     }
 }
 
+/// Declares a struct with the socket fields sing-box's dial fields
+/// (outbound) and listen fields (inbounds) share, in front of its own.
+macro_rules! with_socket_fields {
+    ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$m])*
+        pub struct $name {
+            /// Bind the socket to this interface (`SO_BINDTODEVICE`, Linux).
+            #[serde(default)]
+            pub bind_interface: Option<String>,
+            /// Firewall mark (`SO_MARK`, Linux): an integer or `"0x1234"`.
+            #[serde(default, deserialize_with = "de_routing_mark")]
+            pub routing_mark: Option<u32>,
+            /// `SO_REUSEADDR`.
+            #[serde(default)]
+            pub reuse_addr: Option<bool>,
+            /// Refused when set (network namespaces).
+            #[serde(default, deserialize_with = "de_netns")]
+            pub netns: Option<String>,
+            /// TCP Fast Open (when dialing; not set on listening sockets).
+            #[serde(default)]
+            pub tcp_fast_open: Option<bool>,
+            /// Multipath TCP.
+            #[serde(default)]
+            pub tcp_multi_path: Option<bool>,
+            /// Ignored: TCP keep-alive is left to the system.
+            #[serde(default)]
+            pub disable_tcp_keep_alive: Option<bool>,
+            /// Ignored.
+            #[serde(default, deserialize_with = "de_duration")]
+            pub tcp_keep_alive: Option<Duration>,
+            /// Ignored.
+            #[serde(default, deserialize_with = "de_duration")]
+            pub tcp_keep_alive_interval: Option<Duration>,
+            /// Ignored: UDP travels inside the TLS connection or is the system's.
+            #[serde(default)]
+            pub udp_fragment: Option<bool>,
+            $($body)*
+        }
+
+        impl $name {
+            /// Notes for the socket fields that are not applied here.
+            fn socket_notes(&self, n: &mut Notes) {
+                n.ignored_if(
+                    self.disable_tcp_keep_alive.is_some()
+                        || self.tcp_keep_alive.is_some()
+                        || self.tcp_keep_alive_interval.is_some(),
+                    "tcp_keep_alive",
+                    "TCP keep-alive is left to the system; AnyTLS heartbeats (heartbeat) detect dead sessions",
+                );
+                n.ignored_if(
+                    self.udp_fragment.is_some(),
+                    "udp_fragment",
+                    "UDP travels inside the TLS connection (UDP over TCP) or is the system's",
+                );
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------
 // TLS, client side
 
@@ -560,6 +619,7 @@ impl<'de> Deserialize<'de> for DomainResolver {
     }
 }
 
+with_socket_fields! {
 /// sing-box's `anytls` outbound with its TLS and dial fields, our pool
 /// extensions, and `listen`/`listen_port` for a local listener of the
 /// `anytls client` program.
@@ -602,9 +662,6 @@ pub struct OutboundOptions {
     /// Dial field: refused when set (there are no other outbounds here).
     #[serde(default, deserialize_with = "de_detour_out")]
     pub detour: Option<String>,
-    /// Dial field: bind to this interface.
-    #[serde(default)]
-    pub bind_interface: Option<String>,
     /// Dial field: local IPv4 address.
     #[serde(default, deserialize_with = "de_ipv4")]
     pub inet4_bind_address: Option<Ipv4Addr>,
@@ -614,36 +671,9 @@ pub struct OutboundOptions {
     /// Dial field: ignored.
     #[serde(default)]
     pub bind_address_no_port: Option<bool>,
-    /// Dial field: firewall mark (integer or `"0x1234"`).
-    #[serde(default, deserialize_with = "de_routing_mark")]
-    pub routing_mark: Option<u32>,
-    /// Dial field: `SO_REUSEADDR`.
-    #[serde(default)]
-    pub reuse_addr: Option<bool>,
-    /// Dial field: refused when set.
-    #[serde(default, deserialize_with = "de_netns")]
-    pub netns: Option<String>,
     /// Dial field: TCP connect plus TLS handshake limit.
     #[serde(default, deserialize_with = "de_duration")]
     pub connect_timeout: Option<Duration>,
-    /// Dial field: TCP Fast Open.
-    #[serde(default)]
-    pub tcp_fast_open: Option<bool>,
-    /// Dial field: Multipath TCP.
-    #[serde(default)]
-    pub tcp_multi_path: Option<bool>,
-    /// Dial field: ignored (the system's keep-alive settings apply).
-    #[serde(default)]
-    pub disable_tcp_keep_alive: Option<bool>,
-    /// Dial field: ignored.
-    #[serde(default, deserialize_with = "de_duration")]
-    pub tcp_keep_alive: Option<Duration>,
-    /// Dial field: ignored.
-    #[serde(default, deserialize_with = "de_duration")]
-    pub tcp_keep_alive_interval: Option<Duration>,
-    /// Dial field: ignored (UDP travels over the TLS connection).
-    #[serde(default)]
-    pub udp_fragment: Option<bool>,
     /// Dial field: the system resolver is used; `strategy` is honoured.
     #[serde(default)]
     pub domain_resolver: Option<DomainResolver>,
@@ -686,6 +716,7 @@ pub struct OutboundOptions {
     /// Ours: its port (1080).
     #[serde(default)]
     pub listen_port: Option<u16>,
+}
 }
 
 impl fmt::Debug for OutboundOptions {
@@ -916,18 +947,7 @@ impl OutboundOptions {
             "bind_address_no_port",
             "the kernel reserves the local port as usual",
         );
-        n.ignored_if(
-            self.disable_tcp_keep_alive.is_some()
-                || self.tcp_keep_alive.is_some()
-                || self.tcp_keep_alive_interval.is_some(),
-            "tcp_keep_alive",
-            "TCP keep-alive is left to the system; AnyTLS heartbeats (heartbeat) detect dead sessions",
-        );
-        n.ignored_if(
-            self.udp_fragment.is_some(),
-            "udp_fragment",
-            "UDP travels inside the TLS connection (UDP over TCP)",
-        );
+        self.socket_notes(n);
         n.ignored_if(
             self.network_strategy.is_some()
                 || !self.network_type.is_empty()
@@ -1106,6 +1126,7 @@ fn set_mark(_: &socket2::Socket, _: u32) -> std::io::Result<()> {
 /// own, and the notes for the listen fields that have no effect here.
 macro_rules! with_listen_fields {
     ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        with_socket_fields! {
         $(#[$m])*
         pub struct $name {
             /// Listen address (an IP).
@@ -1114,36 +1135,6 @@ macro_rules! with_listen_fields {
             /// Listen port.
             #[serde(default)]
             pub listen_port: Option<u16>,
-            /// Listen field: bind the listening socket to this interface.
-            #[serde(default)]
-            pub bind_interface: Option<String>,
-            /// Listen field: firewall mark of the listening socket.
-            #[serde(default, deserialize_with = "de_routing_mark")]
-            pub routing_mark: Option<u32>,
-            /// Listen field: `SO_REUSEADDR`.
-            #[serde(default)]
-            pub reuse_addr: Option<bool>,
-            /// Listen field: refused when set.
-            #[serde(default, deserialize_with = "de_netns")]
-            pub netns: Option<String>,
-            /// Listen field: ignored (TCP Fast Open is not set on listening sockets).
-            #[serde(default)]
-            pub tcp_fast_open: Option<bool>,
-            /// Listen field: Multipath TCP on the listening socket.
-            #[serde(default)]
-            pub tcp_multi_path: Option<bool>,
-            /// Listen field: ignored.
-            #[serde(default)]
-            pub disable_tcp_keep_alive: Option<bool>,
-            /// Listen field: ignored.
-            #[serde(default, deserialize_with = "de_duration")]
-            pub tcp_keep_alive: Option<Duration>,
-            /// Listen field: ignored.
-            #[serde(default, deserialize_with = "de_duration")]
-            pub tcp_keep_alive_interval: Option<Duration>,
-            /// Listen field: ignored.
-            #[serde(default)]
-            pub udp_fragment: Option<bool>,
             /// Listen field: the UDP (UoT) idle timeout of the server; ignored
             /// on local listeners.
             #[serde(default, deserialize_with = "de_duration")]
@@ -1167,6 +1158,7 @@ macro_rules! with_listen_fields {
             #[serde(default)]
             pub udp_disable_domain_unmapping: Option<bool>,
             $($body)*
+        }
         }
 
         impl $name {
@@ -1194,18 +1186,7 @@ macro_rules! with_listen_fields {
                     "tcp_fast_open",
                     "TCP Fast Open is not enabled on listening sockets here",
                 );
-                n.ignored_if(
-                    self.disable_tcp_keep_alive.is_some()
-                        || self.tcp_keep_alive.is_some()
-                        || self.tcp_keep_alive_interval.is_some(),
-                    "tcp_keep_alive",
-                    "TCP keep-alive is left to the system",
-                );
-                n.ignored_if(
-                    self.udp_fragment.is_some(),
-                    "udp_fragment",
-                    "UDP fragmentation is the system's",
-                );
+                self.socket_notes(n);
                 n.ignored_if(
                     self.sniff.is_some()
                         || self.sniff_override_destination.is_some()
