@@ -194,6 +194,65 @@ fn check_enabled(enabled: Option<bool>, msg: &str) -> Result<(), String> {
     }
 }
 
+/// Declares a struct with the socket fields sing-box's dial fields
+/// (outbound) and listen fields (inbounds) share, in front of its own.
+macro_rules! with_socket_fields {
+    ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$m])*
+        pub struct $name {
+            /// Bind the socket to this interface (`SO_BINDTODEVICE`, Linux).
+            #[serde(default)]
+            pub bind_interface: Option<String>,
+            /// Firewall mark (`SO_MARK`, Linux): an integer or `"0x1234"`.
+            #[serde(default, deserialize_with = "de_routing_mark")]
+            pub routing_mark: Option<u32>,
+            /// `SO_REUSEADDR`.
+            #[serde(default)]
+            pub reuse_addr: Option<bool>,
+            /// Refused when set (network namespaces).
+            #[serde(default, deserialize_with = "de_netns")]
+            pub netns: Option<String>,
+            /// TCP Fast Open (when dialing; not set on listening sockets).
+            #[serde(default)]
+            pub tcp_fast_open: Option<bool>,
+            /// Multipath TCP.
+            #[serde(default)]
+            pub tcp_multi_path: Option<bool>,
+            /// Ignored: TCP keep-alive is left to the system.
+            #[serde(default)]
+            pub disable_tcp_keep_alive: Option<bool>,
+            /// Ignored.
+            #[serde(default, deserialize_with = "de_duration")]
+            pub tcp_keep_alive: Option<Duration>,
+            /// Ignored.
+            #[serde(default, deserialize_with = "de_duration")]
+            pub tcp_keep_alive_interval: Option<Duration>,
+            /// Ignored: UDP travels inside the TLS connection or is the system's.
+            #[serde(default)]
+            pub udp_fragment: Option<bool>,
+            $($body)*
+        }
+
+        impl $name {
+            /// Notes for the socket fields that are not applied here.
+            fn socket_notes(&self, n: &mut Notes) {
+                n.ignored_if(
+                    self.disable_tcp_keep_alive.is_some()
+                        || self.tcp_keep_alive.is_some()
+                        || self.tcp_keep_alive_interval.is_some(),
+                    "tcp_keep_alive",
+                    "TCP keep-alive is left to the system; AnyTLS heartbeats (heartbeat) detect dead sessions",
+                );
+                n.ignored_if(
+                    self.udp_fragment.is_some(),
+                    "udp_fragment",
+                    "UDP travels inside the TLS connection (UDP over TCP) or is the system's",
+                );
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------
 // TLS, client side
 
@@ -560,6 +619,7 @@ impl<'de> Deserialize<'de> for DomainResolver {
     }
 }
 
+with_socket_fields! {
 /// sing-box's `anytls` outbound with its TLS and dial fields, our pool
 /// extensions, and `listen`/`listen_port` for a local listener of the
 /// `anytls client` program.
@@ -602,9 +662,6 @@ pub struct OutboundOptions {
     /// Dial field: refused when set (there are no other outbounds here).
     #[serde(default, deserialize_with = "de_detour_out")]
     pub detour: Option<String>,
-    /// Dial field: bind to this interface.
-    #[serde(default)]
-    pub bind_interface: Option<String>,
     /// Dial field: local IPv4 address.
     #[serde(default, deserialize_with = "de_ipv4")]
     pub inet4_bind_address: Option<Ipv4Addr>,
@@ -614,36 +671,9 @@ pub struct OutboundOptions {
     /// Dial field: ignored.
     #[serde(default)]
     pub bind_address_no_port: Option<bool>,
-    /// Dial field: firewall mark (integer or `"0x1234"`).
-    #[serde(default, deserialize_with = "de_routing_mark")]
-    pub routing_mark: Option<u32>,
-    /// Dial field: `SO_REUSEADDR`.
-    #[serde(default)]
-    pub reuse_addr: Option<bool>,
-    /// Dial field: refused when set.
-    #[serde(default, deserialize_with = "de_netns")]
-    pub netns: Option<String>,
     /// Dial field: TCP connect plus TLS handshake limit.
     #[serde(default, deserialize_with = "de_duration")]
     pub connect_timeout: Option<Duration>,
-    /// Dial field: TCP Fast Open.
-    #[serde(default)]
-    pub tcp_fast_open: Option<bool>,
-    /// Dial field: Multipath TCP.
-    #[serde(default)]
-    pub tcp_multi_path: Option<bool>,
-    /// Dial field: ignored (the system's keep-alive settings apply).
-    #[serde(default)]
-    pub disable_tcp_keep_alive: Option<bool>,
-    /// Dial field: ignored.
-    #[serde(default, deserialize_with = "de_duration")]
-    pub tcp_keep_alive: Option<Duration>,
-    /// Dial field: ignored.
-    #[serde(default, deserialize_with = "de_duration")]
-    pub tcp_keep_alive_interval: Option<Duration>,
-    /// Dial field: ignored (UDP travels over the TLS connection).
-    #[serde(default)]
-    pub udp_fragment: Option<bool>,
     /// Dial field: the system resolver is used; `strategy` is honoured.
     #[serde(default)]
     pub domain_resolver: Option<DomainResolver>,
@@ -687,6 +717,7 @@ pub struct OutboundOptions {
     #[serde(default)]
     pub listen_port: Option<u16>,
 }
+}
 
 impl fmt::Debug for OutboundOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -721,6 +752,8 @@ pub struct ListenerSetup {
     pub users: Vec<ProxyUser>,
     /// The inbound's tag or name, for messages.
     pub tag: Option<String>,
+    /// Socket options ([`ListenOptions::bind`] makes the socket).
+    pub socket: ListenOptions,
 }
 
 /// A client ready to build: the [`ClientConfig`], the local listeners the
@@ -875,6 +908,7 @@ impl OutboundOptions {
                 protocols: Protocols::Mixed,
                 users: Vec::new(),
                 tag: None,
+                socket: ListenOptions::default(),
             });
         }
         Ok(ClientSetup {
@@ -913,18 +947,7 @@ impl OutboundOptions {
             "bind_address_no_port",
             "the kernel reserves the local port as usual",
         );
-        n.ignored_if(
-            self.disable_tcp_keep_alive.is_some()
-                || self.tcp_keep_alive.is_some()
-                || self.tcp_keep_alive_interval.is_some(),
-            "tcp_keep_alive",
-            "TCP keep-alive is left to the system; AnyTLS heartbeats (heartbeat) detect dead sessions",
-        );
-        n.ignored_if(
-            self.udp_fragment.is_some(),
-            "udp_fragment",
-            "UDP travels inside the TLS connection (UDP over TCP)",
-        );
+        self.socket_notes(n);
         n.ignored_if(
             self.network_strategy.is_some()
                 || !self.network_type.is_empty()
@@ -1006,10 +1029,104 @@ fn join_lines(lines: &[String]) -> String {
 // ---------------------------------------------------------------------------
 // Listen fields (sing-box's shared inbound fields), in two structs
 
+/// Socket options of a listening socket (sing-box's listen fields
+/// `bind_interface`, `routing_mark`, `reuse_addr`, `tcp_multi_path`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenOptions {
+    /// `SO_BINDTODEVICE` (Linux; usually needs `CAP_NET_RAW`).
+    pub bind_interface: Option<String>,
+    /// `SO_MARK` (Linux; needs `CAP_NET_ADMIN`).
+    pub routing_mark: Option<u32>,
+    /// `SO_REUSEADDR` (on Unix it is set anyway, as the standard library does).
+    pub reuse_addr: bool,
+    /// Multipath TCP (Linux 5.6+); plain TCP where the kernel has none.
+    pub tcp_multi_path: bool,
+}
+
+impl ListenOptions {
+    /// Whether these are the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == ListenOptions::default()
+    }
+
+    /// A listening socket on `addr` with these options: non-blocking,
+    /// backlog 1024, ready for `TcpListener::from_std` of any runtime.
+    pub fn bind(&self, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let domain = Domain::for_address(addr);
+        let tcp = || Socket::new(domain, Type::STREAM, Some(Protocol::TCP));
+        let socket = if self.tcp_multi_path {
+            mptcp_socket(domain).or_else(|e| {
+                tracing::info!("no Multipath TCP for {addr} ({e}): plain TCP");
+                tcp()
+            })?
+        } else {
+            tcp()?
+        };
+        if cfg!(unix) || self.reuse_addr {
+            socket.set_reuse_address(true)?;
+        }
+        if let Some(name) = &self.bind_interface {
+            bind_device(&socket, name)?;
+        }
+        if let Some(mark) = self.routing_mark {
+            set_mark(&socket, mark)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn mptcp_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        domain,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::MPTCP),
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mptcp_socket(_: socket2::Domain) -> std::io::Result<socket2::Socket> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn bind_device(s: &socket2::Socket, name: &str) -> std::io::Result<()> {
+    s.bind_device(Some(name.as_bytes()))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind_interface {name:?}: {e}")))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn bind_device(_: &socket2::Socket, _: &str) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "bind_interface is supported on Linux only",
+    ))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_mark(s: &socket2::Socket, mark: u32) -> std::io::Result<()> {
+    s.set_mark(mark)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("routing_mark {mark:#x}: {e}")))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_mark(_: &socket2::Socket, _: u32) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "routing_mark is supported on Linux only",
+    ))
+}
+
 /// Declares an inbound struct with sing-box's listen fields in front of its
 /// own, and the notes for the listen fields that have no effect here.
 macro_rules! with_listen_fields {
     ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        with_socket_fields! {
         $(#[$m])*
         pub struct $name {
             /// Listen address (an IP).
@@ -1018,36 +1135,6 @@ macro_rules! with_listen_fields {
             /// Listen port.
             #[serde(default)]
             pub listen_port: Option<u16>,
-            /// Listen field: ignored.
-            #[serde(default)]
-            pub bind_interface: Option<String>,
-            /// Listen field: ignored.
-            #[serde(default, deserialize_with = "de_routing_mark")]
-            pub routing_mark: Option<u32>,
-            /// Listen field: ignored.
-            #[serde(default)]
-            pub reuse_addr: Option<bool>,
-            /// Listen field: refused when set.
-            #[serde(default, deserialize_with = "de_netns")]
-            pub netns: Option<String>,
-            /// Listen field: ignored.
-            #[serde(default)]
-            pub tcp_fast_open: Option<bool>,
-            /// Listen field: ignored.
-            #[serde(default)]
-            pub tcp_multi_path: Option<bool>,
-            /// Listen field: ignored.
-            #[serde(default)]
-            pub disable_tcp_keep_alive: Option<bool>,
-            /// Listen field: ignored.
-            #[serde(default, deserialize_with = "de_duration")]
-            pub tcp_keep_alive: Option<Duration>,
-            /// Listen field: ignored.
-            #[serde(default, deserialize_with = "de_duration")]
-            pub tcp_keep_alive_interval: Option<Duration>,
-            /// Listen field: ignored.
-            #[serde(default)]
-            pub udp_fragment: Option<bool>,
             /// Listen field: the UDP (UoT) idle timeout of the server; ignored
             /// on local listeners.
             #[serde(default, deserialize_with = "de_duration")]
@@ -1072,8 +1159,19 @@ macro_rules! with_listen_fields {
             pub udp_disable_domain_unmapping: Option<bool>,
             $($body)*
         }
+        }
 
         impl $name {
+            /// The socket options of the listen fields.
+            pub fn listen_options(&self) -> ListenOptions {
+                ListenOptions {
+                    bind_interface: self.bind_interface.clone().filter(|s| !s.is_empty()),
+                    routing_mark: self.routing_mark,
+                    reuse_addr: self.reuse_addr == Some(true),
+                    tcp_multi_path: self.tcp_multi_path == Some(true),
+                }
+            }
+
             /// Refusals and notes of the listen fields.
             fn listen_notes(&self, n: &mut Notes) -> Result<(), ConfigError> {
                 for (field, value, msg) in [
@@ -1084,27 +1182,11 @@ macro_rules! with_listen_fields {
                         .map_err(|m| invalid(field, m))?;
                 }
                 n.ignored_if(
-                    self.bind_interface.as_deref().is_some_and(|s| !s.is_empty())
-                        || self.routing_mark.is_some()
-                        || self.reuse_addr == Some(true)
-                        || self.tcp_fast_open == Some(true)
-                        || self.tcp_multi_path == Some(true),
-                    "listen socket options",
-                    "bind_interface, routing_mark, reuse_addr, tcp_fast_open and tcp_multi_path \
-                     are not applied to listening sockets",
+                    self.tcp_fast_open == Some(true),
+                    "tcp_fast_open",
+                    "TCP Fast Open is not enabled on listening sockets here",
                 );
-                n.ignored_if(
-                    self.disable_tcp_keep_alive.is_some()
-                        || self.tcp_keep_alive.is_some()
-                        || self.tcp_keep_alive_interval.is_some(),
-                    "tcp_keep_alive",
-                    "TCP keep-alive is left to the system",
-                );
-                n.ignored_if(
-                    self.udp_fragment.is_some(),
-                    "udp_fragment",
-                    "UDP fragmentation is the system's",
-                );
+                self.socket_notes(n);
                 n.ignored_if(
                     self.sniff.is_some()
                         || self.sniff_override_destination.is_some()
@@ -1223,6 +1305,7 @@ impl LocalInbound {
             protocols,
             users,
             tag: self.tag.clone(),
+            socket: self.listen_options(),
         })
     }
 }
@@ -1526,6 +1609,8 @@ pub struct ServerSetup {
     pub self_signed: Option<Vec<String>>,
     /// `tls.server_name`, if given.
     pub server_name: Option<String>,
+    /// Socket options of the listening socket ([`ListenOptions::bind`]).
+    pub socket: ListenOptions,
     /// What was taken, ignored (and why) and warnings.
     pub notes: Vec<ConfigNote>,
 }
@@ -1603,6 +1688,7 @@ impl InboundOptions {
             config: cfg,
             self_signed,
             server_name,
+            socket: self.listen_options(),
             notes: Vec::new(),
         })
     }

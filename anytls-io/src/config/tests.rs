@@ -871,7 +871,7 @@ fn full_singbox_client_schema() {
     assert!(has(NoteKind::Ignored, "bind_address_no_port"), "{notes:#?}");
     assert!(has(NoteKind::Ignored, "tcp_keep_alive"), "{notes:#?}");
     assert!(
-        has(NoteKind::Ignored, "inbounds[1].listen socket options"),
+        has(NoteKind::Ignored, "inbounds[1].tcp_fast_open"),
         "{notes:#?}"
     );
     assert!(has(NoteKind::Ignored, "inbounds[1].sniff"), "{notes:#?}");
@@ -1066,15 +1066,25 @@ fn inbound_listen_fields() {
     let t = r#"{
       "type": "anytls", "listen": "127.0.0.1", "listen_port": 0,
       "tcp_fast_open": true, "udp_timeout": "2m", "sniff": true,
+      "reuse_addr": true, "tcp_multi_path": true, "routing_mark": "0x10", "bind_interface": "lo",
       "users": [{"name": "u", "password": "p"}],
       "tls": {"min_version": "1.3", "kernel_tx": true}
     }"#;
     let s = parse_server_json(t).unwrap().to_server_setup().unwrap();
+    assert_eq!(
+        s.socket,
+        ListenOptions {
+            bind_interface: Some("lo".into()),
+            routing_mark: Some(0x10),
+            reuse_addr: true,
+            tcp_multi_path: true,
+        }
+    );
     assert_eq!(s.config.udp.idle_timeout, Duration::from_secs(120));
     assert_eq!(s.config.tls_options.min_version, Some(TlsVersion::Tls13));
     let notes: Vec<String> = s.notes.iter().map(ToString::to_string).collect();
     for needle in [
-        "listen socket options: ignored",
+        "tcp_fast_open: ignored",
         "sniff",
         "udp_timeout",
         "kernel_tx",
@@ -1473,6 +1483,38 @@ fn mihomo_ports_and_authentication() {
         .to_string();
     assert!(
         e.contains("listeners[0].certificate: TLS on local proxy listeners"),
+        "{e}"
+    );
+}
+
+#[test]
+fn listen_options_bind() {
+    // Multipath TCP where the kernel has it, plain TCP otherwise: a socket
+    // either way, that accepts.
+    for opts in [
+        ListenOptions::default(),
+        ListenOptions {
+            reuse_addr: true,
+            tcp_multi_path: true,
+            ..ListenOptions::default()
+        },
+    ] {
+        let l = opts.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        l.set_nonblocking(false).unwrap();
+        l.accept().unwrap();
+    }
+    assert!(ListenOptions::default().is_default());
+    // A missing interface is an error that names it (Linux), or unsupported.
+    let e = ListenOptions {
+        bind_interface: Some("no-such-if0".into()),
+        ..ListenOptions::default()
+    }
+    .bind("127.0.0.1:0".parse().unwrap())
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("no-such-if0") || e.to_string().contains("Linux only"),
         "{e}"
     );
 }

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anytls_tokio::config::{
-    self, AnytlsUri, ClientOptions, ConfigNote, ListenerSetup, NoteKind, ServerOptions, User,
-    parse_go_duration,
+    self, AnytlsUri, ClientOptions, ConfigNote, ListenOptions, ListenerSetup, NoteKind,
+    ServerOptions, User, parse_go_duration,
 };
 use anytls_tokio::proxy::{Protocols, ProxyConfig, ProxyUser, serve_proxy};
 use anytls_tokio::tls::{hex32, parse_pin};
@@ -241,7 +241,11 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
     let setup = file.to_server_setup()?;
     log_notes(&setup.notes);
     let pin = setup.config.tls.leaf_sha256();
-    let server = Server::bind(setup.listen, setup.config.clone()).await?;
+    let listener = setup
+        .socket
+        .bind(setup.listen)
+        .map_err(|e| format!("listen {}: {e}", setup.listen))?;
+    let server = Server::from_std(listener, setup.config.clone())?;
     let addr = server.local_addr()?;
     tracing::info!(
         "anytls server listening on {addr} ({} user(s), fallback {})",
@@ -411,13 +415,17 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
     );
     let mut serving = tokio::task::JoinSet::new();
     for l in listeners {
-        let tcp = TcpListener::bind(l.addr).await.map_err(|e| {
-            format!(
-                "{} listen {}: {e}",
-                config::protocols_name(l.protocols),
-                l.addr
-            )
-        })?;
+        let tcp = l
+            .socket
+            .bind(l.addr)
+            .and_then(TcpListener::from_std)
+            .map_err(|e| {
+                format!(
+                    "{} listen {}: {e}",
+                    config::protocols_name(l.protocols),
+                    l.addr
+                )
+            })?;
         let local = tcp.local_addr()?;
         // What a user needs to connect: on stdout. A mixed port speaks both.
         if l.protocols != Protocols::Http {
@@ -481,6 +489,7 @@ fn local_listeners(
         protocols: Protocols::Mixed,
         users: Vec::new(),
         tag: None,
+        socket: ListenOptions::default(),
     };
     let mut list = if !flags.is_empty() {
         flags.iter().copied().map(mixed).collect()
