@@ -427,6 +427,13 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
                 )
             })?;
         let local = tcp.local_addr()?;
+        if l.users.is_empty() && !local.ip().is_loopback() {
+            tracing::warn!(
+                "the proxy on {local} takes connections from other machines without \
+                 authentication: anyone who reaches it can use your AnyTLS server; add \
+                 --auth USER:PASS (or users in the config) or listen on 127.0.0.1"
+            );
+        }
         // What a user needs to connect: on stdout. A mixed port speaks both.
         if l.protocols != Protocols::Http {
             println!("SOCKS5 proxy listening on {local}");
