@@ -53,11 +53,15 @@
 //!   reply: a failure to reach the AnyTLS server is a "general failure"
 //!   reply, and with a [`verdict_wait`](Socks5Config::verdict_wait) the
 //!   server's refusal is one too.
-//! * Datagrams are taken only from the control connection's IP address; the
-//!   first one fixes the client's port (the request's DST.ADDR/DST.PORT is
-//!   ignored: behind NAT it is rarely what the relay sees), later ones from
-//!   another port are dropped. Fragments (FRAG != 0) and malformed headers
-//!   are dropped. Each goes to its destination through the UoT stream; domain
+//! * Datagrams are taken only from the control connection's IP address and
+//!   one port: the port the request named (DST.PORT, with an IP address in
+//!   DST.ADDR; its IP is not compared, behind NAT it is rarely what the
+//!   relay sees), so that another process on the same host cannot use the
+//!   association; or, when the request names port 0 (as most clients do),
+//!   the port of the first datagram. Datagrams from other ports, fragments
+//!   (FRAG != 0) and malformed headers are dropped. (With port 0, a process
+//!   on the client's host that sends first takes the association: with
+//!   authentication on, clients should name their port.) Each goes to its destination through the UoT stream; domain
 //!   names are resolved by the AnyTLS server.
 //! * Datagrams coming back are sent to the client with a header carrying
 //!   their source address. Before the client's first datagram there is
@@ -756,7 +760,7 @@ pub(crate) async fn serve_connection<R: Runtime>(
         }
         wire::CMD_UDP_ASSOCIATE if cfg.udp_associate => {
             let ip = udp_bind_ip(listen_ip, peer);
-            udp_associate::<R>(local, peer, ip, cfg, client).await
+            udp_associate::<R>(local, peer, ip, &req.dest, cfg, client).await
         }
         c => Err(unsupported(&mut local, c).await),
     }
@@ -828,6 +832,7 @@ async fn udp_associate<R: Runtime>(
     mut control: R::Tcp,
     peer: SocketAddr,
     ip: IpAddr,
+    requested: &SocksAddr,
     cfg: &ProxyConfig,
     client: &Client<R>,
 ) -> Result<(), Socks5Error> {
@@ -864,8 +869,16 @@ async fn udp_associate<R: Runtime>(
     tracing::debug!(%peer, relay = %bound, "socks5 UDP ASSOCIATE");
 
     let client_ip = peer.ip().to_canonical();
-    // The client's address, fixed by its first datagram.
-    let client_addr: Mutex<Option<SocketAddr>> = Mutex::new(None);
+    // The client's address: the port its request named (another process on
+    // the same host cannot take the association over), or else fixed by
+    // its first datagram.
+    let named = match requested.host {
+        Host::Ipv4(_) | Host::Ipv6(_) if requested.port != 0 => {
+            Some(SocketAddr::new(client_ip, requested.port))
+        }
+        _ => None,
+    };
+    let client_addr: Mutex<Option<SocketAddr>> = Mutex::new(named);
     let last_activity = Mutex::new(Instant::now());
     let queue = DropQueue::default();
     let sock = &sock;

@@ -741,6 +741,397 @@ async fn protocol_selection<C: TestRuntime, S: TestRuntime>() {
     socks5_echo::<C>(socks_only, None, 2).await;
 }
 
+// ----- found by review: framing, auth, timeouts, replies -----
+
+/// Reads whatever comes within `limit` (until EOF, a reset or the time).
+async fn recv_for<C: TestRuntime>(s: &mut C::Tcp, limit: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let r = anytls_io::timeout::<C, _>(limit, async {
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    // true: the connection ended within `limit`.
+    (out, r.is_some())
+}
+
+/// A raw origin: every connection gets `response` once its head arrived
+/// (the body is not read), then is closed after a short while.
+fn raw_origin(response: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..16 {
+            let Ok((mut s, _)) = l.accept() else { return };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while http::head_len(&buf, 0).is_none() {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(response);
+                std::thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    addr
+}
+
+/// F1 (request side): a header named in `Connection` is dropped, even
+/// `Content-Length` / `Transfer-Encoding`, while the proxy still frames the
+/// body by it: the origin sees a bodiless POST and the body as a second
+/// request.
+async fn connection_header_cannot_strip_request_framing<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let a = origin("A");
+    let mut s = connect::<C>(f.open).await;
+    let req = format!(
+        "POST http://{a}/len HTTP/1.1\r\nHost: {a}\r\nConnection: content-length\r\n\
+         Content-Length: 5\r\n\r\nhello"
+    );
+    let r = exchange::<C>(&mut s, &mut Vec::new(), req.as_bytes()).await;
+    let seen = r.text();
+    assert!(
+        seen.contains("Content-Length: 5") && seen.ends_with("hello"),
+        "the origin got no framing for the body the proxy sent:\n{seen:?}"
+    );
+}
+
+/// F1 (response side): an origin's `Connection: content-length` drops the
+/// length from the forwarded head, yet the proxy keeps the connection:
+/// the client sees an unframed (read-until-close) response, and the next
+/// (pipelined) response, from another origin, becomes part of its body.
+async fn connection_header_cannot_strip_response_framing<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let evil = raw_origin(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 4\r\n\r\nevil",
+    );
+    let a = origin("A");
+    let mut s = connect::<C>(f.open).await;
+    let mut two = get(evil, "/", "");
+    two.extend(get(a, "/secret", ""));
+    send::<C>(&mut s, &two).await;
+    let (out, _) = recv_for::<C>(&mut s, Duration::from_secs(2)).await;
+    let n = http::head_len(&out, 0).expect("a response head");
+    let head = http::parse_response(&out[..n]).unwrap();
+    let framing = http::response_framing("GET", &head).unwrap();
+    assert_ne!(
+        framing,
+        Framing::Close,
+        "the proxy kept the connection but its head has no framing; a client \
+         reads this all as one body:\n{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// F2: with users configured, a UDP association made by an authenticated
+/// client serves whichever process on the same IP sends first, even when
+/// the request named the client's own address and port.
+async fn udp_association_serves_only_the_address_the_client_named<
+    C: TestRuntime,
+    S: TestRuntime,
+>() {
+    let f = fixture::<C, S>().await;
+    let auth = f.auth;
+    let echo = udp_echo(STEP);
+    let target = echo.addr;
+    let h = std::thread::spawn(move || {
+        let legit = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect_timeout(&auth, STEP).unwrap();
+        c.set_read_timeout(Some(STEP)).unwrap();
+        c.write_all(&[5, 1, wire::METHOD_USER_PASS]).unwrap();
+        let mut m = [0u8; 2];
+        c.read_exact(&mut m).unwrap();
+        c.write_all(&wire::encode_user_pass(USER.as_bytes(), PASSWORD.as_bytes()).unwrap())
+            .unwrap();
+        c.read_exact(&mut m).unwrap();
+        assert_eq!(m, [1, 0]);
+        // A well-behaved client: DST.ADDR/DST.PORT is where it sends from.
+        let me = SocksAddr::from(legit.local_addr().unwrap());
+        c.write_all(&wire::encode_request(wire::CMD_UDP_ASSOCIATE, &me).unwrap())
+            .unwrap();
+        let mut rep = [0u8; 10];
+        c.read_exact(&mut rep).unwrap();
+        let (reply, bound, _) = wire::parse_reply(&rep).unwrap().unwrap();
+        assert_eq!(reply, Reply::Succeeded);
+        let relay = bound.socket_addr().unwrap();
+        // Another local process, no credentials, sends first.
+        let intruder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        intruder
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut d = Vec::new();
+        wire::encode_udp_header(&SocksAddr::from(target), &mut d).unwrap();
+        d.extend_from_slice(b"unauthenticated");
+        intruder.send_to(&d, relay).unwrap();
+        let mut back = [0u8; 2048];
+        let got = intruder.recv_from(&mut back);
+        drop(c);
+        assert!(
+            got.is_err(),
+            "the unauthenticated intruder's datagram was relayed and answered"
+        );
+    });
+    join::<C, _>(h, STEP * 3, "the UDP hijack client").await;
+}
+
+/// F3: a CRLF after a request body (RFC 9112 2.2 robustness) makes an idle
+/// keep-alive connection get an unsolicited 408 after the handshake
+/// timeout, instead of waiting the keep-alive timeout quietly.
+async fn an_idle_keep_alive_connection_gets_no_unsolicited_408<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let strict = proxy_with::<C>(&f.pair.client, |c| {
+        c.handshake_timeout = Duration::from_millis(300);
+        c.keep_alive_timeout = STEP;
+    })
+    .await;
+    let a = origin("A");
+    let mut s = connect::<C>(strict).await;
+    let mut buf = Vec::new();
+    let req =
+        format!("POST http://{a}/x HTTP/1.1\r\nHost: {a}\r\nContent-Length: 5\r\n\r\nhello\r\n");
+    let r = exchange::<C>(&mut s, &mut buf, req.as_bytes()).await;
+    assert_eq!(r.head.code, 200);
+    let (out, _) = recv_for::<C>(&mut s, Duration::from_millis(1500)).await;
+    assert!(
+        out.is_empty(),
+        "idle keep-alive connection got: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// F4: an origin that answers before the request body is in: the response
+/// goes out as persistent (no `Connection: close`), then the proxy closes.
+async fn an_early_response_announces_the_close<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let early = raw_origin(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n");
+    let mut s = connect::<C>(f.open).await;
+    let mut buf = Vec::new();
+    let req = format!(
+        "POST http://{early}/up HTTP/1.1\r\nHost: {early}\r\nExpect: 100-continue\r\n\
+         Content-Length: 10\r\n\r\n"
+    );
+    let r = exchange::<C>(&mut s, &mut buf, req.as_bytes()).await;
+    assert_eq!(r.head.code, 417);
+    let (rest, closed) = recv_for::<C>(&mut s, Duration::from_secs(3)).await;
+    assert!(rest.is_empty() && closed, "the proxy closes after it");
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("close"),
+        "the response announced a persistent connection the proxy then closed"
+    );
+}
+
+/// F5: the request body has no time limit at all (neither handshake nor
+/// keep-alive timeout): a client that sends a head announcing a body and
+/// then nothing holds the connection and an AnyTLS stream indefinitely.
+async fn a_stalled_request_body_is_timed_out<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let strict = proxy_with::<C>(&f.pair.client, |c| {
+        c.handshake_timeout = Duration::from_millis(300);
+        c.keep_alive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // An origin that waits for the body (reads it) before answering.
+    let a = origin("A");
+    let mut s = connect::<C>(strict).await;
+    let req = format!("POST http://{a}/x HTTP/1.1\r\nHost: {a}\r\nContent-Length: 10\r\n\r\nx");
+    send::<C>(&mut s, req.as_bytes()).await;
+    let (out, closed) = recv_for::<C>(&mut s, Duration::from_secs(3)).await;
+    assert!(
+        closed,
+        "still open after 10x the handshake and keep-alive timeouts (got {:?})",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// F6: the AnyTLS server unreachable: what SOCKS5, SOCKS4 and HTTP answer.
+// No server at all: `S` is unused, the suite runs every pair.
+#[allow(clippy::extra_unused_type_parameters)]
+async fn an_unreachable_server_is_a_general_failure_not_a_refusal<
+    C: TestRuntime,
+    S: TestRuntime,
+>() {
+    let dead = closed_port();
+    let mut cfg = anytls_io::ClientConfig::new(dead.to_string(), "pw");
+    cfg.sni = Some("localhost".into());
+    let client = Client::<C>::new(cfg).unwrap();
+    let p = proxy::<C>(&client, ProxyConfig::default()).await;
+    let target = tcp_echo();
+    let r = socks5_try::<C>(p, target, None).await;
+    let code = match r {
+        Err(Socks5Error::Reply(r)) => r,
+        other => panic!("expected a failure reply, got {:?}", other.map(|_| ())),
+    };
+    let mut s = connect::<C>(p).await;
+    let r = exchange::<C>(&mut s, &mut Vec::new(), &connect_request(target, "")).await;
+    eprintln!(
+        "dead server: SOCKS5 reply {code}; HTTP CONNECT {} {:?}",
+        r.head.code,
+        r.text()
+    );
+    assert_eq!(r.head.code, 502);
+    assert_ne!(
+        code,
+        Reply::ConnectionRefused,
+        "the AnyTLS server being down is reported as the destination refusing"
+    );
+    client.close();
+}
+
+/// Checked fine: no request is served without credentials, pipelined after
+/// a 407 or not, CONNECT or forward, and SOCKS5 offering both methods must
+/// authenticate.
+async fn no_request_is_served_without_credentials<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let a = origin("A");
+    let target = tcp_echo();
+    let mut s = connect::<C>(f.auth).await;
+    let mut all = get(a, "/1", "");
+    all.extend(get(a, "/2", "Proxy-Authorization: Basic Og==\r\n"));
+    all.extend(get(a, "/3", "Proxy-Authorization: Basic YWxpY2U6\r\n"));
+    all.extend(get(a, "/4", "Proxy-Authorization: Digest x\r\n"));
+    all.extend(get(
+        a,
+        "/5",
+        "Proxy-Authorization: Basic YWxpY2U6czNjcmV0eA==\r\n",
+    ));
+    all.extend(connect_request(target, ""));
+    send::<C>(&mut s, &all).await;
+    let mut buf = Vec::new();
+    for i in 0..6 {
+        let method = if i == 5 { "CONNECT" } else { "GET" };
+        let r = read_response::<C>(&mut s, &mut buf, method).await;
+        assert_eq!(r.head.code, 407, "request {i}");
+    }
+    // Offering no-auth and user/pass: user/pass is chosen.
+    let mut s = connect::<C>(f.auth).await;
+    send::<C>(&mut s, &[5, 2, 0, 2]).await;
+    assert_eq!(recv_exact::<C>(&mut s, 2).await, [5, 2]);
+    // Skipping the sub-negotiation (a request right away): closed.
+    let mut req = wire::encode_request(wire::CMD_CONNECT, &SocksAddr::from(target)).unwrap();
+    req.extend_from_slice(b"x");
+    send::<C>(&mut s, &req).await;
+    assert_eq!(recv_to_end::<C>(&mut s).await, b"");
+    // UDP ASSOCIATE without credentials: method refused.
+    let mut s = connect::<C>(f.auth).await;
+    let mut msg = vec![5, 1, 0];
+    msg.extend(wire::encode_request(wire::CMD_UDP_ASSOCIATE, &SocksAddr::from(target)).unwrap());
+    send::<C>(&mut s, &msg).await;
+    assert_eq!(recv_to_end::<C>(&mut s).await, [5, 0xff]);
+}
+
+/// Checked fine: smuggling-shaped heads get a 400 and nothing reaches the
+/// origin.
+async fn smuggling_shapes_get_400<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let a = origin("A");
+    for bad in [
+        format!("POST http://{a}/ HTTP/1.1\r\nContent-Length: 3\r\n Content-Length: 4\r\n\r\nabcd"),
+        format!("POST http://{a}/ HTTP/1.1\r\nContent-Length : 3\r\n\r\nabc"),
+        format!("POST http://{a}/ HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        format!(
+            "POST http://{a}/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"
+        ),
+        format!("POST http://{a}/ HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+        format!("POST http://{a}/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        format!(
+            "POST http://{a}/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3 \r\nContent-Length: 03,4\r\n\r\nabc"
+        ),
+        format!(
+            "POST http://{a}/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n"
+        ),
+        format!(
+            "POST http://{a}/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x\nabc\r\n0\r\n\r\n"
+        ),
+        format!(
+            "POST http://{a}/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 3\r\nabc\r\n0\r\n\r\n"
+        ),
+        format!("GET http://{a}/ HTTP/1.1\r\nX: a\rY: b\r\n\r\n"),
+        format!("GET http://{a}/ HTTP/1.1\r\nX: \x01\r\n\r\n"),
+    ] {
+        let mut s = connect::<C>(f.open).await;
+        send::<C>(&mut s, bad.as_bytes()).await;
+        let out = recv_to_end::<C>(&mut s).await;
+        let txt = String::from_utf8_lossy(&out);
+        assert!(txt.starts_with("HTTP/1.1 400"), "{bad:?} -> {txt:?}");
+    }
+}
+
+/// Checked fine: arbitrary bytes on every protocol close only their
+/// connection.
+async fn random_bytes_close_only_their_connection<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let strict = proxy_with::<C>(&f.pair.client, |c| {
+        c.handshake_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut x: u64 = 0x1234_5678_9abc_def0;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..60 {
+        let len = (rnd() % 700) as usize;
+        let mut msg: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+        let first = [5u8, 4, b'G', b'C', b'P'][i % 5];
+        msg.insert(0, first);
+        if i % 3 == 0 {
+            // Mostly text after an HTTP-looking start.
+            for b in msg.iter_mut().skip(1) {
+                *b = b" :\r\nGEThttp/1.0Content-Length0123456789chunked"[(*b as usize) % 45];
+            }
+        }
+        let mut s = connect::<C>(strict).await;
+        let _ = within::<C, _>(STEP, "write", s.write_all(&msg)).await;
+        let _ = recv_to_end::<C>(&mut s).await;
+    }
+    still_serves::<C>(strict).await;
+}
+
+/// F9: a 407 to a request with `Content-Length: 0` closes the connection
+/// (only `Framing::None` counts as bodiless); curl's --proxy-anyauth POST
+/// shows what clients send.
+async fn a_407_on_an_empty_body_keeps_the_connection<C: TestRuntime, S: TestRuntime>() {
+    let f = fixture::<C, S>().await;
+    let a = origin("A");
+    let auth = f.auth;
+    let h = std::thread::spawn(move || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-v", "--max-time", "10", "--proxy-anyauth", "-U"])
+            .arg(format!("{USER}:{PASSWORD}"))
+            .arg("-x")
+            .arg(format!("http://{auth}"))
+            .args(["-d", "x=1"])
+            .arg(format!("http://{a}/post"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    });
+    let e = join::<C, _>(h, STEP * 2, "curl").await;
+    eprintln!("{e}");
+    let mut s = connect::<C>(f.auth).await;
+    let req = format!("POST http://{a}/x HTTP/1.1\r\nHost: {a}\r\nContent-Length: 0\r\n\r\n");
+    let r = exchange::<C>(&mut s, &mut Vec::new(), req.as_bytes()).await;
+    assert_eq!(r.head.code, 407);
+    assert_eq!(
+        r.header("connection"),
+        None,
+        "closed although nothing is left to read"
+    );
+}
+
 anytls_tests::suite!(
     socks_without_auth,
     socks_with_auth,
@@ -751,4 +1142,15 @@ anytls_tests::suite!(
     bad_input_closes_only_that_connection,
     gateway_errors,
     protocol_selection,
+    connection_header_cannot_strip_request_framing,
+    connection_header_cannot_strip_response_framing,
+    udp_association_serves_only_the_address_the_client_named,
+    an_idle_keep_alive_connection_gets_no_unsolicited_408,
+    an_early_response_announces_the_close,
+    a_stalled_request_body_is_timed_out,
+    an_unreachable_server_is_a_general_failure_not_a_refusal,
+    no_request_is_served_without_credentials,
+    smuggling_shapes_get_400,
+    random_bytes_close_only_their_connection,
+    a_407_on_an_empty_body_keeps_the_connection,
 );

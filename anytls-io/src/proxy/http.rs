@@ -551,13 +551,18 @@ pub fn wants_keep_alive(req: &RequestHead) -> bool {
     req.minor_version >= 1 || tokens.iter().any(|t| t == "keep-alive")
 }
 
+/// Fields `Connection` may not nominate for removal: the message framing
+/// (which this proxy frames the body by) and `Host`.
+const NOT_NOMINABLE: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
 /// Writes the fields of `headers` that are forwarded: not hop-by-hop, not
-/// named in `Connection`, not in `skip`.
+/// named in `Connection` (except the framing fields, which stay), not in
+/// `skip`.
 fn put_forwarded(out: &mut Vec<u8>, headers: &[Header], skip: &[&str]) {
     let listed = list_values(headers, "connection");
     for h in headers {
-        if is_hop_by_hop(&h.name) || listed.iter().any(|l| h.is(l)) || skip.iter().any(|s| h.is(s))
-        {
+        let nominated = listed.iter().any(|l| h.is(l)) && !NOT_NOMINABLE.iter().any(|n| h.is(n));
+        if is_hop_by_hop(&h.name) || nominated || skip.iter().any(|s| h.is(s)) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -966,6 +971,47 @@ mod tests {
                 .status,
             502
         );
+    }
+
+    /// `Connection` may not nominate the framing fields.
+    #[test]
+    fn connection_cannot_strip_framing() {
+        let r = req(
+            "POST http://a/ HTTP/1.1\r\nConnection: content-length, transfer-encoding\r\n\
+                     Content-Length: 5\r\n\r\n",
+        );
+        assert_eq!(request_framing(&r), Ok(Framing::Length(5)));
+        let out = String::from_utf8(forward_request_head(&r, "a", "/")).unwrap();
+        assert!(out.contains("Content-Length: 5\r\n"), "{out}");
+        let p = resp(
+            "HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(response_framing("GET", &p), Ok(Framing::Chunked));
+        let out = String::from_utf8(forward_response_head(&p, true, 1)).unwrap();
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+    }
+
+    proptest! {
+        /// httparse ends a head exactly where `head_len` does (the
+        /// caller ignores httparse's count).
+        #[test]
+        fn head_len_agrees_with_httparse(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![
+                    Just(b'a'), Just(b':'), Just(b' '), Just(b'\t'), Just(b'\r'), Just(b'\n'), Just(b'x')
+                ], 0..12), 0..8)
+        ) {
+            let mut h = b"GET http://a/ HTTP/1.1\r\n".to_vec();
+            for l in lines { h.extend(l); }
+            h.extend_from_slice(b"\r\n\r\n");
+            if let Some(n) = head_len(&h, 0) {
+                let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut r = httparse::Request::new(&mut raw);
+                if let Ok(httparse::Status::Complete(m)) = r.parse(&h[..n]) {
+                    prop_assert_eq!(m, n, "{:?}", String::from_utf8_lossy(&h[..n]));
+                }
+            }
+        }
     }
 
     proptest! {

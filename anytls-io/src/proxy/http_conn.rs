@@ -19,6 +19,10 @@ use crate::runtime::{Runtime, timeout};
 /// Bytes read at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// 407s one connection gets before it is closed (a few retries, not an
+/// endless guessing session).
+const MAX_REFUSALS: u32 = 8;
+
 /// What to do after a request.
 enum Next {
     /// Read the next request.
@@ -38,9 +42,12 @@ pub(super) async fn serve<R: Runtime>(
     cfg: &ProxyConfig,
     client: &Client<R>,
 ) -> io::Result<()> {
+    let mut refused = 0;
     loop {
         let read = read_head_bytes(&mut local, &mut buf, cfg.max_header_bytes);
         let len = match timeout::<R, _>(left(deadline), read).await {
+            // Nothing of a head: close quietly.
+            None if buf.is_empty() => return Ok(()),
             None => {
                 let e = HttpError::new(408, "the request head did not come in time");
                 return Err(fail::<R>(&mut local, e).await);
@@ -62,14 +69,23 @@ pub(super) async fn serve<R: Runtime>(
             Err(e) => return Err(fail::<R>(&mut local, e).await),
         };
         buf.drain(..len);
-        match handle_request::<R>(&mut local, &mut buf, req, peer, cfg, client).await? {
+        match handle_request::<R>(&mut local, &mut buf, req, peer, cfg, client, &mut refused)
+            .await?
+        {
             Next::Request => {}
             Next::Close => return Ok(()),
         }
-        // The next request: idle for up to the keep-alive timeout, then its
-        // head within the handshake timeout.
-        if buf.is_empty() {
-            match timeout::<R, _>(cfg.keep_alive_timeout, read_more(&mut local, &mut buf)).await {
+        // The next request: idle for up to the keep-alive timeout (empty
+        // lines between requests do not count, RFC 9112 section 2.2), then
+        // its head within the handshake timeout.
+        let idle_until = Instant::now() + cfg.keep_alive_timeout;
+        loop {
+            let empty = http::leading_empty_lines(&buf);
+            buf.drain(..empty);
+            if !buf.is_empty() {
+                break;
+            }
+            match timeout::<R, _>(left(idle_until), read_more(&mut local, &mut buf)).await {
                 None | Some(Ok(0)) => return Ok(()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
@@ -91,11 +107,13 @@ async fn fail<R: Runtime>(local: &mut R::Tcp, e: HttpError) -> io::Error {
 
 /// The answer when the AnyTLS side fails: 504 for a timeout, else 502.
 fn gateway_error(e: &io::Error) -> HttpError {
-    let status = if e.kind() == io::ErrorKind::TimedOut {
-        504
-    } else {
-        502
-    };
+    // The AnyTLS server reports its own dial timeouts as a refusal's text
+    // ("dial tcp ...: i/o timeout").
+    let text = e.to_string().to_ascii_lowercase();
+    let timed_out = e.kind() == io::ErrorKind::TimedOut
+        || text.contains("timeout")
+        || text.contains("timed out");
+    let status = if timed_out { 504 } else { 502 };
     HttpError::new(status, e.to_string())
 }
 
@@ -170,6 +188,7 @@ async fn read_head_bytes<S: AsyncRead + Unpin>(
 
 /// One request, its head read: authentication, then a tunnel or a
 /// forwarded exchange.
+#[allow(clippy::too_many_arguments)]
 async fn handle_request<R: Runtime>(
     local: &mut R::Tcp,
     buf: &mut Vec<u8>,
@@ -177,6 +196,7 @@ async fn handle_request<R: Runtime>(
     peer: SocketAddr,
     cfg: &ProxyConfig,
     client: &Client<R>,
+    refused: &mut u32,
 ) -> io::Result<Next> {
     let keep_alive = http::wants_keep_alive(&req);
     if !cfg.users.is_empty() {
@@ -193,10 +213,14 @@ async fn handle_request<R: Runtime>(
                 ),
                 None => tracing::debug!(%peer, "HTTP proxy request without credentials: 407"),
             }
-            // The connection stays for the retry if nothing of this request
-            // is left to read.
-            let bodiless = matches!(http::request_framing(&req), Ok(Framing::None));
-            let keep = keep_alive && bodiless;
+            // The connection stays for a retry if nothing of this request
+            // is left to read, up to MAX_REFUSALS refusals.
+            *refused += 1;
+            let bodiless = matches!(
+                http::request_framing(&req),
+                Ok(Framing::None | Framing::Length(0))
+            );
+            let keep = keep_alive && bodiless && *refused < MAX_REFUSALS;
             local.write_all(&http::auth_required(!keep)).await?;
             if keep {
                 return Ok(Next::Request);
@@ -214,14 +238,21 @@ async fn handle_request<R: Runtime>(
             tracing::debug!(%peer, %dest, "HTTP CONNECT");
             let early = std::mem::take(buf);
             let connect = open_stream(client, dest, cfg.verdict_wait);
-            tunnel(local, &early, connect, |r| match r {
+            let mut refused_tunnel = false;
+            let r = tunnel(local, &early, connect, |r| match r {
                 Ok(()) => http::CONNECT_ESTABLISHED.to_vec(),
                 Err(e) => {
+                    refused_tunnel = true;
                     let e = gateway_error(e);
                     http::error_response(e.status, &e.msg, true)
                 }
             })
-            .await?;
+            .await;
+            if refused_tunnel {
+                // So that the client reads the error before the close.
+                linger_close::<R>(local).await;
+            }
+            r?;
             Ok(Next::Close)
         }
         Target::Forward {
@@ -269,10 +300,19 @@ async fn forward<R: Runtime>(
         return Err(fail::<R>(local, gateway_error(&e)).await);
     }
     let started = AtomicBool::new(false);
+    let body_done = AtomicBool::new(false);
     let (sent, result) = {
         let (mut lr, mut lw) = futures_lite::io::split(&mut *local);
         let (mut ur, mut uw) = futures_lite::io::split(&mut upstream);
-        let upload = send_body(&mut lr, &mut uw, buf, framing);
+        let idle = cfg.keep_alive_timeout;
+        let upload = send_body(
+            &mut lr,
+            &mut uw,
+            buf,
+            framing,
+            || R::timer(Instant::now() + idle),
+            &body_done,
+        );
         let download = send_response(
             &mut ur,
             &mut lw,
@@ -281,6 +321,7 @@ async fn forward<R: Runtime>(
             req.minor_version,
             cfg.max_header_bytes,
             &started,
+            &body_done,
         );
         exchange(upload, download).await
     };
@@ -329,25 +370,43 @@ where
 }
 
 /// Copies the request body (framed by `framing`; `buf` holds bytes read
-/// already, and keeps those after the body) from `client` to `upstream`.
-/// `Ok(false)` when `upstream` stopped taking it (the response tells why).
-async fn send_body<C, U>(
+/// already, and keeps those after the body) from `client` to `upstream`,
+/// and says when it is all in (`done`). `Ok(false)` when `upstream` stopped
+/// taking it (the response tells why). A client silent for `idle` in the
+/// middle of a body gets 408 (or a close, once the response has begun).
+async fn send_body<C, U, T>(
     client: &mut C,
     upstream: &mut U,
     buf: &mut Vec<u8>,
     framing: Framing,
+    mut idle: impl FnMut() -> T,
+    done: &AtomicBool,
 ) -> Result<bool, Failure>
 where
     C: AsyncRead + Unpin,
     U: AsyncWrite + Unpin,
+    T: Future<Output = ()>,
 {
     let mut body = BodyDecoder::new(framing);
     loop {
         if body.is_done() {
+            done.store(true, Ordering::Release);
             return Ok(true);
         }
         if buf.is_empty() {
-            match read_more(client, buf).await {
+            let timer = idle();
+            let read =
+                futures_lite::future::or(async { Some(read_more(client, buf).await) }, async {
+                    timer.await;
+                    None
+                });
+            let Some(read) = read.await else {
+                return Err(Failure::Answer(HttpError::new(
+                    408,
+                    "the request body stalled",
+                )));
+            };
+            match read {
                 Ok(0) => {
                     return Err(Failure::Client(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -368,7 +427,9 @@ where
 
 /// Copies the response from `upstream` to `client`: interim (1xx) heads,
 /// then the final head (rewritten, see [`http::forward_response_head`]) and
-/// its body. Ok: whether the client connection may carry another request.
+/// its body. Ok: whether the client connection may carry another request
+/// (not if the response comes before the whole request body: `body_done`).
+#[allow(clippy::too_many_arguments)]
 async fn send_response<U, C>(
     upstream: &mut U,
     client: &mut C,
@@ -377,6 +438,7 @@ async fn send_response<U, C>(
     client_minor: u8,
     max: usize,
     started: &AtomicBool,
+    body_done: &AtomicBool,
 ) -> Result<bool, Failure>
 where
     U: AsyncRead + Unpin,
@@ -413,7 +475,7 @@ where
         let framing = http::response_framing(method, &resp).map_err(Failure::Answer)?;
         break (resp, framing);
     };
-    let keep = keep_alive && framing != Framing::Close;
+    let keep = keep_alive && framing != Framing::Close && body_done.load(Ordering::Acquire);
     let head = http::forward_response_head(&resp, keep, client_minor);
     client.write_all(&head).await.map_err(Failure::Client)?;
     started.store(true, Ordering::Release);
@@ -466,6 +528,17 @@ mod tests {
         }
     }
 
+    /// A destination timeout reported by the AnyTLS server
+    /// (its SYNACK text) is a 502, not the documented 504.
+    #[test]
+    fn a_server_side_timeout_is_504() {
+        let e = io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "dial tcp 10.255.255.1:80: i/o timeout",
+        );
+        assert_eq!(gateway_error(&e).status, 504);
+    }
+
     #[test]
     fn a_cancelled_read_leaves_the_buffer() {
         let mut buf = b"abc".to_vec();
@@ -480,13 +553,23 @@ mod tests {
     fn bodies_go_up_exactly_and_the_rest_stays() {
         // Part of a chunked body already read, the rest and a pipelined
         // request on the socket.
+        let done = AtomicBool::new(false);
+        let never = futures_lite::future::pending::<()>;
         let mut buf = b"3\r\nab".to_vec();
         let mut client = futures_lite::io::Cursor::new(b"c\r\n0\r\n\r\nGET next".to_vec());
         let mut up = Vec::new();
-        let r = block_on(send_body(&mut client, &mut up, &mut buf, Framing::Chunked));
+        let r = block_on(send_body(
+            &mut client,
+            &mut up,
+            &mut buf,
+            Framing::Chunked,
+            never,
+            &done,
+        ));
         assert!(matches!(r, Ok(true)));
         assert_eq!(up, b"3\r\nabc\r\n0\r\n\r\n");
         assert_eq!(buf, b"GET next");
+        assert!(done.load(Ordering::Acquire));
         // A client that ends mid-body, a malformed body.
         let mut short = futures_lite::io::Cursor::new(b"ab".to_vec());
         let r = block_on(send_body(
@@ -494,6 +577,8 @@ mod tests {
             &mut Vec::new(),
             &mut Vec::new(),
             Framing::Length(5),
+            never,
+            &done,
         ));
         assert!(matches!(r, Err(Failure::Client(_))));
         let mut bad = futures_lite::io::Cursor::new(b"zz\r\n".to_vec());
@@ -502,12 +587,16 @@ mod tests {
             &mut Vec::new(),
             &mut Vec::new(),
             Framing::Chunked,
+            never,
+            &done,
         ));
         assert!(matches!(r, Err(Failure::Answer(e)) if e.status == 400));
     }
 
     #[test]
     fn responses_are_rewritten_and_delimited() {
+        // The request body is all in (else no keep-alive is announced).
+        let all_in = AtomicBool::new(true);
         let origin = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
                        Connection: keep-alive\r\n\r\nhiEXTRA"
             .to_vec();
@@ -516,7 +605,7 @@ mod tests {
             let mut out = Vec::new();
             let started = AtomicBool::new(false);
             let r = block_on(send_response(
-                &mut up, &mut out, method, keep, minor, 1024, &started,
+                &mut up, &mut out, method, keep, minor, 1024, &started, &all_in,
             ));
             (r.ok(), String::from_utf8(out).unwrap())
         };
@@ -541,7 +630,7 @@ mod tests {
         let mut out = Vec::new();
         let started = AtomicBool::new(false);
         let r = block_on(send_response(
-            &mut up, &mut out, "GET", true, 1, 1024, &started,
+            &mut up, &mut out, "GET", true, 1, 1024, &started, &all_in,
         ));
         assert!(matches!(r, Ok(false)));
         assert!(out.ends_with(b"Connection: close\r\n\r\nall of it"));
@@ -562,6 +651,7 @@ mod tests {
                 1,
                 1024,
                 &started,
+                &all_in,
             ));
             assert!(matches!(r, Err(Failure::Answer(e)) if e.status == 502));
             assert_eq!(started.load(Ordering::Acquire), begun);

@@ -47,8 +47,13 @@
 //! the request body was read in full. A close-delimited response ends the
 //! client connection. Since every request has its own AnyTLS stream, the
 //! origin's own persistence does not matter. Between requests the connection
-//! waits at most [`ProxyConfig::keep_alive_timeout`] for the next one. A
-//! CONNECT tunnel is the connection's last request.
+//! waits at most [`ProxyConfig::keep_alive_timeout`] for the next one (empty
+//! lines between requests are skipped); a request body that stalls that long
+//! gets 408 (or a close, once the response has begun). A response that comes
+//! before the whole request body (an early 417 or 413) says
+//! `Connection: close`. `Connection` cannot nominate `Content-Length`,
+//! `Transfer-Encoding` or `Host` for removal. A CONNECT tunnel is the
+//! connection's last request.
 //!
 //! # Authentication
 //!
@@ -217,7 +222,8 @@ pub struct ProxyConfig {
     /// Time for a SOCKS handshake or an HTTP request head (10 s; see
     /// [Limits and timeouts](self#limits-and-timeouts)).
     pub handshake_timeout: Duration,
-    /// How long an HTTP connection waits for its next request (60 s).
+    /// How long an HTTP connection waits for its next request, and how long
+    /// a request body may stall (60 s).
     pub keep_alive_timeout: Duration,
     /// Largest HTTP request head, and origin response head (64 KiB).
     pub max_header_bytes: usize,
@@ -372,10 +378,16 @@ pub(crate) async fn open_stream<R: Runtime>(
     dest: SocksAddr,
     verdict_wait: Duration,
 ) -> io::Result<AnyTlsStream> {
-    let mut stream = client
-        .connect(dest)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("AnyTLS session: {e}")))?;
+    // A failure here is the session's, not the destination's: never a
+    // "connection refused" by the destination (a SOCKS5 general failure,
+    // HTTP 502), but a timeout stays one (HTTP 504).
+    let mut stream = client.connect(dest).await.map_err(|e| {
+        let kind = match e.kind() {
+            io::ErrorKind::TimedOut => io::ErrorKind::TimedOut,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, format!("AnyTLS session: {e}"))
+    })?;
     if !verdict_wait.is_zero() {
         if let Some(Err(e)) = timeout::<R, _>(verdict_wait, stream.established()).await {
             return Err(e);
