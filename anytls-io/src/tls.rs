@@ -484,6 +484,135 @@ fn check_self_trusted(der: &CertificateDer<'_>, now: UnixTime) -> Result<(), rus
     Ok(())
 }
 
+/// Something wrong with a server's certificate, found before serving (see
+/// [`check_server_certificate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertificateProblem {
+    /// Past its `notAfter`: verifying clients refuse it.
+    Expired {
+        /// When it expired.
+        not_after: std::time::SystemTime,
+    },
+    /// Before its `notBefore` (a clock or an issuance problem).
+    NotYetValid {
+        /// When it becomes valid.
+        not_before: std::time::SystemTime,
+    },
+    /// Valid now, but not for long.
+    ExpiresSoon {
+        /// When it expires.
+        not_after: std::time::SystemTime,
+        /// Whole days left.
+        days_left: u64,
+    },
+    /// It does not name the server name clients check.
+    NameNotCovered {
+        /// The server name.
+        name: String,
+    },
+    /// It cannot be parsed.
+    Unreadable(String),
+}
+
+/// Days before expiry from which [`check_server_certificate`] warns.
+pub const EXPIRY_WARNING_DAYS: u64 = 14;
+
+impl fmt::Display for CertificateProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let date = |t: &std::time::SystemTime| {
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            x509_parser::time::ASN1Time::from_timestamp(secs).map_or_else(
+                |_| format!("{secs} s after 1970"),
+                |t| {
+                    let d = t.to_datetime();
+                    format!(
+                        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+                        d.year(),
+                        u8::from(d.month()),
+                        d.day(),
+                        d.hour(),
+                        d.minute()
+                    )
+                },
+            )
+        };
+        match self {
+            CertificateProblem::Expired { not_after } => write!(
+                f,
+                "the certificate expired on {}: clients that verify it refuse the connection",
+                date(not_after)
+            ),
+            CertificateProblem::NotYetValid { not_before } => write!(
+                f,
+                "the certificate is not valid before {} (is the clock right?)",
+                date(not_before)
+            ),
+            CertificateProblem::ExpiresSoon {
+                not_after,
+                days_left,
+            } => write!(
+                f,
+                "the certificate expires on {} ({days_left} day(s) left): renew it",
+                date(not_after)
+            ),
+            CertificateProblem::NameNotCovered { name } => write!(
+                f,
+                "the certificate is not valid for the server name {name:?}: clients that verify it refuse the connection"
+            ),
+            CertificateProblem::Unreadable(e) => write!(f, "the certificate cannot be read: {e}"),
+        }
+    }
+}
+
+/// Checks a server's leaf certificate at `now`: expired, not yet valid,
+/// expiring within [`EXPIRY_WARNING_DAYS`], or not covering `server_name`
+/// (the name clients will check, when known).
+pub fn check_server_certificate(
+    leaf: &CertificateDer<'_>,
+    server_name: Option<&str>,
+    now: std::time::SystemTime,
+) -> Vec<CertificateProblem> {
+    use std::time::{Duration, UNIX_EPOCH};
+    use x509_parser::prelude::FromDer;
+    let cert = match x509_parser::certificate::X509Certificate::from_der(leaf.as_ref()) {
+        Ok((_, c)) => c,
+        Err(e) => return vec![CertificateProblem::Unreadable(e.to_string())],
+    };
+    let at = |secs: i64| UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    let v = cert.validity();
+    let (not_before, not_after) = (at(v.not_before.timestamp()), at(v.not_after.timestamp()));
+    let mut problems = Vec::new();
+    if now > not_after {
+        problems.push(CertificateProblem::Expired { not_after });
+    } else if now < not_before {
+        problems.push(CertificateProblem::NotYetValid { not_before });
+    } else {
+        let left = not_after.duration_since(now).unwrap_or_default();
+        let days_left = left.as_secs() / 86_400;
+        if days_left < EXPIRY_WARNING_DAYS {
+            problems.push(CertificateProblem::ExpiresSoon {
+                not_after,
+                days_left,
+            });
+        }
+    }
+    if let Some(name) = server_name {
+        let covered = self::server_name(name).is_ok_and(|n| {
+            webpki::EndEntityCert::try_from(leaf)
+                .is_ok_and(|c| c.verify_is_valid_for_subject_name(&n).is_ok())
+        });
+        if !covered {
+            problems.push(CertificateProblem::NameNotCovered {
+                name: name.to_owned(),
+            });
+        }
+    }
+    problems
+}
+
 /// The server name to present: an IP literal sends no SNI (rustls does not
 /// send SNI for IP addresses), as the AnyTLS URI format asks.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
@@ -774,6 +903,65 @@ mod tests {
                 )
             ),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn server_certificates_are_checked_before_serving() {
+        use std::time::{Duration, SystemTime};
+        let leaf = |f: &dyn Fn(&mut rcgen::CertificateParams)| {
+            self_signed_with("vpn.example.com", |p| f(p)).certs[0].clone()
+        };
+        let now = SystemTime::now();
+        // A fresh one for the right name: nothing to say.
+        let good = leaf(&|_| {});
+        assert_eq!(
+            check_server_certificate(&good, Some("vpn.example.com"), now),
+            vec![]
+        );
+        assert_eq!(check_server_certificate(&good, None, now), vec![]);
+        // Another name.
+        let p = check_server_certificate(&good, Some("other.example.com"), now);
+        assert!(
+            matches!(&p[..], [CertificateProblem::NameNotCovered { name }] if name == "other.example.com")
+        );
+        // Expired, not yet valid, expiring in 5 days.
+        let expired = leaf(&|p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        });
+        let p = check_server_certificate(&expired, None, now);
+        assert!(
+            matches!(&p[..], [CertificateProblem::Expired { .. }]),
+            "{p:?}"
+        );
+        assert!(
+            p[0].to_string().contains("expired on 2001-01-01 00:00 UTC"),
+            "{}",
+            p[0]
+        );
+        let future = leaf(&|p| {
+            p.not_before = rcgen::date_time_ymd(2990, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2991, 1, 1);
+        });
+        let p = check_server_certificate(&future, None, now);
+        assert!(
+            matches!(&p[..], [CertificateProblem::NotYetValid { .. }]),
+            "{p:?}"
+        );
+        // Judged five days before its end (2001-01-01 is 978 307 200 s).
+        let five_days_before =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(978_307_200 - 5 * 86_400);
+        let p = check_server_certificate(&expired, None, five_days_before);
+        assert!(
+            matches!(
+                &p[..],
+                [CertificateProblem::ExpiresSoon {
+                    days_left: 4 | 5,
+                    ..
+                }]
+            ),
+            "{p:?}"
         );
     }
 

@@ -458,3 +458,42 @@ async fn happy_eyeballs_starts_the_other_family_at_once_when_the_first_fails() {
     eprintln!("connect took {took:?} (IPv6 refused within ms; fallback_delay 1 s)");
     assert!(took < Duration::from_millis(500), "took {took:?}");
 }
+
+#[test]
+fn certificate_problems_are_reported_when_the_server_starts() {
+    // Expired, and for another name than the one the server is told.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["old.example.com".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let dir = std::env::temp_dir().join(format!("anytls-diagnose-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let mut p = Proc::spawn(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--password",
+        PASSWORD,
+        "--cert",
+        c.to_str().unwrap(),
+        "--key",
+        k.to_str().unwrap(),
+        "--server-name",
+        "vpn.example.com",
+    ]);
+    p.wait_stdout("share URI:", STEP);
+    let err = stderr_of(p);
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(
+        err.contains("the certificate expired on 2001-01-01"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not valid for the server name \"vpn.example.com\""),
+        "{err}"
+    );
+}

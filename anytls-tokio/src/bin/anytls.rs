@@ -12,8 +12,8 @@ use anytls_tokio::config::{
     ServerOptions, User, parse_go_duration,
 };
 use anytls_tokio::proxy::{Protocols, ProxyConfig, ProxyUser, serve_proxy};
-use anytls_tokio::tls::{hex32, parse_pin};
-use anytls_tokio::{Client, Server, Verification};
+use anytls_tokio::tls::{CertificateProblem, check_server_certificate, hex32, parse_pin};
+use anytls_tokio::{Client, Server, ServerTls, Verification};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -241,6 +241,17 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
     let setup = file.to_server_setup()?;
     log_notes(&setup.notes);
     let pin = setup.config.tls.leaf_sha256();
+    if let (None, ServerTls::Identity(id)) = (&setup.self_signed, &setup.config.tls) {
+        if let Some(leaf) = id.certs.first() {
+            let name = setup.server_name.as_deref();
+            for p in check_server_certificate(leaf, name, std::time::SystemTime::now()) {
+                match p {
+                    CertificateProblem::ExpiresSoon { .. } => tracing::warn!("{p}"),
+                    _ => tracing::error!("{p}"),
+                }
+            }
+        }
+    }
     let listener = setup
         .socket
         .bind(setup.listen)
