@@ -28,6 +28,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::runtime::{Runtime, timeout};
+use crate::stats::StreamGuard;
 use crate::tls_io::TlsIo;
 
 /// One connection of a core state machine, as its driver task sees it.
@@ -580,6 +581,9 @@ pub(crate) trait StreamEnd: Send + Sync {
 struct ServerEnd {
     conn: Arc<Conn>,
     id: StreamId,
+    /// The user's counters: payload taken out of the session and queued
+    /// into it (see `stats.rs`).
+    account: Option<StreamGuard>,
 }
 
 impl ServerEnd {
@@ -606,7 +610,12 @@ impl StreamEnd for ServerEnd {
             g.kick();
         }
         match res {
-            Ok(chunk) => Poll::Ready(Ok(chunk)),
+            Ok(chunk) => {
+                if let (Some(a), Some(c)) = (&self.account, &chunk) {
+                    a.received(c.len());
+                }
+                Poll::Ready(Ok(chunk))
+            }
             Err(StreamError::Blocked) => {
                 g.read_wakers.insert(self.id, cx.waker().clone());
                 Poll::Pending
@@ -623,6 +632,10 @@ impl StreamEnd for ServerEnd {
         match g.session.write_bytes(self.id, data) {
             Ok(n) => {
                 g.kick();
+                drop(g);
+                if let Some(a) = &self.account {
+                    a.sent(n);
+                }
                 Poll::Ready(Ok(n))
             }
             Err(StreamError::Blocked) => {
@@ -673,9 +686,9 @@ impl std::fmt::Debug for AnyTlsStream {
 }
 
 impl AnyTlsStream {
-    /// A server session's stream.
-    pub(crate) fn new(conn: Arc<Conn>, id: StreamId) -> AnyTlsStream {
-        AnyTlsStream::from_end(Box::new(ServerEnd { conn, id }), id)
+    /// A server session's stream, counted in `account` (a user's counters).
+    pub(crate) fn new(conn: Arc<Conn>, id: StreamId, account: Option<StreamGuard>) -> AnyTlsStream {
+        AnyTlsStream::from_end(Box::new(ServerEnd { conn, id, account }), id)
     }
 
     pub(crate) fn from_end(end: Box<dyn StreamEnd>, id: StreamId) -> AnyTlsStream {

@@ -34,6 +34,7 @@ mod relay;
 mod runtime;
 mod server;
 pub mod socks5;
+pub mod stats;
 pub mod tls;
 mod tls_io;
 mod uot;
@@ -49,5 +50,6 @@ pub use dial::{BoxTransport, DialFuture, DialOptions, Dialer, DomainStrategy, Tr
 pub use relay::{relay, relay_stream, relay_stream_with};
 pub use runtime::{Runtime, sleep_until, timeout};
 pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp, relay_tcp_with};
+pub use stats::{StatsHandle, StatsSnapshot, UserStats};
 pub use tls::{Identity, ServerTls, TlsError, TlsOptions, TlsVersion, Verification};
 pub use uot::{UdpConfig, UotEnd, UotReport, UotStats, relay_uot};

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anytls_core::{Authenticator, Event, PaddingScheme, SessionLimits, SocksAddr, StreamId};
@@ -17,6 +17,7 @@ use crate::budget::IoBudget;
 use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
 use crate::relay::{relay, relay_stream_with};
 use crate::runtime::{Runtime, Switch, lock, sleep_until, timeout};
+use crate::stats::{StatsHandle, StatsSnapshot, StreamGuard, UserCounters};
 use crate::tls::{Identity, ServerTls, TlsError, TlsOptions};
 use crate::tls_io::{Tls, TlsIo};
 use crate::uot::{UdpConfig, relay_uot};
@@ -110,6 +111,8 @@ pub struct IncomingStream<R> {
     peer: SocketAddr,
     budget: IoBudget,
     decided: bool,
+    /// The stream in its user's counters (handed to the accepted stream).
+    account: Option<StreamGuard>,
     _runtime: PhantomData<fn() -> R>,
 }
 
@@ -147,7 +150,7 @@ impl<R> IncomingStream<R> {
         let _ = g.session.accept_stream(self.id, Ok(()));
         g.kick();
         drop(g);
-        AnyTlsStream::new(self.conn.clone(), self.id)
+        AnyTlsStream::new(self.conn.clone(), self.id, self.account.take())
     }
 
     /// Refuses the stream with a message (SYNACK error for v2 clients, then FIN).
@@ -261,6 +264,7 @@ pub struct Server<R: Runtime> {
     cfg: ServerConfig,
     shutdown: Arc<Switch>,
     active: Arc<AtomicUsize>,
+    stats: StatsHandle,
 }
 
 impl<R: Runtime> fmt::Debug for Server<R> {
@@ -324,6 +328,7 @@ impl<R: Runtime> Server<R> {
         if let Err(e) = cfg.padding.validate_strict() {
             tracing::warn!("padding scheme fails the strict rules of newer clients: {e}");
         }
+        let stats = StatsHandle::new(cfg.users.iter().map(|(n, _)| n.as_str()));
         Ok(Server {
             listener,
             tls,
@@ -331,6 +336,7 @@ impl<R: Runtime> Server<R> {
             cfg,
             shutdown: Arc::default(),
             active: Arc::new(AtomicUsize::new(0)),
+            stats,
         })
     }
 
@@ -350,6 +356,18 @@ impl<R: Runtime> Server<R> {
     /// Sessions open now.
     pub fn active_sessions(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// The server's counters (per-user bytes, sessions and streams;
+    /// authentication failures), usable after [`serve`](Self::serve) took
+    /// the server. See [`crate::stats`] for what is counted.
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats.clone()
+    }
+
+    /// The counters now (as [`StatsHandle::snapshot`]).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// Serves with the built-in relay ([`relay_tcp_with`]: TCP, and UDP over
@@ -408,6 +426,7 @@ impl<R: Runtime> Server<R> {
                 handler.clone(),
                 self.active.clone(),
                 conns.clone(),
+                self.stats.clone(),
             ));
         }
         drop(self.listener);
@@ -455,6 +474,7 @@ async fn serve_connection<R, H, F>(
     handler: Arc<H>,
     active: Arc<AtomicUsize>,
     registry: Registry,
+    stats: StatsHandle,
 ) where
     R: Runtime,
     H: Fn(IncomingStream<R>) -> F + Send + Sync + 'static,
@@ -501,10 +521,15 @@ async fn serve_connection<R, H, F>(
         r.push(Arc::downgrade(&conn));
     }
     active.fetch_add(1, Ordering::Relaxed);
+    // The user's counters, looked up once (by whichever of the stream task
+    // and the observer below needs them first).
+    let account: Arc<OnceLock<Arc<UserCounters>>> = Arc::default();
     {
         let conn = conn.clone();
         let users = core.users.clone();
         let budget = io_budget.clone();
+        let stats = stats.clone();
+        let account = account.clone();
         // Ends when the session does (next_incoming returns None).
         R::spawn(async move {
             // Streams exist only after authentication: the session knows its
@@ -517,6 +542,7 @@ async fn serve_connection<R, H, F>(
                         Arc::from(id.and_then(|u| users.user_name(u)).unwrap_or(""))
                     })
                     .clone();
+                let counters = account.get_or_init(|| stats.user(&user));
                 tracing::debug!(%peer, stream = id.0, %dest, "new stream");
                 let req = IncomingStream {
                     conn: conn.clone(),
@@ -526,6 +552,7 @@ async fn serve_connection<R, H, F>(
                     peer,
                     budget: budget.clone(),
                     decided: false,
+                    account: Some(counters.stream_opened()),
                     _runtime: PhantomData,
                 };
                 R::spawn(handler(req));
@@ -533,13 +560,21 @@ async fn serve_connection<R, H, F>(
         });
     }
     let users = core.users.clone();
-    let end = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| {
-        if let Event::Authenticated { user: id } = ev {
+    // The user's open session, from authentication until the driver ends.
+    let mut session = None;
+    let slot = &mut session;
+    let end = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| match ev {
+        Event::Authenticated { user: id } => {
             let name = users.user_name(*id).unwrap_or("");
             tracing::debug!(%peer, user = name, "authenticated");
+            let counters = account.get_or_init(|| stats.user(name));
+            *slot = Some(counters.session_opened());
         }
+        Event::AuthRejected { .. } => stats.auth_failed(peer.ip(), Instant::now()),
+        _ => {}
     }))
     .await;
+    drop(session);
     active.fetch_sub(1, Ordering::Relaxed);
     match end {
         DriveEnd::Closed(reason) => tracing::debug!(%peer, "session ended: {reason}"),
