@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 
 #[path = "anytls/demo.rs"]
 mod demo;
+#[path = "anytls/metrics.rs"]
+mod metrics;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -81,6 +83,10 @@ struct ServerArgs {
     /// Where connections that fail authentication go, e.g. a web server.
     #[arg(long, value_name = "ADDR")]
     fallback: Option<String>,
+    /// Serve per-user counters in the Prometheus text format on
+    /// http://ADDR/metrics (e.g. 127.0.0.1:9090; no authentication).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -318,6 +324,22 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
             println!("pinned client{who}: {cmd}");
         }
     }
+
+    let stats = server.stats_handle();
+    if let Some(m) = a.metrics {
+        let l = TcpListener::bind(m)
+            .await
+            .map_err(|e| format!("metrics listen {m}: {e}"))?;
+        let bound = l.local_addr()?;
+        if !bound.ip().is_loopback() {
+            tracing::warn!(
+                "metrics on {bound}: anyone who can reach it sees user names and traffic counts"
+            );
+        }
+        println!("metrics: http://{bound}/metrics");
+        tokio::spawn(metrics::serve(l, stats.clone()));
+    }
+    tokio::spawn(metrics::log_summaries(stats));
 
     let handle = server.shutdown_handle();
     let mut serve = tokio::spawn(server.serve());
