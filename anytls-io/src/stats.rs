@@ -298,8 +298,11 @@ pub struct PeerAuthFailures {
     pub count: u64,
 }
 
-/// The per-user series: name, type, help, value.
-const USER_SERIES: [(&str, &str, &str, fn(&UserStats) -> u64); 6] = [
+/// A per-user series: name, type, help, value.
+type Series = (&'static str, &'static str, &'static str, fn(&UserStats) -> u64);
+
+/// The per-user series.
+const USER_SERIES: [Series; 6] = [
     (
         "anytls_user_bytes_received_total",
         "counter",
