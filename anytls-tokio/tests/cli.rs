@@ -180,16 +180,7 @@ fn echo_via_socks(proxies: &[(&str, Option<(&str, &str)>)]) {
         .unwrap();
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
+        let target = common::echo_target().await;
         for (i, (socks, auth)) in proxies.iter().enumerate() {
             let step = async {
                 let mut s = anytls_tokio::socks5::socks5_connect_with(*socks, target, *auth)

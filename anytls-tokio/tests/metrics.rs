@@ -47,16 +47,7 @@ fn echo_through(server: &str, pin: [u8; 32], password: &str, size: usize) -> boo
         .unwrap();
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
+        let target = common::echo_target().await;
         let mut cfg = ClientConfig::new(server, password);
         cfg.sni = Some("localhost".into());
         cfg.verification = Verification::Pin(pin);

@@ -123,6 +123,22 @@ impl Proc {
     }
 }
 
+/// A tokio echo server on 127.0.0.1 (on the current runtime), each
+/// connection echoed until EOF.
+pub async fn echo_target() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    target
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
