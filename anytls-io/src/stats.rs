@@ -12,7 +12,8 @@
 //! * **Bytes sent** (`bytes_sent`): stream payload written into the user's
 //!   streams, counted as the session takes it into its send queue (so data
 //!   queued just before a session fails counts, though it never leaves).
-//!   Again payload only.
+//!   Again payload only. (A UDP-over-TCP stream's payload is its UoT
+//!   encoding: datagrams with their length prefixes and addresses.)
 //! * **Sessions**: counted once authenticated (a connection that fails
 //!   authentication belongs to no user); open until the session ends.
 //! * **Streams**: every stream a user's client opens (refused ones
@@ -23,7 +24,7 @@
 //!   than the password hash, an EOF after a partial preamble, or the
 //!   handshake timeout before a whole one (what the fallback is handed).
 //!   Counted in total and per peer IP address for the last
-//!   [`MAX_PEERS`] addresses seen; each is logged at `info`, at most one line
+//!   [`MAX_PEERS`] addresses to fail; each is logged at `info`, at most one line
 //!   per address per [`LOG_INTERVAL`] (the next line says how many were held
 //!   back).
 //!
@@ -116,6 +117,15 @@ struct PeerEntry {
     held: u64,
 }
 
+/// A log line about an address's failures.
+#[derive(Debug, PartialEq, Eq)]
+struct LogLine {
+    /// Its failures so far.
+    count: u64,
+    /// Failures not logged since its last line.
+    held: u64,
+}
+
 #[derive(Default)]
 struct PeerTable {
     peers: HashMap<IpAddr, PeerEntry>,
@@ -179,6 +189,24 @@ impl StatsHandle {
 
     /// Counts a failed authentication from `peer` and logs it (rate-limited).
     pub(crate) fn auth_failed(&self, peer: IpAddr, now: Instant) {
+        let Some(line) = self.count_auth_failure(peer, now) else {
+            return;
+        };
+        let peer = peer.to_canonical();
+        if line.held > 0 {
+            tracing::info!(
+                %peer,
+                failures = line.count,
+                "authentication failed ({} more from this address not logged)",
+                line.held
+            );
+        } else {
+            tracing::info!(%peer, failures = line.count, "authentication failed");
+        }
+    }
+
+    /// Counts a failed authentication; the log line to write, if one is due.
+    fn count_auth_failure(&self, peer: IpAddr, now: Instant) -> Option<LogLine> {
         self.inner.auth_failures.fetch_add(1, Ordering::Relaxed);
         let peer = peer.to_canonical();
         let mut t = lock(&self.inner.peers);
@@ -207,21 +235,15 @@ impl StatsHandle {
             .is_some_and(|at| now.saturating_duration_since(at) < LOG_INTERVAL)
         {
             e.held += 1;
-            return;
+            return None;
         }
-        let (count, held) = (e.count, e.held);
+        let line = LogLine {
+            count: e.count,
+            held: e.held,
+        };
         e.logged_at = Some(now);
         e.held = 0;
-        drop(t);
-        if held > 0 {
-            tracing::info!(
-                %peer,
-                failures = count,
-                "authentication failed ({held} more from this address not logged)"
-            );
-        } else {
-            tracing::info!(%peer, failures = count, "authentication failed");
-        }
+        Some(line)
     }
 
     /// The counters now.
@@ -299,7 +321,12 @@ pub struct PeerAuthFailures {
 }
 
 /// A per-user series: name, type, help, value.
-type Series = (&'static str, &'static str, &'static str, fn(&UserStats) -> u64);
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&UserStats) -> u64,
+);
 
 /// The per-user series.
 const USER_SERIES: [Series; 6] = [
@@ -459,6 +486,24 @@ mod tests {
         assert_eq!(s.auth_failures_by_peer[0].addr, again);
         assert_eq!(s.auth_failures_by_peer[0].count, 3);
         assert_eq!(s.auth_failures_by_peer.len(), MAX_PEERS);
+    }
+
+    #[test]
+    fn failures_are_logged_once_per_address_per_interval() {
+        let h = StatsHandle::new([]);
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let line = |count, held| Some(LogLine { count, held });
+        assert_eq!(h.count_auth_failure(a, t0), line(1, 0));
+        assert_eq!(h.count_auth_failure(b, t0), line(1, 0), "per address");
+        let soon = t0 + LOG_INTERVAL / 2;
+        assert_eq!(h.count_auth_failure(a, soon), None);
+        assert_eq!(h.count_auth_failure(a, soon), None);
+        let later = t0 + LOG_INTERVAL;
+        assert_eq!(h.count_auth_failure(a, later), line(4, 2), "held back: 2");
+        assert_eq!(h.count_auth_failure(a, later), None);
+        assert_eq!(h.snapshot().auth_failures, 6);
     }
 
     #[test]
