@@ -11,6 +11,8 @@
 //!   client helper).
 //! * [`proxy`]: the local mixed port (SOCKS5, SOCKS4/4a and HTTP) in front
 //!   of a [`Client`].
+//! * [`stats`]: a server's per-user counters ([`Server::stats_handle`]) and
+//!   their Prometheus text.
 //! * [`config`]: sing-box JSON and mihomo YAML options, Go durations and `anytls://` URIs,
 //!   converted to [`ClientConfig`] / [`ServerConfig`].
 //!
