@@ -174,11 +174,7 @@ fn server_and_client_processes_carry_socks5_traffic() {
 /// to a local echo server.
 #[cfg(unix)]
 fn echo_via_socks(proxies: &[(&str, Option<(&str, &str)>)]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let target = common::echo_target().await;
         for (i, (socks, auth)) in proxies.iter().enumerate() {

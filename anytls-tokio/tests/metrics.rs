@@ -41,11 +41,7 @@ fn get(addr: SocketAddr, path: &str) -> String {
 /// Moves `size` bytes each way through the server for the user with
 /// `password`, via an echo target; whether the server let the stream through.
 fn echo_through(server: &str, pin: [u8; 32], password: &str, size: usize) -> bool {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let target = common::echo_target().await;
         let mut cfg = ClientConfig::new(server, password);

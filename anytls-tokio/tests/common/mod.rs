@@ -123,6 +123,15 @@ impl Proc {
     }
 }
 
+/// Runs `fut` on a new current-thread tokio runtime.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(fut)
+}
+
 /// A tokio echo server on 127.0.0.1 (on the current runtime), each
 /// connection echoed until EOF.
 pub async fn echo_target() -> std::net::SocketAddr {
