@@ -317,11 +317,11 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
             }
         }
         // The fraction, exactly: digits / 10^n of a unit, cut to whole
-        // nanoseconds. 25 digits are more than any unit (at most 8.64e13 ns)
-        // can resolve, and keep the arithmetic in u128.
+        // nanoseconds. 18 digits resolve below a nanosecond of any unit (a day
+        // is 8.64e13 ns), and 10^18 x 8.64e13 stays far inside u128.
         let mut frac: u128 = 0;
         let mut scale: u128 = 1;
-        for d in frac_digits.bytes().take(25) {
+        for d in frac_digits.bytes().take(18) {
             frac = frac * 10 + u128::from(d - b'0');
             scale *= 10;
         }
@@ -390,9 +390,15 @@ fn de_listable<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     enum Listable {
         One(String),
         Many(Vec<String>),
+        Nothing(()),
     }
+    // `""`, a list of nothing but `""`, or null (a YAML key left empty) is
+    // unset, as in sing-box and mihomo.
     Ok(match Listable::deserialize(d) {
+        Ok(Listable::Nothing(())) => Vec::new(),
+        Ok(Listable::One(s)) if s.is_empty() => Vec::new(),
         Ok(Listable::One(s)) => vec![s],
+        Ok(Listable::Many(v)) if v.iter().all(String::is_empty) => Vec::new(),
         Ok(Listable::Many(v)) => v,
         Err(_) => {
             return Err(serde::de::Error::custom(
@@ -535,7 +541,11 @@ impl AnytlsUri {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
-        let password = userinfo.map(|u| percent_decode(u, false)).transpose()?;
+        let password = userinfo
+            .map(|u| percent_decode(u, false))
+            .transpose()
+            // Never echo the password.
+            .map_err(|_| bad("bad percent escape in the password"))?;
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
@@ -671,5 +681,7 @@ pub fn generate_password() -> std::io::Result<String> {
     Ok(out)
 }
 
+#[cfg(test)]
+mod edge_cases;
 #[cfg(test)]
 mod tests;

@@ -410,3 +410,75 @@ fn assert_socks_refused(proxy: &str, auth: Option<(&str, &str)>) {
     });
     assert!(res.is_err(), "{proxy} let {auth:?} in");
 }
+
+// ---------------------------------------------------------------------------
+/// `ANYTLS_PASSWORD` in the environment is `--password`: when it replaces
+/// the users of `anytls server -c FILE`, the log says so.
+#[test]
+fn a_password_from_the_environment_replacing_config_users_is_logged() {
+    use std::io::BufRead;
+    let cfg = temp_file(
+        "env-server.json",
+        r#"{"type":"anytls","listen":"127.0.0.1","listen_port":0,
+            "users":[{"name":"alice","password":"alice-pw"},{"name":"bob","password":"bob-pw"}]}"#,
+    );
+    let mut child = Command::new(BIN)
+        .args(["server", "-c", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("ANYTLS_PASSWORD", "from-the-environment")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its share URI means it is serving; the warning comes before it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("share URI:") && tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let uri = rx.recv_timeout(Duration::from_secs(10));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let uri = uri.expect("the server never printed its share URI");
+    assert!(uri.contains("from-the-environment"), "{uri}");
+    assert!(
+        stderr.contains("ANYTLS_PASSWORD") && stderr.contains("replaces the config's 2 user(s)"),
+        "{stderr}"
+    );
+}
+
+/// `--auth` without a colon: the whole argument (often just a password)
+/// is echoed in the error.
+#[test]
+fn an_auth_value_without_a_colon_is_not_echoed() {
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "--server",
+            "127.0.0.1:1",
+            "--password",
+            "p",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "hunter2-secret",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert!(
+        !err.contains("hunter2-secret"),
+        "the --auth value is echoed:\n{err}"
+    );
+}

@@ -18,7 +18,7 @@ use super::singbox::{
     utls_warning,
 };
 use super::source::{ProbeEntry, Source, choose};
-use super::{ConfigError, Notes, de_listable};
+use super::{ConfigError, Notes, de_listable, invalid};
 use crate::dial::DomainStrategy;
 use crate::tls::{hex32, parse_pin};
 
@@ -514,10 +514,22 @@ struct Probe {
     bind_address: Option<String>,
     #[serde(default)]
     allow_lan: Option<bool>,
-    #[serde(default)]
+    // A list; one string is taken too (and a mis-shaped value is never
+    // echoed in an error: it holds passwords).
+    #[serde(default, deserialize_with = "de_listable")]
     authentication: Vec<String>,
     #[serde(default)]
     skip_auth_prefixes: Option<IgnoredAny>,
+    #[serde(default)]
+    lan_allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    lan_disallowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    redir_port: Option<IgnoredAny>,
+    #[serde(default)]
+    tproxy_port: Option<IgnoredAny>,
+    #[serde(default)]
+    global_client_fingerprint: Option<String>,
     #[serde(default)]
     rules: Option<IgnoredAny>,
     #[serde(default)]
@@ -617,6 +629,47 @@ pub(super) fn client_options(
         "rules/proxy-groups",
         "there is no routing here: every connection goes through the anytls proxy",
     );
+    // Address filters of the ports: not implemented, so a filter that
+    // narrows who may connect is refused rather than dropped (the ports
+    // would be open to every address).
+    if probe.allow_lan == Some(true) {
+        let everyone = ["0.0.0.0/0", "::/0"];
+        let narrowed = probe
+            .lan_allowed_ips
+            .as_ref()
+            .is_some_and(|l| !l.iter().any(|a| a == everyone[0]));
+        let denied = probe
+            .lan_disallowed_ips
+            .as_ref()
+            .is_some_and(|l| !l.is_empty());
+        if narrowed || denied {
+            return Err(invalid(
+                if narrowed {
+                    "lan-allowed-ips"
+                } else {
+                    "lan-disallowed-ips"
+                },
+                "address filters on the local ports are not supported, and the ports \
+                 would be open to every address; remove them and use authentication, \
+                 or set allow-lan: false",
+            ));
+        }
+    }
+    notes.ignored_if(
+        probe.redir_port.is_some() || probe.tproxy_port.is_some(),
+        "redir-port/tproxy-port",
+        "transparent proxying is not served; only port, socks-port and mixed-port",
+    );
+    if let Some(fp) = probe
+        .global_client_fingerprint
+        .as_deref()
+        .filter(|f| !f.is_empty())
+    {
+        notes.warn(
+            "global-client-fingerprint",
+            super::singbox::utls_warning(fp),
+        );
+    }
     notes.ignored_if(
         probe.skip_auth_prefixes.is_some(),
         "skip-auth-prefixes",

@@ -27,6 +27,17 @@ use crate::tls::{Identity, TlsVersion, Verification, hex32, parse_pin};
 // ---------------------------------------------------------------------------
 // Values
 
+/// An optional string or path where `""` means unset, as in sing-box.
+fn de_opt_nonempty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
+    Ok(Option::<String>::deserialize(d)?
+        .filter(|s| !s.is_empty())
+        .map(T::from))
+}
+
 fn de_tls_version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TlsVersion>, D::Error> {
     let s = String::deserialize(d)?;
     if s.is_empty() {
@@ -268,7 +279,7 @@ macro_rules! with_tls_fields {
             /// Client: the name sent (SNI) and checked; defaults to `server`.
             /// Server: the name of a generated self-signed certificate (and of
             /// the share link).
-            #[serde(default)]
+            #[serde(default, deserialize_with = "de_opt_nonempty")]
             pub server_name: Option<String>,
             /// ALPN protocols.
             #[serde(default, deserialize_with = "de_listable")]
@@ -290,7 +301,7 @@ macro_rules! with_tls_fields {
             #[serde(default, deserialize_with = "de_listable")]
             pub certificate: Vec<String>,
             /// The same as a PEM file.
-            #[serde(default)]
+            #[serde(default, deserialize_with = "de_opt_nonempty")]
             pub certificate_path: Option<PathBuf>,
             /// Ignored: TLS runs in this process.
             #[serde(default)]
@@ -301,6 +312,26 @@ macro_rules! with_tls_fields {
             $($body)*
         }
     };
+}
+
+/// sing-box's `udp_timeout`: a Go duration, or (older configs) an integer
+/// of seconds.
+fn de_udp_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Compat {
+        Seconds(u64),
+        Text(String),
+    }
+    match Compat::deserialize(d) {
+        Ok(Compat::Seconds(n)) => Ok(Some(Duration::from_secs(n))),
+        Ok(Compat::Text(t)) => super::parse_go_duration(&t)
+            .map(Some)
+            .map_err(de::Error::custom),
+        Err(_) => Err(de::Error::custom(
+            "expected a duration (\"5m\") or a number of seconds",
+        )),
+    }
 }
 
 /// `tls.utls` (accepted; the ClientHello stays rustls's, with a warning).
@@ -413,7 +444,7 @@ pub struct OutboundTls {
     #[serde(default, deserialize_with = "de_out_reality")]
     pub reality: Option<OutboundReality>,
     /// Ours: accept exactly the certificate with this DER SHA-256 (64 hex digits).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_nonempty")]
     pub pin_sha256: Option<String>,
 }
 }
@@ -1137,7 +1168,7 @@ macro_rules! with_listen_fields {
             pub listen_port: Option<u16>,
             /// Listen field: the UDP (UoT) idle timeout of the server; ignored
             /// on local listeners.
-            #[serde(default, deserialize_with = "de_duration")]
+            #[serde(default, deserialize_with = "de_udp_timeout")]
             pub udp_timeout: Option<Duration>,
             /// Listen field: refused when set.
             #[serde(default, deserialize_with = "de_detour_in")]
@@ -1398,7 +1429,7 @@ pub struct InboundEch {
     #[serde(default, deserialize_with = "de_listable")]
     pub key: Vec<String>,
     /// ECH key file.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_nonempty")]
     pub key_path: Option<String>,
     /// Deprecated in sing-box.
     #[serde(default)]
@@ -1496,7 +1527,7 @@ pub struct InboundTls {
     #[serde(default, deserialize_with = "de_listable")]
     pub key: Vec<String>,
     /// Private key, PEM file.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_nonempty")]
     pub key_path: Option<PathBuf>,
     /// Refused unless empty, `no` or `request`.
     #[serde(default, deserialize_with = "de_client_auth")]

@@ -453,8 +453,14 @@ pub(super) fn choose(
         notes.taken(
             key,
             format!(
-                "{others} more anytls entr{} not used (choose with --proxy NAME)",
-                if others == 1 { "y" } else { "ies" }
+                "{others} more anytls entr{} not used{}",
+                if others == 1 { "y" } else { "ies" },
+                // Only the client program chooses (its --proxy).
+                if key == "inbounds" || key == "listeners" {
+                    ""
+                } else {
+                    " (choose with --proxy NAME)"
+                }
             ),
         );
     }

@@ -239,6 +239,12 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
     }
     let mut generated = false;
     if let Some(pw) = a.password {
+        if !opts.users.is_empty() {
+            tracing::warn!(
+                "--password (or ANYTLS_PASSWORD in the environment) replaces the config's {} user(s) with one user, \"default\"",
+                opts.users.len()
+            );
+        }
         opts.users = vec![user("default", pw)];
     } else if opts.users.is_empty() {
         opts.users = vec![user("default", config::generate_password()?)];
@@ -407,6 +413,9 @@ async fn run_client(a: ClientArgs) -> Result<(), BoxError> {
         opts.server_port = Some(port);
     }
     if let Some(p) = a.password {
+        if opts.password.is_some() {
+            tracing::info!("--password (or ANYTLS_PASSWORD) replaces the config's password");
+        }
         opts.password = Some(p);
     }
     if let Some(s) = a.sni {
@@ -540,15 +549,12 @@ fn local_listeners(
     };
     let users = auth
         .iter()
-        .map(|a| {
+        .enumerate()
+        .map(|(i, a)| {
             a.split_once(':')
                 .map(|(u, p)| ProxyUser::new(u, p))
-                .ok_or_else(|| {
-                    format!(
-                        "--auth {:?}: expected USER:PASS",
-                        a.split(':').next().unwrap_or("")
-                    )
-                })
+                // Without a colon it may be just a password: not echoed.
+                .ok_or_else(|| format!("--auth number {}: expected USER:PASS", i + 1))
         })
         .collect::<Result<Vec<_>, _>>()?;
     for l in list.iter_mut().filter(|l| l.users.is_empty()) {
