@@ -51,7 +51,9 @@ pub use conn::AnyTlsStream;
 pub use dial::{BoxTransport, DialFuture, DialOptions, Dialer, DomainStrategy, Transport};
 pub use relay::{relay, relay_stream, relay_stream_with};
 pub use runtime::{Runtime, sleep_until, timeout};
-pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp, relay_tcp_with};
+pub use server::{
+    IncomingStream, ReloadHandle, Server, ServerConfig, ShutdownHandle, relay_tcp, relay_tcp_with,
+};
 pub use stats::{StatsHandle, StatsSnapshot, UserStats};
 pub use tls::{Identity, ServerTls, TlsError, TlsOptions, TlsVersion, Verification};
 pub use uot::{UdpConfig, UotEnd, UotReport, UotStats, relay_uot};
