@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use anytls_tokio::{Client, ClientConfig, Verification};
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(20);
 
-fn config(users: &[(&str, &str)], cert: &PathBuf, key: &PathBuf) -> String {
+fn config(users: &[(&str, &str)], cert: &Path, key: &Path) -> String {
     let users: Vec<String> = users
         .iter()
         .map(|(n, p)| format!(r#"{{"name":"{n}","password":"{p}"}}"#))
