@@ -3,23 +3,30 @@
 //! reload that adds one user and removes another (the removed user's session
 //! is closed, the added user connects), a changed password works and the old
 //! one is refused, and a reload looping while 50 new connections arrive
-//! loses none of them. Every wait is bounded; nothing is timed.
+//! loses none of them. A connection accepted before a reload that removed its
+//! user, authenticating after it, is closed as soon as it authenticates.
+//! Every wait is bounded; nothing is timed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anytls_io::core::{Command, Frame, PaddingScheme, PasswordHash, StreamId};
+use anytls_io::tls;
 use anytls_io::{Client, ClientConfig, Identity, Server, ServerConfig, Verification};
 use anytls_tests::TestRuntime;
-use anytls_tests::targets::{ECHO_MAX_CONNS, payload, sleep, tcp_echo, within};
+use anytls_tests::targets::{ECHO_MAX_CONNS, join, payload, sleep, tcp_echo, within};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 
 const STEP: Duration = Duration::from_secs(10);
 
 anytls_tests::suite!(
     a_transfer_runs_across_a_reload_that_adds_and_removes_users,
-    a_reload_racing_new_connections_loses_none
+    a_reload_racing_new_connections_loses_none,
+    a_removed_user_accepted_before_the_reload_is_closed_once_authenticated
 );
 
 fn client<C: TestRuntime>(addr: SocketAddr, pin: [u8; 32], password: &str) -> Client<C> {
@@ -230,5 +237,98 @@ async fn a_reload_racing_new_connections_loses_none<C: TestRuntime, S: TestRunti
         "lost connections ({}): {failures:?}",
         S::NAME
     );
+    stop.shutdown();
+}
+
+type RawTls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+async fn a_removed_user_accepted_before_the_reload_is_closed_once_authenticated<
+    C: TestRuntime,
+    S: TestRuntime,
+>() {
+    let id = Identity::self_signed(&["localhost".into()]).unwrap();
+    let pin = id.leaf_sha256().unwrap();
+    let mut cfg = ServerConfig::new("unused", id);
+    cfg.users = users(&[("alice", "alice-pw"), ("bob", "bob-pw")]);
+    // Longer than the client's read timeout: only the reload ends bob's session.
+    cfg.handshake_timeout = 6 * STEP;
+    let server = Server::<S>::bind("127.0.0.1:0", cfg.clone()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let stop = server.shutdown_handle();
+    let reload = server.reload_handle();
+    let stats = server.stats_handle();
+    S::spawn(async move {
+        let _ = server.serve().await;
+    });
+
+    // A raw TLS client finishes its handshake: the server has accepted the
+    // connection, under the configuration with bob in it.
+    let hello = std::thread::spawn(move || {
+        let cfg = tls::client_config(&Verification::Pin(pin), &[]).unwrap();
+        let name = tls::server_name("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let tcp = TcpStream::connect_timeout(&addr, STEP).unwrap();
+        tcp.set_read_timeout(Some(STEP)).unwrap();
+        tcp.set_write_timeout(Some(STEP)).unwrap();
+        let mut raw: RawTls = rustls::StreamOwned::new(conn, tcp);
+        while raw.conn.is_handshaking() {
+            raw.conn.complete_io(&mut raw.sock).unwrap();
+        }
+        raw
+    });
+    let mut raw = join::<C, _>(hello, STEP, "TLS handshake").await;
+
+    // bob is removed; then his preamble arrives.
+    let mut next = cfg.clone();
+    next.users = users(&[("alice", "alice-pw")]);
+    reload.reload(next).unwrap();
+    let bye = std::thread::spawn(move || {
+        // The preamble and the client's Settings: a whole session handshake,
+        // which a kept user's session would answer and stay open after.
+        let mut pre = Vec::new();
+        pre.extend_from_slice(PasswordHash::of("bob-pw").as_bytes());
+        pre.extend_from_slice(&0u16.to_be_bytes());
+        let settings = format!(
+            "v=2\nclient=anytls-tests\npadding-md5={}",
+            PaddingScheme::default_scheme().md5_hex()
+        );
+        Frame::new(Command::Settings, StreamId(0), settings.into_bytes())
+            .encode(&mut pre)
+            .unwrap();
+        raw.write_all(&pre).unwrap();
+        raw.flush().unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match raw.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let end = join::<C, _>(bye, 2 * STEP, "the session's end").await;
+    if let Err(e) = &end {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "bob's session stayed open ({})",
+            S::NAME
+        );
+    }
+    // It authenticated (under the configuration it was accepted with), and
+    // was closed: not an authentication failure.
+    let start = Instant::now();
+    loop {
+        let snap = stats.snapshot();
+        let bob = snap.user("bob").unwrap();
+        if bob.sessions_total == 1 && bob.sessions_open == 0 {
+            assert_eq!(snap.auth_failures, 0, "{snap:#?}");
+            break;
+        }
+        assert!(start.elapsed() < STEP, "{snap:#?}");
+        sleep::<S>(Duration::from_millis(20)).await;
+    }
     stop.shutdown();
 }
