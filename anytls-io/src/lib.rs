@@ -6,7 +6,9 @@
 //!   [`Client::connect`] returns an [`AnyTlsStream`] (`AsyncRead + AsyncWrite`).
 //! * [`Server`]: accepts TLS, authenticates, and hands each stream to a handler
 //!   (by default [`relay_tcp`], which dials the destination and relays, and
-//!   relays UDP over TCP with [`relay_uot`]).
+//!   relays UDP over TCP with [`relay_uot`]); [`Server::reload_handle`]
+//!   changes its users, certificate, padding and fallback while it runs
+//!   ([`ReloadHandle`]).
 //! * [`socks5`]: a local SOCKS5 server in front of a [`Client`] (and a SOCKS5
 //!   client helper).
 //! * [`proxy`]: the local mixed port (SOCKS5, SOCKS4/4a and HTTP) in front
