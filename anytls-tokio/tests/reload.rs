@@ -92,7 +92,7 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
     let uri = &line[line.find("anytls://").expect("no URI")..];
     let port = anytls_tokio::config::AnytlsUri::parse(uri).unwrap().port;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    server.wait_line("SIGHUP reloads", STEP);
+    server.wait_line("SIGHUP reloads", 0, STEP);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let target = rt.block_on(echo_target());
@@ -108,10 +108,11 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
         config(&[("alice", "alice-pw"), ("bob", "bob-pw")], &cert, &key),
     )
     .unwrap();
+    let mark = server.seen.len();
     server.signal("HUP");
-    let added = server.wait_line("reload: users added", STEP);
+    let added = server.wait_line("reload: users added", mark, STEP);
     assert!(added.contains("bob"), "{added}");
-    server.wait_line("reloaded", STEP);
+    server.wait_line("reloaded", mark, STEP);
     rt.block_on(echo(addr, pin, "bob-pw", target)).unwrap();
     rt.block_on(echo(addr, pin, "alice-pw", target)).unwrap();
 
@@ -121,8 +122,9 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
         "{\n  \"inbounds\": [\n    { \"type\": \"anytls\", \"users\": oops }\n  ]\n}\n",
     )
     .unwrap();
+    let mark = server.seen.len();
     server.signal("HUP");
-    let failed = server.wait_line("reload failed", STEP);
+    let failed = server.wait_line("reload failed", mark, STEP);
     assert!(failed.contains("ERROR"), "logged as an error: {failed}");
     assert!(
         failed.contains("server.json:3:"),

@@ -88,8 +88,14 @@ impl Proc {
     }
 
     /// The first line, stdout or stderr, containing `needle` (the whole
-    /// line), within `limit`. Not inside a runtime.
-    pub fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+    /// line) among those seen since `seen[from]` and those to come, within
+    /// `limit` (other waits may have read the line already: pass
+    /// `seen.len()` taken before the action it follows). Not inside a
+    /// runtime.
+    pub fn wait_line(&mut self, needle: &str, from: usize, limit: Duration) -> String {
+        if let Some(line) = self.seen.iter().skip(from).find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
