@@ -6,7 +6,9 @@
 //!   [`Client::connect`] returns an [`AnyTlsStream`] (`AsyncRead + AsyncWrite`).
 //! * [`Server`]: accepts TLS, authenticates, and hands each stream to a handler
 //!   (by default [`relay_tcp`], which dials the destination and relays, and
-//!   relays UDP over TCP with [`relay_uot`]).
+//!   relays UDP over TCP with [`relay_uot`]); [`Server::reload_handle`]
+//!   changes its users, certificate, padding and fallback while it runs
+//!   ([`ReloadHandle`]).
 //! * [`socks5`]: a local SOCKS5 server in front of a [`Client`] (and a SOCKS5
 //!   client helper).
 //! * [`proxy`]: the local mixed port (SOCKS5, SOCKS4/4a and HTTP) in front
@@ -51,7 +53,9 @@ pub use conn::AnyTlsStream;
 pub use dial::{BoxTransport, DialFuture, DialOptions, Dialer, DomainStrategy, Transport};
 pub use relay::{relay, relay_stream, relay_stream_with};
 pub use runtime::{Runtime, sleep_until, timeout};
-pub use server::{IncomingStream, Server, ServerConfig, ShutdownHandle, relay_tcp, relay_tcp_with};
+pub use server::{
+    IncomingStream, ReloadHandle, Server, ServerConfig, ShutdownHandle, relay_tcp, relay_tcp_with,
+};
 pub use stats::{StatsHandle, StatsSnapshot, UserStats};
 pub use tls::{Identity, ServerTls, TlsError, TlsOptions, TlsVersion, Verification};
 pub use uot::{UdpConfig, UotEnd, UotReport, UotStats, relay_uot};

@@ -1,16 +1,19 @@
 //! The AnyTLS server: TLS accept, authentication, streams handed to a handler,
-//! fallback for failed authentication, graceful shutdown.
+//! fallback for failed authentication, graceful shutdown, reload.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use anytls_core::{Authenticator, Event, PaddingScheme, SessionLimits, SocksAddr, StreamId};
+use anytls_core::{
+    Authenticator, Event, PaddingScheme, PasswordHash, SessionLimits, SocksAddr, StreamId,
+};
 use futures_lite::AsyncWriteExt;
 
 use crate::budget::IoBudget;
@@ -224,7 +227,154 @@ pub async fn relay_tcp_with<R: Runtime>(
     let _ = relay_stream_with(&mut stream, &mut tcp, &budget).await;
 }
 
-type Registry = Arc<std::sync::Mutex<Vec<std::sync::Weak<Conn>>>>;
+/// What a connection is served with: taken once at accept, so every
+/// connection sees either the configuration before a reload or the one
+/// after, never a mix.
+struct Live {
+    tls: Arc<rustls::ServerConfig>,
+    core: Arc<anytls_core::ServerConfig>,
+    fallback: Option<SocketAddr>,
+    tls_handshake_timeout: Duration,
+    /// Each user's password hash, to tell on reload whose credentials went.
+    passwords: HashMap<String, PasswordHash>,
+}
+
+impl Live {
+    /// Validates `cfg` and builds what connections need from it.
+    fn build(cfg: &ServerConfig) -> io::Result<Live> {
+        let tls = cfg
+            .tls
+            .build_with(&cfg.alpn, &cfg.tls_options)
+            .map_err(io::Error::other)?;
+        let mut users = Authenticator::default();
+        let mut passwords = HashMap::new();
+        for (name, pw) in &cfg.users {
+            let hash = PasswordHash::of(pw);
+            users.add_user(name.clone(), hash.clone());
+            passwords.insert(name.clone(), hash);
+        }
+        let mut core = anytls_core::ServerConfig::new(users);
+        core.padding = Arc::new(cfg.padding.clone());
+        core.handshake_timeout = cfg.handshake_timeout;
+        // rustls hands over whole records: decide as the Go servers do.
+        core.decide_on_first_input = true;
+        core.limits = cfg.limits.clone();
+        core.validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if let Err(e) = cfg.padding.validate_strict() {
+            tracing::warn!("padding scheme fails the strict rules of newer clients: {e}");
+        }
+        Ok(Live {
+            tls,
+            core: Arc::new(core),
+            fallback: cfg.fallback,
+            tls_handshake_timeout: cfg.tls_handshake_timeout,
+            passwords,
+        })
+    }
+
+    /// Whether `user`, authenticated under `old`, may stay under `self`:
+    /// the same name with the same password.
+    fn keeps(&self, old: &Live, user: &str) -> bool {
+        match (old.passwords.get(user), self.passwords.get(user)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A live connection and the configuration it was accepted with.
+type Entry = (Weak<Conn>, Arc<Live>);
+
+/// The state [`Server`], [`ReloadHandle`] and the connections share.
+struct State {
+    /// The configuration new connections get (one `Arc` swapped by reload).
+    live: Mutex<Arc<Live>>,
+    /// Every connection past its TLS handshake, for shutdown and reload.
+    conns: Mutex<Vec<Entry>>,
+    stats: StatsHandle,
+}
+
+impl State {
+    fn current(&self) -> Arc<Live> {
+        lock(&self.live).clone()
+    }
+}
+
+/// The name of the user `conn`'s session authenticated as, if it did.
+fn session_user(conn: &Conn, live: &Live) -> Option<String> {
+    let id = conn.lock().session.user()?;
+    live.core.users.user_name(id).map(str::to_owned)
+}
+
+/// Reloads a server's configuration while it runs; obtained from
+/// [`Server::reload_handle`] (cheap to clone, usable from any thread).
+///
+/// What a reload changes, for connections accepted after it: users and
+/// passwords, the TLS configuration (certificate, ALPN, TLS options), the
+/// padding scheme, the fallback, the TLS and AnyTLS handshake timeouts and
+/// the session limits. What it does not change: the listening socket,
+/// `max_connections`, `connect_timeout` and `udp` (the handler given to
+/// `serve` keeps its own), and the `io_budget`.
+///
+/// Live sessions keep the configuration they were accepted with, and their
+/// streams carry on, with one exception: the sessions of a user who was
+/// removed, or whose password changed, are closed (with their streams).
+/// Removing a user or changing a password is how access is revoked (a
+/// leaked password, a customer who left); a session that outlived the
+/// revocation would keep that access for as long as its client keeps it
+/// open, which with pooled, heartbeating sessions can be days.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    state: Arc<State>,
+}
+
+impl fmt::Debug for ReloadHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadHandle")
+            .field("users", &self.state.current().passwords.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadHandle {
+    /// Validates `cfg` and, if it is valid, serves new connections with it
+    /// (see the [type](Self) for what changes). On error nothing changes.
+    /// Returns how many sessions were closed because their user was removed
+    /// or their password changed.
+    pub fn reload(&self, cfg: ServerConfig) -> io::Result<usize> {
+        let new = Arc::new(Live::build(&cfg)?);
+        for (name, _) in &cfg.users {
+            // New users show in the counters at zero at once.
+            self.state.stats.user(name);
+        }
+        // The swap first, the sweep after: a session that authenticates under
+        // the old configuration after the sweep checks the new one itself
+        // (see `serve_connection`).
+        *lock(&self.state.live) = new.clone();
+        let conns: Vec<(Arc<Conn>, Arc<Live>)> = {
+            let mut r = lock(&self.state.conns);
+            r.retain(|(c, _)| c.strong_count() > 0);
+            r.iter()
+                .filter_map(|(c, l)| Some((c.upgrade()?, l.clone())))
+                .collect()
+        };
+        let mut closed = 0;
+        for (conn, old) in conns {
+            if let Some(user) = session_user(&conn, &old) {
+                if !new.keeps(&old, &user) {
+                    tracing::info!(
+                        user,
+                        "reload: user removed or password changed: closing their session"
+                    );
+                    conn.close();
+                    closed += 1;
+                }
+            }
+        }
+        Ok(closed)
+    }
+}
 
 /// Stops a running server, and observes it once [`Server::serve`] owns it.
 #[derive(Clone)]
@@ -259,8 +409,7 @@ impl ShutdownHandle {
 /// A bound AnyTLS server on runtime `R`.
 pub struct Server<R: Runtime> {
     listener: R::Listener,
-    tls: Arc<rustls::ServerConfig>,
-    core: Arc<anytls_core::ServerConfig>,
+    state: Arc<State>,
     cfg: ServerConfig,
     shutdown: Arc<Switch>,
     active: Arc<AtomicUsize>,
@@ -309,30 +458,16 @@ impl<R: Runtime> Server<R> {
     }
 
     fn with_listener(listener: R::Listener, cfg: ServerConfig) -> io::Result<Server<R>> {
-        let tls = cfg
-            .tls
-            .build_with(&cfg.alpn, &cfg.tls_options)
-            .map_err(io::Error::other)?;
-        let mut users = Authenticator::default();
-        for (name, pw) in &cfg.users {
-            users.add_user(name.clone(), anytls_core::PasswordHash::of(pw));
-        }
-        let mut core = anytls_core::ServerConfig::new(users);
-        core.padding = Arc::new(cfg.padding.clone());
-        core.handshake_timeout = cfg.handshake_timeout;
-        // rustls hands over whole records: decide as the Go servers do.
-        core.decide_on_first_input = true;
-        core.limits = cfg.limits.clone();
-        core.validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        if let Err(e) = cfg.padding.validate_strict() {
-            tracing::warn!("padding scheme fails the strict rules of newer clients: {e}");
-        }
+        let live = Live::build(&cfg)?;
         let stats = StatsHandle::new(cfg.users.iter().map(|(n, _)| n.as_str()));
+        let state = Arc::new(State {
+            live: Mutex::new(Arc::new(live)),
+            conns: Mutex::default(),
+            stats: stats.clone(),
+        });
         Ok(Server {
             listener,
-            tls,
-            core: Arc::new(core),
+            state,
             cfg,
             shutdown: Arc::default(),
             active: Arc::new(AtomicUsize::new(0)),
@@ -350,6 +485,15 @@ impl<R: Runtime> Server<R> {
         ShutdownHandle {
             stop: self.shutdown.clone(),
             active: self.active.clone(),
+        }
+    }
+
+    /// A handle that changes the configuration of the running server (see
+    /// [`ReloadHandle`]), usable after [`serve`](Self::serve) took the
+    /// server.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            state: self.state.clone(),
         }
     }
 
@@ -389,7 +533,6 @@ impl<R: Runtime> Server<R> {
         F: Future<Output = ()> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let conns: Registry = Arc::default();
         let open_connections = Arc::new(AtomicUsize::new(0));
         while !self.shutdown.is_set() {
             let accepted =
@@ -414,19 +557,17 @@ impl<R: Runtime> Server<R> {
                 continue;
             }
             let guard = ConnectionSlot::take(&open_connections);
+            // One configuration per connection, taken here.
+            let live = self.state.current();
             R::spawn(serve_connection(
                 guard,
                 tcp,
                 peer,
-                self.tls.clone(),
-                self.core.clone(),
-                self.cfg.tls_handshake_timeout,
-                self.cfg.fallback,
+                live,
                 self.cfg.io_budget.clone(),
                 handler.clone(),
                 self.active.clone(),
-                conns.clone(),
-                self.stats.clone(),
+                self.state.clone(),
             ));
         }
         drop(self.listener);
@@ -434,9 +575,9 @@ impl<R: Runtime> Server<R> {
         while self.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             sleep_until::<R>(Instant::now() + Duration::from_millis(20)).await;
         }
-        let open: Vec<Arc<Conn>> = lock(&conns)
+        let open: Vec<Arc<Conn>> = lock(&self.state.conns)
             .iter()
-            .filter_map(std::sync::Weak::upgrade)
+            .filter_map(|(c, _)| c.upgrade())
             .collect();
         for c in open {
             c.close();
@@ -466,22 +607,21 @@ async fn serve_connection<R, H, F>(
     _slot: ConnectionSlot,
     tcp: R::Tcp,
     peer: SocketAddr,
-    tls_config: Arc<rustls::ServerConfig>,
-    core: Arc<anytls_core::ServerConfig>,
-    tls_handshake_timeout: Duration,
-    fallback: Option<SocketAddr>,
+    live: Arc<Live>,
     io_budget: IoBudget,
     handler: Arc<H>,
     active: Arc<AtomicUsize>,
-    registry: Registry,
-    stats: StatsHandle,
+    state: Arc<State>,
 ) where
     R: Runtime,
     H: Fn(IncomingStream<R>) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    let stats = state.stats.clone();
+    let (core, fallback) = (live.core.clone(), live.fallback);
+    let tls_handshake_timeout = live.tls_handshake_timeout;
     let accept = async {
-        let session = Tls::server(tls_config)?;
+        let session = Tls::server(live.tls.clone())?;
         let mut tls = TlsIo::with_budget(tcp, session, &io_budget);
         tls.handshake().await?;
         io::Result::Ok(tls)
@@ -516,9 +656,9 @@ async fn serve_connection<R, H, F>(
     };
     let conn = Conn::new(session);
     {
-        let mut r = lock(&registry);
-        r.retain(|c| c.strong_count() > 0);
-        r.push(Arc::downgrade(&conn));
+        let mut r = lock(&state.conns);
+        r.retain(|(c, _)| c.strong_count() > 0);
+        r.push((Arc::downgrade(&conn), live.clone()));
     }
     active.fetch_add(1, Ordering::Relaxed);
     // The user's counters, looked up once (by whichever of the stream task
@@ -563,12 +703,20 @@ async fn serve_connection<R, H, F>(
     // The user's open session, from authentication until the driver ends.
     let mut session = None;
     let slot = &mut session;
+    let this = conn.clone();
     let end = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| match ev {
         Event::Authenticated { user: id } => {
             let name = users.user_name(*id).unwrap_or("");
             tracing::debug!(%peer, user = name, "authenticated");
             let counters = account.get_or_init(|| stats.user(name));
             *slot = Some(counters.session_opened());
+            // Accepted before a reload that revoked this user, and
+            // authenticated after its sweep: the sweep missed it.
+            let now = state.current();
+            if !Arc::ptr_eq(&now, &live) && !now.keeps(&live, name) {
+                tracing::info!(%peer, user = name, "reload: user removed or password changed: closing their session");
+                this.close();
+            }
         }
         Event::AuthRejected { .. } => stats.auth_failed(peer.ip(), Instant::now()),
         _ => {}

@@ -187,10 +187,10 @@ pub use anytls_io::core;
 pub use anytls_io::{
     AnyTlsStream, AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender, BoxTransport, ClientConfig,
     ClientError, DialFuture, DialOptions, Dialer, DomainStrategy, Host, Identity, IoBudget,
-    PoolConfig, PoolStats, ServerConfig, ServerTls, ShutdownHandle, SocksAddr, StatsHandle,
-    StatsSnapshot, TlsError, TlsOptions, TlsVersion, Transport, UdpConfig, UotEnd, UotReport,
-    UotStats, UserStats, Verification, relay, relay_stream, relay_stream_with, relay_tcp_with,
-    relay_uot, stats, tls,
+    PoolConfig, PoolStats, ReloadHandle, ServerConfig, ServerTls, ShutdownHandle, SocksAddr,
+    StatsHandle, StatsSnapshot, TlsError, TlsOptions, TlsVersion, Transport, UdpConfig, UotEnd,
+    UotReport, UotStats, UserStats, Verification, relay, relay_stream, relay_stream_with,
+    relay_tcp_with, relay_uot, stats, tls,
 };
 
 /// The tokio runtime, for `anytls-io`.

@@ -194,6 +194,55 @@ fn main() {
     }
 }
 
+/// SIGHUP, listened to when there is a file to reload (elsewhere, or
+/// without `-c`, SIGHUP keeps its default action).
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn new(enabled: bool) -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = enabled.then(|| signal(SignalKind::hangup())).and_then(|r| {
+                r.map_err(|e| tracing::warn!("cannot listen for SIGHUP (no reload): {e}"))
+                    .ok()
+            });
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = enabled;
+            Hangup {}
+        }
+    }
+
+    fn is_listening(&self) -> bool {
+        #[cfg(unix)]
+        {
+            self.signal.is_some()
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+
+    /// The next SIGHUP (never, when not listening).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal {
+            if s.recv().await.is_some() {
+                return;
+            }
+            self.signal = None;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// Ctrl-C, or SIGTERM on Unix.
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -210,7 +259,13 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
+/// Reads the config file (if any) and puts the flags over it: at start and
+/// again on every reload. `generated`: the password made at start when
+/// neither the file nor `--password` gave a user (kept across reloads).
+fn load_server_setup(
+    a: &ServerArgs,
+    generated: Option<&str>,
+) -> Result<(config::ServerSetup, Option<String>), BoxError> {
     let mut file = match &a.config {
         Some(p) => config::load_server_config(p, None)?,
         None => ServerOptions::default(),
@@ -220,39 +275,46 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
         opts.listen = Some(l.ip().to_string());
         opts.listen_port = Some(l.port());
     }
-    if let (Some(c), Some(k)) = (a.cert, a.key) {
+    if let (Some(c), Some(k)) = (&a.cert, &a.key) {
         let tls = opts.tls_mut();
         tls.certificate.clear();
         tls.key.clear();
-        tls.certificate_path = Some(c);
-        tls.key_path = Some(k);
+        tls.certificate_path = Some(c.clone());
+        tls.key_path = Some(k.clone());
     }
-    if let Some(n) = a.server_name {
-        opts.tls_mut().server_name = Some(n);
+    if let Some(n) = &a.server_name {
+        opts.tls_mut().server_name = Some(n.clone());
     }
-    if let Some(p) = a.padding_scheme {
-        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if let Some(p) = &a.padding_scheme {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         opts.padding_scheme = vec![text];
     }
-    if let Some(f) = a.fallback {
-        opts.fallback = Some(f);
+    if let Some(f) = &a.fallback {
+        opts.fallback = Some(f.clone());
     }
-    let mut generated = false;
-    if let Some(pw) = a.password {
+    let mut made = None;
+    if let Some(pw) = &a.password {
         if !opts.users.is_empty() {
             tracing::warn!(
                 "--password (or ANYTLS_PASSWORD in the environment) replaces the config's {} user(s) with one user, \"default\"",
                 opts.users.len()
             );
         }
-        opts.users = vec![user("default", pw)];
+        opts.users = vec![user("default", pw.clone())];
     } else if opts.users.is_empty() {
-        opts.users = vec![user("default", config::generate_password()?)];
-        generated = true;
+        let pw = match generated {
+            Some(pw) => pw.to_owned(),
+            None => config::generate_password()?,
+        };
+        opts.users = vec![user("default", pw.clone())];
+        made = Some(pw);
     }
-    let setup = file.to_server_setup()?;
-    log_notes(&setup.notes);
-    let pin = setup.config.tls.leaf_sha256();
+    Ok((file.to_server_setup()?, made))
+}
+
+/// Logs what is wrong with a configured certificate (expired, not yet
+/// valid, expiring soon, not covering the server name).
+fn check_certificate(setup: &config::ServerSetup) {
     if let (None, ServerTls::Identity(id)) = (&setup.self_signed, &setup.config.tls) {
         if let Some(leaf) = id.certs.first() {
             let name = setup.server_name.as_deref();
@@ -264,6 +326,128 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
             }
         }
     }
+}
+
+/// SIGHUP: reads the file again and, if it is valid, serves new connections
+/// with it; returns the configuration now served. A file that fails to
+/// load leaves the old configuration serving.
+fn reload_server(
+    a: &ServerArgs,
+    old: config::ServerSetup,
+    generated: Option<&str>,
+    handle: &anytls_tokio::ReloadHandle,
+) -> config::ServerSetup {
+    let path = a.config.as_deref().map(|p| p.display().to_string());
+    let path = path.as_deref().unwrap_or("(no file)");
+    tracing::info!("SIGHUP: reloading {path}");
+    let mut new = match load_server_setup(a, generated) {
+        Ok((setup, _)) => setup,
+        Err(e) => {
+            tracing::error!("reload failed: {e}; the old configuration keeps serving");
+            return old;
+        }
+    };
+    // A generated certificate is made anew on every load: keep the one
+    // clients pinned while its names stay the same.
+    if new.self_signed.is_some() && new.self_signed == old.self_signed {
+        new.config.tls = old.config.tls.clone();
+    }
+    log_notes(&new.notes);
+    check_certificate(&new);
+    let closed = match handle.reload(new.config.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("reload failed: {e}; the old configuration keeps serving");
+            return old;
+        }
+    };
+    for change in describe_changes(&old, &new) {
+        tracing::info!("reload: {change}");
+    }
+    if closed > 0 {
+        tracing::info!("reload: closed {closed} session(s) of removed users or changed passwords");
+    }
+    tracing::info!("reloaded {path}: {} user(s)", new.config.users.len());
+    new
+}
+
+/// What a reload changed, one line each.
+fn describe_changes(old: &config::ServerSetup, new: &config::ServerSetup) -> Vec<String> {
+    let (o, n) = (&old.config, &new.config);
+    let find = |users: &[(String, String)], name: &str| {
+        users
+            .iter()
+            .find(|(u, _)| u == name)
+            .map(|(_, p)| p.clone())
+    };
+    let mut out = Vec::new();
+    let added: Vec<&str> = n
+        .users
+        .iter()
+        .filter(|(u, _)| find(&o.users, u).is_none())
+        .map(|(u, _)| u.as_str())
+        .collect();
+    let removed: Vec<&str> = o
+        .users
+        .iter()
+        .filter(|(u, _)| find(&n.users, u).is_none())
+        .map(|(u, _)| u.as_str())
+        .collect();
+    let changed: Vec<&str> = n
+        .users
+        .iter()
+        .filter(|(u, p)| find(&o.users, u).is_some_and(|q| &q != p))
+        .map(|(u, _)| u.as_str())
+        .collect();
+    for (what, list) in [
+        ("users added", added),
+        ("users removed", removed),
+        ("passwords changed", changed),
+    ] {
+        if !list.is_empty() {
+            out.push(format!("{what}: {}", list.join(", ")));
+        }
+    }
+    if o.padding != n.padding {
+        out.push(format!(
+            "padding scheme changed (md5 {})",
+            n.padding.md5_hex()
+        ));
+    }
+    let pin = |c: &anytls_tokio::ServerConfig| c.tls.leaf_sha256();
+    if pin(o) != pin(n) || pin(n).is_none() {
+        out.push(match pin(n) {
+            Some(p) => format!("certificate changed (SHA-256 pin {})", hex32(&p)),
+            None => "TLS configuration reloaded".to_owned(),
+        });
+    }
+    if o.alpn != n.alpn || format!("{:?}", o.tls_options) != format!("{:?}", n.tls_options) {
+        out.push("ALPN or TLS options changed".to_owned());
+    }
+    if o.fallback != n.fallback {
+        out.push(format!(
+            "fallback changed: {}",
+            n.fallback.map_or("none".to_owned(), |f| f.to_string())
+        ));
+    }
+    if old.listen != new.listen {
+        out.push(format!(
+            "listen address {} not applied (still {}): restart to change it",
+            new.listen, old.listen
+        ));
+    }
+    if out.is_empty() {
+        out.push("nothing changed".to_owned());
+    }
+    out
+}
+
+async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
+    let (setup, made) = load_server_setup(&a, None)?;
+    let generated = made.is_some();
+    log_notes(&setup.notes);
+    let pin = setup.config.tls.leaf_sha256();
+    check_certificate(&setup);
     let listener = setup
         .socket
         .bind(setup.listen)
@@ -348,10 +532,23 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
     tokio::spawn(metrics::log_summaries(stats));
 
     let handle = server.shutdown_handle();
+    let reload = server.reload_handle();
     let mut serve = tokio::spawn(server.serve());
-    tokio::select! {
-        r = &mut serve => return Ok(r??),
-        _ = shutdown_signal() => {}
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut hangup = Hangup::new(a.config.is_some());
+    if let (Some(p), true) = (&a.config, hangup.is_listening()) {
+        tracing::info!("SIGHUP reloads {}", p.display());
+    }
+    let mut current = setup;
+    loop {
+        tokio::select! {
+            r = &mut serve => return Ok(r??),
+            _ = &mut shutdown => break,
+            _ = hangup.recv() => {
+                current = reload_server(&a, current, made.as_deref(), &reload);
+            }
+        }
     }
     tracing::info!(
         "shutting down: no new connections; open sessions get up to 5 s (Ctrl-C again to quit now)"

@@ -87,6 +87,43 @@ impl Proc {
         }
     }
 
+    /// The first line, stdout or stderr, containing `needle` (the whole
+    /// line) among those seen since `seen[from]` and those to come, within
+    /// `limit` (other waits may have read the line already: pass
+    /// `seen.len()` taken before the action it follows). Not inside a
+    /// runtime.
+    pub fn wait_line(&mut self, needle: &str, from: usize, limit: Duration) -> String {
+        if let Some(line) = self.seen.iter().skip(from).find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((_, line)) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?} within {limit:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends signal `name` (e.g. `HUP`) to the process.
+    #[cfg(unix)]
+    pub fn signal(&self, name: &str) {
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {

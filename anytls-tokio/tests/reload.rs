@@ -1,0 +1,148 @@
+//! `anytls server -c FILE` reloads on SIGHUP: a user added to the file can
+//! connect after the signal; a broken file is logged (with its line and
+//! column) and the old users keep working. Every wait is bounded.
+
+#![cfg(unix)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anytls_tokio::{Client, ClientConfig, Verification};
+use common::{Proc, echo_target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const STEP: Duration = Duration::from_secs(20);
+
+fn config(users: &[(&str, &str)], cert: &Path, key: &Path) -> String {
+    let users: Vec<String> = users
+        .iter()
+        .map(|(n, p)| format!(r#"{{"name":"{n}","password":"{p}"}}"#))
+        .collect();
+    format!(
+        r#"{{
+  "inbounds": [
+    {{
+      "type": "anytls",
+      "listen": "127.0.0.1",
+      "listen_port": 0,
+      "users": [{}],
+      "tls": {{
+        "enabled": true,
+        "certificate_path": "{}",
+        "key_path": "{}"
+      }}
+    }}
+  ]
+}}
+"#,
+        users.join(","),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// One echo through a new client (so a new session, under the server's
+/// configuration now); an error if anything fails.
+async fn echo(
+    server: SocketAddr,
+    pin: [u8; 32],
+    password: &str,
+    target: SocketAddr,
+) -> std::io::Result<()> {
+    let mut cfg = ClientConfig::new(server.to_string(), password);
+    cfg.sni = Some("localhost".into());
+    cfg.verification = Verification::Pin(pin);
+    let client = Client::new(cfg).map_err(std::io::Error::other)?;
+    let r = tokio::time::timeout(STEP, async {
+        let mut s = client.connect(target).await?;
+        s.established().await?;
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+        s.write_all(&data).await?;
+        let mut back = vec![0u8; data.len()];
+        s.read_exact(&mut back).await?;
+        if back != data {
+            return Err(std::io::Error::other("echo corrupted"));
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("timed out")));
+    client.close();
+    r
+}
+
+#[test]
+fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
+    let dir = std::env::temp_dir().join(format!("anytls-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = anytls_tokio::Identity::self_signed(&["localhost".into()]).unwrap();
+    let pin = id.leaf_sha256().unwrap();
+    let (cert_pem, key_pem) = id.to_pem();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let file = dir.join("server.json");
+    std::fs::write(&file, config(&[("alice", "alice-pw")], &cert, &key)).unwrap();
+
+    let mut server = Proc::spawn(&["server", "-c", file.to_str().unwrap()]);
+    let line = server.wait_stdout("share URI", STEP);
+    let uri = &line[line.find("anytls://").expect("no URI")..];
+    let port = anytls_tokio::config::AnytlsUri::parse(uri).unwrap().port;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    server.wait_line("SIGHUP reloads", 0, STEP);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let target = rt.block_on(echo_target());
+    rt.block_on(echo(addr, pin, "alice-pw", target)).unwrap();
+    assert!(
+        rt.block_on(echo(addr, pin, "bob-pw", target)).is_err(),
+        "bob is not a user yet"
+    );
+
+    // bob added: after SIGHUP he connects.
+    std::fs::write(
+        &file,
+        config(&[("alice", "alice-pw"), ("bob", "bob-pw")], &cert, &key),
+    )
+    .unwrap();
+    let mark = server.seen.len();
+    server.signal("HUP");
+    let added = server.wait_line("reload: users added", mark, STEP);
+    assert!(added.contains("bob"), "{added}");
+    server.wait_line("reloaded", mark, STEP);
+    rt.block_on(echo(addr, pin, "bob-pw", target)).unwrap();
+    rt.block_on(echo(addr, pin, "alice-pw", target)).unwrap();
+
+    // A broken file: logged with its position; alice and bob still work.
+    std::fs::write(
+        &file,
+        "{\n  \"inbounds\": [\n    { \"type\": \"anytls\", \"users\": oops }\n  ]\n}\n",
+    )
+    .unwrap();
+    let mark = server.seen.len();
+    server.signal("HUP");
+    let failed = server.wait_line("reload failed", mark, STEP);
+    assert!(failed.contains("ERROR"), "logged as an error: {failed}");
+    assert!(
+        failed.contains("server.json:3:"),
+        "names file:line:column: {failed}"
+    );
+    assert!(
+        failed.contains("old configuration keeps serving"),
+        "{failed}"
+    );
+    rt.block_on(echo(addr, pin, "alice-pw", target)).unwrap();
+    rt.block_on(echo(addr, pin, "bob-pw", target)).unwrap();
+
+    server.interrupt();
+    let st = server.wait_exit(STEP);
+    assert!(
+        st.success(),
+        "exit {st}; output:\n{}",
+        server.seen.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
