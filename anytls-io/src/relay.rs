@@ -298,8 +298,9 @@ impl BytesHalf {
 }
 
 /// [`relay`] between an AnyTLS stream and another byte stream; data moves
-/// without passing through a relay buffer either way (see [`ChunkHalf`] and
-/// [`BytesHalf`]). Returns the bytes moved `stream -> other` and
+/// without passing through a relay buffer either way (received chunks are
+/// written out as they are; outgoing bytes are handed to the session
+/// without a copy). Returns the bytes moved `stream -> other` and
 /// `other -> stream`.
 pub async fn relay_stream<B>(stream: &mut AnyTlsStream, other: &mut B) -> io::Result<(u64, u64)>
 where

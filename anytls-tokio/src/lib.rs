@@ -290,7 +290,7 @@ impl anytls_io::Runtime for Tokio {
 /// own proxy chain...) as a `futures-io` one, with vectored writes (a relay
 /// hands several queued chunks to one `writev`; tokio-util's `Compat` would
 /// write them one syscall each). Return one from a client's
-/// [`Dialer`](anytls_io::Dialer).
+/// [`Dialer`].
 #[derive(Debug)]
 pub struct TokioIo<T>(pub T);
 

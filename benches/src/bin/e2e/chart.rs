@@ -1,5 +1,5 @@
 //! The chart of `--svg`: throughput, first-request latency and the parallel
-//! downloads' peak RSS, as panels of [`svg`](super::svg).
+//! downloads' peak RSS, as panels of [`super::svg`].
 
 use std::time::Duration;
 
