@@ -455,3 +455,16 @@ fn secret_echo_in_uri_and_auth_errors() {
     let s = client_yaml("authentication: 'alice:hunter2-secret'\nmixed-port: 1\nproxies:\n  - {name: a, type: anytls, server: h, port: 1, password: p}\n").unwrap();
     assert_eq!(s.listeners[0].users.len(), 1);
 }
+
+// YAML merge keys (`<<: *anchor`), common in mihomo configs and applied by
+// mihomo's YAML library.
+#[test]
+fn mihomo_merge_keys() {
+    let text = "base: &base\n  type: anytls\n  port: 443\n  password: pw\n  skip-cert-verify: false\nproxies:\n  - <<: *base\n    name: a\n    server: example.com\n";
+    let s = client_yaml(text).unwrap();
+    assert_eq!(s.config.server, "example.com:443");
+    // An error in a merged document still names the field.
+    let bad = "base: &base\n  type: anytls\n  port: 443\n  password: pw\n  bogus-field: 1\nproxies:\n  - <<: *base\n    name: a\n    server: example.com\n";
+    let e = client_yaml(bad).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("bogus-field"), "{e}");
+}

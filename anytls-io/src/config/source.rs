@@ -123,6 +123,22 @@ impl<'a> Source<'a> {
                     self.error(e.line(), column, track.path().to_string(), msg)
                 })
             }
+            ConfigFormat::Yaml if self.text.contains("<<") => {
+                // Merge keys (`<<: *anchor`, common in mihomo configs, which
+                // mihomo's YAML library applies) need the document as a
+                // value first; errors then have a path but no position.
+                let mut value: serde_norway::Value =
+                    serde_norway::from_str(&self.text).map_err(|e| {
+                        let (line, column) =
+                            e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                        self.error(line, column, String::new(), e.to_string())
+                    })?;
+                value
+                    .apply_merge()
+                    .map_err(|e| self.error(0, 0, String::new(), e.to_string()))?;
+                seed.deserialize(serde_path_to_error::Deserializer::new(value, &mut track))
+                    .map_err(|e| self.error(0, 0, track.path().to_string(), e.to_string()))
+            }
             ConfigFormat::Yaml => {
                 let de = serde_norway::Deserializer::from_str(&self.text);
                 seed.deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
