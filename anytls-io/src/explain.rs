@@ -104,7 +104,7 @@ pub(crate) fn dial_failure(
             "timeout",
             format!(
                 "{at}: no connection within {} ({text})",
-                crate::explain::secs(connect_timeout)
+                secs(connect_timeout)
             ),
         ),
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => d(

@@ -356,11 +356,7 @@ pub fn client_config_with(
             .map_err(|e| TlsError::Options(e.to_string()))?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(TrustedFile {
-                    webpki,
-                    certs,
-                    algs: provider.signature_verification_algorithms,
-                }))
+                .with_custom_certificate_verifier(Arc::new(TrustedFile { webpki, certs }))
                 .with_no_client_auth()
         }
         Verification::Pin(_) | Verification::Insecure => {
@@ -389,7 +385,6 @@ pub fn client_config_with(
 struct TrustedFile {
     webpki: Arc<rustls::client::WebPkiServerVerifier>,
     certs: Vec<CertificateDer<'static>>,
-    algs: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for TrustedFile {
@@ -424,13 +419,14 @@ impl ServerCertVerifier for TrustedFile {
         Ok(ServerCertVerified::assertion())
     }
 
+    // Handshake signatures: webpki's, as for any chain.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -439,11 +435,11 @@ impl ServerCertVerifier for TrustedFile {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
