@@ -13,6 +13,8 @@
 //!   client helper).
 //! * [`proxy`]: the local mixed port (SOCKS5, SOCKS4/4a and HTTP) in front
 //!   of a [`Client`].
+//! * [`acme`]: certificates from an ACME CA (Let's Encrypt, ZeroSSL, private
+//!   CAs), obtained and renewed while the server runs ([`ServerTls::Acme`]).
 //! * [`stats`]: a server's per-user counters ([`Server::stats_handle`]) and
 //!   their Prometheus text.
 //! * [`config`]: sing-box JSON and mihomo YAML options, Go durations and `anytls://` URIs,
@@ -25,6 +27,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "acme")]
+pub mod acme;
 mod budget;
 mod client;
 mod client_udp;

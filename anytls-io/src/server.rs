@@ -237,6 +237,10 @@ struct Live {
     tls_handshake_timeout: Duration,
     /// Each user's password hash, to tell on reload whose credentials went.
     passwords: HashMap<String, PasswordHash>,
+    /// The ACME manager of the certificate, whose TLS-ALPN-01 challenges
+    /// are answered on this port.
+    #[cfg(feature = "acme")]
+    acme: Option<crate::acme::Acme>,
 }
 
 impl Live {
@@ -270,6 +274,11 @@ impl Live {
             fallback: cfg.fallback,
             tls_handshake_timeout: cfg.tls_handshake_timeout,
             passwords,
+            #[cfg(feature = "acme")]
+            acme: match &cfg.tls {
+                ServerTls::Acme(a) => Some(a.clone()),
+                _ => None,
+            },
         })
     }
 
@@ -293,11 +302,35 @@ struct State {
     /// Every connection past its TLS handshake, for shutdown and reload.
     conns: Mutex<Vec<Entry>>,
     stats: StatsHandle,
+    /// Starts an ACME manager on the server's runtime; set by `serve_with`
+    /// (a reload may bring a new manager).
+    #[cfg(feature = "acme")]
+    start_acme: OnceLock<fn(&crate::acme::Acme)>,
 }
 
 impl State {
     fn current(&self) -> Arc<Live> {
         lock(&self.live).clone()
+    }
+
+    /// After a reload: a new ACME manager starts (if the server serves), the
+    /// one no longer used stops.
+    #[cfg(feature = "acme")]
+    fn switch_acme(&self, old: &Live, new: &Live) {
+        let same = match (&old.acme, &new.acme) {
+            (Some(a), Some(b)) => a.ptr_eq(b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let (Some(a), Some(start)) = (&new.acme, self.start_acme.get()) {
+            start(a);
+        }
+        if let Some(a) = &old.acme {
+            a.stop();
+        }
     }
 }
 
@@ -351,7 +384,10 @@ impl ReloadHandle {
         // The swap first, the sweep after: a session that authenticates under
         // the old configuration after the sweep checks the new one itself
         // (see `serve_connection`).
-        *lock(&self.state.live) = new.clone();
+        let old = std::mem::replace(&mut *lock(&self.state.live), new.clone());
+        #[cfg(feature = "acme")]
+        self.state.switch_acme(&old, &new);
+        drop(old);
         let conns: Vec<(Arc<Conn>, Arc<Live>)> = {
             let mut r = lock(&self.state.conns);
             r.retain(|(c, _)| c.strong_count() > 0);
@@ -464,6 +500,8 @@ impl<R: Runtime> Server<R> {
             live: Mutex::new(Arc::new(live)),
             conns: Mutex::default(),
             stats: stats.clone(),
+            #[cfg(feature = "acme")]
+            start_acme: OnceLock::new(),
         });
         Ok(Server {
             listener,
@@ -534,6 +572,13 @@ impl<R: Runtime> Server<R> {
     {
         let handler = Arc::new(handler);
         let open_connections = Arc::new(AtomicUsize::new(0));
+        #[cfg(feature = "acme")]
+        {
+            let _ = self.state.start_acme.set(crate::acme::Acme::start::<R>);
+            if let Some(a) = &self.state.current().acme {
+                a.start::<R>();
+            }
+        }
         while !self.shutdown.is_set() {
             let accepted =
                 futures_lite::future::or(async { Some(R::accept(&self.listener).await) }, async {
@@ -571,6 +616,10 @@ impl<R: Runtime> Server<R> {
             ));
         }
         drop(self.listener);
+        #[cfg(feature = "acme")]
+        if let Some(a) = &self.state.current().acme {
+            a.stop();
+        }
         let deadline = Instant::now() + grace;
         while self.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             sleep_until::<R>(Instant::now() + Duration::from_millis(20)).await;
@@ -621,16 +670,36 @@ async fn serve_connection<R, H, F>(
     let (core, fallback) = (live.core.clone(), live.fallback);
     let tls_handshake_timeout = live.tls_handshake_timeout;
     let accept = async {
+        #[cfg(feature = "acme")]
+        let tcp = match &live.acme {
+            // The ClientHello decides: a TLS-ALPN-01 validation gets the
+            // challenge certificate and nothing else.
+            Some(acme) => {
+                let mut tcp = tcp;
+                let (seen, challenge) = crate::acme::read_client_hello(&mut tcp).await?;
+                if challenge {
+                    crate::acme::answer_challenge(tcp, seen, acme).await?;
+                    return Ok(None);
+                }
+                let session = Tls::server(live.tls.clone())?;
+                let mut tls = TlsIo::with_input(tcp, session, &io_budget, seen);
+                tls.handshake().await?;
+                return Ok(Some(tls));
+            }
+            None => tcp,
+        };
         let session = Tls::server(live.tls.clone())?;
         let mut tls = TlsIo::with_budget(tcp, session, &io_budget);
         tls.handshake().await?;
-        io::Result::Ok(tls)
+        io::Result::Ok(Some(tls))
     };
     // Boxed futures here and below: the task's own state stays small, and
     // each phase's memory is freed when the phase ends (an idle session keeps
     // only the driver's).
     let tls = match timeout::<R, _>(tls_handshake_timeout, Box::pin(accept)).await {
-        Some(Ok(tls)) => tls,
+        Some(Ok(Some(tls))) => tls,
+        // An ACME validation, answered.
+        Some(Ok(None)) => return,
         Some(Err(e)) => {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
             return;

@@ -692,6 +692,11 @@ pub enum ServerTls {
     /// A complete rustls configuration of your own (the server's `alpn` is
     /// not applied to it).
     Rustls(Arc<rustls::ServerConfig>),
+    /// A certificate obtained and renewed from an ACME CA: the server runs
+    /// the manager while it serves and answers TLS-ALPN-01 challenges on its
+    /// own port (see [`crate::acme`]).
+    #[cfg(feature = "acme")]
+    Acme(crate::acme::Acme),
 }
 
 impl fmt::Debug for ServerTls {
@@ -700,6 +705,8 @@ impl fmt::Debug for ServerTls {
             ServerTls::Identity(id) => f.debug_tuple("Identity").field(id).finish(),
             ServerTls::Resolver(_) => f.write_str("Resolver"),
             ServerTls::Rustls(_) => f.write_str("Rustls"),
+            #[cfg(feature = "acme")]
+            ServerTls::Acme(a) => f.debug_tuple("Acme").field(a).finish(),
         }
     }
 }
@@ -745,6 +752,8 @@ impl ServerTls {
                 builder()?.with_single_cert(id.certs.clone(), id.key.clone_key())?
             }
             ServerTls::Resolver(r) => builder()?.with_cert_resolver(r.clone()),
+            #[cfg(feature = "acme")]
+            ServerTls::Acme(a) => builder()?.with_cert_resolver(a.resolver()),
         };
         cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
         Ok(Arc::new(cfg))

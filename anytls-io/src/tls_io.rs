@@ -257,6 +257,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
         }
     }
 
+    /// Like [`with_budget`](Self::with_budget), with bytes already read from
+    /// `io` (a ClientHello looked at before the configuration was chosen).
+    #[cfg(feature = "acme")]
+    pub(crate) fn with_input(
+        io: IO,
+        tls: impl Into<Tls>,
+        budget: &IoBudget,
+        input: Vec<u8>,
+    ) -> TlsIo<IO> {
+        let mut t = TlsIo::with_budget(io, tls, budget);
+        t.end = input.len();
+        t.inc = input;
+        t
+    }
+
     /// Holds a buffer or the large-I/O slot that only a busy spell needs.
     pub(crate) fn holds_busy_resources(&self) -> bool {
         self.inc.capacity() > 0

@@ -51,6 +51,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+#[cfg(feature = "acme")]
+pub use anytls_io::acme;
 #[cfg(feature = "config")]
 pub use anytls_io::config;
 pub use anytls_io::core;

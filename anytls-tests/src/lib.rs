@@ -8,6 +8,7 @@
 use std::future::Future;
 
 pub mod fixture;
+pub mod pebble;
 pub mod peers;
 pub mod targets;
 

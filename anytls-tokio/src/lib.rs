@@ -181,6 +181,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Instant;
 
+#[cfg(feature = "acme")]
+pub use anytls_io::acme;
 #[cfg(feature = "config")]
 pub use anytls_io::config;
 pub use anytls_io::core;
