@@ -53,9 +53,10 @@ mod source;
 
 pub use mihomo::{MihomoListener, MihomoProxy};
 pub use singbox::{
-    ClientOptions, ClientSetup, DomainResolver, InboundOptions, InboundTls, ListenOptions,
-    ListenerSetup, LocalInbound, LocalUser, Located, OutboundOptions, OutboundTls, ServerOptions,
-    ServerSetup, User, protocols_name, self_signed_names,
+    ClientOptions, ClientSetup, DomainResolver, ExternalAccountOptions, InboundAcme,
+    InboundOptions, InboundTls, ListenOptions, ListenerSetup, LocalInbound, LocalUser, Located,
+    OutboundOptions, OutboundTls, ServerOptions, ServerSetup, User, default_acme_directory,
+    protocols_name, self_signed_names,
 };
 pub use source::{
     ConfigFormat, load_client_config, load_server_config, parse_client_config, parse_server_config,

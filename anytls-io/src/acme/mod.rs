@@ -86,7 +86,7 @@ impl fmt::Debug for ExternalAccount {
 }
 
 /// What to obtain, from where, and how to prove control of the domains.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct AcmeConfig {
     /// The DNS names the certificate covers (at least one; no wildcards,

@@ -18,11 +18,12 @@ use super::{
     AnytlsUri, ConfigError, ConfigNote, DEFAULT_SERVER_PORT, DEFAULT_SOCKS_LISTEN, Notes,
     de_duration, de_listable, invalid, join_host_port, under,
 };
+use crate::acme::AcmeConfig;
 use crate::client::ClientConfig;
 use crate::dial::{DialOptions, DomainStrategy};
 use crate::proxy::{Protocols, ProxyUser};
 use crate::server::ServerConfig;
-use crate::tls::{Identity, TlsVersion, Verification, hex32, parse_pin};
+use crate::tls::{Identity, ServerTls, TlsVersion, Verification, hex32, parse_pin};
 
 // ---------------------------------------------------------------------------
 // Values
@@ -143,8 +144,8 @@ server-side ECH); clients configured for ECH could not connect. Remove tls.ech."
 /// The message of an enabled `tls.reality`.
 pub(super) const REALITY: &str = "AnyTLS over REALITY is not supported: without it the connection \
 would be plain TLS where the other side expects REALITY. Remove tls.reality and use a certificate.";
-const ACME: &str = "ACME is not supported yet: get a certificate (e.g. with certbot) and give \
-certificate_path and key_path";
+const DNS01: &str = "the DNS-01 challenge is not supported: remove dns01_challenge; TLS-ALPN-01 \
+(on this port) and HTTP-01 (port 80) need no DNS provider";
 const SPKI_PIN: &str = "public-key (SPKI) pins are not supported: this program pins the whole \
 certificate; use pin_sha256 with the certificate's SHA-256 (anytls server prints it). Ignoring \
 the pin would accept any certificate the roots vouch for";
@@ -1468,54 +1469,164 @@ fn de_in_reality<'de, D: Deserializer<'de>>(d: D) -> Result<Option<InboundRealit
     checked(d, |r: &InboundReality| check_enabled(r.enabled, REALITY))
 }
 
-/// `tls.acme`: refused when it names domains (sing-box turns ACME off
-/// without them).
+/// `tls.acme` (on when it names domains): certificates from an ACME CA,
+/// obtained and renewed while the server runs (see [`crate::acme`]).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InboundAcme {
-    /// Domains; ACME is on when not empty (refused).
+    /// Domains the certificate covers; ACME is on when not empty.
     #[serde(default, deserialize_with = "de_listable")]
     pub domain: Vec<String>,
-    /// Not read.
-    #[serde(default)]
-    pub data_directory: Option<String>,
-    /// Not read.
+    /// Where the account and certificates are kept [default:
+    /// `$STATE_DIRECTORY/acme` under systemd, else
+    /// `$XDG_DATA_HOME/anytls/acme` or `~/.local/share/anytls/acme`].
+    #[serde(default, deserialize_with = "de_opt_nonempty")]
+    pub data_directory: Option<PathBuf>,
+    /// Ignored (one certificate for every name).
     #[serde(default)]
     pub default_server_name: Option<String>,
-    /// Not read.
+    /// Contact address given to the CA.
     #[serde(default)]
     pub email: Option<String>,
-    /// Not read.
+    /// `letsencrypt` (default), `zerossl`, or a directory URL.
     #[serde(default)]
     pub provider: Option<String>,
-    /// Not read.
+    /// No HTTP-01.
     #[serde(default)]
     pub disable_http_challenge: Option<bool>,
-    /// Not read.
+    /// No TLS-ALPN-01.
     #[serde(default)]
     pub disable_tls_alpn_challenge: Option<bool>,
-    /// Not read.
+    /// HTTP-01 on this port instead of 80 (one that port 80 is forwarded to).
     #[serde(default)]
     pub alternative_http_port: Option<u16>,
-    /// Not read.
+    /// TLS-ALPN-01 also on this port (one that port 443 is forwarded to);
+    /// it is always answered on the listen port.
     #[serde(default)]
     pub alternative_tls_port: Option<u16>,
-    /// Not read.
+    /// External account binding (ZeroSSL, some private CAs).
     #[serde(default)]
-    pub external_account: Option<IgnoredAny>,
-    /// Not read.
+    pub external_account: Option<ExternalAccountOptions>,
+    /// Refused: DNS-01 is not supported.
     #[serde(default)]
     pub dns01_challenge: Option<IgnoredAny>,
+    /// Ours: a PEM file of roots trusted for the directory's HTTPS (a
+    /// private CA).
+    #[serde(default, deserialize_with = "de_opt_nonempty")]
+    pub directory_ca: Option<PathBuf>,
+}
+
+/// `tls.acme.external_account`.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAccountOptions {
+    /// The key identifier.
+    #[serde(default)]
+    pub key_id: String,
+    /// The MAC key (base64url).
+    #[serde(default)]
+    pub mac_key: String,
+}
+
+impl fmt::Debug for ExternalAccountOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExternalAccountOptions")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 fn de_acme<'de, D: Deserializer<'de>>(d: D) -> Result<Option<InboundAcme>, D::Error> {
     checked(d, |a: &InboundAcme| {
-        if a.domain.is_empty() {
-            Ok(())
+        if a.dns01_challenge.is_some() {
+            Err(DNS01.to_owned())
         } else {
-            Err(ACME.to_owned())
+            Ok(())
         }
     })
+}
+
+/// The default `data_directory`: systemd's state directory, else the XDG
+/// data directory.
+pub fn default_acme_directory() -> PathBuf {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(state) = var("STATE_DIRECTORY") {
+        // Several directories are separated by ':'; the first is ours.
+        let first = state
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        return PathBuf::from(first).join("acme");
+    }
+    if let Some(data) = var("XDG_DATA_HOME") {
+        return data.join("anytls/acme");
+    }
+    var("HOME")
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".local/share/anytls/acme")
+}
+
+impl InboundAcme {
+    /// The manager's settings; `listen` is the AnyTLS port (TLS-ALPN-01 is
+    /// answered there).
+    fn to_config(&self, listen: SocketAddr, n: &mut Notes) -> Result<AcmeConfig, ConfigError> {
+        let dir = match &self.data_directory {
+            Some(d) => d.clone(),
+            None => {
+                let d = default_acme_directory();
+                n.taken(
+                    "tls.acme.data_directory",
+                    format!("not set: account and certificates go to {}", d.display()),
+                );
+                d
+            }
+        };
+        let mut cfg = AcmeConfig::new(self.domain.clone(), dir);
+        cfg.directory_url = AcmeConfig::provider_url(self.provider.as_deref().unwrap_or(""))
+            .map_err(|e| invalid("tls.acme.provider", e))?;
+        cfg.email = self.email.clone().filter(|e| !e.is_empty());
+        cfg.directory_ca = self.directory_ca.clone();
+        let any = |port: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+        cfg.tls_alpn_challenge = self.disable_tls_alpn_challenge != Some(true);
+        cfg.http_addr = (self.disable_http_challenge != Some(true))
+            .then(|| any(self.alternative_http_port.unwrap_or(80)));
+        cfg.alternative_tls_addr = self
+            .alternative_tls_port
+            .filter(|p| cfg.tls_alpn_challenge && *p != listen.port())
+            .map(any);
+        if listen.port() != 443 && cfg.tls_alpn_challenge && cfg.alternative_tls_addr.is_none() {
+            n.warn(
+                "tls.acme",
+                format!(
+                    "TLS-ALPN-01 is answered on port {}, but the CA connects to port 443: it \
+                     works only if 443 is forwarded here (else HTTP-01 on port 80 is used)",
+                    listen.port()
+                ),
+            );
+        }
+        cfg.external_account =
+            self.external_account
+                .as_ref()
+                .map(|e| crate::acme::ExternalAccount {
+                    key_id: e.key_id.clone(),
+                    mac_key: e.mac_key.clone(),
+                });
+        n.ignored_if(
+            self.default_server_name
+                .as_deref()
+                .is_some_and(|s| !s.is_empty()),
+            "tls.acme.default_server_name",
+            "one certificate covers every domain",
+        );
+        cfg.validate().map_err(|e| invalid("tls.acme", e))?;
+        Ok(cfg)
+    }
 }
 
 with_tls_fields! {
@@ -1541,7 +1652,7 @@ pub struct InboundTls {
     /// Ignored.
     #[serde(default, deserialize_with = "de_listable")]
     pub client_certificate_public_key_sha256: Vec<String>,
-    /// Refused when it names domains.
+    /// Certificates from an ACME CA, when it names domains.
     #[serde(default, deserialize_with = "de_acme")]
     pub acme: Option<InboundAcme>,
     /// Refused when enabled.
@@ -1561,8 +1672,12 @@ impl InboundTls {
         let checks = [
             (
                 "tls.acme",
-                if self.acme.as_ref().is_some_and(|a| !a.domain.is_empty()) {
-                    Err(ACME.to_owned())
+                if self
+                    .acme
+                    .as_ref()
+                    .is_some_and(|a| a.dns01_challenge.is_some())
+                {
+                    Err(DNS01.to_owned())
                 } else {
                     Ok(())
                 },
@@ -1688,8 +1803,13 @@ impl InboundOptions {
         let tls = self.tls.clone().unwrap_or_default();
         tls.check(n)?;
         let server_name = tls.server_name.clone().filter(|s| !s.is_empty());
-        let (identity, self_signed) = inbound_identity(&tls, listen, server_name.as_deref())?;
-        let mut cfg = ServerConfig::new(String::new(), identity);
+        let (server_tls, self_signed) = inbound_tls(&tls, listen, server_name.as_deref(), n)?;
+        // With ACME, the first domain is the name clients use.
+        let server_name = server_name.or_else(|| match &server_tls {
+            ServerTls::Acme(a) => a.config().domains.first().cloned(),
+            _ => None,
+        });
+        let mut cfg = ServerConfig::with_tls(String::new(), server_tls);
         cfg.users = self
             .users
             .iter()
@@ -1782,13 +1902,37 @@ pub fn self_signed_names(server_name: Option<&str>, listen: SocketAddr) -> Vec<S
     names
 }
 
+fn inbound_tls(
+    tls: &InboundTls,
+    listen: SocketAddr,
+    server_name: Option<&str>,
+    n: &mut Notes,
+) -> Result<(ServerTls, Option<Vec<String>>), ConfigError> {
+    let acme = tls.acme.as_ref().filter(|a| !a.domain.is_empty());
+    let has_files = tls.certificate_path.is_some() || tls.key_path.is_some();
+    let has_inline = !tls.certificate.is_empty() || !tls.key.is_empty();
+    if let Some(acme) = acme {
+        if has_files || has_inline {
+            return Err(invalid(
+                "tls.acme",
+                "give a certificate or ACME domains, not both",
+            ));
+        }
+        let cfg = acme.to_config(listen, n)?;
+        let manager = crate::acme::Acme::new(cfg).map_err(|e| invalid("tls.acme", e))?;
+        return Ok((ServerTls::Acme(manager), None));
+    }
+    let (identity, names) = inbound_identity(tls, listen, server_name, has_files, has_inline)?;
+    Ok((ServerTls::Identity(identity), names))
+}
+
 fn inbound_identity(
     tls: &InboundTls,
     listen: SocketAddr,
     server_name: Option<&str>,
+    has_files: bool,
+    has_inline: bool,
 ) -> Result<(Identity, Option<Vec<String>>), ConfigError> {
-    let has_files = tls.certificate_path.is_some() || tls.key_path.is_some();
-    let has_inline = !tls.certificate.is_empty() || !tls.key.is_empty();
     if has_files && has_inline {
         return Err(invalid(
             "tls",

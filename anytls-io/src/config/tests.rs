@@ -984,10 +984,33 @@ fn refused_fields_name_path_and_position() {
         )
     };
     for (extra, needle) in [
-        (r#""tls":{"acme":{"domain":["example.com"]}}"#, "config:2:"),
         (
-            r#""tls":{"acme":{"domain":["example.com"]}}"#,
-            "inbounds[1].tls.acme: ACME is not supported yet",
+            r#""tls":{"acme":{"domain":["example.com"],"dns01_challenge":{"provider":"x"}}}"#,
+            "config:2:",
+        ),
+        (
+            r#""tls":{"acme":{"domain":["example.com"],"dns01_challenge":{"provider":"x"}}}"#,
+            "inbounds[1].tls.acme: the DNS-01 challenge is not supported",
+        ),
+        (
+            r#""tls":{"acme":{"domain":["example.com"]},"certificate_path":"/c","key_path":"/k"}"#,
+            "inbounds[1].tls.acme: give a certificate or ACME domains, not both",
+        ),
+        (
+            r#""tls":{"acme":{"domain":["example.com"],"provider":"buypass"}}"#,
+            "inbounds[1].tls.acme.provider: ACME configuration: provider \"buypass\"",
+        ),
+        (
+            r#""tls":{"acme":{"domain":["*.example.com"]}}"#,
+            "inbounds[1].tls.acme: ACME configuration: *.example.com: wildcard",
+        ),
+        (
+            r#""tls":{"acme":{"domain":["example.com"],"provider":"zerossl"}}"#,
+            "ZeroSSL needs external_account",
+        ),
+        (
+            r#""tls":{"acme":{"domain":["example.com"],"disable_http_challenge":true,"disable_tls_alpn_challenge":true}}"#,
+            "both challenges are disabled",
         ),
         (
             r#""tls":{"ech":{"enabled":true,"key_path":"/k"}}"#,
@@ -1517,4 +1540,63 @@ fn listen_options_bind() {
         e.to_string().contains("no-such-if0") || e.to_string().contains("Linux only"),
         "{e}"
     );
+}
+
+#[test]
+fn singbox_acme_fields_map_onto_the_manager() {
+    let dir = std::env::temp_dir().join(format!("anytls-config-acme-{}", std::process::id()));
+    let json = format!(
+        r#"{{"type":"anytls","listen":"0.0.0.0","listen_port":443,"users":[{{"password":"p"}}],
+        "tls":{{"enabled":true,"acme":{{"domain":["a.example.com","b.example.com"],
+        "email":"ops@example.com","data_directory":{dir:?},"provider":"https://ca.example/dir",
+        "alternative_http_port":8080,"alternative_tls_port":8443,"default_server_name":"a.example.com",
+        "external_account":{{"key_id":"kid","mac_key":"c2VjcmV0"}},"directory_ca":"/etc/ca.pem"}}}}}}"#
+    );
+    let setup = parse_server_json(&json).unwrap().to_server_setup().unwrap();
+    let crate::ServerTls::Acme(acme) = &setup.config.tls else {
+        panic!("not ACME: {:?}", setup.config.tls)
+    };
+    let c = acme.config();
+    assert_eq!(c.domains, ["a.example.com", "b.example.com"]);
+    assert_eq!(c.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(c.data_directory, dir);
+    assert_eq!(c.directory_url, "https://ca.example/dir");
+    assert_eq!(
+        c.directory_ca.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
+    assert_eq!(c.http_addr, Some("0.0.0.0:8080".parse().unwrap()));
+    assert!(c.tls_alpn_challenge);
+    assert_eq!(
+        c.alternative_tls_addr,
+        Some("0.0.0.0:8443".parse().unwrap())
+    );
+    assert_eq!(c.external_account.as_ref().unwrap().key_id, "kid");
+    // The first domain is the name clients use; no self-signed certificate.
+    assert_eq!(setup.server_name.as_deref(), Some("a.example.com"));
+    assert_eq!(setup.self_signed, None);
+    let notes: Vec<String> = setup.notes.iter().map(|n| n.to_string()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("default_server_name")),
+        "{notes:?}"
+    );
+    // The mac key stays out of Debug output.
+    assert!(!format!("{:?}", setup.config).contains("c2VjcmV0"));
+
+    // Defaults: Let's Encrypt, HTTP-01 on 80, a data directory chosen and
+    // said; off port 443, a warning about TLS-ALPN-01.
+    let json = r#"{"type":"anytls","listen_port":8443,"users":[{"password":"p"}],
+        "tls":{"acme":{"domain":"example.com","disable_http_challenge":true}}}"#;
+    let setup = parse_server_json(json).unwrap().to_server_setup().unwrap();
+    let crate::ServerTls::Acme(acme) = &setup.config.tls else {
+        panic!("not ACME")
+    };
+    assert_eq!(acme.config().directory_url, crate::acme::LETS_ENCRYPT);
+    assert_eq!(acme.config().http_addr, None);
+    let notes: Vec<String> = setup.notes.iter().map(|n| n.to_string()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("data_directory")),
+        "{notes:?}"
+    );
+    assert!(notes.iter().any(|n| n.contains("port 443")), "{notes:?}");
 }

@@ -87,6 +87,105 @@ struct ServerArgs {
     /// http://ADDR/metrics (e.g. 127.0.0.1:9090; no authentication).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Get the certificate for DOMAIN from an ACME CA (Let's Encrypt by
+    /// default) and renew it while running; repeatable. Challenges:
+    /// TLS-ALPN-01 on the listen port (the CA connects to 443) and HTTP-01
+    /// on port 80.
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["cert", "key"])]
+    acme: Vec<String>,
+    /// Contact address for the ACME account (expiry mail).
+    #[arg(long, value_name = "EMAIL")]
+    acme_email: Option<String>,
+    /// ACME CA: letsencrypt, zerossl, or a directory URL [default: letsencrypt].
+    #[arg(long, value_name = "CA")]
+    acme_ca: Option<String>,
+    /// PEM roots trusted for the ACME directory's HTTPS (a private CA).
+    #[arg(long, value_name = "FILE")]
+    acme_directory_ca: Option<PathBuf>,
+    /// Where the ACME account and certificates are kept [default:
+    /// $STATE_DIRECTORY/acme under systemd, else ~/.local/share/anytls/acme].
+    #[arg(long, value_name = "DIR")]
+    acme_dir: Option<PathBuf>,
+    /// HTTP-01 on this port instead of 80 (one port 80 is forwarded to); 0
+    /// turns HTTP-01 off.
+    #[arg(long, value_name = "PORT")]
+    acme_http_port: Option<u16>,
+    /// No TLS-ALPN-01 (HTTP-01 only).
+    #[arg(long)]
+    acme_no_tls_alpn: bool,
+    /// External account binding KEY_ID:MAC_KEY (ZeroSSL, some private CAs).
+    #[arg(
+        long,
+        value_name = "KEY_ID:MAC_KEY",
+        env = "ANYTLS_ACME_EAB",
+        hide_env_values = true
+    )]
+    acme_eab: Option<String>,
+}
+
+impl ServerArgs {
+    /// Puts the `--acme*` flags over the config's `tls.acme`.
+    fn apply_acme(&self, tls: &mut config::InboundTls) -> Result<(), BoxError> {
+        let any = self.acme_email.is_some()
+            || self.acme_ca.is_some()
+            || self.acme_directory_ca.is_some()
+            || self.acme_dir.is_some()
+            || self.acme_http_port.is_some()
+            || self.acme_no_tls_alpn
+            || self.acme_eab.is_some();
+        if self.acme.is_empty() && !any {
+            return Ok(());
+        }
+        if !self.acme.is_empty() {
+            // Domains from the command line replace a certificate of the file.
+            tls.certificate.clear();
+            tls.key.clear();
+            tls.certificate_path = None;
+            tls.key_path = None;
+        }
+        let acme = tls.acme.get_or_insert_with(Default::default);
+        if !self.acme.is_empty() {
+            acme.domain = self.acme.clone();
+        }
+        if acme.domain.is_empty() {
+            return Err(
+                "--acme-* flags need --acme DOMAIN (or tls.acme.domain in the config)".into(),
+            );
+        }
+        if let Some(e) = &self.acme_email {
+            acme.email = Some(e.clone());
+        }
+        if let Some(ca) = &self.acme_ca {
+            acme.provider = Some(ca.clone());
+        }
+        if let Some(f) = &self.acme_directory_ca {
+            acme.directory_ca = Some(f.clone());
+        }
+        if let Some(d) = &self.acme_dir {
+            acme.data_directory = Some(d.clone());
+        }
+        match self.acme_http_port {
+            Some(0) => acme.disable_http_challenge = Some(true),
+            Some(p) => {
+                acme.disable_http_challenge = Some(false);
+                acme.alternative_http_port = Some(p);
+            }
+            None => {}
+        }
+        if self.acme_no_tls_alpn {
+            acme.disable_tls_alpn_challenge = Some(true);
+        }
+        if let Some(eab) = &self.acme_eab {
+            let (key_id, mac_key) = eab
+                .split_once(':')
+                .ok_or("--acme-eab: expected KEY_ID:MAC_KEY")?;
+            acme.external_account = Some(config::ExternalAccountOptions {
+                key_id: key_id.to_owned(),
+                mac_key: mac_key.to_owned(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -281,7 +380,10 @@ fn load_server_setup(
         tls.key.clear();
         tls.certificate_path = Some(c.clone());
         tls.key_path = Some(k.clone());
+        // A certificate from the command line replaces the file's ACME.
+        tls.acme = None;
     }
+    a.apply_acme(opts.tls_mut())?;
     if let Some(n) = &a.server_name {
         opts.tls_mut().server_name = Some(n.clone());
     }
@@ -352,6 +454,13 @@ fn reload_server(
     if new.self_signed.is_some() && new.self_signed == old.self_signed {
         new.config.tls = old.config.tls.clone();
     }
+    // The same ACME settings: keep the running manager (and any order in
+    // flight) rather than start another.
+    if let (ServerTls::Acme(o), ServerTls::Acme(n)) = (&old.config.tls, &new.config.tls) {
+        if o.config() == n.config() {
+            new.config.tls = old.config.tls.clone();
+        }
+    }
     log_notes(&new.notes);
     check_certificate(&new);
     let closed = match handle.reload(new.config.clone()) {
@@ -415,11 +524,17 @@ fn describe_changes(old: &config::ServerSetup, new: &config::ServerSetup) -> Vec
         ));
     }
     let pin = |c: &anytls_tokio::ServerConfig| c.tls.leaf_sha256();
-    if pin(o) != pin(n) || pin(n).is_none() {
-        out.push(match pin(n) {
+    match (&o.tls, &n.tls) {
+        (ServerTls::Acme(a), ServerTls::Acme(b)) if a.ptr_eq(b) => {}
+        (_, ServerTls::Acme(a)) => out.push(format!(
+            "ACME settings changed: a new manager for {}",
+            a.config().domains.join(", ")
+        )),
+        _ if pin(o) != pin(n) || pin(n).is_none() => out.push(match pin(n) {
             Some(p) => format!("certificate changed (SHA-256 pin {})", hex32(&p)),
             None => "TLS configuration reloaded".to_owned(),
-        });
+        }),
+        _ => {}
     }
     if o.alpn != n.alpn || format!("{:?}", o.tls_options) != format!("{:?}", n.tls_options) {
         out.push("ALPN or TLS options changed".to_owned());
@@ -454,6 +569,20 @@ async fn run_server(a: ServerArgs) -> Result<(), BoxError> {
         .map_err(|e| format!("listen {}: {e}", setup.listen))?;
     let server = Server::from_std(listener, setup.config.clone())?;
     let addr = server.local_addr()?;
+    if let ServerTls::Acme(acme) = &setup.config.tls {
+        let c = acme.config();
+        tracing::info!(
+            "certificate: ACME for {} from {} (account and certificates in {}){}",
+            c.domains.join(", "),
+            c.directory_url,
+            c.data_directory.display(),
+            if acme.certificate().is_some() {
+                ""
+            } else {
+                "; TLS handshakes are refused until the first certificate is issued"
+            }
+        );
+    }
     tracing::info!(
         "anytls server listening on {addr} ({} user(s), fallback {})",
         setup.config.users.len(),
