@@ -5,6 +5,9 @@
 //! one is refused, and a reload looping while 50 new connections arrive
 //! loses none of them. A connection accepted before a reload that removed its
 //! user, authenticating after it, is closed as soon as it authenticates.
+//! A reload's padding scheme reaches new sessions (the server sends it to
+//! clients that have another) while a session from before carries on, and
+//! a reload's fallback gets the new connections that fail authentication.
 //! Every wait is bounded; nothing is timed.
 
 use std::net::SocketAddr;
@@ -21,12 +24,22 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+// The end-to-end suite's fixtures (a server with its handles, a fallback,
+// raw TLS clients); each suite uses its own part.
+#[allow(dead_code)]
+#[path = "e2e/support.rs"]
+mod support;
+
+use support::{fallback_target, identity, localhost0, raw_tls, read_all, start_server};
+
 const STEP: Duration = Duration::from_secs(10);
 
 anytls_tests::suite!(
     a_transfer_runs_across_a_reload_that_adds_and_removes_users,
     a_reload_racing_new_connections_loses_none,
-    a_removed_user_accepted_before_the_reload_is_closed_once_authenticated
+    a_removed_user_accepted_before_the_reload_is_closed_once_authenticated,
+    a_reloaded_padding_scheme_reaches_new_sessions_and_an_old_one_carries_on,
+    a_reloaded_fallback_gets_the_new_connections_that_fail_authentication
 );
 
 fn client<C: TestRuntime>(addr: SocketAddr, pin: [u8; 32], password: &str) -> Client<C> {
@@ -331,4 +344,165 @@ async fn a_removed_user_accepted_before_the_reload_is_closed_once_authenticated<
         sleep::<S>(Duration::from_millis(20)).await;
     }
     stop.shutdown();
+}
+
+/// Waits until `c`'s padding scheme (the one its new sessions start with)
+/// is `want`.
+async fn wait_for_scheme<C: TestRuntime>(c: &Client<C>, want: &PaddingScheme, what: &str) {
+    let start = Instant::now();
+    while c.padding_scheme().md5() != want.md5() {
+        assert!(
+            start.elapsed() < STEP,
+            "{what}: the client's scheme is md5 {}, not {} ({})",
+            c.padding_scheme().md5_hex(),
+            want.md5_hex(),
+            C::NAME
+        );
+        sleep::<C>(Duration::from_millis(10)).await;
+    }
+}
+
+async fn a_reloaded_padding_scheme_reaches_new_sessions_and_an_old_one_carries_on<
+    C: TestRuntime,
+    S: TestRuntime,
+>() {
+    let first = PaddingScheme::parse("stop=3\n0=30-30\n1=100-400\n2=400-500").unwrap();
+    let second = PaddingScheme::parse("stop=4\n0=40-40\n1=200-300\n2=300-600\n3=50-90").unwrap();
+    let default = PaddingScheme::default_scheme();
+    assert!(first.md5() != default.md5() && second.md5() != default.md5());
+    let (id, pin) = identity();
+    let mut cfg = ServerConfig::new("pw", id);
+    cfg.padding = first.clone();
+    let srv = start_server::<S>(localhost0(), cfg.clone()).await;
+    let target = tcp_echo();
+
+    // A session under the first scheme, with a stream kept open.
+    let old = client::<C>(srv.addr, pin, "pw");
+    let mut s = within::<C, _>(STEP, "old session", old.connect(target))
+        .await
+        .unwrap();
+    let data = payload(7, 200_000);
+    let (before, after) = data.split_at(100_000);
+    let mut back = vec![0u8; data.len()];
+    within::<C, _>(STEP, "old session, before", async {
+        s.write_all(before).await.unwrap();
+        s.read_exact(&mut back[..before.len()]).await.unwrap();
+    })
+    .await;
+    wait_for_scheme(&old, &first, "the server's first scheme").await;
+
+    let mut next = cfg.clone();
+    next.padding = second.clone();
+    assert_eq!(srv.reload.reload(next).unwrap(), 0, "no session is closed");
+
+    // A new client's session gets the second scheme.
+    let fresh = client::<C>(srv.addr, pin, "pw");
+    within::<C, _>(STEP, "new client", echo(&fresh, target, 8, 5_000))
+        .await
+        .unwrap();
+    wait_for_scheme(&fresh, &second, "a new client after the reload").await;
+
+    // The old session was told nothing (the server does not push a scheme
+    // to live sessions) and its stream carries on, byte-exact.
+    within::<C, _>(STEP, "old session, after", async {
+        s.write_all(after).await.unwrap();
+        s.read_exact(&mut back[before.len()..]).await.unwrap();
+    })
+    .await;
+    assert!(
+        back == data,
+        "the old session's stream corrupted ({})",
+        S::NAME
+    );
+    assert_eq!(
+        old.padding_scheme().md5(),
+        first.md5(),
+        "the old session got a scheme after the reload ({})",
+        S::NAME
+    );
+    // The same client's next stream needs a new session (its only one is
+    // busy, and the pool keeps no spare by default): it announces the first
+    // scheme and is sent the second.
+    within::<C, _>(
+        STEP,
+        "the old client's new session",
+        echo(&old, target, 9, 5_000),
+    )
+    .await
+    .unwrap();
+    wait_for_scheme(&old, &second, "the old client's new session").await;
+    within::<C, _>(STEP, "old stream close", s.close())
+        .await
+        .unwrap();
+    for c in [old, fresh] {
+        c.close();
+    }
+    srv.handle.shutdown();
+}
+
+/// A TLS client that is no AnyTLS client, on a std thread: sends `req` and
+/// returns what came back until the connection ended.
+async fn probe<C: TestRuntime>(addr: SocketAddr, pin: [u8; 32], req: &'static [u8]) -> Vec<u8> {
+    let raw = std::thread::spawn(move || {
+        let mut tls = raw_tls(pin, addr);
+        tls.write_all(req).unwrap();
+        tls.flush().unwrap();
+        read_all(&mut tls).0
+    });
+    join::<C, _>(raw, 2 * STEP, "the raw TLS client").await
+}
+
+async fn a_reloaded_fallback_gets_the_new_connections_that_fail_authentication<
+    C: TestRuntime,
+    S: TestRuntime,
+>() {
+    const OLD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold";
+    const NEW: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew";
+    const REQ: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let (old_fallback, old_got) = fallback_target(OLD);
+    let (new_fallback, new_got) = fallback_target(NEW);
+    let (id, pin) = identity();
+    let mut cfg = ServerConfig::new("pw", id);
+    cfg.fallback = Some(old_fallback.addr);
+    let srv = start_server::<S>(localhost0(), cfg.clone()).await;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    let got = probe::<C>(srv.addr, pin, REQ).await;
+    assert_eq!(
+        text(&got),
+        text(OLD),
+        "the first fallback answers ({})",
+        S::NAME
+    );
+    // Each fallback reports a request before it answers it.
+    assert_eq!(old_got.try_recv().unwrap(), REQ);
+
+    let mut next = cfg.clone();
+    next.fallback = Some(new_fallback.addr);
+    srv.reload.reload(next).unwrap();
+
+    let got = probe::<C>(srv.addr, pin, REQ).await;
+    assert_eq!(
+        text(&got),
+        text(NEW),
+        "the new fallback answers ({})",
+        S::NAME
+    );
+    assert_eq!(new_got.try_recv().unwrap(), REQ);
+    assert!(
+        old_got.try_recv().is_err(),
+        "the first fallback got a connection after the reload ({})",
+        S::NAME
+    );
+    // A client with the password is not sent there.
+    let c = client::<C>(srv.addr, pin, "pw");
+    within::<C, _>(
+        STEP,
+        "a client after the reload",
+        echo(&c, tcp_echo(), 10, 1_000),
+    )
+    .await
+    .unwrap();
+    c.close();
+    srv.handle.shutdown();
 }

@@ -1,6 +1,8 @@
 //! `anytls server -c FILE` reloads on SIGHUP: a user added to the file can
 //! connect after the signal; a broken file is logged (with its line and
-//! column) and the old users keep working. Every wait is bounded.
+//! column) and the old users keep working; the new file's certificate is
+//! checked as at start (a warning when it expires soon). Every wait is
+//! bounded.
 
 #![cfg(unix)]
 
@@ -74,6 +76,28 @@ async fn echo(
     r
 }
 
+/// `anytls server -c file` once it listens (and listens for SIGHUP), and
+/// its address.
+fn start(file: &Path) -> (Proc, SocketAddr) {
+    let mut server = Proc::spawn(&["server", "-c", file.to_str().unwrap()]);
+    let line = server.wait_stdout("share URI", STEP);
+    let uri = &line[line.find("anytls://").expect("no URI")..];
+    let port = anytls_tokio::config::AnytlsUri::parse(uri).unwrap().port;
+    server.wait_line("SIGHUP reloads", 0, STEP);
+    (server, ([127, 0, 0, 1], port).into())
+}
+
+/// Interrupts the server; it must exit cleanly.
+fn stop(mut server: Proc) {
+    server.interrupt();
+    let st = server.wait_exit(STEP);
+    assert!(
+        st.success(),
+        "exit {st}; output:\n{}",
+        server.seen.join("\n")
+    );
+}
+
 #[test]
 fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
     let dir = std::env::temp_dir().join(format!("anytls-reload-{}", std::process::id()));
@@ -87,12 +111,7 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
     let file = dir.join("server.json");
     std::fs::write(&file, config(&[("alice", "alice-pw")], &cert, &key)).unwrap();
 
-    let mut server = Proc::spawn(&["server", "-c", file.to_str().unwrap()]);
-    let line = server.wait_stdout("share URI", STEP);
-    let uri = &line[line.find("anytls://").expect("no URI")..];
-    let port = anytls_tokio::config::AnytlsUri::parse(uri).unwrap().port;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    server.wait_line("SIGHUP reloads", 0, STEP);
+    let (mut server, addr) = start(&file);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let target = rt.block_on(echo_target());
@@ -137,12 +156,69 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
     rt.block_on(echo(addr, pin, "alice-pw", target)).unwrap();
     rt.block_on(echo(addr, pin, "bob-pw", target)).unwrap();
 
-    server.interrupt();
-    let st = server.wait_exit(STEP);
+    stop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A certificate for `localhost` valid from a day ago until `left` from now,
+/// in PEM files `name`.pem and `name`-key.pem under `dir`; and its SHA-256.
+fn certificate_expiring_in(
+    dir: &Path,
+    name: &str,
+    left: Duration,
+) -> (std::path::PathBuf, std::path::PathBuf, [u8; 32]) {
+    let now = std::time::SystemTime::now();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = (now - Duration::from_secs(86_400)).into();
+    params.not_after = (now + left).into();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let id = anytls_tokio::Identity::from_pem_files(&c, &k).unwrap();
+    (c, k, id.leaf_sha256().unwrap())
+}
+
+#[test]
+fn sighup_checks_the_new_certificate_as_the_start_does() {
+    let dir = std::env::temp_dir().join(format!("anytls-reload-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    const DAY: u64 = 86_400;
+    // A year left: nothing to say at start.
+    let (cert, key, _) = certificate_expiring_in(&dir, "good", Duration::from_secs(365 * DAY));
+    let file = dir.join("server.json");
+    std::fs::write(&file, config(&[("alice", "alice-pw")], &cert, &key)).unwrap();
+    let (mut server, addr) = start(&file);
     assert!(
-        st.success(),
-        "exit {st}; output:\n{}",
+        !server.seen.iter().any(|l| l.contains("the certificate")),
+        "a good certificate is not reported:\n{}",
         server.seen.join("\n")
     );
+
+    // Five and a half days left (the check runs well within half a day).
+    let (soon, soon_key, soon_pin) =
+        certificate_expiring_in(&dir, "soon", Duration::from_secs(5 * DAY + DAY / 2));
+    std::fs::write(&file, config(&[("alice", "alice-pw")], &soon, &soon_key)).unwrap();
+    let mark = server.seen.len();
+    server.signal("HUP");
+    let warned = server.wait_line("renew it", mark, STEP);
+    assert!(warned.contains("WARN"), "logged as a warning: {warned}");
+    assert!(
+        warned.contains("the certificate expires on") && warned.contains("(5 day(s) left)"),
+        "{warned}"
+    );
+    // A warning, not a refusal: the new certificate is served.
+    server.wait_line("reload: certificate changed", mark, STEP);
+    server.wait_line("reloaded", mark, STEP);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let target = rt.block_on(echo_target());
+    rt.block_on(echo(addr, soon_pin, "alice-pw", target))
+        .unwrap();
+
+    stop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

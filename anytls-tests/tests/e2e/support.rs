@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anytls_io::core::{Command, FrameDecoder, FrameLimits, StreamId};
 use anytls_io::tls::{self, Identity, Verification};
 use anytls_io::{
-    AnyTlsStream, Client, ClientConfig, Runtime, Server, ServerConfig, ShutdownHandle, SocksAddr,
-    relay_tcp,
+    AnyTlsStream, Client, ClientConfig, ReloadHandle, Runtime, Server, ServerConfig,
+    ShutdownHandle, SocksAddr, relay_tcp,
 };
 use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -42,6 +42,9 @@ pub fn identity() -> (Identity, [u8; 32]) {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub handle: ShutdownHandle,
+    /// For the reload suite (`reload.rs`), which shares these fixtures.
+    #[allow(dead_code)]
+    pub reload: ReloadHandle,
     /// What `serve_with` returned, once it did.
     ended: Arc<Mutex<Option<io::Result<()>>>>,
 }
@@ -61,6 +64,7 @@ pub async fn start_server<S: Runtime>(bind: SocketAddr, cfg: ServerConfig) -> Te
     let server = Server::<S>::bind(bind, cfg).await.unwrap();
     let addr = server.local_addr().unwrap();
     let handle = server.shutdown_handle();
+    let reload = server.reload_handle();
     let ended = Arc::new(Mutex::new(None));
     let slot = ended.clone();
     S::spawn(async move {
@@ -72,6 +76,7 @@ pub async fn start_server<S: Runtime>(bind: SocketAddr, cfg: ServerConfig) -> Te
     TestServer {
         addr,
         handle,
+        reload,
         ended,
     }
 }
