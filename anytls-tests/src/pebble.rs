@@ -7,16 +7,50 @@
 //!
 //! Missing binaries skip the test with a message, unless
 //! `ANYTLS_REQUIRE_PEERS=1` (CI), where they fail it.
+//!
+//! Self-contained and blocking (std only, waits bounded), so that
+//! `anytls-tokio`'s program tests include it too (`#[path]`).
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::TestRuntime;
-use crate::peers::{Proc, free_port, wait_listening};
+/// Kills the child process when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (at most 10 s) until something listens on `port`.
+fn wait_listening(port: u16, child: &mut Proc, who: &str) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..200 {
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("{who} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{who} never listened on {port}");
+}
 
 /// What a test asks of the CA.
 #[derive(Clone, Debug)]
@@ -78,8 +112,9 @@ fn https_identity() -> (String, String, String) {
 }
 
 impl Pebble {
-    /// Starts the DNS and the CA; `None` when pebble is not installed.
-    pub async fn start<R: TestRuntime>(dir: &Path, opts: &PebbleOptions) -> Option<Pebble> {
+    /// Starts the DNS and the CA (blocking until they listen); `None` when
+    /// pebble is not installed.
+    pub fn start(dir: &Path, opts: &PebbleOptions) -> Option<Pebble> {
         let pebble = binary("pebble")?;
         let challtestsrv = binary("pebble-challtestsrv")?;
         let (ca_pem, cert_pem, key_pem) = https_identity();
@@ -113,13 +148,13 @@ impl Pebble {
                 .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
                 .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
                 .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .spawn()
                 .expect("start pebble-challtestsrv"),
         );
-        wait_listening::<R>(dns_port, &mut dns, "pebble-challtestsrv").await;
+        wait_listening(dns_port, &mut dns, "pebble-challtestsrv");
         let mut ca = Proc(
             Command::new(pebble)
                 .arg("-config")
@@ -130,14 +165,14 @@ impl Pebble {
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .env("PEBBLE_WFE_NONCEREJECT", "0")
                 .env("PEBBLE_AUTHZREUSE", "0")
-                .stdin(std::process::Stdio::null())
+                .stdin(Stdio::null())
                 .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
                 .stderr(std::fs::File::create(dir.join("pebble.stderr")).unwrap())
                 .spawn()
                 .expect("start pebble"),
         );
-        wait_listening::<R>(port, &mut ca, "pebble").await;
-        wait_listening::<R>(management, &mut ca, "pebble (management)").await;
+        wait_listening(port, &mut ca, "pebble");
+        wait_listening(management, &mut ca, "pebble (management)");
         let tls = trusting(&ca_pem);
         Some(Pebble {
             _dns: dns,
@@ -195,7 +230,8 @@ pub fn served_leaf(addr: std::net::SocketAddr, sni: &str, root_pem: &str) -> [u8
             .expect("TLS handshake with the server");
     }
     let leaf = &conn.peer_certificates().expect("a certificate")[0];
-    anytls_io::tls::cert_sha256(leaf)
+    use sha2::Digest;
+    sha2::Sha256::digest(leaf.as_ref()).into()
 }
 
 /// A rustls client trusting the one root in `pem`.

@@ -20,8 +20,8 @@ use std::time::Duration;
 use anytls_io::acme::{Acme, AcmeConfig};
 use anytls_io::{Client, ClientConfig, Server, ServerConfig, ServerTls, Verification};
 use anytls_tests::TestRuntime;
-use anytls_tests::pebble::{Pebble, PebbleOptions, served_leaf};
-use anytls_tests::peers::{free_port, temp_dir};
+use anytls_tests::pebble::{Pebble, PebbleOptions, free_port, served_leaf};
+use anytls_tests::peers::temp_dir;
 use anytls_tests::targets::{payload, sleep, tcp_echo, within};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -82,7 +82,7 @@ async fn tls_alpn_issues_renews_and_persists<R: TestRuntime>() {
         validity: Duration::from_secs(12),
         eab: None,
     };
-    let Some(pebble) = Pebble::start::<R>(&dir, &opts).await else {
+    let Some(pebble) = Pebble::start(&dir, &opts) else {
         return;
     };
     let mut acfg = acme_config(&dir, &pebble.directory, &pebble.directory_ca);
@@ -216,7 +216,7 @@ async fn http01_with_eab_refuses_until_issued<R: TestRuntime>() {
     // The CA comes up (on the address the manager was given); the reload
     // hands the server a manager for it, which obtains the certificate
     // through HTTP-01 with the external account.
-    let Some(pebble) = Pebble::start::<R>(&dir, &opts).await else {
+    let Some(pebble) = Pebble::start(&dir, &opts) else {
         stop.shutdown();
         return;
     };

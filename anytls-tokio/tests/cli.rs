@@ -74,7 +74,7 @@ fn config_errors_name_the_field() {
     );
     let server = temp_file(
         "server.json",
-        r#"{"inbounds":[{"type":"anytls","users":[{"password":"p"}],"tls":{"enabled":true,"acme":{"domain":["example.com"]}}}]}"#,
+        r#"{"inbounds":[{"type":"anytls","users":[{"password":"p"}],"tls":{"enabled":true,"acme":{"domain":["example.com"],"dns01_challenge":{"provider":"cloudflare"}}}}]}"#,
     );
     for (cmd, path, needles) in [
         (
@@ -90,7 +90,7 @@ fn config_errors_name_the_field() {
             &server,
             [
                 "server.json:1:",
-                ": inbounds[0].tls.acme: ACME is not supported yet",
+                ": inbounds[0].tls.acme: the DNS-01 challenge is not supported",
             ],
         ),
     ] {

@@ -1605,8 +1605,12 @@ impl InboundAcme {
                 "tls.acme",
                 format!(
                     "TLS-ALPN-01 is answered on port {}, but the CA connects to port 443: it \
-                     works only if 443 is forwarded here (else HTTP-01 on port 80 is used)",
-                    listen.port()
+                     works only if 443 is forwarded here{}",
+                    listen.port(),
+                    match cfg.http_addr {
+                        Some(a) => format!(" (else HTTP-01 on port {} is used)", a.port()),
+                        None => String::new(),
+                    }
                 ),
             );
         }
