@@ -69,17 +69,6 @@ async fn echo(server: SocketAddr, root: &Path, target: SocketAddr) -> std::io::R
     client.close();
     r
 }
-
-fn stop(mut server: Proc) {
-    server.interrupt();
-    let st = server.wait_exit(STEP);
-    assert!(
-        st.success(),
-        "exit {st}; output:\n{}",
-        server.seen.join("\n")
-    );
-}
-
 #[test]
 fn acme_from_a_config_file_and_from_flags() {
     let dir = std::env::temp_dir().join(format!("anytls-cli-acme-{}", std::process::id()));
@@ -115,7 +104,7 @@ fn acme_from_a_config_file_and_from_flags() {
     let since = server.seen[mark..].join("\n");
     assert!(!since.contains("new manager"), "{since}");
     rt.block_on(echo(addr, &root, target)).unwrap();
-    stop(server);
+    server.stop_cleanly(STEP);
 
     // A restart serves the stored certificate; no new order.
     let mut server = Proc::spawn(&["server", "-c", file.to_str().unwrap()]);
@@ -125,7 +114,7 @@ fn acme_from_a_config_file_and_from_flags() {
     let log = server.seen.join("\n");
     assert!(!log.contains("certificate obtained"), "{log}");
     assert!(!log.contains("refused until"), "{log}");
-    stop(server);
+    server.stop_cleanly(STEP);
 
     // The flags, with a fresh data directory: a new account and order.
     let listen = addr.to_string();
@@ -159,6 +148,6 @@ fn acme_from_a_config_file_and_from_flags() {
     assert!(!uri.contains("insecure=1"), "{uri}");
     rt.block_on(echo(addr, &root, target)).unwrap();
     assert!(data.read_dir().unwrap().next().is_some(), "nothing stored");
-    stop(server);
+    server.stop_cleanly(STEP);
     let _ = std::fs::remove_dir_all(&dir);
 }

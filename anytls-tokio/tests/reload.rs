@@ -87,17 +87,6 @@ fn start(file: &Path) -> (Proc, SocketAddr) {
     (server, ([127, 0, 0, 1], port).into())
 }
 
-/// Interrupts the server; it must exit cleanly.
-fn stop(mut server: Proc) {
-    server.interrupt();
-    let st = server.wait_exit(STEP);
-    assert!(
-        st.success(),
-        "exit {st}; output:\n{}",
-        server.seen.join("\n")
-    );
-}
-
 #[test]
 fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
     let dir = std::env::temp_dir().join(format!("anytls-reload-{}", std::process::id()));
@@ -156,7 +145,7 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_one() {
     rt.block_on(echo(addr, pin, "alice-pw", target)).unwrap();
     rt.block_on(echo(addr, pin, "bob-pw", target)).unwrap();
 
-    stop(server);
+    server.stop_cleanly(STEP);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -219,6 +208,6 @@ fn sighup_checks_the_new_certificate_as_the_start_does() {
     rt.block_on(echo(addr, soon_pin, "alice-pw", target))
         .unwrap();
 
-    stop(server);
+    server.stop_cleanly(STEP);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -150,6 +150,15 @@ impl Proc {
         (out, err)
     }
 
+    /// Interrupts the process; it must exit cleanly within `limit`.
+    #[cfg(unix)]
+    #[allow(dead_code)]
+    pub fn stop_cleanly(mut self, limit: Duration) {
+        self.interrupt();
+        let st = self.wait_exit(limit);
+        assert!(st.success(), "exit {st}; output:\n{}", self.seen.join("\n"));
+    }
+
     #[cfg(unix)]
     pub fn interrupt(&self) {
         let st = Command::new("sh")
