@@ -153,6 +153,12 @@ impl Switch {
         lock(&self.state).0
     }
 
+    /// Turns the switch back off (a manager started again).
+    #[cfg(feature = "acme")]
+    pub(crate) fn reset(&self) {
+        lock(&self.state).0 = false;
+    }
+
     pub(crate) fn wait(&self) -> impl Future<Output = ()> + '_ {
         poll_fn(|cx| {
             let mut s = lock(&self.state);

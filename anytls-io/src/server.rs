@@ -302,10 +302,10 @@ struct State {
     /// Every connection past its TLS handshake, for shutdown and reload.
     conns: Mutex<Vec<Entry>>,
     stats: StatsHandle,
-    /// Starts an ACME manager on the server's runtime; set by `serve_with`
-    /// (a reload may bring a new manager).
+    /// Starts an ACME manager on the server's runtime while `serve_with`
+    /// runs (a reload may bring a new manager). Locked after `live`.
     #[cfg(feature = "acme")]
-    start_acme: OnceLock<fn(&crate::acme::Acme)>,
+    start_acme: Mutex<Option<fn(&crate::acme::Acme)>>,
 }
 
 impl State {
@@ -325,11 +325,17 @@ impl State {
         if same {
             return;
         }
-        if let (Some(a), Some(start)) = (&new.acme, self.start_acme.get()) {
-            start(a);
-        }
+        // Only while serving (`start_acme` set): the old manager's use ends
+        // first, so that a port its order holds (HTTP-01) is free for the
+        // new one.
+        let Some(start) = *lock(&self.start_acme) else {
+            return;
+        };
         if let Some(a) = &old.acme {
-            a.stop();
+            a.release();
+        }
+        if let Some(a) = &new.acme {
+            start(a);
         }
     }
 }
@@ -384,10 +390,13 @@ impl ReloadHandle {
         // The swap first, the sweep after: a session that authenticates under
         // the old configuration after the sweep checks the new one itself
         // (see `serve_connection`).
-        let old = std::mem::replace(&mut *lock(&self.state.live), new.clone());
-        #[cfg(feature = "acme")]
-        self.state.switch_acme(&old, &new);
-        drop(old);
+        {
+            let mut live = lock(&self.state.live);
+            let old = std::mem::replace(&mut *live, new.clone());
+            // Under the lock: serve_with starting or ending sees one side.
+            #[cfg(feature = "acme")]
+            self.state.switch_acme(&old, &new);
+        }
         let conns: Vec<(Arc<Conn>, Arc<Live>)> = {
             let mut r = lock(&self.state.conns);
             r.retain(|(c, _)| c.strong_count() > 0);
@@ -501,7 +510,7 @@ impl<R: Runtime> Server<R> {
             conns: Mutex::default(),
             stats: stats.clone(),
             #[cfg(feature = "acme")]
-            start_acme: OnceLock::new(),
+            start_acme: Mutex::new(None),
         });
         Ok(Server {
             listener,
@@ -574,8 +583,9 @@ impl<R: Runtime> Server<R> {
         let open_connections = Arc::new(AtomicUsize::new(0));
         #[cfg(feature = "acme")]
         {
-            let _ = self.state.start_acme.set(crate::acme::Acme::start::<R>);
-            if let Some(a) = &self.state.current().acme {
+            let live = lock(&self.state.live);
+            *lock(&self.state.start_acme) = Some(crate::acme::Acme::start::<R>);
+            if let Some(a) = &live.acme {
                 a.start::<R>();
             }
         }
@@ -617,8 +627,12 @@ impl<R: Runtime> Server<R> {
         }
         drop(self.listener);
         #[cfg(feature = "acme")]
-        if let Some(a) = &self.state.current().acme {
-            a.stop();
+        {
+            let live = lock(&self.state.live);
+            *lock(&self.state.start_acme) = None;
+            if let Some(a) = &live.acme {
+                a.release();
+            }
         }
         let deadline = Instant::now() + grace;
         while self.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {

@@ -99,6 +99,7 @@ async fn exchange<R: Runtime>(
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
+    let head_only = parts.method == http::Method::HEAD;
     let mut request = head.into_bytes();
     request.extend_from_slice(&body);
     let tcp = R::connect(&format!("{host}:{port}")).await?;
@@ -108,23 +109,49 @@ async fn exchange<R: Runtime>(
         io.handshake().await?;
         io.write_all(&request).await?;
         io.flush().await?;
-        read_response(&mut io).await?
+        read_response(&mut io, head_only).await?
     } else {
         let mut tcp = tcp;
         tcp.write_all(&request).await?;
         tcp.flush().await?;
-        read_response(&mut tcp).await?
+        read_response(&mut tcp, head_only).await?
     };
-    let (parts, body, _) = parse_response(&raw, parts.method == http::Method::HEAD)?
+    let rsp = parse_response(&raw, head_only)?
+        .filter(|r| r.complete || !r.framed)
         .ok_or_else(|| bad("connection closed before the response was complete"))?;
+    // The CA's own errors are problem documents, which instant-acme reads;
+    // anything else that is not a success (a proxy's or load balancer's
+    // page, a wrong URL) is reported as what it is.
+    let status = rsp.parts.status;
+    let content_type = rsp
+        .parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let answered = status.is_success() || status.is_redirection() || status.is_informational();
+    if !answered && !content_type.starts_with("application/problem+json") {
+        return Err(bad(format!(
+            "HTTP {status}{}",
+            if content_type.is_empty() {
+                String::new()
+            } else {
+                format!(" ({content_type})")
+            }
+        )));
+    }
     Ok(BytesResponse {
-        parts,
-        body: Box::new(body),
+        parts: rsp.parts,
+        body: Box::new(rsp.body),
     })
 }
 
 /// Reads until the response is complete (by its framing) or the peer closes.
-async fn read_response<IO: futures_lite::AsyncRead + Unpin>(io: &mut IO) -> io::Result<Vec<u8>> {
+async fn read_response<IO: futures_lite::AsyncRead + Unpin>(
+    io: &mut IO,
+    head_only: bool,
+) -> io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -142,20 +169,26 @@ async fn read_response<IO: futures_lite::AsyncRead + Unpin>(io: &mut IO) -> io::
         if raw.len() > MAX_RESPONSE {
             return Err(bad(format!("response larger than {MAX_RESPONSE} bytes")));
         }
-        if parse_response(&raw, false)?.is_some_and(|(_, _, complete)| complete) {
+        if parse_response(&raw, head_only)?.is_some_and(|r| r.complete) {
             return Ok(raw);
         }
     }
 }
 
-/// The response in `raw`: `None` while the head is incomplete. The body is
-/// what the framing delimits (Content-Length, chunked, or everything up to
-/// the close); the flag says whether a framed body is complete.
-#[allow(clippy::type_complexity)]
-fn parse_response(
-    raw: &[u8],
-    head_only: bool,
-) -> io::Result<Option<(http::response::Parts, Bytes, bool)>> {
+/// A response read so far.
+struct Parsed {
+    parts: http::response::Parts,
+    /// What the framing delimits (Content-Length, chunked, or everything up
+    /// to the close).
+    body: Bytes,
+    /// The framed body is all there (never for a close-delimited one).
+    complete: bool,
+    /// The body has framing (Content-Length or chunked), or none at all.
+    framed: bool,
+}
+
+/// The response in `raw`: `None` while the head is incomplete.
+fn parse_response(raw: &[u8], head_only: bool) -> io::Result<Option<Parsed>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut rsp = httparse::Response::new(&mut headers);
     let head_len = match rsp
@@ -191,19 +224,25 @@ fn parse_response(
         .into_parts()
         .0;
     let rest = &raw[head_len..];
-    if head_only || code == 204 || code == 304 || (100..200).contains(&code) {
-        return Ok(Some((parts, Bytes::new(), true)));
-    }
-    if chunked {
-        return Ok(Some(match dechunk(rest)? {
-            Some(body) => (parts, Bytes::from(body), true),
-            None => (parts, Bytes::new(), false),
-        }));
-    }
-    Ok(Some(match length {
-        Some(n) if rest.len() >= n => (parts, Bytes::copy_from_slice(&rest[..n]), true),
-        Some(_) => (parts, Bytes::new(), false),
-        None => (parts, Bytes::copy_from_slice(rest), false),
+    let (body, complete, framed) = if head_only || code == 204 || code == 304 || code < 200 {
+        (Bytes::new(), true, true)
+    } else if chunked {
+        match dechunk(rest)? {
+            Some(body) => (Bytes::from(body), true, true),
+            None => (Bytes::new(), false, true),
+        }
+    } else {
+        match length {
+            Some(n) if rest.len() >= n => (Bytes::copy_from_slice(&rest[..n]), true, true),
+            Some(_) => (Bytes::new(), false, true),
+            None => (Bytes::copy_from_slice(rest), false, false),
+        }
+    };
+    Ok(Some(Parsed {
+        parts,
+        body,
+        complete,
+        framed,
     }))
 }
 
@@ -344,13 +383,18 @@ mod tests {
     fn responses_are_framed() {
         let raw =
             b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nReplay-Nonce: abc\r\n\r\nhelloEXTRA";
-        let (parts, body, done) = parse_response(raw, false).unwrap().unwrap();
+        let Parsed {
+            parts,
+            body,
+            complete: done,
+            ..
+        } = parse_response(raw, false).unwrap().unwrap();
         assert_eq!(parts.status, 201);
         assert_eq!(parts.headers["replay-nonce"], "abc");
         assert_eq!(&body[..], b"hello");
         assert!(done);
         let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel";
-        assert!(!parse_response(partial, false).unwrap().unwrap().2);
+        assert!(!parse_response(partial, false).unwrap().unwrap().complete);
         assert!(
             parse_response(b"HTTP/1.1 200 OK\r\nContent-", false)
                 .unwrap()
@@ -361,25 +405,60 @@ mod tests {
     #[test]
     fn chunked_bodies_are_joined() {
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n";
-        let (_, body, done) = parse_response(raw, false).unwrap().unwrap();
+        let Parsed {
+            body,
+            complete: done,
+            ..
+        } = parse_response(raw, false).unwrap().unwrap();
         assert!(done);
         assert_eq!(&body[..], b"hello world");
         let cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel";
-        assert!(!parse_response(cut, false).unwrap().unwrap().2);
+        assert!(!parse_response(cut, false).unwrap().unwrap().complete);
         let bad_size = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
         assert!(parse_response(bad_size, false).is_err());
+    }
+
+    /// Review: a HEAD response with a Content-Length (RFC 9110 allows the
+    /// length the GET would have) is not known to be complete by
+    /// `read_response`, which parses it as a GET response and waits for the
+    /// body until the server closes or the request times out.
+    #[test]
+    fn a_head_response_is_complete_without_a_body() {
+        let rsp = b"HTTP/1.1 200 OK\r\nReplay-Nonce: abc\r\nContent-Length: 5\r\n\r\n".to_vec();
+        // The bytes, then a connection that stays open.
+        let open = futures_lite::AsyncReadExt::chain(futures_lite::io::Cursor::new(rsp), Pending);
+        let mut open = Box::pin(open);
+        let done = futures_lite::future::block_on(futures_lite::future::poll_once(read_response(
+            &mut open, true,
+        )));
+        assert!(done.is_some(), "waits for a body a HEAD response never has");
+    }
+
+    struct Pending;
+    impl futures_lite::AsyncRead for Pending {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Pending
+        }
     }
 
     #[test]
     fn close_delimited_and_bodiless_responses() {
         let raw = b"HTTP/1.1 200 OK\r\n\r\nall of it";
-        let (_, body, done) = parse_response(raw, false).unwrap().unwrap();
+        let Parsed {
+            body,
+            complete: done,
+            ..
+        } = parse_response(raw, false).unwrap().unwrap();
         assert_eq!(&body[..], b"all of it");
         assert!(!done, "only the close ends it");
         let raw = b"HTTP/1.1 204 No Content\r\n\r\n";
-        assert!(parse_response(raw, false).unwrap().unwrap().2);
+        assert!(parse_response(raw, false).unwrap().unwrap().complete);
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
-        assert!(parse_response(raw, true).unwrap().unwrap().2);
+        assert!(parse_response(raw, true).unwrap().unwrap().complete);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
     }
 }

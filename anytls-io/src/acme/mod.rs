@@ -38,7 +38,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -331,9 +331,20 @@ struct Inner {
     http_tokens: Mutex<HashMap<String, String>>,
     challenge_tls: Arc<rustls::ServerConfig>,
     status: Mutex<AcmeStatus>,
+    /// `renew_now`, and when it was last called.
     wake: Notify,
-    stop: Switch,
+    renew_asked: Mutex<Option<Instant>>,
+    /// Set when the manager should stop (no server uses it any more, or
+    /// `stop`); reset by `start`.
+    halt: Switch,
+    /// Servers using the manager ([`Acme::start`] / [`Acme::release`]).
+    users: AtomicUsize,
     running: AtomicBool,
+    /// The certificate served does not cover every domain (a domain was
+    /// added): a new one is due at once.
+    partial: AtomicBool,
+    /// What `Acme::new` found on disk, logged when the manager starts.
+    loaded: Mutex<Option<String>>,
     /// "No certificate yet" was logged (once per start).
     told_no_certificate: AtomicBool,
 }
@@ -361,6 +372,13 @@ impl Acme {
     /// until [`run`](Self::run).
     pub fn new(cfg: AcmeConfig) -> Result<Acme, AcmeError> {
         cfg.validate()?;
+        if cfg.directory_url.starts_with("http://") {
+            tracing::warn!(
+                "ACME directory {} is plain HTTP: anyone on the path can tamper with the \
+                 orders (fine only for a CA on this machine)",
+                cfg.directory_url
+            );
+        }
         let store = Store::new(&cfg.data_directory, &cfg.directory_url, &cfg.domains[0]);
         let alpn_certs: ChallengeCerts = Arc::default();
         let mut challenge = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
@@ -378,8 +396,12 @@ impl Acme {
             challenge_tls: Arc::new(challenge),
             status: Mutex::default(),
             wake: Notify::default(),
-            stop: Switch::default(),
+            renew_asked: Mutex::new(None),
+            halt: Switch::default(),
+            users: AtomicUsize::new(0),
             running: AtomicBool::new(false),
+            partial: AtomicBool::new(false),
+            loaded: Mutex::new(None),
             told_no_certificate: AtomicBool::new(false),
         });
         let acme = Acme { inner };
@@ -387,34 +409,50 @@ impl Acme {
         Ok(acme)
     }
 
+    /// Serves a stored certificate that is still valid and covers at least
+    /// one of the domains (one that does not cover them all is replaced at
+    /// once); says what it found when the manager starts.
     fn load_stored(&self) {
         let cfg = &self.inner.cfg;
-        match self.inner.store.load_certificate() {
-            Ok(None) => {}
+        let path = self.inner.store.cert_path();
+        let note = match self.inner.store.load_certificate() {
+            Ok(None) => None,
             Ok(Some((chain, key))) => match Issued::from_pem(&chain, &key, &cfg.domains) {
                 Ok(issued) if issued.info.not_after > SystemTime::now() => {
-                    tracing::info!(
-                        domains = ?cfg.domains,
-                        "ACME: serving the stored certificate (valid until {})",
-                        httpdate(issued.info.not_after)
-                    );
+                    let note = if issued.covers_all {
+                        format!(
+                            "ACME: serving the stored certificate (valid until {})",
+                            httpdate(issued.info.not_after)
+                        )
+                    } else {
+                        format!(
+                            "ACME: serving the stored certificate (valid until {}) until one \
+                             that also covers the added domains is issued",
+                            httpdate(issued.info.not_after)
+                        )
+                    };
                     self.install(issued);
+                    Some(note)
                 }
-                Ok(_) => tracing::info!(
+                Ok(_) => Some(format!(
                     "ACME: the stored certificate {} has expired: a new one will be ordered",
-                    self.inner.store.cert_path().display()
-                ),
-                Err(e) => tracing::warn!(
+                    path.display()
+                )),
+                Err(e) => Some(format!(
                     "ACME: the stored certificate {} is not used ({e}): a new one will be ordered",
-                    self.inner.store.cert_path().display()
-                ),
+                    path.display()
+                )),
             },
-            Err(e) => tracing::warn!("{e}; a new certificate will be ordered"),
-        }
+            Err(e) => Some(format!("{e}; a new certificate will be ordered")),
+        };
+        *lock(&self.inner.loaded) = note;
     }
 
     fn install(&self, issued: Issued) {
         let info = issued.info.clone();
+        self.inner
+            .partial
+            .store(!issued.covers_all, Ordering::Release);
         *self
             .inner
             .current
@@ -454,12 +492,14 @@ impl Acme {
     /// Orders a new certificate now, whatever the current one's age (key
     /// compromise, a changed CA). Needs [`run`](Self::run) going.
     pub fn renew_now(&self) {
+        *lock(&self.inner.renew_asked) = Some(Instant::now());
         self.inner.wake.notify();
     }
 
-    /// Stops [`run`](Self::run) (the server calls this when it stops).
+    /// Stops [`run`](Self::run), whoever uses the manager (a server that
+    /// stops only releases its use: see [`ServerTls::Acme`](crate::ServerTls)).
     pub fn stop(&self) {
-        self.inner.stop.set();
+        self.inner.halt.set();
     }
 
     /// Whether two handles are the same manager.
@@ -480,30 +520,58 @@ impl Acme {
         self.inner.challenge_tls.clone()
     }
 
-    /// Spawns [`run`](Self::run) on `R` unless it already runs.
+    /// A server starts using the manager: runs it on `R` unless it runs.
     pub(crate) fn start<R: Runtime>(&self) {
-        if self.inner.running.load(Ordering::Acquire) || self.inner.stop.is_set() {
-            return;
+        self.inner.users.fetch_add(1, Ordering::AcqRel);
+        self.inner.halt.reset();
+        if !self.inner.running.load(Ordering::Acquire) {
+            let me = self.clone();
+            R::spawn(async move { me.run::<R>().await });
         }
-        let me = self.clone();
-        R::spawn(async move { me.run::<R>().await });
+    }
+
+    /// A server stops using the manager; the last one stops it.
+    pub(crate) fn release(&self) {
+        let users = &self.inner.users;
+        if users.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)) == Ok(1) {
+            self.inner.halt.set();
+        }
     }
 
     /// Obtains and renews the certificate until [`stop`](Self::stop); a
     /// second call while one runs returns at once. The server runs this
     /// itself; call it when you use the parts.
     pub async fn run<R: Runtime>(&self) {
-        if self.inner.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        struct Running<'a>(&'a AtomicBool);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
+        loop {
+            if self.inner.running.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            self.manage::<R>().await;
+            self.inner.running.store(false, Ordering::Release);
+            // Started again while this one was stopping: carry on (unless a
+            // new run took over already).
+            if self.inner.halt.is_set() {
+                return;
             }
         }
-        let _running = Running(&self.inner.running);
+    }
+
+    /// Resolves once the manager should stop.
+    async fn halted(&self) {
+        self.inner.halt.wait().await
+    }
+
+    async fn manage<R: Runtime>(&self) {
         let cfg = &self.inner.cfg;
+        if let Some(note) = lock(&self.inner.loaded).take() {
+            tracing::info!(domains = ?cfg.domains, "{note}");
+        }
+        if let Err(e) = self.inner.store.check_writable() {
+            tracing::error!(
+                "{e}: ACME certificates and the account will not be kept across restarts \
+                 (make the data directory writable)"
+            );
+        }
         let kinds: Vec<Kind> = [
             (cfg.tls_alpn_challenge, Kind::TlsAlpn),
             (cfg.http_addr.is_some(), Kind::Http),
@@ -513,9 +581,11 @@ impl Acme {
         .collect();
         let mut account: Option<Account> = None;
         let mut failures: u32 = 0;
+        // The kind that worked last is tried first next time.
+        let mut preferred = 0usize;
         let mut forced = false;
         let mut last_success: Option<Instant> = None;
-        while !self.inner.stop.is_set() {
+        while !self.inner.halt.is_set() {
             let due = forced || self.renewal_due(SystemTime::now());
             if due && last_success.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                 // A certificate due at issuance (a lifetime shorter than the
@@ -523,11 +593,12 @@ impl Acme {
                 sleep_until::<R>(Instant::now() + Duration::from_secs(1)).await;
             }
             if due {
-                let kind = kinds[failures as usize % kinds.len()];
+                let index = (preferred + failures as usize) % kinds.len();
+                let kind = kinds[index];
                 let attempt = futures_lite::future::or(
                     async { Some(self.obtain::<R>(&mut account, kind).await) },
                     async {
-                        self.inner.stop.wait().await;
+                        self.halted().await;
                         None
                     },
                 );
@@ -535,6 +606,7 @@ impl Acme {
                 match result {
                     Ok(info) => {
                         failures = 0;
+                        preferred = index;
                         forced = false;
                         last_success = Some(Instant::now());
                         tracing::info!(
@@ -563,11 +635,6 @@ impl Acme {
                             }
                         );
                         lock(&self.inner.status).last_error = Some(e.to_string());
-                        if matches!(e, AcmeError::Ca(_)) {
-                            // The account may be the problem (deactivated,
-                            // another CA): look it up again next time.
-                            account = None;
-                        }
                     }
                 }
             }
@@ -577,9 +644,12 @@ impl Acme {
                 self.until_renewal(SystemTime::now())
             };
             lock(&self.inner.status).next_attempt = Some(SystemTime::now() + wait);
+            // At most an hour at a time: the monotonic clock stops during a
+            // suspend, the wall clock (which validity is about) does not.
+            let nap = wait.min(Duration::from_secs(3600));
             let woke = futures_lite::future::or(
                 async {
-                    sleep_until::<R>(Instant::now() + wait).await;
+                    sleep_until::<R>(Instant::now() + nap).await;
                     false
                 },
                 futures_lite::future::or(
@@ -588,15 +658,22 @@ impl Acme {
                         true
                     },
                     async {
-                        self.inner.stop.wait().await;
+                        self.halted().await;
                         false
                     },
                 ),
             )
             .await;
-            if woke {
+            // A renew_now() that came while an order ran was served by it.
+            let asked = *lock(&self.inner.renew_asked);
+            if woke && asked.is_some_and(|at| last_success.is_none_or(|done| done < at)) {
                 forced = true;
                 failures = 0;
+            } else if woke {
+                continue;
+            } else if nap < wait && failures > 0 {
+                // A long retry delay cut short by the nap cap: still waiting.
+                continue;
             }
         }
     }
@@ -619,10 +696,13 @@ impl Acme {
     }
 
     fn renewal_due(&self, now: SystemTime) -> bool {
-        self.renew_at().is_none_or(|at| now >= at)
+        self.inner.partial.load(Ordering::Acquire) || self.renew_at().is_none_or(|at| now >= at)
     }
 
     fn until_renewal(&self, now: SystemTime) -> Duration {
+        if self.inner.partial.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
         match self.renew_at() {
             Some(at) => at.duration_since(now).unwrap_or_default(),
             None => Duration::ZERO,
@@ -679,7 +759,11 @@ impl Acme {
             .await?;
         let json = serde_json::to_vec_pretty(&creds)
             .map_err(|e| AcmeError::Certificate(format!("account credentials: {e}")))?;
-        self.inner.store.save_account(&json)?;
+        if let Err(e) = self.inner.store.save_account(&json) {
+            // Kept in memory: registering a new account on every attempt
+            // would run into the CA's account limits.
+            tracing::warn!("{e}: the ACME account is kept in memory only");
+        }
         tracing::info!(
             "ACME: account registered with {} ({})",
             cfg.directory_url,
@@ -694,6 +778,11 @@ impl Acme {
         account: &mut Option<Account>,
         kind: Kind,
     ) -> Result<CertificateInfo, AcmeError> {
+        let cfg = &self.inner.cfg;
+        let deadline = Instant::now() + cfg.order_timeout;
+        // Challenge answers and listeners live until this attempt ends; a
+        // port in use fails the attempt before any order is placed.
+        let responders = Responders::start::<R>(self, kind)?;
         let acct = match account {
             Some(a) => a.clone(),
             None => {
@@ -702,16 +791,26 @@ impl Acme {
                 a
             }
         };
-        let cfg = &self.inner.cfg;
-        let deadline = Instant::now() + cfg.order_timeout;
         let ids: Vec<Identifier> = cfg
             .domains
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let mut order = acct.new_order(&NewOrder::new(&ids)).await?;
-        // Challenge answers and listeners live until this attempt ends.
-        let responders = Responders::start::<R>(self, kind)?;
+        let mut order = match acct.new_order(&NewOrder::new(&ids)).await {
+            Err(e) if account_gone(&e) => {
+                // The CA does not know the stored account (a reinstalled
+                // private CA, a deactivated account): register anew.
+                tracing::warn!(
+                    "ACME: the CA does not know the account in {} ({e}): registering a new one",
+                    self.inner.store.account_path().display()
+                );
+                self.inner.store.discard_account();
+                let a = self.account::<R>().await?;
+                *account = Some(a.clone());
+                a.new_order(&NewOrder::new(&ids)).await?
+            }
+            other => other?,
+        };
         {
             let mut authorizations = order.authorizations();
             while let Some(authz) = authorizations.next().await {
@@ -828,6 +927,12 @@ impl Acme {
             reason: "the order became invalid".into(),
         }
     }
+}
+
+/// Whether the CA said the account does not exist.
+fn account_gone(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p)
+        if p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist")))
 }
 
 /// TLS-ALPN-01 certificates by lowercase domain.

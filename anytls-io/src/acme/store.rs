@@ -83,6 +83,20 @@ impl Store {
         write_private(&self.account_path(), json)
     }
 
+    /// Moves the account aside (`account.json.bad`): the CA does not know it.
+    pub(super) fn discard_account(&self) {
+        let path = self.account_path();
+        let _ = fs::rename(&path, path.with_extension("json.bad"));
+    }
+
+    /// Makes the directories and checks a file can be written there.
+    pub(super) fn check_writable(&self) -> Result<(), AcmeError> {
+        let probe = self.cert_dir.join(".write-test");
+        write_private(&probe, b"")?;
+        let _ = fs::remove_file(&probe);
+        Ok(())
+    }
+
     /// The stored certificate chain and key (PEM), if both are there.
     pub(super) fn load_certificate(&self) -> Result<Option<Pem>, AcmeError> {
         let (Some(cert), Some(key)) = (
@@ -124,15 +138,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AcmeError> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).map_err(|e| io_err(dir, e))?;
     let tmp = path.with_extension("tmp");
+    // A stale temporary file would keep its own permissions: start afresh.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&tmp, e)),
+        _ => {}
+    }
     let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut f = options.open(&tmp).map_err(|e| io_err(&tmp, e))?;
     f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
     f.sync_all().map_err(|e| io_err(&tmp, e))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    // The rename itself survives a crash once the directory is synced.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// A certificate ready to serve, and what is known about it.
@@ -140,6 +164,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AcmeError> {
 pub(super) struct Issued {
     pub(super) key: Arc<CertifiedKey>,
     pub(super) info: CertificateInfo,
+    /// It covers every configured domain (else at least one).
+    pub(super) covers_all: bool,
 }
 
 fn unix(secs: i64) -> SystemTime {
@@ -152,7 +178,8 @@ fn unix(secs: i64) -> SystemTime {
 
 impl Issued {
     /// From PEM: the chain (leaf first) and its private key. Checks that the
-    /// key belongs to the leaf and that the leaf covers every domain.
+    /// key belongs to the leaf and that the leaf covers at least one domain
+    /// (`covers_all` says whether it covers every one).
     pub(super) fn from_pem(
         chain_pem: &[u8],
         key_pem: &[u8],
@@ -181,12 +208,19 @@ impl Issued {
         let validity = x509.validity();
         let ee = webpki::EndEntityCert::try_from(&leaf)
             .map_err(|e| bad(format!("leaf certificate: {e:?}")))?;
+        let mut covered = 0;
         for d in domains {
             let name = rustls::pki_types::ServerName::try_from(d.as_str())
                 .map_err(|_| bad(format!("{d:?} is not a DNS name")))?;
-            if ee.verify_is_valid_for_subject_name(&name).is_err() {
-                return Err(bad(format!("the certificate does not cover {d}")));
+            if ee.verify_is_valid_for_subject_name(&name).is_ok() {
+                covered += 1;
             }
+        }
+        if covered == 0 {
+            return Err(bad(format!(
+                "the certificate covers none of {}",
+                domains.join(", ")
+            )));
         }
         Ok(Issued {
             key: Arc::new(certified),
@@ -196,6 +230,7 @@ impl Issued {
                 serial: x509.raw_serial_as_string(),
                 leaf_sha256: crate::tls::cert_sha256(&leaf),
             },
+            covers_all: covered == domains.len(),
         })
     }
 }

@@ -221,3 +221,75 @@ fn renewal_is_due_in_the_last_third_and_retries_back_off() {
     assert_eq!(delays, [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
     assert_eq!(acme.retry_delay(u32::MAX).as_secs(), 3600);
 }
+
+// ---- found in review ----
+
+/// A stale `key.tmp` (an interrupted write by another user, a copied
+/// directory) keeps its permissions: `open(create, mode 0600)` applies the
+/// mode only when it creates the file, and the rename makes the private key
+/// world-readable.
+#[cfg(unix)]
+#[test]
+fn a_stale_temporary_file_does_not_make_the_key_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = temp("review-tmp");
+    let cfg = config(&d);
+    let store = Store::new(&d, &cfg.directory_url, "example.com");
+    store.save_certificate(b"chain", b"key").unwrap();
+    let tmp = store.key_path().with_extension("tmp");
+    std::fs::write(&tmp, b"old").unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    store.save_certificate(b"chain", b"new key").unwrap();
+    let mode = std::fs::metadata(store.key_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(mode & 0o777, 0o600, "key.pem is {:o}", mode & 0o777);
+}
+
+/// Adding a name (`domain: [a]` -> `[a, b]`, or `--acme b` added) throws
+/// away the stored certificate, still valid for `a`: every AnyTLS handshake
+/// is refused until the new order succeeds, and for as long as it keeps
+/// failing (b's DNS not pointed yet). The stored certificate should be
+/// served meanwhile (it is due for renewal at once anyway).
+#[test]
+fn a_valid_stored_certificate_is_served_until_one_for_more_names_arrives() {
+    let d = temp("review-names");
+    let cfg = config(&d);
+    let store = Store::new(&d, &cfg.directory_url, "example.com");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["example.com".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    store
+        .save_certificate(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+        .unwrap();
+    let mut more = cfg.clone();
+    more.domains.push("www.example.com".into());
+    let acme = Acme::new(more).unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+    assert!(acme.renewal_due(SystemTime::now()), "ordered at once");
+    assert!(
+        acme.certificate().is_some(),
+        "nothing is served until the new order succeeds"
+    );
+}
+
+/// Checked fine: a ClientHello over two records (a long ALPN list, > 16 KiB)
+/// is read whole, delivered in small reads, and acme-tls/1 at its end is seen.
+#[test]
+fn a_client_hello_over_two_records_is_read_whole() {
+    let filler: Vec<Vec<u8>> = (0..100u8).map(|i| vec![b'a' + i % 26; 200]).collect();
+    let mut alpn: Vec<&[u8]> = filler.iter().map(|v| v.as_slice()).collect();
+    alpn.push(ACME_TLS_ALPN);
+    let hello = client_hello(&alpn);
+    assert!(hello.len() > 16 * 1024 + 5, "{}", hello.len());
+    let mut extra = hello.clone();
+    extra.extend_from_slice(b"\x14\x03\x03\x00\x01\x01"); // a CCS after it
+    let mut slow = SlowReader(futures_lite::io::Cursor::new(extra.clone()), 1000);
+    let (seen, wants) = futures_lite::future::block_on(read_client_hello(&mut slow)).unwrap();
+    assert!(wants);
+    assert!(extra.starts_with(&seen) && seen.len() >= hello.len());
+}

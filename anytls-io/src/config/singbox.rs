@@ -1923,6 +1923,18 @@ fn inbound_tls(
             ));
         }
         let cfg = acme.to_config(listen, n)?;
+        if let Some(name) =
+            server_name.filter(|s| !cfg.domains.iter().any(|d| d.eq_ignore_ascii_case(s)))
+        {
+            n.warn(
+                "tls.server_name",
+                format!(
+                    "{name} is not one of tls.acme.domain: the certificate will not cover it \
+                     (clients must use {})",
+                    cfg.domains.join(" or ")
+                ),
+            );
+        }
         let manager = crate::acme::Acme::new(cfg).map_err(|e| invalid("tls.acme", e))?;
         return Ok((ServerTls::Acme(manager), None));
     }
