@@ -216,6 +216,15 @@ pub async fn parallel_pairings(
                 mib,
             )
             .await;
+            if let Ok(r) = &r {
+                let cpu = |c: Option<f64>| c.map_or("-".into(), |x| format!("{x:.2}"));
+                eprintln!(
+                    "  {:.1} MiB/s, CPU s/GiB client {} server {}",
+                    r.mibps,
+                    cpu(r.cpu[0]),
+                    cpu(r.cpu[1])
+                );
+            }
             match (r, &mut runs[i]) {
                 (Ok(mut r), Ok(v)) => {
                     r.peer = p.peer().map(|x| x.name.clone());
