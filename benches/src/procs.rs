@@ -110,6 +110,20 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time of process `pid`, all its threads, user + system, in clock ticks
+/// (USER_HZ, 100 on Linux): `utime + stime` of `/proc/<pid>/stat`. Children
+/// the process started are not included.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything;
+    // the fields after its closing one start with field 3, the state.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Resets the peak RSS (VmHWM) of `pid` to its current RSS.
 pub fn reset_hwm(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
@@ -146,6 +160,11 @@ pub struct ChildArgs {
     /// Worker threads of this child's runtime (the parent's `--threads`).
     #[arg(long, hide = true)]
     pub child_threads: Option<usize>,
+    /// Listen on this address and serve until killed, without the control
+    /// channel on stdin/stdout: to run a role as a stand-alone program (for
+    /// e2e, our own binary as a `--compare-*` peer).
+    #[arg(long, hide = true)]
+    pub listen: Option<String>,
 }
 
 impl ChildArgs {
@@ -159,18 +178,19 @@ impl ChildArgs {
 }
 
 /// `--role server`: our AnyTLS server with the built-in TCP relay and
-/// default settings on an ephemeral port of 127.0.0.1. Prints
-/// `READY <addr>`, then answers `stats` with `STATS active=<sessions>`.
+/// default settings on an ephemeral port of 127.0.0.1 (or `--listen`).
+/// Prints `READY <addr>`, then answers `stats` with `STATS active=<sessions>`
+/// (with `--listen`: serves until killed).
 pub async fn role_server(child: &ChildArgs, password: &str) -> Res<()> {
-    let server = Server::bind(
-        "127.0.0.1:0",
-        ServerConfig::new(password, child.identity()?),
-    )
-    .await?;
+    let bind = child.listen.as_deref().unwrap_or("127.0.0.1:0");
+    let server = Server::bind(bind, ServerConfig::new(password, child.identity()?)).await?;
     let addr = server.local_addr()?;
     let handle = server.shutdown_handle();
     tokio::spawn(server.serve());
     println!("READY {addr}");
+    if child.listen.is_some() {
+        return std::future::pending().await;
+    }
     control_loop(async |cmd| match cmd {
         "stats" => Ok(format!("STATS active={}", handle.active_sessions())),
         _ => Err(format!("unknown command {cmd:?}").into()),

@@ -10,13 +10,20 @@
 //! * First-request latency through SOCKS5: cold (new pool, no pre-warm), warm
 //!   (pre-warmed idle session, `ensure_idle_session=1`), reused (session back in
 //!   the pool), with a check that a warm request dialed nothing.
-//! * Parallel downloads: N downloads of M MiB at once through SOCKS5, our
-//!   client and our server (fresh processes); wall time, aggregate MiB/s and
-//!   the peak RSS of both processes during the run.
+//! * Parallel downloads: N downloads of M MiB at once through SOCKS5, one
+//!   client and one server (fresh processes); wall time, aggregate MiB/s, CPU
+//!   per GiB and the peak RSS of both processes during the run.
+//! * Latency under load: small requests through a client while a bulk
+//!   download runs through the same client; p50 and p99, with every process
+//!   on one runtime thread and on the default.
 //! * Memory per idle session: VmRSS growth of the client and the server
 //!   processes over S idle sessions.
 //! * Optionally other AnyTLS implementations given by path or command (shoes,
-//!   anytls-go, ...), side by side, or an already running SOCKS5 client.
+//!   anytls-go, ...), side by side, or an already running SOCKS5 client. With
+//!   a peer, the single-stream, many-stream and under-load cases run in every
+//!   pairing (ours > ours, ours > peer, peer > ours, peer > peer) and print a
+//!   table per case with the CPU time per GiB of the client and the server
+//!   process (`/proc/<pid>/stat`) and ratios to the peer's own pair.
 //!
 //! `--svg PATH` writes a chart of the figures (`e2e/svg.rs`, hand-written SVG).
 //!
@@ -51,12 +58,16 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 // The crate root is this file, so the modules' paths are given.
 #[path = "e2e/chart.rs"]
 mod chart;
+#[path = "e2e/load.rs"]
+mod load;
+#[path = "e2e/pairs.rs"]
+mod pairs;
 #[path = "e2e/parallel.rs"]
 mod parallel;
 #[path = "e2e/svg.rs"]
 mod svg;
 
-use parallel::{ParallelRun, parallel_run, print_parallel};
+use parallel::print_parallel;
 
 const MIB: u64 = 1024 * 1024;
 /// Response size of a latency request.
@@ -73,6 +84,19 @@ const TARGET_KIB_PER_SESSION: f64 = 12.0;
 
 /// The `--threads` of the parent, for its children.
 static CHILD_THREADS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
+/// The `--threads` of the parent, for its children (`None`: the default).
+fn child_threads() -> Option<usize> {
+    CHILD_THREADS.get().copied().flatten()
+}
+
+/// "1", or "one per core" for the default.
+fn threads_desc(threads: Option<usize>) -> String {
+    match threads {
+        Some(n) => n.to_string(),
+        None => "one per core".into(),
+    }
+}
 
 /// The data sent is byte `i % 251` at offset `i`, in chunks of whole periods,
 /// so the receiver checks any slice with one comparison.
@@ -106,14 +130,24 @@ struct Cli {
     /// Idle sessions of the memory test; 0 skips it [default: 1000; --quick: 100].
     #[arg(long, value_name = "N")]
     sessions: Option<usize>,
-    /// Parallel downloads: this many at once through SOCKS5, our client and
-    /// our server (and each peer's pair), with the peak RSS of the client and
-    /// the server; 0 skips them [default: 100; --quick: 20].
+    /// Parallel downloads: this many at once through SOCKS5, one client and
+    /// one server (ours, and every pairing with a peer), with the CPU per GiB
+    /// and the peak RSS of the client and the server; 0 skips them [default: 100; --quick: 20].
     #[arg(long, value_name = "N")]
     parallel: Option<usize>,
     /// MiB per parallel download [default: 10; --quick: 1].
     #[arg(long, value_name = "MIB")]
     parallel_mib: Option<u64>,
+    /// Runs of the parallel downloads per pairing, interleaved; the median
+    /// MiB/s and CPU and the largest peak are reported [default: 3; --quick: 1].
+    #[arg(long, value_name = "N")]
+    parallel_reps: Option<usize>,
+    /// Latency under load: small requests through a client while a bulk
+    /// download runs through the same client, per pairing, with every process
+    /// on one runtime thread and on the default; p50 and p99 over this many;
+    /// 0 skips it [default: 200; --quick: 20].
+    #[arg(long, value_name = "N")]
+    load_requests: Option<usize>,
     /// Write a chart (SVG) of throughput, first-request latency and the
     /// parallel downloads' peak RSS to this file.
     #[arg(long, value_name = "PATH")]
@@ -124,13 +158,17 @@ struct Cli {
     shoes: Option<PathBuf>,
     /// Another AnyTLS server: a shell command with the placeholders
     /// {server_port}, {password}, {cert}, {key} (PEM files of a self-signed
-    /// certificate for "localhost") and {fallback} (a local address that
-    /// accepts anything).
+    /// certificate for "localhost"), {fallback} (a local address that
+    /// accepts anything) and {threads} (the runtime threads the run asks
+    /// for: 1, or the number of CPUs for the default; for Go programs write
+    /// `env GOMAXPROCS={threads} PROGRAM ...`). The command is run as
+    /// `sh -c "exec CMD"`, so its process is the program, whose CPU time is
+    /// read from /proc.
     #[arg(long, value_name = "CMD")]
     compare_server: Option<String>,
     /// Another AnyTLS client with a SOCKS5 listener: a shell command with the
-    /// placeholders {socks_port}, {server_port}, {password}. It must accept the
-    /// self-signed certificate (SNI "localhost").
+    /// placeholders {socks_port}, {server_port}, {password}, {threads}. It
+    /// must accept the self-signed certificate (SNI "localhost").
     #[arg(long, value_name = "CMD")]
     compare_client: Option<String>,
     /// Name of the implementation given by --compare-server/--compare-client.
@@ -144,6 +182,10 @@ struct Cli {
     // Child process roles (internal).
     #[arg(long, value_enum, hide = true)]
     role: Option<Role>,
+    /// The AnyTLS password of a `--role server|client` child [default: the
+    /// bench's].
+    #[arg(long, hide = true)]
+    password: Option<String>,
     #[command(flatten)]
     child: ChildArgs,
 }
@@ -173,7 +215,10 @@ fn main() {
     let rt = procs::runtime_with_threads("e2e", 1, threads);
     let res = rt.block_on(async {
         match cli.role {
-            Some(Role::Server) => procs::role_server(&cli.child, PASSWORD).await,
+            Some(Role::Server) => {
+                let password = cli.password.as_deref().unwrap_or(PASSWORD);
+                procs::role_server(&cli.child, password).await
+            }
             Some(Role::Client) => role_client(&cli).await,
             Some(Role::TlsServer) => role_tls_server(&cli).await,
             Some(Role::TunnelClient) => role_tunnel_client(&cli).await,
@@ -425,6 +470,7 @@ async fn role_tunnel_server(cli: &Cli) -> Res<()> {
 /// `reset`), plus clients that only hold idle sessions (`add`).
 struct ClientRole {
     server: String,
+    password: String,
     verification: Verification,
     main: Client,
     socks: JoinHandle<()>,
@@ -432,8 +478,13 @@ struct ClientRole {
 }
 
 /// A client with the bench's pool settings.
-fn bench_client(server: &str, verification: &Verification, ensure: usize) -> Res<Client> {
-    let mut cfg = ClientConfig::new(server, PASSWORD);
+fn bench_client(
+    server: &str,
+    password: &str,
+    verification: &Verification,
+    ensure: usize,
+) -> Res<Client> {
+    let mut cfg = ClientConfig::new(server, password);
     cfg.sni = Some("localhost".into());
     cfg.verification = verification.clone();
     cfg.pool.ensure_idle = ensure;
@@ -445,11 +496,18 @@ fn bench_client(server: &str, verification: &Verification, ensure: usize) -> Res
 }
 
 impl ClientRole {
-    async fn start(server: String, verification: Verification) -> Res<(ClientRole, SocketAddr)> {
-        let main = bench_client(&server, &verification, 0)?;
-        let (addr, socks) = Self::listen(&main).await?;
+    /// The role's main client with a SOCKS5 listener on `bind`.
+    async fn start(
+        server: String,
+        password: String,
+        verification: Verification,
+        bind: &str,
+    ) -> Res<(ClientRole, SocketAddr)> {
+        let main = bench_client(&server, &password, &verification, 0)?;
+        let (addr, socks) = Self::listen(&main, bind).await?;
         let role = ClientRole {
             server,
+            password,
             verification,
             main,
             socks,
@@ -459,11 +517,11 @@ impl ClientRole {
     }
 
     fn client(&self, ensure: usize) -> Res<Client> {
-        bench_client(&self.server, &self.verification, ensure)
+        bench_client(&self.server, &self.password, &self.verification, ensure)
     }
 
-    async fn listen(client: &Client) -> Res<(SocketAddr, JoinHandle<()>)> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
+    async fn listen(client: &Client, bind: &str) -> Res<(SocketAddr, JoinHandle<()>)> {
+        let l = TcpListener::bind(bind).await?;
         let addr = l.local_addr()?;
         let client = client.clone();
         let task = tokio::spawn(async move {
@@ -474,7 +532,7 @@ impl ClientRole {
 
     async fn reset(&mut self, ensure: usize) -> Res<String> {
         let client = self.client(ensure)?;
-        let (addr, task) = Self::listen(&client).await?;
+        let (addr, task) = Self::listen(&client, "127.0.0.1:0").await?;
         self.socks.abort();
         self.main.close();
         self.main = client;
@@ -505,8 +563,14 @@ async fn role_client(cli: &Cli) -> Res<()> {
         None => Verification::Insecure,
     };
     let server = need(&cli.child.server, "server")?.clone();
-    let (mut role, addr) = ClientRole::start(server, verification).await?;
+    let password = cli.password.clone().unwrap_or_else(|| PASSWORD.into());
+    let bind = cli.child.listen.as_deref().unwrap_or("127.0.0.1:0");
+    let (mut role, addr) = ClientRole::start(server, password, verification, bind).await?;
     println!("READY {addr}");
+    if cli.child.listen.is_some() {
+        // Stand-alone (a --compare peer): serve until killed.
+        return std::future::pending().await;
+    }
     control_loop(async |cmd| {
         let (verb, arg) = cmd.split_once(' ').unwrap_or((cmd, ""));
         match verb {
@@ -590,9 +654,14 @@ impl Proc {
         }
     }
 
-    /// Starts `e2e --role ...` and reads its `READY <addr>`.
-    async fn role(name: &str, mut args: Vec<OsString>) -> Res<(Proc, SocketAddr)> {
-        if let Some(n) = CHILD_THREADS.get().copied().flatten() {
+    /// Starts `e2e --role ...` on `threads` runtime workers and reads its
+    /// `READY <addr>`.
+    async fn role(
+        name: &str,
+        mut args: Vec<OsString>,
+        threads: Option<usize>,
+    ) -> Res<(Proc, SocketAddr)> {
+        if let Some(n) = threads {
             args.extend(["--child-threads".into(), n.to_string().into()]);
         }
         let mut child = procs::spawn_self(args)?;
@@ -682,6 +751,8 @@ struct Settings {
     sessions: usize,
     parallel: usize,
     parallel_mib: u64,
+    parallel_reps: usize,
+    load_requests: usize,
     batch: usize,
     settle: Duration,
 }
@@ -697,23 +768,31 @@ struct Ctx {
 }
 
 impl Ctx {
-    async fn our_server(&self) -> Res<(Proc, SocketAddr)> {
+    /// Our server process on `threads` runtime workers.
+    async fn our_server(&self, threads: Option<usize>) -> Res<(Proc, SocketAddr)> {
         Proc::role(
             "our server",
             os(&[
                 &"--role", &"server", &"--cert", &self.cert, &"--key", &self.key,
             ]),
+            threads,
         )
         .await
     }
 
-    /// Our client process against `server`; `pinned`: check our certificate.
-    async fn our_client(&self, server: SocketAddr, pinned: bool) -> Res<(Proc, SocketAddr)> {
+    /// Our client process against `server` on `threads` runtime workers;
+    /// `pinned`: check our certificate.
+    async fn our_client(
+        &self,
+        server: SocketAddr,
+        pinned: bool,
+        threads: Option<usize>,
+    ) -> Res<(Proc, SocketAddr)> {
         let mut args = os(&[&"--role", &"client", &"--server", &server.to_string()]);
         if pinned {
             args.extend(os(&[&"--pin", &hex32(&self.pin)]));
         }
-        Proc::role("our client", args).await
+        Proc::role("our client", args, threads).await
     }
 }
 
@@ -768,8 +847,29 @@ const SHOES_CLIENT: &str = r#"- address: "127.0.0.1:@LPORT@"
             password: "@PASSWORD@"
 "#;
 
+/// The value of `{threads}`: the count asked for, or the number of CPUs for
+/// the default (what Go's GOMAXPROCS and tokio default to).
+fn threads_value(threads: Option<usize>) -> String {
+    threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .to_string()
+}
+
 impl Peer {
-    async fn start_server(&self, ctx: &Ctx) -> Res<Option<(Proc, SocketAddr)>> {
+    /// Whether the peer's runtime threads follow the run's setting (its
+    /// commands have `{threads}`).
+    fn follows_threads(&self) -> bool {
+        [&self.server, &self.client]
+            .into_iter()
+            .flatten()
+            .all(|l| matches!(l, Launch::Shell(t) if t.contains("{threads}")))
+    }
+
+    async fn start_server(
+        &self,
+        ctx: &Ctx,
+        threads: Option<usize>,
+    ) -> Res<Option<(Proc, SocketAddr)>> {
         let Some(launch) = &self.server else {
             return Ok(None);
         };
@@ -794,7 +894,8 @@ impl Peer {
                 .replace("{password}", &shell_quote(PASSWORD))
                 .replace("{cert}", &shell_quote(&ctx.cert.to_string_lossy()))
                 .replace("{key}", &shell_quote(&ctx.key.to_string_lossy()))
-                .replace("{fallback}", &ctx.target.to_string()),
+                .replace("{fallback}", &ctx.target.to_string())
+                .replace("{threads}", &threads_value(threads)),
         };
         let name = format!("{} server", self.name);
         let log = ctx.dir.join(format!("{}-server-{port}.log", self.name));
@@ -802,7 +903,12 @@ impl Peer {
         Ok(Some((p, SocketAddr::from(([127, 0, 0, 1], port)))))
     }
 
-    async fn start_client(&self, ctx: &Ctx, server: SocketAddr) -> Res<Option<(Proc, SocketAddr)>> {
+    async fn start_client(
+        &self,
+        ctx: &Ctx,
+        server: SocketAddr,
+        threads: Option<usize>,
+    ) -> Res<Option<(Proc, SocketAddr)>> {
         let Some(launch) = &self.client else {
             return Ok(None);
         };
@@ -824,12 +930,123 @@ impl Peer {
             Launch::Shell(t) => t
                 .replace("{socks_port}", &lport.to_string())
                 .replace("{server_port}", &server.port().to_string())
-                .replace("{password}", &shell_quote(PASSWORD)),
+                .replace("{password}", &shell_quote(PASSWORD))
+                .replace("{threads}", &threads_value(threads)),
         };
         let name = format!("{} client", self.name);
         let log = ctx.dir.join(format!("{}-client-{lport}.log", self.name));
         let p = Proc::external(&name, &cmd, lport, log).await?;
         Ok(Some((p, SocketAddr::from(([127, 0, 0, 1], lport)))))
+    }
+}
+
+/// One end of a pairing: ours or a peer's.
+#[derive(Clone, Copy)]
+enum End<'a> {
+    Ours,
+    Peer(&'a Peer),
+}
+
+impl End<'_> {
+    fn name(&self) -> &str {
+        match self {
+            End::Ours => "ours",
+            End::Peer(p) => &p.name,
+        }
+    }
+}
+
+/// A client implementation with a server implementation.
+#[derive(Clone, Copy)]
+struct Pairing<'a> {
+    client: End<'a>,
+    server: End<'a>,
+}
+
+/// The processes of a running pairing.
+struct PairProcs {
+    client: Proc,
+    /// The client's SOCKS5 listener.
+    socks: SocketAddr,
+    server: Proc,
+}
+
+impl<'a> Pairing<'a> {
+    /// Every pairing the peers' commands allow: ours > ours, then per peer
+    /// ours > peer, peer > ours, peer > peer.
+    fn all(peers: &'a [Peer]) -> Vec<Pairing<'a>> {
+        let mut v = vec![Pairing {
+            client: End::Ours,
+            server: End::Ours,
+        }];
+        for p in peers {
+            let (c, s) = (p.client.is_some(), p.server.is_some());
+            let mut push = |client, server| v.push(Pairing { client, server });
+            if s {
+                push(End::Ours, End::Peer(p));
+            }
+            if c {
+                push(End::Peer(p), End::Ours);
+            }
+            if c && s {
+                push(End::Peer(p), End::Peer(p));
+            }
+        }
+        v
+    }
+
+    /// "client > server", e.g. "ours > anytls-go".
+    fn label(&self) -> String {
+        format!("{} > {}", self.client.name(), self.server.name())
+    }
+
+    /// "our client > anytls-go server".
+    fn long_label(&self) -> String {
+        let side = |e: &End| match e {
+            End::Ours => "our".to_owned(),
+            End::Peer(p) => p.name.clone(),
+        };
+        format!(
+            "{} client > {} server",
+            side(&self.client),
+            side(&self.server)
+        )
+    }
+
+    /// The other implementation in this pairing, if any.
+    fn peer(&self) -> Option<&'a Peer> {
+        match (self.client, self.server) {
+            (End::Peer(p), _) | (_, End::Peer(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Fresh processes, every one on `threads` runtime workers (peers: with
+    /// `{threads}` in their commands).
+    async fn start(&self, ctx: &Ctx, threads: Option<usize>) -> Res<PairProcs> {
+        let (server, addr) = match self.server {
+            End::Ours => ctx.our_server(threads).await?,
+            End::Peer(p) => p
+                .start_server(ctx, threads)
+                .await?
+                .ok_or("no server command")?,
+        };
+        let (client, socks) = match self.client {
+            // Our certificate is pinned; a peer's server may have its own.
+            End::Ours => {
+                let ours = matches!(self.server, End::Ours);
+                ctx.our_client(addr, ours, threads).await?
+            }
+            End::Peer(p) => p
+                .start_client(ctx, addr, threads)
+                .await?
+                .ok_or("no client command")?,
+        };
+        Ok(PairProcs {
+            client,
+            socks,
+            server,
+        })
     }
 }
 
@@ -850,6 +1067,12 @@ struct PathRun {
     ul: Result<Vec<f64>, String>,
     /// CPU seconds (whole machine) per GiB moved, both directions.
     cpu: Vec<f64>,
+    /// The pairing ("ours > anytls-go") and its peer, for the pairing tables.
+    pair: Option<(String, Option<String>)>,
+    /// Client and server processes on the path, whose CPU time is read.
+    pids: [Option<u32>; 2],
+    /// CPU seconds per GiB of each process: `[download, upload][client, server]`.
+    pcpu: [[Vec<f64>; 2]; 2],
 }
 
 impl PathRun {
@@ -861,7 +1084,22 @@ impl PathRun {
             dl: Ok(Vec::new()),
             ul: Ok(Vec::new()),
             cpu: Vec::new(),
+            pair: None,
+            pids: [None, None],
+            pcpu: Default::default(),
         }
+    }
+
+    /// The client and server processes of the path (their CPU time is read).
+    fn procs(mut self, client: Option<&Proc>, server: Option<&Proc>) -> PathRun {
+        self.pids = [client, server].map(|p| p.and_then(|p| p.pid().ok()));
+        self
+    }
+
+    /// A row of the pairing tables.
+    fn pairing(mut self, p: &Pairing) -> PathRun {
+        self.pair = Some((p.label(), p.peer().map(|x| x.name.clone())));
+        self
     }
 }
 
@@ -907,9 +1145,37 @@ fn machine_busy_ticks() -> Option<u64> {
 /// Clock ticks per second of `/proc/stat` (USER_HZ, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// One transfer on a path: MiB/s and CPU seconds (whole machine) per GiB.
-async fn transfer(route: &Route, ctx: &Ctx, n: u64, up: bool) -> Res<(f64, Option<f64>)> {
+/// CPU seconds per GiB from clock ticks spent moving `bytes`.
+fn s_per_gib(ticks: u64, bytes: u64) -> f64 {
+    ticks as f64 / TICKS_PER_SEC / (bytes as f64 / (1024.0 * MIB as f64))
+}
+
+/// CPU ticks of `pids` now, for [`cpu_since`].
+fn cpu_now(pids: [Option<u32>; 2]) -> [Option<u64>; 2] {
+    pids.map(|p| p.and_then(procs::cpu_ticks))
+}
+
+/// CPU seconds per GiB of each of `pids` since `before`, moving `bytes`.
+fn cpu_since(pids: [Option<u32>; 2], before: [Option<u64>; 2], bytes: u64) -> [Option<f64>; 2] {
+    let after = cpu_now(pids);
+    [0, 1].map(|i| {
+        before[i]
+            .zip(after[i])
+            .map(|(a, b)| s_per_gib(b.saturating_sub(a), bytes))
+    })
+}
+
+/// One transfer on a path: MiB/s, CPU seconds (whole machine) per GiB and
+/// CPU seconds per GiB of the client and the server process (`pids`).
+async fn transfer(
+    route: &Route,
+    pids: [Option<u32>; 2],
+    ctx: &Ctx,
+    n: u64,
+    up: bool,
+) -> Res<(f64, Option<f64>, [Option<f64>; 2])> {
     let busy0 = machine_busy_ticks();
+    let procs0 = cpu_now(pids);
     // At least 4 MiB/s, or it is a failure.
     let limit = STEP + Duration::from_secs(n / (4 * MIB));
     let pat = ctx.pat.clone();
@@ -927,8 +1193,13 @@ async fn transfer(route: &Route, ctx: &Ctx, n: u64, up: bool) -> Res<(f64, Optio
     .map_err(|_| format!("no result within {limit:?}"))??;
     let cpu = busy0
         .zip(machine_busy_ticks())
-        .map(|(a, b)| (b - a) as f64 / TICKS_PER_SEC / (n as f64 / (1024.0 * MIB as f64)));
-    Ok((n as f64 / MIB as f64 / dt.as_secs_f64().max(1e-9), cpu))
+        .map(|(a, b)| s_per_gib(b.saturating_sub(a), n));
+    let per_proc = cpu_since(pids, procs0, n);
+    Ok((
+        n as f64 / MIB as f64 / dt.as_secs_f64().max(1e-9),
+        cpu,
+        per_proc,
+    ))
 }
 
 /// Interleaves the paths: every repetition runs each path once per direction.
@@ -936,7 +1207,7 @@ async fn run_throughput(paths: &mut [PathRun], ctx: &Ctx, s: &Settings) {
     let n = s.mib * MIB;
     // Warm-up: a small exchange per path (sessions up, code paged in).
     for p in paths.iter_mut() {
-        if let Err(e) = transfer(&p.route, ctx, 64 * 1024, false).await {
+        if let Err(e) = transfer(&p.route, p.pids, ctx, 64 * 1024, false).await {
             p.dl = Err(e.to_string());
             p.ul = Err(e.to_string());
         }
@@ -946,9 +1217,9 @@ async fn run_throughput(paths: &mut [PathRun], ctx: &Ctx, s: &Settings) {
             for p in paths.iter_mut() {
                 let slot = if up { &mut p.ul } else { &mut p.dl };
                 let Ok(v) = slot else { continue };
-                let res = transfer(&p.route, ctx, n, up).await;
+                let res = transfer(&p.route, p.pids, ctx, n, up).await;
                 let shown = match &res {
-                    Ok((x, _)) => format!("{x:.1} MiB/s"),
+                    Ok((x, _, _)) => format!("{x:.1} MiB/s"),
                     Err(e) => format!("failed: {e}"),
                 };
                 eprintln!(
@@ -959,9 +1230,12 @@ async fn run_throughput(paths: &mut [PathRun], ctx: &Ctx, s: &Settings) {
                     p.label
                 );
                 match res {
-                    Ok((x, cpu)) => {
+                    Ok((x, cpu, per_proc)) => {
                         v.push(x);
                         p.cpu.extend(cpu);
+                        for (samples, c) in p.pcpu[usize::from(up)].iter_mut().zip(per_proc) {
+                            samples.extend(c);
+                        }
                     }
                     Err(e) => *slot = Err(e.to_string()),
                 }
@@ -1134,6 +1408,8 @@ async fn bench(cli: &Cli) -> Res<()> {
         sessions: cli.sessions.unwrap_or(if q { 100 } else { 1000 }),
         parallel: cli.parallel.unwrap_or(if q { 20 } else { 100 }),
         parallel_mib: cli.parallel_mib.unwrap_or(if q { 1 } else { 10 }).max(1),
+        parallel_reps: cli.parallel_reps.unwrap_or(if q { 1 } else { 3 }).max(1),
+        load_requests: cli.load_requests.unwrap_or(if q { 20 } else { 200 }),
         batch: if q { 50 } else { 100 },
         settle: Duration::from_millis(if q { 100 } else { 500 }),
     };
@@ -1194,11 +1470,19 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     println!("anytls-rs end-to-end bench: 127.0.0.1 only, {cpus} CPUs, {build} build");
     println!(
         "  {} MiB each way per throughput run, median of {}; latency median/min of {}; \
-         {} x {} MiB parallel downloads; {} idle sessions",
-        s.mib, s.reps, s.rounds, s.parallel, s.parallel_mib, s.sessions
+         {} x {} MiB parallel downloads, median of {}; {} requests under load; {} idle sessions",
+        s.mib,
+        s.reps,
+        s.rounds,
+        s.parallel,
+        s.parallel_mib,
+        s.parallel_reps,
+        s.load_requests,
+        s.sessions
     );
 
     // ---- processes for throughput and latency
+    let threads = child_threads();
     let (tls_server, tls_addr) = Proc::role(
         "raw TLS server",
         os(&[
@@ -1209,10 +1493,11 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
             &"--key",
             &ctx.key,
         ]),
+        threads,
     )
     .await?;
-    let (our_server, our_server_addr) = ctx.our_server().await?;
-    let (mut our_client, our_socks) = ctx.our_client(our_server_addr, true).await?;
+    let (our_server, our_server_addr) = ctx.our_server(threads).await?;
+    let (mut our_client, our_socks) = ctx.our_client(our_server_addr, true, threads).await?;
     let (tunnel_server, tunnel_server_addr) = Proc::role(
         "tunnel server",
         os(&[
@@ -1225,6 +1510,7 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
             &"--server",
             &target.to_string(),
         ]),
+        threads,
     )
     .await?;
     let (tunnel_client, tunnel_addr) = Proc::role(
@@ -1237,6 +1523,7 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
             &"--pin",
             &hex32(&pin),
         ]),
+        threads,
     )
     .await?;
 
@@ -1256,78 +1543,56 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     };
     println!("  raw TLS and ours: rustls + ring, {suite}");
 
+    let pairings = Pairing::all(peers);
     let mut paths = vec![
         PathRun::new(
             "raw TLS 1.3, one connection",
             "raw TLS (one connection)",
             Route::Tls(tls_addr, connector),
-        ),
+        )
+        .procs(None, Some(&tls_server)),
         PathRun::new(
             "ours: SOCKS5>client>TLS>server>target",
             "ours > ours (SOCKS5, client, server)",
             Route::Socks(our_socks),
-        ),
+        )
+        .procs(Some(&our_client), Some(&our_server))
+        .pairing(&pairings[0]),
         PathRun::new(
             "reference: TCP>TLS tunnel>TCP, no AnyTLS",
             "reference TLS tunnel (no AnyTLS)",
             Route::Tcp(tunnel_addr),
-        ),
+        )
+        .procs(Some(&tunnel_client), Some(&tunnel_server)),
         PathRun::new(
             "plain TCP, one connection (no TLS)",
             "plain TCP (one connection)",
             Route::Tcp(ctx.target),
         ),
     ];
-    // Peers: processes kept alive for the throughput and latency sections.
-    let mut keep: Vec<Proc> = Vec::new();
+    // The other pairings: processes kept alive for the throughput and
+    // latency sections.
     let mut problems: Vec<String> = Vec::new();
-    // Our client processes against a peer's server: (peer, proc, socks).
-    let mut ours_to_peer: Vec<(String, Proc, SocketAddr)> = Vec::new();
-    // SOCKS5 endpoints of peers' clients: (label, socks).
-    let mut steady: Vec<(String, SocketAddr)> = Vec::new();
-    for peer in peers {
-        let server = match peer.start_server(&ctx).await {
-            Ok(x) => x,
-            Err(e) => {
-                problems.push(format!("{} server: {e}", peer.name));
-                None
+    let mut running: Vec<(Pairing, PairProcs)> = Vec::new();
+    for pairing in pairings.iter().skip(1) {
+        match pairing.start(&ctx, threads).await {
+            Ok(p) => {
+                paths.push(
+                    PathRun::new(pairing.long_label(), pairing.label(), Route::Socks(p.socks))
+                        .procs(Some(&p.client), Some(&p.server))
+                        .pairing(pairing),
+                );
+                running.push((*pairing, p));
             }
-        };
-        if let Some((p, addr)) = server {
-            keep.push(p);
-            match peer.start_client(&ctx, addr).await {
-                Ok(Some((c, socks))) => {
-                    keep.push(c);
-                    let label = format!("{0} client > {0} server", peer.name);
-                    let short = format!("{0} > {0}", peer.name);
-                    paths.push(PathRun::new(label, short, Route::Socks(socks)));
-                    steady.push((format!("{0} > {0}", peer.name), socks));
-                }
-                Ok(None) => {}
-                Err(e) => problems.push(format!("{} client: {e}", peer.name)),
-            }
-            match ctx.our_client(addr, false).await {
-                Ok((c, socks)) => {
-                    let label = format!("our client > {} server", peer.name);
-                    let short = format!("ours > {}", peer.name);
-                    paths.push(PathRun::new(label, short, Route::Socks(socks)));
-                    ours_to_peer.push((peer.name.clone(), c, socks));
-                }
-                Err(e) => problems.push(format!("our client with {} server: {e}", peer.name)),
-            }
-        }
-        match peer.start_client(&ctx, our_server_addr).await {
-            Ok(Some((c, socks))) => {
-                keep.push(c);
-                let label = format!("{} client > our server", peer.name);
-                let short = format!("{} > ours", peer.name);
-                paths.push(PathRun::new(label, short, Route::Socks(socks)));
-                steady.push((format!("{} > ours", peer.name), socks));
-            }
-            Ok(None) => {}
-            Err(e) => problems.push(format!("{} client with our server: {e}", peer.name)),
+            Err(e) => problems.push(format!("{}: {e}", pairing.long_label())),
         }
     }
+    // SOCKS5 endpoints of peers' clients: (label, socks).
+    let mut steady: Vec<(String, SocketAddr)> = running
+        .iter()
+        .filter(|(p, _)| matches!(p.client, End::Peer(_)))
+        .map(|(p, procs)| (p.label(), procs.socks))
+        .collect();
     if let Some(socks) = cli.peer_socks5 {
         let label = format!("SOCKS5 {socks}");
         paths.push(PathRun::new(
@@ -1350,58 +1615,40 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     eprintln!("latency ...");
     let ours_lat = latency_ours(&mut our_client, &ctx, s.rounds).await?;
     let mut peer_lat = Vec::new();
-    for (name, c, _) in &mut ours_to_peer {
-        peer_lat.push((
-            format!("ours > {name}"),
-            latency_ours(c, &ctx, s.rounds).await,
-        ));
+    for (pairing, p) in &mut running {
+        if matches!(pairing.client, End::Ours) {
+            peer_lat.push((
+                pairing.label(),
+                latency_ours(&mut p.client, &ctx, s.rounds).await,
+            ));
+        }
     }
     let mut steady_lat = Vec::new();
     for (label, socks) in &steady {
         steady_lat.push((label.clone(), latency_steady(*socks, &ctx, s.rounds).await));
     }
-    drop(keep);
-    drop(ours_to_peer);
+    drop(running);
     drop(our_client);
     drop(our_server);
     drop(tls_server);
     drop(tunnel_client);
     drop(tunnel_server);
 
-    // ---- parallel downloads: fresh processes for every pair.
-    let mut par: Vec<Result<ParallelRun, String>> = Vec::new();
-    if s.parallel > 0 {
-        let (count, mib) = (s.parallel, s.parallel_mib);
-        eprintln!("parallel downloads: {count} x {mib} MiB, ours > ours ...");
-        let r: Res<ParallelRun> = async {
-            let (srv, addr) = ctx.our_server().await?;
-            let (cl, socks) = ctx.our_client(addr, true).await?;
-            parallel_run("ours > ours", &cl, socks, &srv, &ctx, count, mib).await
-        }
-        .await;
-        par.push(r.map_err(|e| format!("parallel downloads, ours > ours: {e}")));
-        for peer in peers {
-            let name = &peer.name;
-            let label = match (&peer.server, &peer.client) {
-                (Some(_), Some(_)) => format!("{name} > {name}"),
-                (Some(_), None) => format!("ours > {name}"),
-                (None, Some(_)) => format!("{name} > ours"),
-                (None, None) => continue,
-            };
-            eprintln!("parallel downloads: {count} x {mib} MiB, {label} ...");
-            let r: Res<ParallelRun> = async {
-                let (srv, addr) = match peer.start_server(&ctx).await? {
-                    Some(x) => x,
-                    None => ctx.our_server().await?,
-                };
-                let (cl, socks) = match peer.start_client(&ctx, addr).await? {
-                    Some(x) => x,
-                    None => ctx.our_client(addr, false).await?,
-                };
-                parallel_run(&label, &cl, socks, &srv, &ctx, count, mib).await
-            }
-            .await;
-            par.push(r.map_err(|e| format!("parallel downloads, {label}: {e}")));
+    // ---- parallel downloads: fresh processes for every pairing.
+    let par = if s.parallel > 0 {
+        parallel::parallel_pairings(&pairings, &ctx, s).await
+    } else {
+        Vec::new()
+    };
+
+    // ---- latency under load: fresh processes per pairing and runtime setting.
+    let mut load = Vec::new();
+    if s.load_requests > 0 {
+        for threads in [Some(1), None] {
+            load.push((
+                threads,
+                load::load_pairings(&pairings, &ctx, s, threads).await,
+            ));
         }
     }
 
@@ -1409,8 +1656,8 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     let mut mem = Vec::new();
     if s.sessions > 0 {
         eprintln!("memory: our client > our server ...");
-        let (mut srv, srv_addr) = ctx.our_server().await?;
-        let (mut cl, socks) = ctx.our_client(srv_addr, true).await?;
+        let (mut srv, srv_addr) = ctx.our_server(threads).await?;
+        let (mut cl, socks) = ctx.our_client(srv_addr, true, threads).await?;
         let (mut c, mut v) = idle_memory(&mut cl, socks, &mut srv, true, &ctx, s).await?;
         c.label = "client (ours)".into();
         v.label = "server (ours)".into();
@@ -1422,8 +1669,8 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
             eprintln!("memory: our client > {} server ...", peer.name);
             let label = format!("server ({})", peer.name);
             let r: Res<MemSeries> = async {
-                let (mut srv, addr) = peer.start_server(&ctx).await?.ok_or("no server")?;
-                let (mut cl, socks) = ctx.our_client(addr, false).await?;
+                let (mut srv, addr) = peer.start_server(&ctx, threads).await?.ok_or("no server")?;
+                let (mut cl, socks) = ctx.our_client(addr, false, threads).await?;
                 let (_, mut v) = idle_memory(&mut cl, socks, &mut srv, false, &ctx, s).await?;
                 v.label = label.clone();
                 Ok(v)
@@ -1439,10 +1686,7 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
         "throughput, MiB/s ({} MiB each way, median of {}; runtime threads per process: {})",
         s.mib,
         s.reps,
-        match CHILD_THREADS.get().copied().flatten() {
-            Some(n) => n.to_string(),
-            None => "one per core".into(),
-        }
+        threads_desc(child_threads())
     );
     println!(
         "  {:<42} {:>9} {:>9} {:>7} {:>7} {:>9}   target (ours vs raw TLS)",
@@ -1513,6 +1757,7 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
             raw / (raw + 2.0 * hop) * 100.0
         );
     }
+    pairs::print_throughput(&paths, s);
 
     println!();
     println!(
@@ -1576,7 +1821,16 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     }
 
     if s.parallel > 0 {
+        parallel::print_many(&par, s);
         print_parallel(&par, s, &mut problems);
+    }
+    if s.load_requests > 0 {
+        let unthreaded: Vec<String> = peers
+            .iter()
+            .filter(|p| !p.follows_threads())
+            .map(|p| p.name.clone())
+            .collect();
+        load::print_load(&load, s, &unthreaded, &mut problems);
     }
 
     if s.sessions > 0 {

@@ -1,6 +1,7 @@
 //! Parallel downloads: N downloads of M MiB at once through one SOCKS5
-//! client process and its server process; wall time, aggregate MiB/s and the
-//! peak RSS of both processes during the run.
+//! client process and its server process, for every pairing; wall time,
+//! aggregate MiB/s, the CPU time of both processes per GiB and their peak RSS
+//! during the run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,11 @@ use std::time::{Duration, Instant};
 use anytls_benches::procs::{reset_hwm, status_kib};
 use tokio::task::JoinSet;
 
-use super::{Ctx, MIB, Proc, Res, Route, STEP, Settings, download, fetch, open_and, verdict};
+use super::pairs::{self, Cell, Row};
+use super::{
+    Ctx, MIB, Pairing, Proc, Res, Route, STEP, Settings, child_threads, cpu_now, cpu_since,
+    download, fetch, median_f, open_and, threads_desc, verdict,
+};
 
 /// Peaks of anytls-go in the same test (the performance issue): ours must
 /// stay below them.
@@ -56,8 +61,12 @@ pub struct Peak {
 pub struct ParallelRun {
     /// "client > server".
     pub label: String,
+    /// The peer in the pairing (`None`: ours > ours).
+    pub peer: Option<String>,
     pub wall: Duration,
     pub mibps: f64,
+    /// CPU seconds per GiB of the client and the server process.
+    pub cpu: [Option<f64>; 2],
     pub client: Peak,
     pub server: Peak,
 }
@@ -100,6 +109,7 @@ pub async fn parallel_run(
     fetch(socks, ctx.target, &ctx.pat).await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pids = [client.pid()?, server.pid()?];
+    let cpu0 = cpu_now(pids.map(Some));
     let reset = pids.map(reset_hwm);
     let start = pids.map(|p| status_kib(p, "VmRSS:").unwrap_or(0));
     let n = mib * MIB;
@@ -130,6 +140,7 @@ pub async fn parallel_run(
     })
     .await;
     let wall = t0.elapsed();
+    let cpu = cpu_since(pids.map(Some), cpu0, count as u64 * n);
     stop.store(true, Ordering::Relaxed);
     let sampled = sampling.join().map_err(|_| "the RSS sampler panicked")?;
     // Dropping the set aborts whatever is left after a failure.
@@ -157,11 +168,131 @@ pub async fn parallel_run(
     };
     Ok(ParallelRun {
         label: label.to_owned(),
+        peer: None,
         wall,
         mibps: (count as u64 * mib) as f64 / wall.as_secs_f64().max(1e-9),
+        cpu,
         client: peak(0),
         server: peak(1),
     })
+}
+
+/// The parallel downloads for every pairing: fresh processes per pairing,
+/// all started first, then `s.parallel_reps` runs of each, interleaved.
+pub async fn parallel_pairings(
+    pairings: &[Pairing<'_>],
+    ctx: &Ctx,
+    s: &Settings,
+) -> Vec<Result<ParallelRun, String>> {
+    let (count, mib) = (s.parallel, s.parallel_mib);
+    let mut running = Vec::new();
+    let mut runs: Vec<Result<Vec<ParallelRun>, String>> = Vec::new();
+    for p in pairings {
+        let r = p.start(ctx, child_threads()).await;
+        runs.push(match &r {
+            Ok(_) => Ok(Vec::new()),
+            Err(e) => Err(format!("parallel downloads, {}: {e}", p.label())),
+        });
+        running.push(r);
+    }
+    for rep in 0..s.parallel_reps {
+        for (i, p) in pairings.iter().enumerate() {
+            let (Ok(procs), Ok(_)) = (&running[i], &runs[i]) else {
+                continue;
+            };
+            let label = p.label();
+            eprintln!(
+                "parallel downloads: {count} x {mib} MiB, {label}, run {}/{} ...",
+                rep + 1,
+                s.parallel_reps
+            );
+            let r = parallel_run(
+                &label,
+                &procs.client,
+                procs.socks,
+                &procs.server,
+                ctx,
+                count,
+                mib,
+            )
+            .await;
+            if let Ok(r) = &r {
+                let cpu = |c: Option<f64>| c.map_or("-".into(), |x| format!("{x:.2}"));
+                eprintln!(
+                    "  {:.1} MiB/s, CPU s/GiB client {} server {}",
+                    r.mibps,
+                    cpu(r.cpu[0]),
+                    cpu(r.cpu[1])
+                );
+            }
+            match (r, &mut runs[i]) {
+                (Ok(mut r), Ok(v)) => {
+                    r.peer = p.peer().map(|x| x.name.clone());
+                    v.push(r);
+                }
+                (Err(e), slot) => *slot = Err(format!("parallel downloads, {label}: {e}")),
+                (Ok(_), Err(_)) => {}
+            }
+        }
+    }
+    runs.into_iter()
+        .map(|r| r.and_then(|v| combine(v).ok_or_else(|| "no runs".to_owned())))
+        .collect()
+}
+
+/// Several runs of one pairing as one: the run of the median MiB/s, the
+/// median CPU per GiB, the largest peaks.
+fn combine(mut runs: Vec<ParallelRun>) -> Option<ParallelRun> {
+    let cpu = [0, 1].map(|i| {
+        let v: Vec<f64> = runs.iter().filter_map(|r| r.cpu[i]).collect();
+        (!v.is_empty()).then(|| median_f(&v))
+    });
+    let max_peak = |f: fn(&ParallelRun) -> &Peak| runs.iter().map(|r| f(r).peak_kib).max();
+    let (client_peak, server_peak) = (max_peak(|r| &r.client)?, max_peak(|r| &r.server)?);
+    let (client_start, server_start) = (runs[0].client.start_kib, runs[0].server.start_kib);
+    runs.sort_by(|a, b| a.mibps.total_cmp(&b.mibps));
+    let k = runs.len() / 2;
+    let mut r = runs.swap_remove(k);
+    r.cpu = cpu;
+    r.client.peak_kib = client_peak;
+    r.server.peak_kib = server_peak;
+    r.client.start_kib = client_start;
+    r.server.start_kib = server_start;
+    Some(r)
+}
+
+/// The many-stream case as a pairing table: MiB/s and CPU per GiB.
+pub fn print_many(par: &[Result<ParallelRun, String>], s: &Settings) {
+    let rows: Vec<Row> = par
+        .iter()
+        .flatten()
+        .map(|r| {
+            let [c, v] = r.cpu;
+            let sum = c.zip(v).map(|(a, b)| a + b);
+            Row {
+                pair: r.label.clone(),
+                peer: r.peer.clone(),
+                cells: vec![
+                    Cell::num(Some(r.mibps), 1),
+                    Cell::num(c, 2),
+                    Cell::num(v, 2),
+                    Cell::num(sum, 2),
+                ],
+            }
+        })
+        .collect();
+    pairs::print_table(
+        &format!(
+            "many streams: {} downloads of {} MiB at once through one client, median of {} \
+             (runtime threads per process: {}); CPU s/GiB per process",
+            s.parallel,
+            s.parallel_mib,
+            s.parallel_reps,
+            threads_desc(child_threads())
+        ),
+        &pairs::THROUGHPUT_COLS,
+        &rows,
+    );
 }
 
 pub fn mib_of(kib: u64) -> f64 {
@@ -176,8 +307,8 @@ pub fn print_parallel(
 ) {
     println!();
     let mut head = format!(
-        "parallel downloads: {} x {} MiB at once through SOCKS5 (fresh client and server processes, every byte checked)",
-        s.parallel, s.parallel_mib
+        "parallel downloads: {} x {} MiB at once through SOCKS5 (fresh client and server processes, every byte checked; largest peak of {} runs)",
+        s.parallel, s.parallel_mib, s.parallel_reps
     );
     if (s.parallel, s.parallel_mib) != (TARGET_COUNT, TARGET_MIB) {
         head += &format!("; the targets are for {TARGET_COUNT} x {TARGET_MIB} MiB");
