@@ -396,6 +396,7 @@ impl ReloadHandle {
             // Under the lock: serve_with starting or ending sees one side.
             #[cfg(feature = "acme")]
             self.state.switch_acme(&old, &new);
+            drop(old);
         }
         let conns: Vec<(Arc<Conn>, Arc<Live>)> = {
             let mut r = lock(&self.state.conns);
