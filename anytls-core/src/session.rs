@@ -50,9 +50,11 @@ use crate::timer::TimerTable;
 /// The Alert text a server sends when a SYN arrives before Settings.
 pub const ALERT_NO_SETTINGS: &str = "client did not send its settings";
 /// Data taken from one stream per round-robin turn when assembling a write:
-/// with its header, a frame fills one full TLS record (2^14 bytes of
-/// plaintext) exactly, so bulk data goes out in whole records.
-const CHUNK: usize = 16 * 1024 - HEADER_LEN;
+/// with its header, a frame fills two full TLS records (2^14 bytes of
+/// plaintext each) exactly, so bulk data goes out in whole records. Frames
+/// may span records; a bigger frame means fewer frames per byte for the
+/// peer (a Go peer writes each PSH payload to its socket in one write).
+const CHUNK: usize = 2 * 16 * 1024 - HEADER_LEN;
 
 /// Received stream data shorter than this is copied out of the owner's read
 /// block instead of being kept as a view into it (see `on_psh`).

@@ -1101,8 +1101,8 @@ proptest! {
 #[test]
 fn peer_fin_dropping_a_queue_wakes_blocked_writers() {
     let mut ccfg = client_config();
-    // Input pauses after b's first frame (16 377 bytes of data), with a's
-    // FIN, sent right behind that frame, in the same read.
+    // Input pauses after b's frame (20 000 bytes of data, one frame), with
+    // a's FIN, sent right behind that frame, in the same read.
     ccfg.limits = limits(1);
     ccfg.limits.session_recv_buffer = 12 * 1024;
     // One stream's queue fills the session's send cap.
@@ -1116,7 +1116,7 @@ fn peer_fin_dropping_a_queue_wakes_blocked_writers() {
     // The client's application stops reading; the server fills b, then
     // finishes a: the FIN waits behind b's data.
     p.capp.paused = true;
-    assert_eq!(p.server.write(b, &[7u8; 60_000]), Ok(60_000));
+    assert_eq!(p.server.write(b, &[7u8; 20_000]), Ok(20_000));
     p.server.finish(a).unwrap();
     p.drive();
     assert!(!p.client.wants_read());
