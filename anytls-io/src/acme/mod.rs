@@ -24,6 +24,20 @@
 //! * retries failures after 1 minute, doubling up to 1 hour, and logs each
 //!   failure with the CA's explanation.
 //!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use anytls_io::acme::{Acme, AcmeConfig};
+//! use anytls_io::{ServerConfig, ServerTls};
+//!
+//! let mut acme = AcmeConfig::new(vec!["vpn.example.com".into()], "/var/lib/anytls/acme");
+//! acme.email = Some("ops@example.com".into());
+//! let cfg = ServerConfig::with_tls("password", ServerTls::Acme(Acme::new(acme)?));
+//! // Server::<Tokio>::bind("0.0.0.0:443", cfg).await?.serve().await?;
+//! # let _ = cfg;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Embedders with their own TLS stack can use the parts: [`Acme::resolver`]
 //! for the normal handshake, [`Acme::challenge_tls_config`] for handshakes
 //! whose ClientHello offers [`ACME_TLS_ALPN`], and [`Acme::run`] driven on
