@@ -19,10 +19,13 @@
 //!   connections, open ones carry on;
 //! * answers TLS-ALPN-01 (on the server's port, and on
 //!   `alternative_tls_addr` if set) or HTTP-01 (a listener on `http_addr`,
-//!   port 80 by default, open only while an order runs), alternating between
-//!   the enabled kinds after a failure;
+//!   port 80 by default, bound before the order and only while it runs),
+//!   the kind that worked last first, the other after a failure;
 //! * retries failures after 1 minute, doubling up to 1 hour, and logs each
-//!   failure with the CA's explanation.
+//!   failure with the CA's explanation;
+//! * runs while any server using it serves (several listeners can share one
+//!   `Acme`; a reload to another manager hands over), or until
+//!   [`Acme::stop`].
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
