@@ -37,6 +37,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct ports on 127.0.0.1 that were free a moment ago, none of
+/// them in `avoid` (the listeners are held until all are chosen: one at a
+/// time, the kernel may hand out the same port twice).
+fn free_ports(n: usize, avoid: &[u16]) -> Vec<u16> {
+    let mut held = Vec::new();
+    while held.len() < n {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        if !avoid.contains(&l.local_addr().unwrap().port()) {
+            held.push(l);
+        }
+    }
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// Waits (at most 10 s) until something listens on `port`.
 fn wait_listening(port: u16, child: &mut Proc, who: &str) {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -122,8 +138,8 @@ impl Pebble {
         std::fs::write(&directory_ca, &ca_pem).unwrap();
         std::fs::write(dir.join("pebble-cert.pem"), cert_pem).unwrap();
         std::fs::write(dir.join("pebble-key.pem"), key_pem).unwrap();
-        let (dns_port, dns_mgmt, port, management) =
-            (free_port(), free_port(), free_port(), free_port());
+        let ports = free_ports(4, &[opts.tls_port, opts.http_port]);
+        let (dns_port, dns_mgmt, port, management) = (ports[0], ports[1], ports[2], ports[3]);
         let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{port}"),
