@@ -661,9 +661,14 @@ impl Acme {
                 self.until_renewal(SystemTime::now())
             };
             lock(&self.inner.status).next_attempt = Some(SystemTime::now() + wait);
-            // At most an hour at a time: the monotonic clock stops during a
-            // suspend, the wall clock (which validity is about) does not.
-            let nap = wait.min(Duration::from_secs(3600));
+            // A renewal sleeps at most an hour at a time: the monotonic clock
+            // stops during a suspend, the wall clock (which validity is
+            // about) does not. A retry delay is monotonic time anyway.
+            let nap = if failures > 0 {
+                wait
+            } else {
+                wait.min(Duration::from_secs(3600))
+            };
             let woke = futures_lite::future::or(
                 async {
                     sleep_until::<R>(Instant::now() + nap).await;
@@ -686,11 +691,6 @@ impl Acme {
             if woke && asked.is_some_and(|at| last_success.is_none_or(|done| done < at)) {
                 forced = true;
                 failures = 0;
-            } else if woke {
-                continue;
-            } else if nap < wait && failures > 0 {
-                // A long retry delay cut short by the nap cap: still waiting.
-                continue;
             }
         }
     }
