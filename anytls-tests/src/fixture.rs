@@ -4,13 +4,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use anytls_io::acme::Acme;
 use anytls_io::proxy::{ProxyConfig, serve_proxy};
 use anytls_io::socks5::Socks5Config;
 use anytls_io::{
-    Client, ClientConfig, Identity, Server, ServerConfig, ShutdownHandle, Verification,
+    Client, ClientConfig, Identity, ReloadHandle, Server, ServerConfig, ServerTls, ShutdownHandle,
+    Verification,
 };
 
 use crate::TestRuntime;
+use crate::targets::sleep;
 
 /// A client and the server it is pinned to; closes the client and shuts the
 /// server down when dropped.
@@ -76,4 +79,47 @@ pub async fn proxy<C: TestRuntime>(client: &Client<C>, cfg: ProxyConfig) -> Sock
         let _ = serve_proxy(l, c, cfg).await;
     });
     addr
+}
+
+/// A server on `R` (password `password`) with `acme`'s certificate, on a
+/// std listener bound by the caller; not serving yet.
+pub fn acme_server<R: TestRuntime>(
+    listener: std::net::TcpListener,
+    password: &str,
+    acme: &Acme,
+) -> Server<R> {
+    listener.set_nonblocking(true).unwrap();
+    Server::<R>::from_std(
+        listener,
+        ServerConfig::with_tls(password, ServerTls::Acme(acme.clone())),
+    )
+    .unwrap()
+}
+
+/// [`acme_server`], serving on `R`; its shutdown and reload handles.
+pub fn serve_acme<R: TestRuntime>(
+    listener: std::net::TcpListener,
+    password: &str,
+    acme: &Acme,
+) -> (ShutdownHandle, ReloadHandle) {
+    let server = acme_server::<R>(listener, password, acme);
+    let handles = (server.shutdown_handle(), server.reload_handle());
+    R::spawn(async move {
+        let _ = server.serve().await;
+    });
+    handles
+}
+
+/// Whether `acme` has obtained `n` certificates within `limit`.
+pub async fn acme_issued<R: TestRuntime>(
+    acme: &Acme,
+    n: u64,
+    limit: std::time::Duration,
+) -> Option<()> {
+    anytls_io::timeout::<R, _>(limit, async {
+        while acme.status().issued < n {
+            sleep::<R>(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
 }

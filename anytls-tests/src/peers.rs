@@ -2,7 +2,7 @@
 //! `.ci/run` installs into `$ANYTLS_PEERS_DIR` (default `~/.cache/anytls-ci`),
 //! running them, waiting for them and giving them files.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -57,10 +57,7 @@ pub fn spawn(cmd: &mut Command) -> Proc {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+pub use crate::pebble::free_port;
 
 /// Waits (bounded) until something listens on `port`; `who` names the peer
 /// in the panics.

@@ -18,8 +18,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anytls_io::acme::{Acme, AcmeConfig};
-use anytls_io::{Client, ClientConfig, Server, ServerConfig, ServerTls, Verification};
+use anytls_io::{Client, ClientConfig, ServerConfig, ServerTls, Verification};
 use anytls_tests::TestRuntime;
+use anytls_tests::fixture::{acme_issued, serve_acme};
 use anytls_tests::pebble::{Pebble, PebbleOptions, free_port, served_leaf};
 use anytls_tests::peers::temp_dir;
 use anytls_tests::targets::{payload, sleep, tcp_echo, within};
@@ -62,12 +63,9 @@ async fn echo(stream: &mut anytls_io::AnyTlsStream, i: u32, size: usize) -> std:
 
 /// Waits until `acme` has obtained `n` certificates.
 async fn issued<R: TestRuntime>(acme: &Acme, n: u64) {
-    within::<R, _>(LIMIT, &format!("certificate #{n}"), async {
-        while acme.status().issued < n {
-            sleep::<R>(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    if acme_issued::<R>(acme, n, LIMIT).await.is_none() {
+        panic!("certificate #{n}: not within {LIMIT:?}");
+    }
 }
 
 async fn tls_alpn_issues_renews_and_persists<R: TestRuntime>() {
@@ -89,16 +87,7 @@ async fn tls_alpn_issues_renews_and_persists<R: TestRuntime>() {
     acfg.http_addr = None;
     let acme = Acme::new(acfg.clone()).unwrap();
     assert!(acme.certificate().is_none());
-    listener.set_nonblocking(true).unwrap();
-    let server = Server::<R>::from_std(
-        listener,
-        ServerConfig::with_tls("acme-pw", ServerTls::Acme(acme.clone())),
-    )
-    .unwrap();
-    let stop = server.shutdown_handle();
-    R::spawn(async move {
-        let _ = server.serve().await;
-    });
+    let (stop, _) = serve_acme::<R>(listener, "acme-pw", &acme);
     issued::<R>(&acme, 1).await;
     let first = acme.certificate().expect("a certificate");
     let root = pebble.root_pem();
@@ -184,17 +173,7 @@ async fn http01_with_eab_refuses_until_issued<R: TestRuntime>() {
     });
     // No CA yet: a manager for a directory nobody serves.
     let waiting = Acme::new(acfg.clone()).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let server = Server::<R>::from_std(
-        listener,
-        ServerConfig::with_tls("acme-pw", ServerTls::Acme(waiting.clone())),
-    )
-    .unwrap();
-    let stop = server.shutdown_handle();
-    let reload = server.reload_handle();
-    R::spawn(async move {
-        let _ = server.serve().await;
-    });
+    let (stop, reload) = serve_acme::<R>(listener, "acme-pw", &waiting);
     // Before any certificate: the handshake is refused with an alert.
     let target = tcp_echo();
     let mut cfg = ClientConfig::new(addr.to_string(), "acme-pw");

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anytls_io::acme::{Acme, AcmeConfig};
 use anytls_io::{Server, ServerConfig, ServerTls, ShutdownHandle};
 use anytls_tests::TestRuntime;
+use anytls_tests::fixture::{acme_issued, acme_server, serve_acme};
 use anytls_tests::pebble::{Pebble, PebbleOptions, free_port};
 use anytls_tests::peers::temp_dir;
 use anytls_tests::targets::{sleep, within};
@@ -52,13 +53,8 @@ fn acme_for(dir: &Path, directory: &str) -> Acme {
 
 fn serve<R: TestRuntime>(acme: &Acme) -> (Server<R>, ShutdownHandle, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::<R>::from_std(
-        listener,
-        ServerConfig::with_tls("pw", ServerTls::Acme(acme.clone())),
-    )
-    .unwrap();
+    let server = acme_server::<R>(listener, "pw", acme);
     let stop = server.shutdown_handle();
     (server, stop, addr)
 }
@@ -174,7 +170,7 @@ async fn an_account_the_ca_does_not_know_is_registered_again<R: TestRuntime>() {
     // A first manager registers the account; then the CA "forgets" it.
     {
         let acme = Acme::new(cfg.clone()).unwrap();
-        let stop = serve_on::<R>(listener, &acme);
+        let (stop, _) = serve_acme::<R>(listener, "pw", &acme);
         within::<R, _>(LIMIT, "first certificate", async {
             while acme.status().issued < 1 {
                 sleep::<R>(Duration::from_millis(100)).await;
@@ -201,8 +197,8 @@ async fn an_account_the_ca_does_not_know_is_registered_again<R: TestRuntime>() {
 
     let acme = Acme::new(cfg).unwrap();
     let listener = TcpListener::bind(addr).unwrap();
-    let stop = serve_on::<R>(listener, &acme);
-    let got = issued_within::<R>(&acme, Duration::from_secs(20)).await;
+    let (stop, _) = serve_acme::<R>(listener, "pw", &acme);
+    let got = acme_issued::<R>(&acme, 1, Duration::from_secs(20)).await;
     stop.shutdown();
     assert!(
         got.is_some(),
@@ -264,32 +260,6 @@ async fn a_truncated_response_is_reported_as_truncated<R: TestRuntime>() {
     );
 }
 
-/// Serves `acme`'s certificate on `listener` (a std listener) with a server
-/// on `R`; the handle stops it.
-fn serve_on<R: TestRuntime>(listener: TcpListener, acme: &Acme) -> ShutdownHandle {
-    listener.set_nonblocking(true).unwrap();
-    let server = Server::<R>::from_std(
-        listener,
-        ServerConfig::with_tls("pw", ServerTls::Acme(acme.clone())),
-    )
-    .unwrap();
-    let stop = server.shutdown_handle();
-    R::spawn(async move {
-        let _ = server.serve().await;
-    });
-    stop
-}
-
-/// Whether `acme` obtains a certificate within `limit`.
-async fn issued_within<R: TestRuntime>(acme: &Acme, limit: Duration) -> Option<()> {
-    anytls_io::timeout::<R, _>(limit, async {
-        while acme.status().issued < 1 {
-            sleep::<R>(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-}
-
 /// A pebble for TLS-ALPN-01 on a fresh server port, and a config for it.
 fn pebble_and_config(dir: &Path) -> Option<(Pebble, TcpListener, AcmeConfig)> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -334,8 +304,8 @@ async fn an_unwritable_data_directory_does_not_register_an_account_per_attempt<R
     // Reads find nothing, writes fail, even as root.
     cfg.data_directory = "/proc/self/anytls-review-acme".into();
     let acme = Acme::new(cfg).unwrap();
-    let stop = serve_on::<R>(listener, &acme);
-    let got = issued_within::<R>(&acme, Duration::from_secs(8)).await;
+    let (stop, _) = serve_acme::<R>(listener, "pw", &acme);
+    let got = acme_issued::<R>(&acme, 1, Duration::from_secs(8)).await;
     stop.shutdown();
     let accounts = accounts_at_pebble(&dir);
     assert!(
@@ -360,7 +330,7 @@ async fn renew_now_during_an_order_orders_once<R: TestRuntime>() {
         return;
     };
     let acme = Acme::new(cfg).unwrap();
-    let stop = serve_on::<R>(listener, &acme);
+    let (stop, _) = serve_acme::<R>(listener, "pw", &acme);
     // At once: before or while the first order runs (pebble can issue in
     // under 100 ms, so a later call could come after it, and rightly order
     // again).

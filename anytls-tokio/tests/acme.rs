@@ -16,10 +16,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anytls_tokio::{Client, ClientConfig, Verification};
-use common::{Proc, echo_target};
+use anytls_tokio::{ClientConfig, Verification};
+use common::{Proc, echo_once, echo_target};
 use pebble::{Pebble, PebbleOptions, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(60);
 const DOMAIN: &str = "anytls.test";
@@ -52,22 +51,7 @@ async fn echo(server: SocketAddr, root: &Path, target: SocketAddr) -> std::io::R
     let mut cfg = ClientConfig::new(server.to_string(), "acme-pw");
     cfg.sni = Some(DOMAIN.into());
     cfg.verification = Verification::CaFile(root.to_owned());
-    let client = Client::new(cfg).map_err(std::io::Error::other)?;
-    let r = tokio::time::timeout(STEP, async {
-        let mut s = client.connect(target).await?;
-        let data: Vec<u8> = (0..30_000u32).map(|i| (i * 13) as u8).collect();
-        s.write_all(&data).await?;
-        let mut back = vec![0u8; data.len()];
-        s.read_exact(&mut back).await?;
-        if back != data {
-            return Err(std::io::Error::other("echo corrupted"));
-        }
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|_| Err(std::io::Error::other("timed out")));
-    client.close();
-    r
+    echo_once(cfg, target, 30_000, STEP).await
 }
 #[test]
 fn acme_from_a_config_file_and_from_flags() {

@@ -12,9 +12,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anytls_tokio::{Client, ClientConfig, Verification};
-use common::{Proc, echo_target};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anytls_tokio::{ClientConfig, Verification};
+use common::{Proc, echo_once, echo_target};
 
 const STEP: Duration = Duration::from_secs(20);
 
@@ -57,23 +56,7 @@ async fn echo(
     let mut cfg = ClientConfig::new(server.to_string(), password);
     cfg.sni = Some("localhost".into());
     cfg.verification = Verification::Pin(pin);
-    let client = Client::new(cfg).map_err(std::io::Error::other)?;
-    let r = tokio::time::timeout(STEP, async {
-        let mut s = client.connect(target).await?;
-        s.established().await?;
-        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
-        s.write_all(&data).await?;
-        let mut back = vec![0u8; data.len()];
-        s.read_exact(&mut back).await?;
-        if back != data {
-            return Err(std::io::Error::other("echo corrupted"));
-        }
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|_| Err(std::io::Error::other("timed out")));
-    client.close();
-    r
+    echo_once(cfg, target, 20_000, STEP).await
 }
 
 /// `anytls server -c file` once it listens (and listens for SIGHUP), and

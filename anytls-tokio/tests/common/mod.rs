@@ -194,6 +194,34 @@ pub async fn echo_target() -> std::net::SocketAddr {
     target
 }
 
+/// One echo of `size` bytes through a new client made from `cfg` (so a new
+/// session), within `limit`; an error if anything fails.
+pub async fn echo_once(
+    cfg: anytls_tokio::ClientConfig,
+    target: std::net::SocketAddr,
+    size: usize,
+    limit: Duration,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let client = anytls_tokio::Client::new(cfg).map_err(std::io::Error::other)?;
+    let r = tokio::time::timeout(limit, async {
+        let mut s = client.connect(target).await?;
+        s.established().await?;
+        let data: Vec<u8> = (0..size as u32).map(|i| (i * 7) as u8).collect();
+        s.write_all(&data).await?;
+        let mut back = vec![0u8; data.len()];
+        s.read_exact(&mut back).await?;
+        if back != data {
+            return Err(std::io::Error::other("echo corrupted"));
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("timed out")));
+    client.close();
+    r
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
