@@ -21,6 +21,8 @@ use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::budget::{self, IoBudget, Sizer};
+
+mod record;
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
@@ -52,9 +54,22 @@ const RECORD_OVERHEAD: usize = 64;
 /// `read_tls` + `process_new_packets` + `reader()` for the read side,
 /// `writer()` + `write_tls` for the write side, at the cost of one more copy
 /// and a per-connection receive buffer.
+///
+/// After a TLS 1.3 handshake the records are done by [`record::Records`]
+/// when the configuration allows it (`records`: its
+/// `enable_secret_extraction`), see `record.rs`.
 pub(crate) enum Tls {
-    Client(Box<UnbufferedClientConnection>),
-    Server(Box<UnbufferedServerConnection>),
+    Client {
+        conn: Box<UnbufferedClientConnection>,
+        records: bool,
+    },
+    Server {
+        conn: Box<UnbufferedServerConnection>,
+        records: bool,
+    },
+    Records(Box<record::Records>),
+    /// Given up while turning into `Records` (which failed).
+    Gone,
 }
 
 impl Tls {
@@ -63,28 +78,22 @@ impl Tls {
         config: std::sync::Arc<rustls::ClientConfig>,
         name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<Tls> {
-        Ok(UnbufferedClientConnection::new(config, name)
-            .map_err(io::Error::other)?
-            .into())
+        let records = config.enable_secret_extraction;
+        let conn = UnbufferedClientConnection::new(config, name).map_err(io::Error::other)?;
+        Ok(Tls::Client {
+            conn: Box::new(conn),
+            records,
+        })
     }
 
     /// A server connection.
     pub(crate) fn server(config: std::sync::Arc<rustls::ServerConfig>) -> io::Result<Tls> {
-        Ok(UnbufferedServerConnection::new(config)
-            .map_err(io::Error::other)?
-            .into())
-    }
-}
-
-impl From<UnbufferedClientConnection> for Tls {
-    fn from(c: UnbufferedClientConnection) -> Tls {
-        Tls::Client(Box::new(c))
-    }
-}
-
-impl From<UnbufferedServerConnection> for Tls {
-    fn from(c: UnbufferedServerConnection) -> Tls {
-        Tls::Server(Box::new(c))
+        let records = config.enable_secret_extraction;
+        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Tls::Server {
+            conn: Box::new(conn),
+            records,
+        })
     }
 }
 
@@ -277,6 +286,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
         self.inc.capacity() > 0
             || self.out.capacity() > 0
             || self.plain.holds_memory()
+            || matches!(&self.tls, Tls::Records(r) if r.holds_memory())
             || self.read_size > MIN_READ
             || self.sizer.max() > budget::REGULAR
     }
@@ -339,23 +349,37 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
         if let Some(kind) = self.failed {
             return Err(io::Error::new(kind, "TLS connection failed"));
         }
+        if matches!(self.tls, Tls::Records(_)) {
+            if self.close_notify_sent && matches!(job, Job::Data(_)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "TLS connection closed for sending",
+                ));
+            }
+            return self
+                .process_records(job)
+                .inspect_err(|e| self.failed = Some(e.kind()));
+        }
         loop {
             let incoming = &mut self.inc[self.start..self.end];
             let r = match &mut self.tls {
-                Tls::Client(c) => step(
+                Tls::Client { conn: c, .. } => step(
                     c.process_tls_records(incoming),
                     &mut self.plain,
                     &mut self.out,
                     &mut self.out_len,
                     &mut job,
                 ),
-                Tls::Server(c) => step(
+                Tls::Server { conn: c, .. } => step(
                     c.process_tls_records(incoming),
                     &mut self.plain,
                     &mut self.out,
                     &mut self.out_len,
                     &mut job,
                 ),
+                Tls::Records(_) | Tls::Gone => {
+                    return Err(io::Error::other("TLS connection gone"));
+                }
             };
             let (discard, step) = r.inspect_err(|e| self.failed = Some(e.kind()))?;
             self.start += discard;
@@ -371,6 +395,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                         self.traffic = true;
                     }
                     if let Job::Nothing = job {
+                        if s == Stop::Traffic {
+                            self.take_over_records()?;
+                        }
                         return Ok(s);
                     }
                     if s != Stop::Traffic {
@@ -382,6 +409,58 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                 }
             }
         }
+    }
+
+    /// Hands the records to [`record::Records`] when the connection can go
+    /// (see `record.rs`): handshake over, every record rustls was given
+    /// processed, nothing said or heard about closing.
+    fn take_over_records(&mut self) -> io::Result<()> {
+        let ready = match &self.tls {
+            Tls::Client { conn, records } => *records && record::eligible(conn),
+            Tls::Server { conn, records } => *records && record::eligible(conn),
+            Tls::Records(_) | Tls::Gone => false,
+        };
+        if !ready || self.start != self.end || self.peer_closed || self.close_notify_sent {
+            return Ok(());
+        }
+        let r = match std::mem::replace(&mut self.tls, Tls::Gone) {
+            Tls::Client { conn, .. } => record::Records::from_client(*conn),
+            Tls::Server { conn, .. } => record::Records::from_server(*conn),
+            Tls::Records(_) | Tls::Gone => unreachable!("checked above"),
+        };
+        let r = r.inspect_err(|e| self.failed = Some(e.kind()))?;
+        self.tls = Tls::Records(Box::new(r));
+        Ok(())
+    }
+
+    /// [`process`](Self::process) once the records are done here.
+    fn process_records(&mut self, job: Job<'_>) -> io::Result<Stop> {
+        let Tls::Records(r) = &mut self.tls else {
+            unreachable!("called for Records only");
+        };
+        if self.peer_closed {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start < self.end {
+            let (used, closed) = r.open(&mut self.inc[self.start..self.end], &mut self.plain)?;
+            self.start += used;
+            if closed {
+                self.peer_closed = true;
+            }
+            if closed || self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+        }
+        match job {
+            Job::Nothing => {}
+            Job::Data(data) => r.seal_data(data, &mut self.out, &mut self.out_len)?,
+            Job::CloseNotify => r.seal_close_notify(&mut self.out, &mut self.out_len)?,
+        }
+        if self.peer_closed && self.close_notify_sent {
+            return Ok(Stop::Closed);
+        }
+        Ok(Stop::Traffic)
     }
 
     /// Encrypts `data` as its own TLS record(s) into the output buffer.

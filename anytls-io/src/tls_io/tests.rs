@@ -330,21 +330,27 @@ fn name() -> ServerName<'static> {
 }
 
 fn tls_client(cfg: &Arc<ClientConfig>, io: End) -> TlsIo<End> {
-    TlsIo::new(
-        io,
-        UnbufferedClientConnection::new(cfg.clone(), name()).unwrap(),
-    )
+    TlsIo::new(io, Tls::client(cfg.clone(), name()).unwrap())
 }
 
 fn tls_server(cfg: &Arc<ServerConfig>, io: End) -> TlsIo<End> {
-    TlsIo::new(io, UnbufferedServerConnection::new(cfg.clone()).unwrap())
+    TlsIo::new(io, Tls::server(cfg.clone()).unwrap())
 }
 
+/// The negotiated version; TLS 1.3 records done by `record.rs` count as
+/// TLS 1.3.
 fn version(t: &TlsIo<End>) -> Option<ProtocolVersion> {
     match &t.tls {
-        Tls::Client(c) => c.protocol_version(),
-        Tls::Server(c) => c.protocol_version(),
+        Tls::Client { conn, .. } => conn.protocol_version(),
+        Tls::Server { conn, .. } => conn.protocol_version(),
+        Tls::Records(_) => Some(ProtocolVersion::TLSv1_3),
+        Tls::Gone => None,
     }
+}
+
+/// Whether the records are done by `record.rs`.
+fn own_records(t: &TlsIo<End>) -> bool {
+    matches!(t.tls, Tls::Records(_))
 }
 
 /// Deterministic test data.
@@ -1652,4 +1658,207 @@ fn decrypted_data_comes_in_one_block_per_record() {
             "a block of {len} bytes ({cap} allocated)"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// TLS 1.3 records sealed and opened by `record.rs` after the handshake.
+
+/// `t`'s own record layer (the test fails when rustls still has it).
+fn records_of(t: &mut TlsIo<End>) -> (&mut record::Records, &mut Vec<u8>, &mut usize) {
+    match &mut t.tls {
+        Tls::Records(r) => (r, &mut t.out, &mut t.out_len),
+        _ => panic!("records are still done by rustls"),
+    }
+}
+
+/// Seals `inner` (content, content type, padding) as one record from `t`.
+fn send_raw(t: &mut TlsIo<End>, inner: &[u8]) {
+    let (r, out, len) = records_of(t);
+    r.seal_raw(inner, out, len);
+    run(flush(t)).unwrap();
+}
+
+fn unflagged_client(id: &Identity) -> Arc<ClientConfig> {
+    let mut c = (*client_cfg(id)).clone();
+    c.enable_secret_extraction = false;
+    Arc::new(c)
+}
+
+#[test]
+fn tls13_records_are_done_here_tls12_and_unflagged_configs_stay_with_rustls() {
+    let id = identity();
+    let a = data(300_000, 1);
+    let b = data(200_000, 2);
+    let cases = [
+        (client_cfg(id), server_cfg(id), true, true),
+        (client_cfg(id), server_cfg_tls12(id), false, false),
+        (unflagged_client(id), server_cfg(id), false, true),
+    ];
+    for (ccfg, scfg, client_own, server_own) in cases {
+        for shape in [WIDE, BYTEWISE] {
+            let (mut client, mut server) = pair(shape, &ccfg, &scfg);
+            handshake_pair(&mut client, &mut server);
+            assert_eq!(own_records(&client), client_own);
+            assert_eq!(own_records(&server), server_own);
+            let (c, s) = run2(
+                exchange(&mut client, &a, &[1, 16_384, 40_000, 7], b.len()),
+                exchange(&mut server, &b, &[16_383, 3, 100_000], a.len()),
+            );
+            assert!(c.unwrap() == b, "client got the server's bytes");
+            assert!(s.unwrap() == a, "server got the client's bytes");
+        }
+    }
+    // The configurations this crate builds carry the flag; a server's own
+    // configuration gets it in a copy.
+    assert!(client_cfg(id).enable_secret_extraction);
+    assert!(server_cfg(id).enable_secret_extraction);
+    let mut own = (*server_cfg(id)).clone();
+    own.enable_secret_extraction = false;
+    let built = tls::ServerTls::Rustls(Arc::new(own)).build(&[]).unwrap();
+    assert!(built.enable_secret_extraction);
+}
+
+#[test]
+fn our_records_match_rustls_record_for_record() {
+    // The same encrypts give the same record sizes from both record layers.
+    let id = identity();
+    let sizes = [1, 7, 16_383, 16_384, 16_385, 40_000, 100];
+    let mut wires = Vec::new();
+    for ccfg in [client_cfg(id), unflagged_client(id)] {
+        let (mut client, mut server) = pair(WIDE, &ccfg, &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        let start = client.io.sent_len();
+        for (i, n) in sizes.iter().enumerate() {
+            run(send(&mut client, &data(*n, i as u64))).unwrap();
+        }
+        client.send_close_notify();
+        run(flush(&mut client)).unwrap();
+        let total: usize = sizes.iter().sum();
+        let got = run(recv_to_eof(&mut server)).unwrap();
+        assert_eq!(got.len(), total);
+        wires.push(records(&client.io.sent()[start..]));
+    }
+    assert_eq!(wires[0], wires[1]);
+}
+
+#[test]
+fn our_key_updates_reach_rustls_and_ourselves() {
+    // Send keys renewed every 2 records (instead of the suite's 2^24).
+    let (mut server, mut peer) = server_vs_peer(WIDE);
+    records_of(&mut server).0.set_tx_limit(2);
+    let bulk = data(200_000, 5);
+    let (s, p) = run2(
+        async {
+            for piece in bulk.chunks(30_000) {
+                send(&mut server, piece).await?;
+            }
+            recv(&mut server, 3).await
+        },
+        async {
+            let got = peer.recv(bulk.len()).await?;
+            peer.send(b"ack").await?;
+            io::Result::Ok(got)
+        },
+    );
+    assert_eq!(s.unwrap(), b"ack");
+    assert!(p.unwrap() == bulk);
+
+    // TlsIo against TlsIo, both renewing every record, both ways.
+    let id = identity();
+    let (mut client, mut server) = pair(BYTEWISE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    records_of(&mut client).0.set_tx_limit(1);
+    records_of(&mut server).0.set_tx_limit(1);
+    let a = data(70_000, 8);
+    let b = data(50_000, 9);
+    let (c, s) = run2(
+        exchange(&mut client, &a, &[5_000, 20_000], b.len()),
+        exchange(&mut server, &b, &[16_384, 1], a.len()),
+    );
+    assert!(c.unwrap() == b);
+    assert!(s.unwrap() == a);
+}
+
+#[test]
+fn post_handshake_messages_and_alerts() {
+    let id = identity();
+    // A session ticket split over two records, a user_canceled alert, and a
+    // padded record: all taken, data flows on.
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    let ticket = [
+        4, 0, 0, 17, // NewSessionTicket, 17 bytes
+        0, 0, 0, 60, // lifetime
+        0, 0, 0, 1, // age_add
+        1, 7, // nonce
+        0, 3, 1, 2, 3, // ticket
+        0, 0, // no extensions
+    ];
+    send_raw(&mut server, &[&ticket[..6], &[22]].concat());
+    send_raw(&mut server, &[&ticket[6..], &[22]].concat());
+    send_raw(&mut server, &[1, 90, 21]);
+    send_raw(&mut server, &[b'o', b'k', 23, 0, 0, 0, 0]);
+    assert_eq!(run(recv(&mut client, 2)).unwrap(), b"ok");
+
+    // What a peer must not send once the handshake is over.
+    let bad: [&[u8]; 9] = [
+        &[1, 40, 21],             // handshake_failure alert
+        &[1, 21],                 // malformed alert
+        &[0, 0, 0],               // no content type
+        &[1, 20],                 // ChangeCipherSpec inside a record
+        &[24, 0, 0, 1, 5, 22],    // malformed KeyUpdate
+        &[24, 0, 0, 1, 0, 1, 22], // KeyUpdate not ending its record
+        &[2, 0, 0, 0, 22],        // ServerHello
+        &[4, 0, 0, 0, 22],        // NewSessionTicket to a server
+        &[4, 0, 0, 9, 0, 22],     // the start of a message, then data:
+    ];
+    for (i, inner) in bad.iter().enumerate() {
+        let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        send_raw(&mut client, inner);
+        if i == 8 {
+            send_raw(&mut client, &[b'x', 23]);
+        }
+        assert_invalid(run(recv_upto(&mut server, None)));
+        // Failed for good, without panicking.
+        assert!(server.encrypt(b"x").is_err());
+    }
+
+    // A record tampered with on the wire, and a ChangeCipherSpec record.
+    for tamper in [true, false] {
+        let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        let start = client.io.sent_len();
+        client.encrypt(b"hello").unwrap();
+        let (r, out, len) = records_of(&mut client);
+        let _ = r;
+        let mut rec = out[..*len].to_vec();
+        *len = 0;
+        assert_eq!(client.io.sent_len(), start);
+        if tamper {
+            rec[7] ^= 1;
+        } else {
+            rec = vec![20, 3, 3, 0, 1, 1];
+        }
+        client.io.inject(&rec);
+        assert_invalid(run(recv_upto(&mut server, None)));
+    }
+
+    // A handshake message claimed larger than any allowed.
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    send_raw(&mut client, &[4, 0x02, 0, 0, 1, 22]);
+    assert_invalid(run(recv_upto(&mut server, None)));
+}
+
+#[test]
+fn close_notify_ends_input_and_later_records_are_ignored() {
+    let id = identity();
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    send_raw(&mut client, &[b'a', 23]);
+    send_raw(&mut client, &[1, 0, 21]);
+    send_raw(&mut client, &[b'b', 23]);
+    assert_eq!(run(recv_to_eof(&mut server)).unwrap(), b"a");
+    assert!(own_records(&server));
 }
