@@ -79,7 +79,7 @@ use crate::error::{
 use crate::frame::StreamId;
 use crate::padding::PaddingScheme;
 use crate::pool::{Checkout, CloseReason, Pool, PoolAction, PoolConfig, PoolStats};
-use crate::session::{ClientSession, Event, Session, SessionSeq, Transmit};
+use crate::session::{ClientSession, Event, Session, SessionSeq, Transmit, TransmitBuf};
 use crate::timer::TimerTable;
 
 /// A stream of a [`ClientEndpoint`], unique for the endpoint's life.
@@ -831,10 +831,10 @@ impl ClientEndpoint {
 
     /// The next TLS write for any connection, appended to `buf`, with the
     /// connection it is for. Connections take turns.
-    pub fn poll_transmit(
+    pub fn poll_transmit<B: TransmitBuf + ?Sized>(
         &mut self,
         now: Instant,
-        buf: &mut BytesMut,
+        buf: &mut B,
     ) -> Option<(SessionSeq, Transmit)> {
         let now = self.advance(now);
         // Only connections that may have output are asked (see `sending`).
@@ -861,11 +861,11 @@ impl ClientEndpoint {
 
     /// The next TLS write for `conn`, appended to `buf` (for owners that
     /// drive each connection from its own task).
-    pub fn poll_transmit_on(
+    pub fn poll_transmit_on<B: TransmitBuf + ?Sized>(
         &mut self,
         now: Instant,
         conn: SessionSeq,
-        buf: &mut BytesMut,
+        buf: &mut B,
     ) -> Option<Transmit> {
         let now = self.advance(now);
         let retiring = self.retiring.contains_key(&conn);
@@ -883,6 +883,15 @@ impl ClientEndpoint {
             self.timers.set_or_clear(EpTimer::Session(conn), deadline);
         }
         t
+    }
+
+    /// Whether a transmit of `conn` may still be shaped (see
+    /// [`Session::may_shape`]).
+    pub fn may_shape_on(&self, conn: SessionSeq) -> bool {
+        match self.conns.get(&conn) {
+            Some(Conn::Live(s)) => s.may_shape(),
+            _ => false,
+        }
     }
 
     // ----- internals -----

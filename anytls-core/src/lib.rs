@@ -232,6 +232,7 @@ pub use padding::{PaddingScheme, Record, Shaper};
 pub use pool::{Checkout, CloseReason, Pool, PoolAction, PoolConfig, PoolConfigError, PoolStats};
 pub use session::{
     ClientSession, Event, ServerSession, Session, SessionRole, SessionSeq, SessionStats, Transmit,
+    TransmitBuf,
 };
 pub use settings::StringMap;
 pub use timer::TimerTable;

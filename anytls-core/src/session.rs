@@ -27,7 +27,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use tracing::{debug, warn};
@@ -79,6 +79,54 @@ pub struct Transmit {
     /// Encrypt these bytes on their own (their own TLS record(s)), not
     /// together with neighbouring transmits.
     pub shaped: bool,
+}
+
+/// Where [`Session::poll_transmit`] appends a transmit's bytes.
+///
+/// `BytesMut` and `Vec<u8>` are one. A driver that seals TLS records itself
+/// may implement it to have frames written straight into its records: one
+/// copy per byte fewer than staging them in a buffer first.
+pub trait TransmitBuf {
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl TransmitBuf for BytesMut {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl TransmitBuf for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl<T: TransmitBuf + ?Sized> TransmitBuf for &mut T {
+    fn put(&mut self, bytes: &[u8]) {
+        (**self).put(bytes);
+    }
+}
+
+/// A [`TransmitBuf`] that counts what went in.
+struct Counted<'a, B: ?Sized> {
+    buf: &'a mut B,
+    len: usize,
+}
+
+impl<B: TransmitBuf + ?Sized> Counted<'_, B> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf.put(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Appends a frame header.
+    fn header(&mut self, header: FrameHeader) {
+        let mut h = [0u8; HEADER_LEN];
+        header.encode(&mut &mut h[..]);
+        self.put(&h);
+    }
 }
 
 /// Something the owner of a session must know about.
@@ -784,11 +832,15 @@ impl<R: SessionRole> Session<R> {
 
     /// The next TLS write, appended to `buf` (normally empty). Returns `None`
     /// when there is nothing to send.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit> {
+    pub fn poll_transmit<B: TransmitBuf + ?Sized>(
+        &mut self,
+        now: Instant,
+        buf: &mut B,
+    ) -> Option<Transmit> {
         self.advance_clock(now);
-        let start = buf.len();
-        let shaped = self.fill_transmit(buf);
-        let len = buf.len() - start;
+        let mut out = Counted { buf, len: 0 };
+        let shaped = self.fill_transmit(&mut out);
+        let len = out.len;
         // A drained control queue may let paused input continue.
         self.resume_input();
         if len == 0 {
@@ -820,23 +872,37 @@ impl<R: SessionRole> Session<R> {
         }
     }
 
+    /// Whether a transmit may still be shaped ([`Transmit::shaped`]): a
+    /// client before its padding phase is over. Once false, it stays false:
+    /// a driver may then write transmits straight into full-size records.
+    pub fn may_shape(&self) -> bool {
+        match &self.role {
+            Role::Client(c) => {
+                c.preamble.is_some() || self.current.is_some() || !c.shaper.is_done()
+            }
+            Role::Server(_) => false,
+        }
+    }
+
     /// Appends the next transmit; returns whether it is shaped (see
     /// [`Transmit::shaped`]).
-    fn fill_transmit(&mut self, buf: &mut BytesMut) -> bool {
+    fn fill_transmit<B: TransmitBuf + ?Sized>(&mut self, buf: &mut Counted<'_, B>) -> bool {
         if matches!(self.state, State::Closed | State::Auth) {
             return false;
         }
         if let Role::Client(c) = &mut self.role {
             // Packet 0: the preamble, alone.
             if let Some(pre) = c.preamble.take() {
-                buf.extend_from_slice(&pre);
+                buf.put(&pre);
                 return true;
             }
         }
         if let Some(cur) = &mut self.current {
             if let Some(rec) = cur.records.pop_front() {
                 let mut payload = &cur.data[cur.offset..];
-                rec.encode(&mut payload, buf);
+                let mut shaped = BytesMut::with_capacity(rec.len());
+                rec.encode(&mut payload, &mut shaped);
+                buf.put(&shaped);
                 cur.offset += rec.payload;
                 return true;
             }
@@ -848,7 +914,9 @@ impl<R: SessionRole> Session<R> {
             Role::Server(_) => false,
         };
         if !shaping {
-            buf.extend_from_slice(&self.control.split());
+            if !self.control.is_empty() {
+                buf.put(&self.control.split());
+            }
             if data_allowed {
                 let budget = self.limits.max_write;
                 self.gather_data(buf, budget);
@@ -862,7 +930,13 @@ impl<R: SessionRole> Session<R> {
             write = self.control.split();
         } else if data_allowed {
             let budget = self.limits.max_write;
-            self.gather_data(&mut write, budget);
+            self.gather_data(
+                &mut Counted {
+                    buf: &mut write,
+                    len: 0,
+                },
+                budget,
+            );
         }
         if write.is_empty() {
             return false;
@@ -884,7 +958,9 @@ impl<R: SessionRole> Session<R> {
         };
         if let Some(rec) = cur.records.pop_front() {
             let mut payload = &cur.data[..];
-            rec.encode(&mut payload, buf);
+            let mut shaped = BytesMut::with_capacity(rec.len());
+            rec.encode(&mut payload, &mut shaped);
+            buf.put(&shaped);
             cur.offset = rec.payload;
         }
         self.current = Some(cur);
@@ -893,36 +969,34 @@ impl<R: SessionRole> Session<R> {
 
     /// Appends PSH and FIN frames from ready streams, round robin, until `out`
     /// holds about `budget` bytes.
-    fn gather_data(&mut self, out: &mut BytesMut, budget: usize) {
-        let start = out.len();
+    fn gather_data<B: TransmitBuf + ?Sized>(&mut self, out: &mut Counted<'_, B>, budget: usize) {
+        let start = out.len;
         let mut freed = false;
-        while out.len() - start < budget {
+        while out.len - start < budget {
             let Some(id) = self.ready.pop_front() else {
                 break;
             };
             let Some(s) = self.streams.get_mut(&id) else {
                 continue;
             };
-            let room = (budget - (out.len() - start)).clamp(1, CHUNK);
+            let room = (budget - (out.len - start)).clamp(1, CHUNK);
             if let Some(chunk) = s.send.pop_up_to(room) {
                 debug_assert!(chunk.len() <= MAX_FRAME_DATA);
-                FrameHeader {
+                out.header(FrameHeader {
                     cmd: Command::Psh,
                     stream_id: id,
                     len: chunk.len() as u16,
-                }
-                .encode(out);
-                out.put_slice(&chunk);
+                });
+                out.put(&chunk);
                 self.send_total -= chunk.len();
                 freed = true;
             }
             if s.send.is_empty() && s.local_fin {
-                FrameHeader {
+                out.header(FrameHeader {
                     cmd: Command::Fin,
                     stream_id: id,
                     len: 0,
-                }
-                .encode(out);
+                });
                 self.remove_stream(id);
                 continue;
             }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anytls_core::auth::encode_preamble;
 use anytls_core::frame::encode_frame;
-use anytls_core::session::{ServerSession, SessionRole};
+use anytls_core::session::{ClientSession, ServerSession, SessionRole};
 use anytls_core::{
     Command, Event, PaddingScheme, PasswordHash, Session, SessionSeq, StreamId, Transmit,
 };
@@ -61,18 +61,23 @@ fn server_with_stream() -> (ServerSession, Instant) {
     (s, now)
 }
 
-#[test]
-fn only_the_preamble_and_padding_phase_packets_are_shaped() {
-    let now = epoch();
+/// A client with the `FIXED` padding scheme.
+fn fixed_client(now: Instant) -> ClientSession {
     let scheme = PaddingScheme::parse(Bytes::from_static(FIXED.as_bytes())).unwrap();
-    let mut c = Session::client(
+    Session::client(
         Arc::new(client_config()),
         SessionSeq(1),
         Arc::new(scheme),
         [5; 32],
         now,
     )
-    .expect("valid config");
+    .expect("valid config")
+}
+
+#[test]
+fn only_the_preamble_and_padding_phase_packets_are_shaped() {
+    let now = epoch();
+    let mut c = fixed_client(now);
     let id = c.open_stream(now, &dest()).unwrap();
     let mut flags = Vec::new();
     for i in 0..8 {
@@ -91,6 +96,51 @@ fn only_the_preamble_and_padding_phase_packets_are_shaped() {
         "a shaped transmit after the padding phase: {flags:?}"
     );
     assert!(flags.len() > shaped, "data after the padding phase");
+}
+
+#[test]
+fn may_shape_holds_until_the_padding_phase_ends_and_never_again() {
+    // A driver writes transmits straight into full records once
+    // `may_shape` says no: it must never be wrong about a later transmit.
+    let now = epoch();
+    let mut c = fixed_client(now);
+    assert!(c.may_shape(), "the preamble is still to go");
+    let id = c.open_stream(now, &dest()).unwrap();
+    let mut seen = Vec::new();
+    // The same transmits into a Vec<u8> (the generic TransmitBuf) and a
+    // BytesMut-driven twin give the same bytes.
+    let mut twin = fixed_client(now);
+    let twin_id = twin.open_stream(now, &dest()).unwrap();
+    let mut vec_wire: Vec<u8> = Vec::new();
+    let mut twin_wire = Vec::new();
+    for i in 0..8 {
+        assert_eq!(c.write(id, &payload(5000, i)), Ok(5000));
+        assert_eq!(twin.write(twin_id, &payload(5000, i)), Ok(5000));
+        loop {
+            let before = c.may_shape();
+            let Some(t) = c.poll_transmit(now, &mut vec_wire) else {
+                break;
+            };
+            seen.push((before, t.shaped));
+        }
+        twin_wire.extend(transmits(&mut twin, now).into_iter().flat_map(|(_, b)| b));
+    }
+    assert_eq!(vec_wire, twin_wire);
+    assert!(
+        seen.iter().all(|(may, shaped)| *may || !*shaped),
+        "{seen:?}"
+    );
+    let first_no = seen
+        .iter()
+        .position(|(may, _)| !may)
+        .expect("the phase ends");
+    assert!(seen[first_no..].iter().all(|(may, _)| !may), "{seen:?}");
+    assert!(seen[..first_no].iter().any(|(_, shaped)| *shaped));
+    assert!(!c.may_shape());
+
+    // A server never shapes.
+    let (s, _) = server_with_stream();
+    assert!(!s.may_shape());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use anytls_core::pool::{PoolConfig, PoolConfigError, PoolStats};
 use anytls_core::{
     Action, ClientEndpoint, ClientEvent, ConfigError, Event, PaddingScheme, RefuseReason,
     SessionError, SessionLimits, SessionSeq, SocksAddr, StreamError, StreamHandle, StreamId,
-    StreamState, Transmit, TransportError,
+    StreamState, Transmit, TransmitBuf, TransportError,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -623,8 +623,11 @@ impl Machine for ConnView<'_> {
     fn handle_timeout(&mut self, _now: Instant) {
         // The endpoint task keeps every timer of the endpoint.
     }
-    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit> {
+    fn poll_transmit(&mut self, now: Instant, buf: &mut dyn TransmitBuf) -> Option<Transmit> {
         self.g.ep.poll_transmit_on(now, self.conn, buf)
+    }
+    fn may_shape(&self) -> bool {
+        self.g.ep.may_shape_on(self.conn)
     }
     fn handle_input(&mut self, now: Instant, data: BytesMut) {
         self.g.ep.handle_input(now, self.conn, data);

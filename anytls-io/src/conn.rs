@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anytls_core::session::ServerSession;
 use anytls_core::{
-    Event, SessionError, SocksAddr, StreamError, StreamId, Transmit, TransportError,
+    Event, SessionError, SocksAddr, StreamError, StreamId, Transmit, TransmitBuf, TransportError,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
@@ -36,7 +36,9 @@ pub(crate) trait Machine {
     /// Runs the deadlines that are due (a no-op when another task keeps the
     /// timers).
     fn handle_timeout(&mut self, now: Instant);
-    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit>;
+    fn poll_transmit(&mut self, now: Instant, buf: &mut dyn TransmitBuf) -> Option<Transmit>;
+    /// Whether a transmit may still be shaped (see `Session::may_shape`).
+    fn may_shape(&self) -> bool;
     fn handle_input(&mut self, now: Instant, data: BytesMut);
     fn handle_eof(&mut self, now: Instant);
     fn handle_transport_error(&mut self, now: Instant, error: TransportError);
@@ -91,8 +93,11 @@ impl Machine for Shared {
             self.session.handle_timeout(now);
         }
     }
-    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> Option<Transmit> {
+    fn poll_transmit(&mut self, now: Instant, buf: &mut dyn TransmitBuf) -> Option<Transmit> {
         self.session.poll_transmit(now, buf)
+    }
+    fn may_shape(&self) -> bool {
+        self.session.may_shape()
     }
     fn handle_input(&mut self, now: Instant, data: BytesMut) {
         self.session.handle_input(now, data);
@@ -282,6 +287,8 @@ where
 {
     // Grows with the first transmits; an idle session keeps nothing here.
     let mut out = BytesMut::new();
+    // Transmits may still be shaped (see `encrypt_batch`).
+    let mut shaping = true;
     let mut timer: Option<(R::Timer, Instant)> = None;
     let mut fallback: Option<Bytes> = None;
     let mut events = Vec::new();
@@ -304,10 +311,13 @@ where
                 // Transmits are pulled under the lock a record at a time and
                 // encrypted outside it: encryption never holds up the stream
                 // handles (or, on a client, the other connections).
-                let pull = |out: &mut BytesMut, budget: usize| {
-                    link.with(|m| pull_transmits(|b| m.poll_transmit(now, b), out, budget))
+                let pull = |out: &mut dyn TransmitBuf, staged: usize, budget: usize| {
+                    link.with(|m| {
+                        let p = pull_transmits(|b| m.poll_transmit(now, b), out, staged, budget);
+                        (p, m.may_shape())
+                    })
                 };
-                match encrypt_batch(pull, &mut tls, &mut out) {
+                match encrypt_batch(pull, &mut shaping, &mut tls, &mut out) {
                     Ok(0) => {}
                     Ok(_) => last_active = now,
                     Err(e) => {
@@ -471,26 +481,27 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// Transmits appended to the staging buffer by one [`pull_transmits`].
+/// Transmits appended by one [`pull_transmits`].
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Pulled {
     /// Plaintext bytes appended.
     bytes: usize,
-    /// Where the shaped transmit that ended the pull starts in the buffer.
+    /// Where the shaped transmit that ended the pull starts in the staging
+    /// buffer.
     shaped_at: Option<usize>,
 }
 
-/// Appends transmits from `next` to `out` until a whole record's worth is
-/// staged, a shaped transmit arrived (it must be encrypted on its own), `next`
-/// has none, or `budget` bytes were taken.
+/// Appends transmits from `next` to `out`, which holds `staged` bytes, until
+/// a whole record's worth is staged, a shaped transmit arrived (it must be
+/// encrypted on its own), `next` has none, or `budget` bytes were taken.
 pub(crate) fn pull_transmits(
-    mut next: impl FnMut(&mut BytesMut) -> Option<Transmit>,
-    out: &mut BytesMut,
+    mut next: impl FnMut(&mut dyn TransmitBuf) -> Option<Transmit>,
+    out: &mut dyn TransmitBuf,
+    mut staged: usize,
     budget: usize,
 ) -> Pulled {
     let mut pulled = Pulled::default();
-    while out.len() < RECORD_DATA && pulled.bytes < budget {
-        let staged = out.len();
+    while staged < RECORD_DATA && pulled.bytes < budget {
         let Some(t) = next(out) else {
             break;
         };
@@ -499,19 +510,29 @@ pub(crate) fn pull_transmits(
             pulled.shaped_at = Some(staged);
             break;
         }
+        staged += t.len;
     }
     pulled
 }
 
 /// Encrypts the next batch of transmits into `tls`'s output; returns the
-/// plaintext bytes encrypted. `pull` stages transmits (see
-/// [`pull_transmits`]); they are encrypted between pulls. A shaped transmit is
-/// encrypted alone (its own TLS record(s), so padding shapes reach the wire);
-/// unshaped ones are coalesced into full-size records, encrypted as soon as a
-/// whole record's worth is staged, so `out` holds less than one record plus
-/// one transmit.
+/// plaintext bytes encrypted. `pull(out, staged, budget)` appends transmits
+/// to `out` (see [`pull_transmits`]) and tells whether later ones may be
+/// shaped; they are encrypted between pulls.
+///
+/// Once no transmit can be shaped and the TLS 1.3 records are done by
+/// `TlsIo` itself, transmits are written straight into full-size records
+/// and sealed in place (one copy per byte). Otherwise they are staged in
+/// `out`: a shaped transmit is encrypted alone (its own TLS record(s), so
+/// padding shapes reach the wire); unshaped ones are coalesced into
+/// full-size records, encrypted as soon as a whole record's worth is staged,
+/// so `out` holds less than one record plus one transmit.
+///
+/// `shaping`: whether transmits may be shaped, as the last pull said (start
+/// with `true`; once `false` it stays so).
 pub(crate) fn encrypt_batch<IO>(
-    mut pull: impl FnMut(&mut BytesMut, usize) -> Pulled,
+    mut pull: impl FnMut(&mut dyn TransmitBuf, usize, usize) -> (Pulled, bool),
+    shaping: &mut bool,
     tls: &mut TlsIo<IO>,
     out: &mut BytesMut,
 ) -> io::Result<usize>
@@ -521,12 +542,31 @@ where
     out.clear();
     let mut bytes = 0;
     let limit = tls.batch_limit();
+    let mut direct = match *shaping {
+        true => None,
+        false => tls.start_direct()?,
+    };
     while bytes < limit {
-        let pulled = pull(out, limit - bytes);
+        let (pulled, may_shape) = match &mut direct {
+            Some(d) => pull(&mut tls.direct_buf(d), 0, limit - bytes),
+            None => {
+                let staged = out.len();
+                pull(out, staged, limit - bytes)
+            }
+        };
         if pulled.bytes == 0 {
             break;
         }
         bytes += pulled.bytes;
+        *shaping = may_shape;
+        if let Some(d) = &mut direct {
+            debug_assert!(
+                pulled.shaped_at.is_none(),
+                "shaped after may_shape() said no"
+            );
+            tls.seal_direct(d, false)?;
+            continue;
+        }
         if let Some(staged) = pulled.shaped_at {
             if staged > 0 {
                 tls.encrypt(&out[..staged])?;
@@ -538,8 +578,19 @@ where
             tls.encrypt(&out[..whole])?;
             out.advance(whole);
         }
+        if !may_shape && bytes < limit {
+            // The padding phase just ended: what is staged (less than a
+            // record) leads the first record written in place.
+            if let Some(mut d) = tls.start_direct()? {
+                tls.direct_buf(&mut d).put(&out[..]);
+                out.clear();
+                direct = Some(d);
+            }
+        }
     }
-    if !out.is_empty() {
+    if let Some(mut d) = direct {
+        tls.seal_direct(&mut d, true)?;
+    } else if !out.is_empty() {
         tls.encrypt(out)?;
     }
     tls.batch_done(bytes);

@@ -17,6 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use anytls_core::TransmitBuf;
 use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
 
@@ -190,6 +191,53 @@ impl Plain {
             self.blocks = VecDeque::new();
         }
         n
+    }
+}
+
+/// A batch of transmits written straight into TLS records (TLS 1.3 records
+/// done here): record `i` starts at `base + i * STRIDE`, its plaintext 5
+/// bytes later; sealed in place by [`TlsIo::seal_direct`].
+pub(crate) struct Direct {
+    base: usize,
+    /// Plaintext bytes written.
+    len: usize,
+    /// Records sealed.
+    sealed: usize,
+}
+
+/// Bytes a full record takes in the output buffer.
+const STRIDE: usize = record::MAX_PLAINTEXT + record::RECORD_EXPANSION;
+
+impl Direct {
+    fn record_at(&self, i: usize) -> usize {
+        self.base + i * STRIDE
+    }
+}
+
+/// The session writes its transmits here: each byte lands where the record
+/// layer seals it, so it is copied once (the staging path copies it twice).
+pub(crate) struct DirectBuf<'a> {
+    out: &'a mut Vec<u8>,
+    d: &'a mut Direct,
+}
+
+impl TransmitBuf for DirectBuf<'_> {
+    fn put(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let i = self.d.len / record::MAX_PLAINTEXT;
+            let k = self.d.len % record::MAX_PLAINTEXT;
+            let take = bytes.len().min(record::MAX_PLAINTEXT - k);
+            let at = self.d.record_at(i) + 5 + k;
+            // Room for the rest of the record (its type and tag included).
+            ensure_room(
+                self.out,
+                at,
+                record::MAX_PLAINTEXT - k + record::RECORD_EXPANSION,
+            );
+            self.out[at..at + take].copy_from_slice(&bytes[..take]);
+            self.d.len += take;
+            bytes = &bytes[take..];
+        }
     }
 }
 
@@ -461,6 +509,64 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             return Ok(Stop::Closed);
         }
         Ok(Stop::Traffic)
+    }
+
+    /// Starts a batch of transmits written straight into TLS records of the
+    /// output buffer (see [`DirectBuf`]), when the records are done here.
+    /// `None`: encrypt staged plaintext with [`encrypt`](Self::encrypt).
+    pub(crate) fn start_direct(&mut self) -> io::Result<Option<Direct>> {
+        if let Some(kind) = self.failed {
+            return Err(io::Error::new(kind, "TLS connection failed"));
+        }
+        let Tls::Records(r) = &mut self.tls else {
+            return Ok(None);
+        };
+        if self.close_notify_sent {
+            return Ok(None);
+        }
+        let ready = r
+            .start_in_place(&mut self.out, &mut self.out_len)
+            .inspect_err(|e| self.failed = Some(e.kind()))?;
+        Ok(ready.then_some(Direct {
+            base: self.out_len,
+            len: 0,
+            sealed: 0,
+        }))
+    }
+
+    /// Where the next transmits of the batch `d` go.
+    pub(crate) fn direct_buf<'a>(&'a mut self, d: &'a mut Direct) -> DirectBuf<'a> {
+        DirectBuf {
+            out: &mut self.out,
+            d,
+        }
+    }
+
+    /// Seals the records of `d` filled so far (`finish`: and the last,
+    /// partly filled one, ending the batch).
+    pub(crate) fn seal_direct(&mut self, d: &mut Direct, finish: bool) -> io::Result<()> {
+        let Tls::Records(r) = &mut self.tls else {
+            unreachable!("a direct batch needs the records done here");
+        };
+        let full = d.len / record::MAX_PLAINTEXT;
+        let last = d.len % record::MAX_PLAINTEXT;
+        let mut result = Ok(());
+        while d.sealed < full && result.is_ok() {
+            result = r.seal_in_place(&mut self.out, d.record_at(d.sealed), record::MAX_PLAINTEXT);
+            d.sealed += 1;
+        }
+        if finish {
+            if last > 0 && result.is_ok() {
+                result = r.seal_in_place(&mut self.out, d.record_at(full), last);
+            }
+            self.out_len = d.record_at(full)
+                + if last > 0 {
+                    record::RECORD_EXPANSION + last
+                } else {
+                    0
+                };
+        }
+        result.inspect_err(|e| self.failed = Some(e.kind()))
     }
 
     /// Encrypts `data` as its own TLS record(s) into the output buffer.

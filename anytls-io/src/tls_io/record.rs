@@ -66,6 +66,9 @@ const MAX_HANDSHAKE_MESSAGE: usize = 0x1_0000;
 
 /// Bytes a sealed record adds to its plaintext: header, content type, tag.
 pub(super) const RECORD_EXPANSION: usize = HEADER + 1 + TAG;
+/// Records one batch sealed in place holds at most (1 GiB of plaintext; a
+/// batch is a few hundred KiB): a KeyUpdate due within it goes first.
+const BATCH_RECORDS: u64 = 1 << 16;
 
 /// rustls's side of a connection once records are done here.
 enum Kernel {
@@ -225,6 +228,64 @@ impl Records {
         Ok(())
     }
 
+    /// Readies a batch of records sealed in place ([`seal_in_place`]): sends
+    /// a KeyUpdate now if one would be due within the batch. `false`: not
+    /// for this connection (a test's tiny key limit), use
+    /// [`seal_data`](Self::seal_data).
+    ///
+    /// [`seal_in_place`]: Self::seal_in_place
+    pub(super) fn start_in_place(
+        &mut self,
+        out: &mut Vec<u8>,
+        len: &mut usize,
+    ) -> io::Result<bool> {
+        if self.tx_limit < 2 * BATCH_RECORDS {
+            return Ok(false);
+        }
+        if self.update_requested || self.tx.seq + BATCH_RECORDS >= self.tx_limit {
+            self.update_requested = false;
+            self.seal_inner(&[KEY_UPDATE, 0, 0, 1, 0], &[HANDSHAKE], out, len)?;
+            self.tx = Direction::new(self.kernel.update_tx().map_err(from_rustls)?)?;
+        }
+        Ok(true)
+    }
+
+    /// Seals the application data record whose `plain` bytes of plaintext
+    /// are already in place at `out[at + 5..]`, with room for the content
+    /// type and tag after them; writes its header at `out[at..]`.
+    pub(super) fn seal_in_place(
+        &mut self,
+        out: &mut [u8],
+        at: usize,
+        plain: usize,
+    ) -> io::Result<()> {
+        debug_assert!(plain <= MAX_PLAINTEXT);
+        // A batch never holds BATCH_RECORDS records (see `start_in_place`).
+        if self.tx.seq >= self.tx_limit {
+            return Err(io::Error::other("TLS send key used up within a batch"));
+        }
+        out[at + HEADER + plain] = APPLICATION_DATA;
+        self.seal_at(out, at, plain + 1)
+    }
+
+    /// Seals the record whose inner plaintext (content type included) is in
+    /// place at `out[at + 5..][..inner]`: header before it, tag after it.
+    fn seal_at(&mut self, out: &mut [u8], at: usize, inner: usize) -> io::Result<()> {
+        let body = inner + TAG;
+        let header = [APPLICATION_DATA, 0x03, 0x03, (body >> 8) as u8, body as u8];
+        let rec = &mut out[at..at + HEADER + body];
+        rec[..HEADER].copy_from_slice(&header);
+        let (inner, tag_room) = rec[HEADER..].split_at_mut(inner);
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(self.tx.nonce(), Aad::from(header), inner)
+            .map_err(|_| io::Error::other("TLS record sealing failed"))?;
+        tag_room.copy_from_slice(tag.as_ref());
+        self.tx.seq += 1;
+        Ok(())
+    }
+
     /// Seals a close_notify alert.
     pub(super) fn seal_close_notify(
         &mut self,
@@ -269,23 +330,13 @@ impl Records {
         out: &mut Vec<u8>,
         len: &mut usize,
     ) -> io::Result<()> {
-        let inner_len = piece.len() + tail.len();
-        let body = inner_len + TAG;
-        ensure_room(out, *len, HEADER + body);
-        let header = [APPLICATION_DATA, 0x03, 0x03, (body >> 8) as u8, body as u8];
-        let rec = &mut out[*len..*len + HEADER + body];
-        rec[..HEADER].copy_from_slice(&header);
-        let (inner, tag_room) = rec[HEADER..].split_at_mut(inner_len);
-        inner[..piece.len()].copy_from_slice(piece);
-        inner[piece.len()..].copy_from_slice(tail);
-        let tag = self
-            .tx
-            .key
-            .seal_in_place_separate_tag(self.tx.nonce(), Aad::from(header), inner)
-            .map_err(|_| io::Error::other("TLS record sealing failed"))?;
-        tag_room.copy_from_slice(tag.as_ref());
-        self.tx.seq += 1;
-        *len += HEADER + body;
+        let inner = piece.len() + tail.len();
+        ensure_room(out, *len, HEADER + inner + TAG);
+        let at = *len + HEADER;
+        out[at..at + piece.len()].copy_from_slice(piece);
+        out[at + piece.len()..at + inner].copy_from_slice(tail);
+        self.seal_at(out, *len, inner)?;
+        *len += HEADER + inner + TAG;
         Ok(())
     }
 
