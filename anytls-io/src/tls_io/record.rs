@@ -209,6 +209,13 @@ impl Records {
         self.tx_limit = records;
     }
 
+    /// Moves to the next send key without sending a KeyUpdate (tests that
+    /// send their own, see `seal_raw`).
+    #[cfg(all(test, feature = "self-signed"))]
+    pub(super) fn next_tx_key(&mut self) {
+        self.tx = Direction::new(self.kernel.update_tx().unwrap()).unwrap();
+    }
+
     /// Seals `data` as application data records of at most 2^14 bytes,
     /// appended to `out[..*len]`.
     pub(super) fn seal_data(
