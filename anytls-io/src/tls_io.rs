@@ -57,7 +57,8 @@ const RECORD_OVERHEAD: usize = 64;
 ///
 /// After a TLS 1.3 handshake the records are done by [`record::Records`]
 /// when the configuration allows it (`records`: its
-/// `enable_secret_extraction`), see `record.rs`.
+/// `enable_secret_extraction`, and no `max_fragment_size`, which only rustls
+/// honours), see `record.rs`.
 pub(crate) enum Tls {
     Client {
         conn: Box<UnbufferedClientConnection>,
@@ -78,7 +79,7 @@ impl Tls {
         config: std::sync::Arc<rustls::ClientConfig>,
         name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<Tls> {
-        let records = config.enable_secret_extraction;
+        let records = config.enable_secret_extraction && config.max_fragment_size.is_none();
         let conn = UnbufferedClientConnection::new(config, name).map_err(io::Error::other)?;
         Ok(Tls::Client {
             conn: Box::new(conn),
@@ -88,7 +89,7 @@ impl Tls {
 
     /// A server connection.
     pub(crate) fn server(config: std::sync::Arc<rustls::ServerConfig>) -> io::Result<Tls> {
-        let records = config.enable_secret_extraction;
+        let records = config.enable_secret_extraction && config.max_fragment_size.is_none();
         let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
         Ok(Tls::Server {
             conn: Box::new(conn),
