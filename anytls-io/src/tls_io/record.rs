@@ -15,8 +15,11 @@
 //! this holds (see [`eligible`]): TLS 1.3, one of its three AEADs (whose
 //! keys rustls hands out), a configuration with `enable_secret_extraction`
 //! (set by this crate's configuration builders) and without
-//! `max_fragment_size`, and no partial record or handshake message left
-//! with rustls. Anything else (TLS 1.2, configurations of one's own without
+//! `max_fragment_size`, and no input or output left with rustls. The switch
+//! comes right after the handshake's last message: until then rustls is
+//! shown one record at a time (`TlsIo::process`), so it never handles a
+//! post-handshake record (its answer to a KeyUpdate request would be queued
+//! inside it, and lost at the switch). Anything else (TLS 1.2, configurations of one's own without
 //! the flag) stays with rustls's unbuffered API, byte-for-byte the same on
 //! the wire.
 //!

@@ -1912,33 +1912,44 @@ fn review_key_update_request_with_the_clients_finished_is_answered() {
     // and switching to the new send key; the queued message is not in
     // `sendable_tls`, so `eligible()` says yes and the queue is dropped with
     // the connection: our next records use a key the peer never heard of.
+    // Without tickets to send, rustls reads on past the Finished in the same
+    // `process_tls_records` call.
     let id = identity();
-    let (a, b) = pipe(WIDE);
-    let mut peer = peer_client(&client_cfg(id), a);
-    let mut server = tls_server(&server_cfg(id), b);
-    let (s, p) = run2(
-        async {
-            server.handshake().await?;
-            send(&mut server, b"hello").await
-        },
-        async {
-            peer.flush().await?;
-            while peer.conn.is_handshaking() {
-                if !pump_quietly(&mut peer).await? {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
+    for tickets in [2, 0] {
+        let mut scfg = tls::server_config(id, &[]).unwrap();
+        scfg.send_tls13_tickets = tickets;
+        let (a, b) = pipe(WIDE);
+        let mut peer = peer_client(&client_cfg(id), a);
+        let mut server = tls_server(&Arc::new(scfg), b);
+        let (s, p) = run2(
+            async {
+                server.handshake().await?;
+                send(&mut server, b"hello").await
+            },
+            async {
+                peer.flush().await?;
+                while peer.conn.is_handshaking() {
+                    if !pump_quietly(&mut peer).await? {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
                 }
-            }
-            // Finished, then KeyUpdate(update_requested): one write.
-            peer.conn.refresh_traffic_keys().map_err(invalid)?;
-            peer.flush().await?;
-            peer.recv(5).await
-        },
-    );
-    s.unwrap();
-    assert_eq!(p.unwrap(), b"hello", "the peer reads our records");
-    let (s, p) = run2(recv(&mut server, 2), peer.send(b"ok"));
-    p.unwrap();
-    assert_eq!(s.unwrap(), b"ok");
+                // Finished, then KeyUpdate(update_requested): one write.
+                peer.conn.refresh_traffic_keys().map_err(invalid)?;
+                peer.flush().await?;
+                peer.recv(5).await
+            },
+        );
+        s.unwrap();
+        assert_eq!(
+            p.unwrap(),
+            b"hello",
+            "tickets {tickets}: the peer reads our records"
+        );
+        assert!(own_records(&server));
+        let (s, p) = run2(recv(&mut server, 2), peer.send(b"ok"));
+        p.unwrap();
+        assert_eq!(s.unwrap(), b"ok");
+    }
 }
 
 #[test]
