@@ -58,7 +58,8 @@ const RECORD_OVERHEAD: usize = 64;
 ///
 /// After a TLS 1.3 handshake the records are done by [`record::Records`]
 /// when the configuration allows it (`records`: its
-/// `enable_secret_extraction`), see `record.rs`.
+/// `enable_secret_extraction`, and no `max_fragment_size`, which only rustls
+/// honours), see `record.rs`.
 pub(crate) enum Tls {
     Client {
         conn: Box<UnbufferedClientConnection>,
@@ -79,7 +80,7 @@ impl Tls {
         config: std::sync::Arc<rustls::ClientConfig>,
         name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<Tls> {
-        let records = config.enable_secret_extraction;
+        let records = config.enable_secret_extraction && config.max_fragment_size.is_none();
         let conn = UnbufferedClientConnection::new(config, name).map_err(io::Error::other)?;
         Ok(Tls::Client {
             conn: Box::new(conn),
@@ -89,7 +90,7 @@ impl Tls {
 
     /// A server connection.
     pub(crate) fn server(config: std::sync::Arc<rustls::ServerConfig>) -> io::Result<Tls> {
-        let records = config.enable_secret_extraction;
+        let records = config.enable_secret_extraction && config.max_fragment_size.is_none();
         let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
         Ok(Tls::Server {
             conn: Box::new(conn),
@@ -250,6 +251,9 @@ pub(crate) struct TlsIo<IO> {
     inc: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes of `inc[start..end]` shown to rustls (whole records), while it
+    /// is fed one record at a time (see `process`).
+    shown: usize,
     read_size: usize,
     /// The socket reached EOF.
     eof: bool,
@@ -298,6 +302,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             inc: Vec::new(),
             start: 0,
             end: 0,
+            shown: 0,
             read_size: MIN_READ,
             eof: false,
             peer_closed: false,
@@ -409,7 +414,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                 .inspect_err(|e| self.failed = Some(e.kind()));
         }
         loop {
-            let incoming = &mut self.inc[self.start..self.end];
+            // While the records may still come to `record.rs`, rustls is shown
+            // one complete record at a time (and an incomplete last one, which
+            // it only looks at): it must not read past the handshake's last
+            // message, or it would handle post-handshake records itself (its
+            // answer to a KeyUpdate request, queued for its next record, would
+            // go with it at the switch).
+            let held = self.end - self.start;
+            let feed = self.feed_records();
+            let given = if feed && self.next_record().is_some() {
+                self.shown
+            } else {
+                held
+            };
+            // Complete records not shown yet: input comes before the job.
+            let hold = given < held;
+            let incoming = &mut self.inc[self.start..self.start + given];
             let r = match &mut self.tls {
                 Tls::Client { conn: c, .. } => step(
                     c.process_tls_records(incoming),
@@ -417,6 +437,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                     &mut self.out,
                     &mut self.out_len,
                     &mut job,
+                    hold,
                 ),
                 Tls::Server { conn: c, .. } => step(
                     c.process_tls_records(incoming),
@@ -424,6 +445,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                     &mut self.out,
                     &mut self.out_len,
                     &mut job,
+                    hold,
                 ),
                 Tls::Records(_) | Tls::Gone => {
                     return Err(io::Error::other("TLS connection gone"));
@@ -431,9 +453,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             };
             let (discard, step) = r.inspect_err(|e| self.failed = Some(e.kind()))?;
             self.start += discard;
+            self.shown = self.shown.saturating_sub(discard);
             if self.start == self.end {
                 self.start = 0;
                 self.end = 0;
+                self.shown = 0;
             }
             match step {
                 Step::Again => {}
@@ -442,10 +466,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                     if s == Stop::Traffic {
                         self.traffic = true;
                     }
-                    if let Job::Nothing = job {
-                        if s == Stop::Traffic {
-                            self.take_over_records()?;
+                    if s != Stop::Closed {
+                        // rustls is done with what it was shown: the records
+                        // come here now, or it gets the next one.
+                        if self.take_over_records()? {
+                            return self
+                                .process_records(job)
+                                .inspect_err(|e| self.failed = Some(e.kind()));
                         }
+                        if let Some(n) = self.next_record().filter(|_| self.feed_records()) {
+                            self.shown += n;
+                            continue;
+                        }
+                    }
+                    if let Job::Nothing = job {
                         return Ok(s);
                     }
                     if s != Stop::Traffic {
@@ -459,17 +493,50 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
         }
     }
 
+    /// Whether rustls is fed one record at a time: while the records may
+    /// still come to `record.rs` (see [`take_over_records`](Self::take_over_records)).
+    fn feed_records(&mut self) -> bool {
+        if self.peer_closed || self.close_notify_sent {
+            return false;
+        }
+        match &mut self.tls {
+            Tls::Client { conn, records } => {
+                *records = *records && record::possible(conn);
+                *records
+            }
+            Tls::Server { conn, records } => {
+                *records = *records && record::possible(conn);
+                *records
+            }
+            Tls::Records(_) | Tls::Gone => false,
+        }
+    }
+
+    /// The length of the complete record after those shown to rustls, if
+    /// one is there.
+    fn next_record(&self) -> Option<usize> {
+        let rest = &self.inc[self.start + self.shown..self.end];
+        let header = rest.get(..5)?;
+        let n = 5 + u16::from_be_bytes([header[3], header[4]]) as usize;
+        (rest.len() >= n).then_some(n)
+    }
+
     /// Hands the records to [`record::Records`] when the connection can go
-    /// (see `record.rs`): handshake over, every record rustls was given
-    /// processed, nothing said or heard about closing.
-    fn take_over_records(&mut self) -> io::Result<()> {
+    /// (see `record.rs`): handshake over, rustls holds nothing of the input
+    /// (every record it was shown processed and discarded: the rest is
+    /// untouched ciphertext, opened by `record.rs`) and has nothing to send,
+    /// nothing said or heard about closing. Returns whether it happened.
+    fn take_over_records(&mut self) -> io::Result<bool> {
+        if self.shown != 0 || !self.feed_records() {
+            return Ok(false);
+        }
         let ready = match &self.tls {
-            Tls::Client { conn, records } => *records && record::eligible(conn),
-            Tls::Server { conn, records } => *records && record::eligible(conn),
+            Tls::Client { conn, .. } => record::eligible(conn),
+            Tls::Server { conn, .. } => record::eligible(conn),
             Tls::Records(_) | Tls::Gone => false,
         };
-        if !ready || self.start != self.end || self.peer_closed || self.close_notify_sent {
-            return Ok(());
+        if !ready {
+            return Ok(false);
         }
         let r = match std::mem::replace(&mut self.tls, Tls::Gone) {
             Tls::Client { conn, .. } => record::Records::from_client(*conn),
@@ -478,7 +545,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
         };
         let r = r.inspect_err(|e| self.failed = Some(e.kind()))?;
         self.tls = Tls::Records(Box::new(r));
-        Ok(())
+        Ok(true)
     }
 
     /// [`process`](Self::process) once the records are done here.
@@ -741,6 +808,7 @@ fn step<Data>(
     out: &mut Vec<u8>,
     out_len: &mut usize,
     job: &mut Job<'_>,
+    hold: bool,
 ) -> io::Result<(usize, Step)> {
     let UnbufferedStatus { mut discard, state } = status;
     let step = match state.map_err(invalid)? {
@@ -779,7 +847,13 @@ fn step<Data>(
         ConnectionState::PeerClosed => Step::PeerClosed,
         ConnectionState::Closed => Step::Stop(Stop::Closed),
         ConnectionState::WriteTraffic(mut w) => {
-            match std::mem::replace(job, Job::Nothing) {
+            // `hold`: input rustls was not shown yet comes first.
+            let job = if hold {
+                Job::Nothing
+            } else {
+                std::mem::replace(job, Job::Nothing)
+            };
+            match job {
                 Job::Nothing => {}
                 Job::Data(data) => {
                     let mut need = data.len() + (data.len() / 16384 + 1) * RECORD_OVERHEAD;

@@ -12,10 +12,14 @@
 //! through its kernel-connection API (meant for kTLS, which does the same
 //! job in the kernel), the next traffic secrets for a KeyUpdate and the
 //! session tickets a server sends. A connection comes here only when all of
-//! this holds (see [`eligible`]): TLS 1.3, one of its three AEADs, a
-//! configuration with `enable_secret_extraction` (set by this crate's
-//! configuration builders), and no partial record or handshake message left
-//! with rustls. Anything else (TLS 1.2, configurations of one's own without
+//! this holds (see [`eligible`]): TLS 1.3, one of its three AEADs (whose
+//! keys rustls hands out), a configuration with `enable_secret_extraction`
+//! (set by this crate's configuration builders) and without
+//! `max_fragment_size`, and no input or output left with rustls. The switch
+//! comes right after the handshake's last message: until then rustls is
+//! shown one record at a time (`TlsIo::process`), so it never handles a
+//! post-handshake record (its answer to a KeyUpdate request would be queued
+//! inside it, and lost at the switch). Anything else (TLS 1.2, configurations of one's own without
 //! the flag) stays with rustls's unbuffered API, byte-for-byte the same on
 //! the wire.
 //!
@@ -29,7 +33,9 @@
 //! - NewSessionTicket (client) goes to rustls's session store;
 //! - close_notify ends the input (later records are ignored), user_canceled
 //!   is ignored, any other alert, record type or message is an error, as is
-//!   a record that fails authentication.
+//!   a record that fails authentication; as with rustls, 4 warning alerts at
+//!   most, and 32 records in a row at most without application data (empty
+//!   ones, KeyUpdates, user_canceled).
 
 use std::io;
 
@@ -63,6 +69,14 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// A post-handshake message held at most while its records arrive (the
 /// same 64 KiB rustls allows a handshake message).
 const MAX_HANDSHAKE_MESSAGE: usize = 0x1_0000;
+
+/// Records in a row that carry no application data (empty records,
+/// KeyUpdates, user_canceled alerts) taken at most, as rustls (32 KeyUpdates,
+/// 32 empty records): each costs a decryption (a KeyUpdate a key schedule
+/// too) and gives the reader nothing, so it would read on.
+const MAX_IDLE_RECORDS: u8 = 32;
+/// Warning alerts (user_canceled) taken at most, as rustls.
+const MAX_WARNING_ALERTS: u8 = 4;
 
 /// Bytes a sealed record adds to its plaintext: header, content type, tag.
 pub(super) const RECORD_EXPANSION: usize = HEADER + 1 + TAG;
@@ -153,6 +167,10 @@ pub(crate) struct Records {
     update_requested: bool,
     /// A post-handshake message whose records are still arriving.
     handshake: Vec<u8>,
+    /// Records without application data since the last with some.
+    idle_records: u8,
+    /// Warning alerts received.
+    warning_alerts: u8,
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -166,13 +184,41 @@ fn from_rustls(e: rustls::Error) -> io::Error {
 /// Whether the connection can come here (checked before rustls's connection
 /// is given up: converting consumes it, also when it fails).
 pub(super) fn eligible(common: &rustls::CommonState) -> bool {
-    !common.is_handshaking()
-        && !common.wants_write()
-        && common.protocol_version() == Some(ProtocolVersion::TLSv1_3)
-        && matches!(
-            common.negotiated_cipher_suite(),
-            Some(SupportedCipherSuite::Tls13(_))
-        )
+    !common.is_handshaking() && !common.wants_write() && possible(common)
+}
+
+/// Whether the connection may ever come here: not when the version or the
+/// cipher suite rules it out (a suite of one's own provider whose AEAD does
+/// not hand out its keys would make the conversion fail after it consumed
+/// the connection).
+pub(super) fn possible(common: &rustls::CommonState) -> bool {
+    if common
+        .protocol_version()
+        .is_some_and(|v| v != ProtocolVersion::TLSv1_3)
+    {
+        return false;
+    }
+    match common.negotiated_cipher_suite() {
+        None => true,
+        Some(SupportedCipherSuite::Tls13(s)) => extractable(s),
+        Some(_) => false,
+    }
+}
+
+/// Whether `suite`'s keys come out as one of the AEADs sealed here (asked
+/// with a dummy key: `extract_keys` only wraps what it is given).
+fn extractable(suite: &rustls::Tls13CipherSuite) -> bool {
+    use rustls::crypto::cipher::{AeadKey, Iv};
+    let len = suite.aead_alg.key_len();
+    match suite
+        .aead_alg
+        .extract_keys(AeadKey::from([0; 32]), Iv::new([0; aead::NONCE_LEN]))
+    {
+        Ok(ConnectionTrafficSecrets::Aes128Gcm { .. }) => len == 16,
+        Ok(ConnectionTrafficSecrets::Aes256Gcm { .. })
+        | Ok(ConnectionTrafficSecrets::Chacha20Poly1305 { .. }) => len == 32,
+        _ => false,
+    }
 }
 
 impl Records {
@@ -203,6 +249,8 @@ impl Records {
             tx_limit: tx_limit.min(u64::MAX - 1),
             update_requested: false,
             handshake: Vec::new(),
+            idle_records: 0,
+            warning_alerts: 0,
         })
     }
 
@@ -210,6 +258,13 @@ impl Records {
     #[cfg(all(test, feature = "self-signed"))]
     pub(super) fn set_tx_limit(&mut self, records: u64) {
         self.tx_limit = records;
+    }
+
+    /// Moves to the next send key without sending a KeyUpdate (tests that
+    /// send their own, see `seal_raw`).
+    #[cfg(all(test, feature = "self-signed"))]
+    pub(super) fn next_tx_key(&mut self) {
+        self.tx = Direction::new(self.kernel.update_tx().unwrap()).unwrap();
     }
 
     /// Seals `data` as application data records of at most 2^14 bytes,
@@ -303,7 +358,9 @@ impl Records {
         out: &mut Vec<u8>,
         len: &mut usize,
     ) -> io::Result<()> {
-        if self.update_requested || self.tx.seq >= self.tx_limit {
+        // Our KeyUpdate takes the last sequence number the key may seal
+        // (as rustls's): at most `tx_limit` records under one key.
+        if self.update_requested || (self.tx.seq > 0 && self.tx.seq + 1 >= self.tx_limit) {
             self.update_requested = false;
             // update_not_requested: the peer's keys are its own business.
             self.seal_inner(&[KEY_UPDATE, 0, 0, 1, 0], &[HANDSHAKE], out, len)?;
@@ -383,6 +440,10 @@ impl Records {
                 .map_err(|_| invalid("TLS record failed authentication (bad_record_mac)"))?;
             self.rx.seq += 1;
             used += HEADER + body;
+            // TLSInnerPlaintext, padding included, is 2^14 + 1 bytes at most.
+            if inner.len() > MAX_PLAINTEXT + 1 {
+                return Err(invalid("TLS record too large (record_overflow)"));
+            }
             // Content type: the last non-zero byte (zeros after it are padding).
             let Some(at) = inner.iter().rposition(|&b| b != 0) else {
                 return Err(invalid("TLS record without a content type"));
@@ -395,10 +456,20 @@ impl Records {
                 return Err(invalid("TLS record inside a fragmented handshake message"));
             }
             match typ {
-                APPLICATION_DATA => plain.push_record(content),
+                APPLICATION_DATA if content.is_empty() => self.count_idle()?,
+                APPLICATION_DATA => {
+                    self.idle_records = 0;
+                    plain.push_record(content);
+                }
                 ALERT => match content {
                     [_, CLOSE_NOTIFY] => return Ok((input.len(), true)),
-                    [_, USER_CANCELED] => {}
+                    [_, USER_CANCELED] => {
+                        self.count_idle()?;
+                        self.warning_alerts += 1;
+                        if self.warning_alerts > MAX_WARNING_ALERTS {
+                            return Err(invalid("too many TLS warning alerts"));
+                        }
+                    }
                     [_, _] => return Err(invalid("the peer sent a TLS alert")),
                     _ => return Err(invalid("malformed TLS alert")),
                 },
@@ -406,6 +477,16 @@ impl Records {
                 _ => return Err(invalid("unexpected TLS content type after the handshake")),
             }
         }
+    }
+
+    /// One more record (or KeyUpdate) without application data. Session
+    /// tickets do not count, as with rustls.
+    fn count_idle(&mut self) -> io::Result<()> {
+        self.idle_records += 1;
+        if self.idle_records > MAX_IDLE_RECORDS {
+            return Err(invalid("too many TLS records without application data"));
+        }
+        Ok(())
     }
 
     /// Post-handshake messages: NewSessionTicket (to rustls's session store)
@@ -448,6 +529,7 @@ impl Records {
                     if used != msgs.len() {
                         return Err(invalid("TLS KeyUpdate not at the end of its record"));
                     }
+                    self.count_idle()?;
                     self.rx = Direction::new(self.kernel.update_rx().map_err(from_rustls)?)?;
                     self.update_requested |= requested;
                 }

@@ -1872,3 +1872,417 @@ fn close_notify_ends_input_and_later_records_are_ignored() {
     assert_eq!(run(recv_to_eof(&mut server)).unwrap(), b"a");
     assert!(own_records(&server));
 }
+
+// ---------------------------------------------------------------------------
+// Review of the switch to `record.rs` and of its record layer.
+
+/// `assert_invalid` for reads, naming only how much was read.
+fn assert_refused(r: io::Result<(Vec<u8>, bool)>) {
+    match r {
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}"),
+        Ok((got, eof)) => panic!("expected an error, got {} bytes (eof: {eof})", got.len()),
+    }
+}
+
+/// Reads once from `peer`'s socket and feeds rustls, without writing
+/// anything back (unlike `Peer::pump`); `false` at EOF.
+async fn pump_quietly<C, S>(peer: &mut Peer<C>) -> io::Result<bool>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    let mut buf = vec![0; 1 << 16];
+    let n = peer.io.read(&mut buf).await?;
+    let mut rest = &buf[..n];
+    while !rest.is_empty() {
+        peer.conn.read_tls(&mut rest)?;
+        peer.conn.process_new_packets().map_err(invalid)?;
+    }
+    Ok(n > 0)
+}
+
+/// Everything rustls has to send, as one byte string.
+fn pending_tls<C, S>(conn: &mut C) -> Vec<u8>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    let mut v = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut v).unwrap();
+    }
+    v
+}
+
+#[test]
+fn review_key_update_request_with_the_clients_finished_is_answered() {
+    // The client's Finished and a KeyUpdate(update_requested) arrive in one
+    // read. rustls (still in charge) answers the request by queueing its
+    // own KeyUpdate (sealed under the old key, sent before its next record)
+    // and switching to the new send key; the queued message is not in
+    // `sendable_tls`, so `eligible()` says yes and the queue is dropped with
+    // the connection: our next records use a key the peer never heard of.
+    // Without tickets to send, rustls reads on past the Finished in the same
+    // `process_tls_records` call.
+    let id = identity();
+    for tickets in [2, 0] {
+        let mut scfg = tls::server_config(id, &[]).unwrap();
+        scfg.send_tls13_tickets = tickets;
+        let (a, b) = pipe(WIDE);
+        let mut peer = peer_client(&client_cfg(id), a);
+        let mut server = tls_server(&Arc::new(scfg), b);
+        let (s, p) = run2(
+            async {
+                server.handshake().await?;
+                send(&mut server, b"hello").await
+            },
+            async {
+                peer.flush().await?;
+                while peer.conn.is_handshaking() {
+                    if !pump_quietly(&mut peer).await? {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                // Finished, then KeyUpdate(update_requested): one write.
+                peer.conn.refresh_traffic_keys().map_err(invalid)?;
+                peer.flush().await?;
+                peer.recv(5).await
+            },
+        );
+        s.unwrap();
+        assert_eq!(
+            p.unwrap(),
+            b"hello",
+            "tickets {tickets}: the peer reads our records"
+        );
+        assert!(own_records(&server));
+        let (s, p) = run2(recv(&mut server, 2), peer.send(b"ok"));
+        p.unwrap();
+        assert_eq!(s.unwrap(), b"ok");
+    }
+}
+
+#[test]
+fn review_key_update_request_before_the_clients_switch_is_answered() {
+    // Client side. The server's last flight ends in the middle of a record
+    // (half-RTT data), so the client stays with rustls after its handshake.
+    // rustls then reads the rest of that record, the tickets and a
+    // KeyUpdate(update_requested) and queues its answer; the switch that
+    // follows loses it.
+    let id = identity();
+    let mut scfg = tls::server_config(id, &[]).unwrap();
+    scfg.send_half_rtt_data = true;
+    let (a, b) = pipe(WIDE);
+    let mut client = tls_client(&client_cfg(id), a);
+    let mut peer = Peer {
+        conn: rustls::ServerConnection::new(Arc::new(scfg)).unwrap(),
+        io: b,
+    };
+    let (c, p) = run2(
+        async {
+            client.handshake().await?;
+            let got = recv(&mut client, 10).await?;
+            send(&mut client, b"ok").await?;
+            io::Result::Ok(got)
+        },
+        async {
+            pump_quietly(&mut peer).await?; // ClientHello
+            peer.conn.writer().write_all(b"half")?;
+            let flight = pending_tls(&mut peer.conn);
+            let (head, last) = flight.split_at(flight.len() - 1);
+            peer.io.write_all(head).await?;
+            while peer.conn.is_handshaking() {
+                if !pump_quietly(&mut peer).await? {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            // The record's last byte, the tickets, KeyUpdate(update_requested)
+            // and data under the new key, in one write.
+            peer.conn.refresh_traffic_keys().map_err(invalid)?;
+            peer.conn.writer().write_all(b"second")?;
+            let rest = [last, &pending_tls(&mut peer.conn)].concat();
+            peer.io.write_all(&rest).await?;
+            peer.recv(2).await
+        },
+    );
+    assert_eq!(c.unwrap(), b"halfsecond");
+    assert_eq!(p.unwrap(), b"ok", "the peer reads our records");
+}
+
+#[test]
+fn review_switch_does_not_wait_for_a_read_to_end_on_a_record_boundary() {
+    // The server's last flight and a record of half-RTT data, cut inside the
+    // data record: the client's handshake is over, yet its records stay
+    // with rustls until some read happens to end on a record boundary.
+    let id = identity();
+    let mut scfg = tls::server_config(id, &[]).unwrap();
+    scfg.send_half_rtt_data = true;
+    let (a, b) = pipe(WIDE);
+    let mut client = tls_client(&client_cfg(id), a);
+    let mut peer = Peer {
+        conn: rustls::ServerConnection::new(Arc::new(scfg)).unwrap(),
+        io: b,
+    };
+    let (c, p) = run2(client.handshake(), async {
+        pump_quietly(&mut peer).await?;
+        peer.conn.writer().write_all(b"half")?;
+        let flight = pending_tls(&mut peer.conn);
+        peer.io.write_all(&flight[..flight.len() - 1]).await?;
+        io::Result::Ok(())
+    });
+    c.unwrap();
+    p.unwrap();
+    assert!(
+        own_records(&client),
+        "still with rustls after the handshake"
+    );
+}
+
+/// `aead` of ring, but its keys cannot be extracted.
+struct NoExtract(&'static dyn rustls::crypto::cipher::Tls13AeadAlgorithm);
+
+impl rustls::crypto::cipher::Tls13AeadAlgorithm for NoExtract {
+    fn encrypter(
+        &self,
+        key: rustls::crypto::cipher::AeadKey,
+        iv: rustls::crypto::cipher::Iv,
+    ) -> Box<dyn rustls::crypto::cipher::MessageEncrypter> {
+        self.0.encrypter(key, iv)
+    }
+
+    fn decrypter(
+        &self,
+        key: rustls::crypto::cipher::AeadKey,
+        iv: rustls::crypto::cipher::Iv,
+    ) -> Box<dyn rustls::crypto::cipher::MessageDecrypter> {
+        self.0.decrypter(key, iv)
+    }
+
+    fn key_len(&self) -> usize {
+        self.0.key_len()
+    }
+
+    fn extract_keys(
+        &self,
+        _key: rustls::crypto::cipher::AeadKey,
+        _iv: rustls::crypto::cipher::Iv,
+    ) -> Result<rustls::ConnectionTrafficSecrets, rustls::crypto::cipher::UnsupportedOperationError>
+    {
+        Err(rustls::crypto::cipher::UnsupportedOperationError)
+    }
+}
+
+#[test]
+fn review_a_suite_whose_keys_cannot_be_extracted_stays_with_rustls() {
+    // A provider of one's own (ServerTls::Rustls, ClientConfig::tls_config)
+    // may have TLS 1.3 suites whose AEAD does not hand out its keys (a
+    // hardware or FIPS module, AES-CCM...). `eligible()` only looks at the
+    // version, so the conversion is attempted, fails, and takes the
+    // connection with it.
+    let id = identity();
+    let base = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .unwrap();
+    let suite: &'static rustls::Tls13CipherSuite = Box::leak(Box::new(rustls::Tls13CipherSuite {
+        common: rustls::CipherSuiteCommon {
+            suite: base.common.suite,
+            hash_provider: base.common.hash_provider,
+            confidentiality_limit: base.common.confidentiality_limit,
+        },
+        hkdf_provider: base.hkdf_provider,
+        aead_alg: Box::leak(Box::new(NoExtract(base.aead_alg))),
+        quic: None,
+    }));
+    let mut provider = (*tls::provider()).clone();
+    provider.cipher_suites = vec![rustls::SupportedCipherSuite::Tls13(suite)];
+    let mut scfg = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .unwrap();
+    scfg.enable_secret_extraction = true;
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &Arc::new(scfg));
+    handshake_pair(&mut client, &mut server);
+    assert!(!own_records(&server));
+    let (c, s) = run2(
+        exchange(&mut client, b"ping", &[4], 4),
+        exchange(&mut server, b"pong", &[4], 4),
+    );
+    assert_eq!(c.unwrap(), b"pong");
+    assert_eq!(s.unwrap(), b"ping");
+}
+
+#[test]
+fn review_our_key_update_takes_the_last_sequence_number_of_the_old_key() {
+    // rustls seals at most `confidentiality_limit` records under one key,
+    // the KeyUpdate included (it takes the last sequence number). Here the
+    // KeyUpdate comes after `limit` data records: one record too many.
+    let id = identity();
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    let limit = 3;
+    records_of(&mut client).0.set_tx_limit(limit);
+    let start = client.io.sent_len();
+    for i in 0..10u8 {
+        run(send(&mut client, &[i; 100])).unwrap();
+    }
+    let got = run(recv(&mut server, 1000)).unwrap();
+    assert_eq!(got.len(), 1000);
+    // Record bodies: data 100 + 1 + 16; KeyUpdate 5 + 1 + 16.
+    let recs = records(&client.io.sent()[start..]);
+    let mut under_one_key = 0;
+    for (i, &(typ, len)) in recs.iter().enumerate() {
+        assert_eq!(typ, 23);
+        under_one_key += 1;
+        assert!(
+            under_one_key <= limit,
+            "record {i}: {under_one_key} records under one key: {recs:?}"
+        );
+        if len == 22 {
+            under_one_key = 0;
+        }
+    }
+}
+
+#[test]
+fn review_records_that_make_no_progress_are_limited_as_rustls_limits_them() {
+    // rustls refuses more than 32 KeyUpdates in a row without application
+    // data, more than 32 empty records in a row, and more than 4 warning
+    // alerts: each costs a decryption (a KeyUpdate an HKDF and a key
+    // schedule too) and yields nothing, so `poll_read_more` keeps reading.
+    // Here all are taken without limit.
+    let (mut server, mut peer) = server_vs_peer(WIDE);
+    for _ in 0..100 {
+        peer.conn.refresh_traffic_keys().map_err(invalid).unwrap();
+    }
+    peer.conn.writer().write_all(b"x").unwrap();
+    peer.conn.send_close_notify();
+    run(peer.flush()).unwrap();
+    assert_refused(run(recv_upto(&mut server, None)));
+
+    let id = identity();
+    let empty: &[u8] = &[23];
+    let user_canceled: &[u8] = &[1, 90, 21];
+    for (inner, times) in [(empty, 100), (user_canceled, 5)] {
+        let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        for _ in 0..times {
+            send_raw(&mut client, inner);
+        }
+        send_raw(&mut client, &[1, 0, 21]);
+        assert_refused(run(recv_upto(&mut server, None)));
+    }
+}
+
+#[test]
+fn review_inner_plaintext_over_2_14_plus_1_is_record_overflow() {
+    // RFC 8446 5.2/5.4: TLSInnerPlaintext (content, type, padding) is at most
+    // 2^14 + 1 bytes; rustls checks it before removing the padding.
+    let id = identity();
+    let full = vec![b'a'; MAX_RECORD - 5 - 256];
+    // At the limit: taken.
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    send_raw(&mut client, &[&full[..], &[23]].concat());
+    assert_eq!(run(recv(&mut server, full.len())).unwrap(), full);
+    // Padded past it: record_overflow.
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    send_raw(&mut client, &[&full[..], &[23], &[0; 100]].concat());
+    send_raw(&mut client, &[1, 0, 21]);
+    assert_refused(run(recv_upto(&mut server, None)));
+}
+
+#[test]
+fn review_max_fragment_size_of_ones_own_configuration_is_kept() {
+    // `ClientConfig::tls_config` / `ServerTls::Rustls` may set
+    // `max_fragment_size` (records smaller than 16 KiB, e.g. under the MSS):
+    // rustls honours it, `record.rs` does not.
+    let id = identity();
+    let mut wires = Vec::new();
+    for extract in [true, false] {
+        let mut ccfg = (*client_cfg(id)).clone();
+        ccfg.max_fragment_size = Some(1400);
+        ccfg.enable_secret_extraction = extract;
+        let (mut client, mut server) = pair(WIDE, &Arc::new(ccfg), &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        let start = client.io.sent_len();
+        run(send(&mut client, &data(5000, 1))).unwrap();
+        assert_eq!(run(recv(&mut server, 5000)).unwrap(), data(5000, 1));
+        wires.push(records(&client.io.sent()[start..]));
+    }
+    assert_eq!(wires[0], wires[1]);
+}
+
+#[test]
+fn review_nothing_is_lost_or_doubled_around_the_switch() {
+    // Fragmented tickets (a server with small records), half-RTT data and
+    // data after the tickets, read in chunks of many sizes: every byte
+    // arrives once, the client ends with its own records, and the tickets
+    // it stored resume the next session.
+    let id = identity();
+    let ccfg = client_cfg(id);
+    for chunk in [1, 7, 50, 333, 4096, 1 << 20] {
+        let mut scfg = tls::server_config(id, &[]).unwrap();
+        scfg.max_fragment_size = Some(64);
+        scfg.send_half_rtt_data = true;
+        scfg.enable_secret_extraction = false;
+        let scfg = Arc::new(scfg);
+        let shape = Shape {
+            read_chunk: chunk,
+            ..WIDE
+        };
+        let (mut client, mut server) = pair(shape, &ccfg, &scfg);
+        let a = data(40_000, 3);
+        let (c, s) = run2(
+            async {
+                client.handshake().await?;
+                let half = recv(&mut client, 4).await?;
+                send(&mut client, b"done").await?;
+                let rest = recv(&mut client, a.len() - (half.len() - 4)).await?;
+                io::Result::Ok([half, rest].concat())
+            },
+            async {
+                server.handshake().await?;
+                send(&mut server, b"half").await?;
+                // The client's Finished comes before "done": the tickets
+                // go out before `a`.
+                let got = recv(&mut server, 4).await?;
+                send(&mut server, &a).await?;
+                io::Result::Ok(got)
+            },
+        );
+        let c = c.unwrap();
+        assert_eq!(&c[..4], b"half", "chunk {chunk}");
+        assert!(c[4..] == a[..], "chunk {chunk}");
+        assert_eq!(s.unwrap(), b"done");
+        assert!(own_records(&client), "chunk {chunk}");
+
+        // Resumption with a ticket the client took.
+        let (mut client, mut server) = pair(shape, &ccfg, &scfg);
+        handshake_pair(&mut client, &mut server);
+        match &server.tls {
+            Tls::Server { conn, .. } => assert_eq!(
+                conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "chunk {chunk}"
+            ),
+            _ => panic!("the server stays with rustls"),
+        }
+    }
+}
+
+#[test]
+fn review_key_update_fragmented_over_two_records_is_taken() {
+    let id = identity();
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    // KeyUpdate(update_not_requested), header in one record, body in the
+    // next; then data under the new key.
+    send_raw(&mut client, &[24, 0, 0, 22]);
+    send_raw(&mut client, &[1, 0, 22]);
+    records_of(&mut client).0.next_tx_key();
+    run(send(&mut client, b"after")).unwrap();
+    assert_eq!(run(recv(&mut server, 5)).unwrap(), b"after");
+}
