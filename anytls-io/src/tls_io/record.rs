@@ -316,7 +316,8 @@ impl Records {
     ) -> io::Result<()> {
         debug_assert!(plain <= MAX_PLAINTEXT);
         // A batch never holds BATCH_RECORDS records (see `start_in_place`).
-        if self.tx.seq >= self.tx_limit {
+        // The key's last sequence number is its KeyUpdate's.
+        if self.tx.seq + 1 >= self.tx_limit {
             return Err(io::Error::other("TLS send key used up within a batch"));
         }
         out[at + HEADER + plain] = APPLICATION_DATA;
@@ -470,7 +471,12 @@ impl Records {
                             return Err(invalid("too many TLS warning alerts"));
                         }
                     }
-                    [_, _] => return Err(invalid("the peer sent a TLS alert")),
+                    [_, d] => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the peer sent TLS alert {d}"),
+                        ));
+                    }
                     _ => return Err(invalid("malformed TLS alert")),
                 },
                 HANDSHAKE => self.on_handshake(content)?,
