@@ -980,15 +980,28 @@ impl<R: SessionRole> Session<R> {
                 continue;
             };
             let room = (budget - (out.len - start)).clamp(1, CHUNK);
-            if let Some(chunk) = s.send.pop_up_to(room) {
-                debug_assert!(chunk.len() <= MAX_FRAME_DATA);
+            // One frame of up to `room` bytes, from as many queued chunks as
+            // it takes: the bytes are copied into the transmit anyway, and a
+            // Go receiver writes each frame's payload to its socket on its
+            // own (small frames cost it a syscall each).
+            let len = s.send.len().min(room);
+            if len > 0 {
+                debug_assert!(len <= MAX_FRAME_DATA);
                 out.header(FrameHeader {
                     cmd: Command::Psh,
                     stream_id: id,
-                    len: chunk.len() as u16,
+                    len: len as u16,
                 });
-                out.put(&chunk);
-                self.send_total -= chunk.len();
+                let mut left = len;
+                while let Some(chunk) = s.send.pop_up_to(left) {
+                    out.put(&chunk);
+                    left -= chunk.len();
+                    if left == 0 {
+                        break;
+                    }
+                }
+                debug_assert_eq!(left, 0);
+                self.send_total -= len;
                 freed = true;
             }
             if s.send.is_empty() && s.local_fin {

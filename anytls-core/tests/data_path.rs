@@ -144,6 +144,37 @@ fn may_shape_holds_until_the_padding_phase_ends_and_never_again() {
 }
 
 #[test]
+fn queued_chunks_go_out_as_one_frame() {
+    // Three writes queue three chunks; they leave as one PSH frame (a Go
+    // receiver makes one socket write per frame), split only at the frame
+    // size limit.
+    let (mut s, now) = server_with_stream();
+    let parts = [payload(1000, 1), payload(2000, 2), payload(3000, 3)];
+    for p in &parts {
+        assert_eq!(s.write(StreamId(1), p), Ok(p.len()));
+    }
+    let wire: Vec<u8> = transmits(&mut s, now)
+        .into_iter()
+        .flat_map(|(_, b)| b)
+        .collect();
+    assert_eq!(wire, frame(Command::Psh, 1, &parts.concat()));
+
+    // 40 writes of 1000 bytes: frames of 32 761 bytes (two full TLS
+    // records with the header), then the rest.
+    let data = payload(40_000, 4);
+    for piece in data.chunks(1000) {
+        assert_eq!(s.write(StreamId(1), piece), Ok(1000));
+    }
+    let wire: Vec<u8> = transmits(&mut s, now)
+        .into_iter()
+        .flat_map(|(_, b)| b)
+        .collect();
+    let mut expected = frame(Command::Psh, 1, &data[..32_761]);
+    expected.extend(frame(Command::Psh, 1, &data[32_761..]));
+    assert_eq!(wire, expected);
+}
+
+#[test]
 fn server_transmits_are_never_shaped() {
     let (mut s, now) = server_with_stream();
     for i in 0..4 {
