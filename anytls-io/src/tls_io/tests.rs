@@ -2286,3 +2286,63 @@ fn review_key_update_fragmented_over_two_records_is_taken() {
     run(send(&mut client, b"after")).unwrap();
     assert_eq!(run(recv(&mut server, 5)).unwrap(), b"after");
 }
+
+#[test]
+fn whatever_a_keyed_peer_seals_is_data_or_an_error_never_a_panic() {
+    // Random inner plaintexts (content types, bodies, padding, oversize),
+    // sealed with the right keys so that they reach the parsing after the
+    // AEAD; then close_notify. The server ends with data and EOF, or an
+    // error, and fails for good after one.
+    let id = identity();
+    let types = [0u8, 1, 20, 21, 22, 23, 24, 255];
+    let (mut ok, mut failed) = (0, 0);
+    for seed in 0..120u64 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        for _ in 0..1 + next(4) {
+            let body_len = match next(8) {
+                0 => 16_385 + next(300) as usize,
+                1 => 0,
+                _ => next(40) as usize,
+            };
+            let mut inner = match next(3) {
+                // Something shaped like handshake messages or alerts.
+                0 => vec![next(30) as u8, 0, 0, next(6) as u8, next(3) as u8],
+                1 => vec![next(3) as u8, next(100) as u8],
+                _ => data(body_len, seed),
+            };
+            // Half of them application data.
+            let typ = match next(2) {
+                0 => 23,
+                _ => types[next(types.len() as u64) as usize],
+            };
+            inner.push(typ);
+            inner.extend(std::iter::repeat_n(0, next(3) as usize * next(20) as usize));
+            send_raw(&mut client, &inner);
+        }
+        client.send_close_notify();
+        run(flush(&mut client)).unwrap();
+        match run(recv_upto(&mut server, None)) {
+            Ok(_) => ok += 1,
+            Err(_) => {
+                failed += 1;
+                assert!(
+                    server.encrypt(b"x").is_err(),
+                    "seed {seed}: failed for good"
+                );
+            }
+        }
+    }
+    // Both outcomes were exercised.
+    assert!(
+        ok >= 10 && failed >= 10,
+        "{ok} read to the end, {failed} failed"
+    );
+}
