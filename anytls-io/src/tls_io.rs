@@ -562,7 +562,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             self.start = 0;
             self.end = 0;
         } else if self.start < self.end {
-            let (used, closed) = r.open(&mut self.inc[self.start..self.end], &mut self.plain)?;
+            let opened = r.open(&mut self.inc[self.start..self.end], &mut self.plain);
+            let (used, closed) = opened.inspect_err(|e| {
+                // The peer broke the protocol: tell it why before closing
+                // (sent if the socket takes it at once, see `poll_read_more`).
+                if let Some(alert) = record::alert_of(e) {
+                    let _ = r.seal_fatal_alert(alert, &mut self.out, &mut self.out_len);
+                }
+            })?;
             self.start += used;
             if closed {
                 self.peer_closed = true;
@@ -753,7 +760,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                     };
                     let before = self.plain.len();
                     let handshaking = !self.traffic;
-                    let stop = self.process(Job::Nothing)?;
+                    let stop = match self.process(Job::Nothing) {
+                        Ok(stop) => stop,
+                        Err(e) => {
+                            // A fatal alert queued for the peer goes out if
+                            // the socket takes it now; the driver closes next.
+                            if self.has_pending_output() {
+                                let _ = self.poll_flush_tls(cx);
+                            }
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     if stop == Stop::Closed {
                         self.peer_closed = true;
                     }

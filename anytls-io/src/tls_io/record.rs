@@ -177,6 +177,39 @@ fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+// Alert descriptions we send before closing (RFC 8446 section 6.2).
+const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
+const RECORD_OVERFLOW: u8 = 22;
+const ILLEGAL_PARAMETER: u8 = 47;
+const DECODE_ERROR: u8 = 50;
+
+/// A protocol error of the peer's: the connection is closed after a fatal
+/// alert saying which.
+#[derive(Debug)]
+struct Fatal {
+    alert: u8,
+    msg: &'static str,
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.msg)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+fn fatal(alert: u8, msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Fatal { alert, msg })
+}
+
+/// The alert to send before closing after `e`, if it is a protocol error of
+/// the peer's.
+pub(super) fn alert_of(e: &io::Error) -> Option<u8> {
+    e.get_ref()?.downcast_ref::<Fatal>().map(|f| f.alert)
+}
+
 fn from_rustls(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -342,6 +375,16 @@ impl Records {
         Ok(())
     }
 
+    /// Seals a fatal alert (before the connection is closed for an error).
+    pub(super) fn seal_fatal_alert(
+        &mut self,
+        alert: u8,
+        out: &mut Vec<u8>,
+        len: &mut usize,
+    ) -> io::Result<()> {
+        self.seal(ALERT, &[2, alert], out, len)
+    }
+
     /// Seals a close_notify alert.
     pub(super) fn seal_close_notify(
         &mut self,
@@ -417,15 +460,26 @@ impl Records {
             match header[0] {
                 APPLICATION_DATA => {}
                 CHANGE_CIPHER_SPEC => {
-                    return Err(invalid("TLS ChangeCipherSpec after the handshake"));
+                    return Err(fatal(
+                        UNEXPECTED_MESSAGE,
+                        "TLS ChangeCipherSpec after the handshake",
+                    ));
                 }
-                _ => return Err(invalid("unexpected TLS record type after the handshake")),
+                _ => {
+                    return Err(fatal(
+                        UNEXPECTED_MESSAGE,
+                        "unexpected TLS record type after the handshake",
+                    ));
+                }
             }
             if body > MAX_CIPHERTEXT {
-                return Err(invalid("TLS record too large (record_overflow)"));
+                return Err(fatal(
+                    RECORD_OVERFLOW,
+                    "TLS record too large (record_overflow)",
+                ));
             }
             if body < 1 + TAG {
-                return Err(invalid("TLS record too short"));
+                return Err(fatal(DECODE_ERROR, "TLS record too short"));
             }
             if rest.len() < HEADER + body {
                 return Ok((used, false));
@@ -438,23 +492,40 @@ impl Records {
                 .rx
                 .key
                 .open_in_place(nonce, Aad::from(header), &mut rest[HEADER..HEADER + body])
-                .map_err(|_| invalid("TLS record failed authentication (bad_record_mac)"))?;
+                .map_err(|_| {
+                    fatal(
+                        BAD_RECORD_MAC,
+                        "TLS record failed authentication (bad_record_mac)",
+                    )
+                })?;
             self.rx.seq += 1;
             used += HEADER + body;
             // TLSInnerPlaintext, padding included, is 2^14 + 1 bytes at most.
             if inner.len() > MAX_PLAINTEXT + 1 {
-                return Err(invalid("TLS record too large (record_overflow)"));
+                return Err(fatal(
+                    RECORD_OVERFLOW,
+                    "TLS record too large (record_overflow)",
+                ));
             }
             // Content type: the last non-zero byte (zeros after it are padding).
             let Some(at) = inner.iter().rposition(|&b| b != 0) else {
-                return Err(invalid("TLS record without a content type"));
+                return Err(fatal(
+                    UNEXPECTED_MESSAGE,
+                    "TLS record without a content type",
+                ));
             };
             let (content, typ) = (&inner[..at], inner[at]);
             if content.len() > MAX_PLAINTEXT {
-                return Err(invalid("TLS record too large (record_overflow)"));
+                return Err(fatal(
+                    RECORD_OVERFLOW,
+                    "TLS record too large (record_overflow)",
+                ));
             }
             if typ != HANDSHAKE && !self.handshake.is_empty() {
-                return Err(invalid("TLS record inside a fragmented handshake message"));
+                return Err(fatal(
+                    UNEXPECTED_MESSAGE,
+                    "TLS record inside a fragmented handshake message",
+                ));
             }
             match typ {
                 APPLICATION_DATA if content.is_empty() => self.count_idle()?,
@@ -468,7 +539,7 @@ impl Records {
                         self.count_idle()?;
                         self.warning_alerts += 1;
                         if self.warning_alerts > MAX_WARNING_ALERTS {
-                            return Err(invalid("too many TLS warning alerts"));
+                            return Err(fatal(UNEXPECTED_MESSAGE, "too many TLS warning alerts"));
                         }
                     }
                     [_, d] => {
@@ -477,10 +548,15 @@ impl Records {
                             format!("the peer sent TLS alert {d}"),
                         ));
                     }
-                    _ => return Err(invalid("malformed TLS alert")),
+                    _ => return Err(fatal(DECODE_ERROR, "malformed TLS alert")),
                 },
                 HANDSHAKE => self.on_handshake(content)?,
-                _ => return Err(invalid("unexpected TLS content type after the handshake")),
+                _ => {
+                    return Err(fatal(
+                        UNEXPECTED_MESSAGE,
+                        "unexpected TLS content type after the handshake",
+                    ));
+                }
             }
         }
     }
@@ -490,7 +566,10 @@ impl Records {
     fn count_idle(&mut self) -> io::Result<()> {
         self.idle_records += 1;
         if self.idle_records > MAX_IDLE_RECORDS {
-            return Err(invalid("too many TLS records without application data"));
+            return Err(fatal(
+                UNEXPECTED_MESSAGE,
+                "too many TLS records without application data",
+            ));
         }
         Ok(())
     }
@@ -499,7 +578,7 @@ impl Records {
     /// and KeyUpdate.
     fn on_handshake(&mut self, content: &[u8]) -> io::Result<()> {
         if content.is_empty() {
-            return Err(invalid("empty TLS handshake record"));
+            return Err(fatal(UNEXPECTED_MESSAGE, "empty TLS handshake record"));
         }
         let mut held = std::mem::take(&mut self.handshake);
         let mut msgs = content;
@@ -511,7 +590,7 @@ impl Records {
         while let [typ, a, b, c, rest @ ..] = &msgs[used..] {
             let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
             if len > MAX_HANDSHAKE_MESSAGE {
-                return Err(invalid("TLS handshake message too large"));
+                return Err(fatal(DECODE_ERROR, "TLS handshake message too large"));
             }
             if rest.len() < len {
                 break;
@@ -522,25 +601,32 @@ impl Records {
                 NEW_SESSION_TICKET => match &mut self.kernel {
                     Kernel::Client(k) => k.handle_new_session_ticket(body).map_err(from_rustls)?,
                     Kernel::Server(_) => {
-                        return Err(invalid("TLS NewSessionTicket sent to a server"));
+                        return Err(fatal(
+                            UNEXPECTED_MESSAGE,
+                            "TLS NewSessionTicket sent to a server",
+                        ));
                     }
                 },
                 KEY_UPDATE => {
                     let requested = match body {
                         [0] => false,
                         [1] => true,
-                        _ => return Err(invalid("malformed TLS KeyUpdate")),
+                        _ => return Err(fatal(ILLEGAL_PARAMETER, "malformed TLS KeyUpdate")),
                     };
                     // A key change must end its record (RFC 8446 section 5.1).
                     if used != msgs.len() {
-                        return Err(invalid("TLS KeyUpdate not at the end of its record"));
+                        return Err(fatal(
+                            UNEXPECTED_MESSAGE,
+                            "TLS KeyUpdate not at the end of its record",
+                        ));
                     }
                     self.count_idle()?;
                     self.rx = Direction::new(self.kernel.update_rx().map_err(from_rustls)?)?;
                     self.update_requested |= requested;
                 }
                 _ => {
-                    return Err(invalid(
+                    return Err(fatal(
+                        UNEXPECTED_MESSAGE,
                         "unexpected TLS handshake message after the handshake",
                     ));
                 }
@@ -549,7 +635,7 @@ impl Records {
         let left = &msgs[used..];
         if !left.is_empty() {
             if left.len() > 4 + MAX_HANDSHAKE_MESSAGE {
-                return Err(invalid("TLS handshake message too large"));
+                return Err(fatal(DECODE_ERROR, "TLS handshake message too large"));
             }
             self.handshake = left.to_vec();
         }

@@ -2346,3 +2346,34 @@ fn whatever_a_keyed_peer_seals_is_data_or_an_error_never_a_panic() {
         "{ok} read to the end, {failed} failed"
     );
 }
+
+#[test]
+fn a_protocol_error_is_answered_with_its_fatal_alert() {
+    // A record failing authentication: rustls's buffered client reads our
+    // bad_record_mac.
+    let (mut server, mut peer) = server_vs_peer(WIDE);
+    assert!(own_records(&server));
+    let mut rec = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    rec.extend(data(0x20, 9));
+    peer.io.inject(&rec);
+    assert_invalid(run(recv_upto(&mut server, None)));
+    let e = run(peer.recv(1)).unwrap_err();
+    assert!(e.to_string().contains("BadRecordMac"), "{e}");
+
+    // A malformed KeyUpdate from a TlsIo client: illegal_parameter (47).
+    let id = identity();
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    send_raw(&mut client, &[24, 0, 0, 1, 7, 22]);
+    assert_invalid(run(recv_upto(&mut server, None)));
+    let e = run(recv_upto(&mut client, None)).unwrap_err();
+    assert!(e.to_string().contains("alert 47"), "{e}");
+
+    // The peer's own fatal alert is not answered with one.
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    send_raw(&mut client, &[2, 40, 21]);
+    let sent = server.io.sent_len();
+    assert_invalid(run(recv_upto(&mut server, None)));
+    assert_eq!(server.io.sent_len(), sent);
+}
