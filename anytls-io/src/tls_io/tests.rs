@@ -1763,6 +1763,42 @@ fn a_direct_batch_answers_a_key_update_request_first() {
 }
 
 #[test]
+fn a_failed_direct_seal_queues_no_unsealed_bytes() {
+    // A seal that fails mid-batch or at its end fails the connection; the
+    // output must not then hold the batch's plaintext (a caller that
+    // flushes what is queued would put it on the wire in the clear).
+    let id = identity();
+    for finish in [false, true] {
+        let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        let secret = vec![0x5a; 20_000];
+        let mut d = client.start_direct().unwrap().unwrap();
+        let base = client.out_len;
+        client.direct_buf(&mut d).put(&secret[..10_000]);
+        if finish {
+            // The first record is full and sealed; the last one fails.
+            client.direct_buf(&mut d).put(&secret[10_000..]);
+            client.seal_direct(&mut d, false).unwrap();
+            records_of(&mut client).0.set_tx_limit(0);
+            assert!(client.seal_direct(&mut d, true).is_err());
+        } else {
+            records_of(&mut client).0.set_tx_limit(0);
+            client.direct_buf(&mut d).put(&secret[10_000..]);
+            assert!(client.seal_direct(&mut d, false).is_err());
+        }
+        let queued = &client.out[client.out_pos..client.out_len];
+        assert!(
+            !queued.windows(64).any(|w| w == &secret[..64]),
+            "finish {finish}: plaintext queued for the socket"
+        );
+        assert_eq!(client.out_len, base, "finish {finish}");
+        // And the connection stays failed.
+        assert!(client.start_direct().is_err());
+        assert!(client.encrypt(b"x").is_err());
+    }
+}
+
+#[test]
 fn decrypted_data_comes_in_one_block_per_record() {
     // The session keeps views into these blocks: none may be larger than a
     // record, or a small view could pin a whole socket read (SECURITY.md).
