@@ -255,3 +255,103 @@ fn small_stream_data_does_not_pin_the_read_block() {
         "a 1-byte chunk pins the block"
     );
 }
+
+#[test]
+fn merged_psh_frames_carry_every_byte_once_in_order_then_fin() {
+    // Many streams, writes of all sizes queued as many chunks, FINs among
+    // them, a `max_write` far over the frame size: every PSH frame's header
+    // matches its data (the decoder would lose sync otherwise), no frame is
+    // empty or over one chunk, each stream's bytes arrive whole and in
+    // order, its FIN once, after its last byte.
+    use anytls_core::frame::{FrameDecoder, FrameLimits};
+    use std::collections::BTreeMap;
+
+    let now = epoch();
+    let scheme = PaddingScheme::parse(Bytes::from_static(FIXED.as_bytes())).unwrap();
+    let mut cfg = client_config();
+    cfg.limits.max_write = 1 << 20;
+    let mut c = Session::client(Arc::new(cfg), SessionSeq(1), Arc::new(scheme), [5; 32], now)
+        .expect("valid config");
+    let ids: Vec<StreamId> = (0..6)
+        .map(|_| c.open_stream(now, &dest()).unwrap())
+        .collect();
+    let mut sent: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    let mut finished = BTreeMap::new();
+    let mut wire = BytesMut::new();
+    let mut first = true;
+    let mut x = 12345u32;
+    for round in 0..400u32 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let id = ids[(x >> 8) as usize % ids.len()];
+        let n = [1, 7, 700, 4096, 16_377, 20_000, 40_000][(x >> 16) as usize % 7];
+        if !finished.contains_key(&id.0) {
+            let p = payload(n, round as u8);
+            if let Ok(k) = c.write(id, &p) {
+                sent.entry(id.0).or_default().extend_from_slice(&p[..k]);
+            }
+            if round > 300 && x % 5 == 0 {
+                c.finish(id).unwrap();
+                finished.insert(id.0, ());
+            }
+        }
+        if x % 3 == 0 {
+            for (t, b) in transmits(&mut c, now) {
+                // The preamble is no frame.
+                if !first {
+                    wire.extend_from_slice(&b);
+                }
+                first = false;
+                let _ = t;
+            }
+        }
+    }
+    for id in &ids {
+        if !finished.contains_key(&id.0) {
+            c.finish(*id).unwrap();
+        }
+    }
+    for (_, b) in transmits(&mut c, now) {
+        assert!(!first);
+        wire.extend_from_slice(&b);
+    }
+    let mut dec = FrameDecoder::new(FrameLimits::default());
+    let mut got: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    let mut fins = BTreeMap::new();
+    let mut frames = 0;
+    let mut largest = 0;
+    while let Some(f) = dec.decode(&mut wire).expect("frames stay in sync") {
+        frames += 1;
+        match f.cmd {
+            Command::Psh if f.stream_id.0 != 0 => {
+                assert!(!fins.contains_key(&f.stream_id.0), "data after FIN");
+                if got.contains_key(&f.stream_id.0) {
+                    assert!(!f.data.is_empty(), "an empty PSH frame");
+                }
+                assert!(f.data.len() <= 32 * 1024 - 7, "{}", f.data.len());
+                largest = largest.max(f.data.len());
+                got.entry(f.stream_id.0)
+                    .or_default()
+                    .extend_from_slice(&f.data);
+            }
+            Command::Fin => {
+                assert!(fins.insert(f.stream_id.0, ()).is_none(), "FIN twice");
+            }
+            _ => {}
+        }
+    }
+    assert!(wire.is_empty(), "a partial frame");
+    assert!(frames > 10);
+    assert_eq!(largest, 32 * 1024 - 7, "frames fill up to one chunk");
+    assert_eq!(fins.len(), ids.len());
+    for id in &ids {
+        let mut want = Vec::new();
+        // The first PSH of a stream is its destination.
+        dest().encode(&mut want).unwrap();
+        want.extend_from_slice(sent.get(&id.0).map_or(&[][..], |v| &v[..]));
+        assert!(
+            got.get(&id.0).map_or(&[][..], |v| &v[..]) == &want[..],
+            "stream {}",
+            id.0
+        );
+    }
+}

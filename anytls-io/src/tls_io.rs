@@ -638,12 +638,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
             if last > 0 && result.is_ok() {
                 result = r.seal_in_place(&mut self.out, d.record_at(full), last);
             }
-            self.out_len = d.record_at(full)
-                + if last > 0 {
-                    record::RECORD_EXPANSION + last
-                } else {
-                    0
-                };
+            // Only sealed records are queued: after a failure the batch's
+            // bytes (plaintext among them) stay behind `out_len`.
+            if result.is_ok() {
+                self.out_len = d.record_at(full)
+                    + if last > 0 {
+                        record::RECORD_EXPANSION + last
+                    } else {
+                        0
+                    };
+            }
         }
         result.inspect_err(|e| self.failed = Some(e.kind()))
     }

@@ -1638,6 +1638,166 @@ fn shaped_transmits_stay_alone_and_bulk_data_fills_whole_records() {
     assert!(run(recv(&mut server, total)).unwrap() == wire);
 }
 
+// ---------------------------------------------------------------------------
+// Direct batches (`TlsIo::start_direct`, `direct_buf`, `seal_direct`), used
+// the way `conn::encrypt_batch` uses them: pieces put, full records sealed
+// after each, the last one at the end.
+
+/// Runs one direct batch of `pieces` on `t`; returns the plaintext sizes of
+/// the records it queued (handed to the peer, see `take_records`).
+fn direct_batch(t: &mut TlsIo<End>, pieces: &[&[u8]]) -> Vec<usize> {
+    let mut d = t.start_direct().unwrap().expect("records done here");
+    for p in pieces {
+        t.direct_buf(&mut d).put(p);
+        t.seal_direct(&mut d, false).unwrap();
+    }
+    t.seal_direct(&mut d, true).unwrap();
+    take_records(t)
+}
+
+/// Record sizes the staged path gives one batch of `total` bytes: full
+/// records, then the rest.
+fn staged_layout(total: usize) -> Vec<usize> {
+    let mut v = vec![16384; total / 16384];
+    if total % 16384 > 0 {
+        v.push(total % 16384);
+    }
+    v
+}
+
+#[test]
+fn direct_batches_lay_out_records_as_the_staged_path_and_decrypt() {
+    let id = identity();
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    assert!(own_records(&client));
+    let cases: &[&[usize]] = &[
+        &[],
+        &[0],
+        &[0, 0],
+        &[1],
+        &[16384],
+        &[16384, 16384],
+        &[16383, 1],
+        &[16383, 1, 0],
+        &[16383, 2],
+        &[10_000, 6384, 16384],
+        &[10_000, 6384, 16384, 1],
+        &[40_000],
+        &[5000; 13],
+        &[65_536, 7],
+        &[1, 16384, 16383, 16385],
+    ];
+    let mut wire = Vec::new();
+    for (i, sizes) in cases.iter().enumerate() {
+        let pieces: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(j, n)| data(*n, (i * 100 + j) as u64))
+            .collect();
+        let refs: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
+        let total = sizes.iter().sum();
+        let got = direct_batch(&mut client, &refs);
+        assert_eq!(got, staged_layout(total), "batch {sizes:?}");
+        wire.extend(pieces.concat());
+        // An empty batch queues nothing at all.
+        if total == 0 {
+            assert!(got.is_empty());
+        }
+    }
+    assert!(run(recv(&mut server, wire.len())).unwrap() == wire);
+}
+
+#[test]
+fn direct_batches_renew_the_send_key_before_it_could_run_out() {
+    // The key has 2^17 records (the least a direct batch takes); 2^16 of
+    // them are gone: a batch could reach the end, so a KeyUpdate leads it.
+    let id = identity();
+    let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+    handshake_pair(&mut client, &mut server);
+    records_of(&mut client).0.set_tx_limit(1 << 17);
+    // One record short of that: no KeyUpdate yet.
+    records_of(&mut client).0.skip_records((1 << 16) - 1, 0);
+    records_of(&mut server).0.skip_records(0, (1 << 16) - 1);
+    let a = data(40_000, 1);
+    assert_eq!(direct_batch(&mut client, &[&a]), [16384, 16384, 7232]);
+    // Three records later it is due: KeyUpdate (5 bytes of body), then the
+    // batch under the new key.
+    let b = data(20_000, 2);
+    assert_eq!(
+        direct_batch(&mut client, &[&b[..9000], &b[9000..]]),
+        [5, 16384, 3616]
+    );
+    let c = data(100, 3);
+    assert_eq!(direct_batch(&mut client, &[&c]), [100]);
+    let want = [a, b, c].concat();
+    assert!(run(recv(&mut server, want.len())).unwrap() == want);
+}
+
+#[test]
+fn a_direct_batch_answers_a_key_update_request_first() {
+    // rustls's client asks for a KeyUpdate; the server's next direct batch
+    // starts with its own, and rustls reads the data under the new key.
+    let (mut server, mut peer) = server_vs_peer(WIDE);
+    assert!(own_records(&server));
+    for round in 0..3u8 {
+        let (s, p) = run2(recv(&mut server, 2), async {
+            peer.conn.refresh_traffic_keys().map_err(invalid)?;
+            peer.send(&[b'a', round]).await
+        });
+        assert_eq!(s.unwrap(), [b'a', round]);
+        p.unwrap();
+        let bulk = data(30_000 + usize::from(round), u64::from(round));
+        // Round 1: an empty batch sends the answer on its own.
+        if round == 1 {
+            assert_eq!(direct_batch(&mut server, &[]), [5]);
+            assert_eq!(direct_batch(&mut server, &[&bulk]), [16384, 13617]);
+        } else {
+            assert_eq!(
+                direct_batch(&mut server, &[&bulk]),
+                [5, 16384, 13616 + usize::from(round)]
+            );
+        }
+        assert!(run(peer.recv(bulk.len())).unwrap() == bulk);
+    }
+}
+
+#[test]
+fn a_failed_direct_seal_queues_no_unsealed_bytes() {
+    // A seal that fails mid-batch or at its end fails the connection; the
+    // output must not then hold the batch's plaintext (a caller that
+    // flushes what is queued would put it on the wire in the clear).
+    let id = identity();
+    for finish in [false, true] {
+        let (mut client, mut server) = pair(WIDE, &client_cfg(id), &server_cfg(id));
+        handshake_pair(&mut client, &mut server);
+        let secret = vec![0x5a; 20_000];
+        let mut d = client.start_direct().unwrap().unwrap();
+        let base = client.out_len;
+        client.direct_buf(&mut d).put(&secret[..10_000]);
+        if finish {
+            // The first record is full and sealed; the last one fails.
+            client.direct_buf(&mut d).put(&secret[10_000..]);
+            client.seal_direct(&mut d, false).unwrap();
+            records_of(&mut client).0.set_tx_limit(0);
+            assert!(client.seal_direct(&mut d, true).is_err());
+        } else {
+            records_of(&mut client).0.set_tx_limit(0);
+            client.direct_buf(&mut d).put(&secret[10_000..]);
+            assert!(client.seal_direct(&mut d, false).is_err());
+        }
+        let queued = &client.out[client.out_pos..client.out_len];
+        assert!(
+            !queued.windows(64).any(|w| w == &secret[..64]),
+            "finish {finish}: plaintext queued for the socket"
+        );
+        assert_eq!(client.out_len, base, "finish {finish}");
+        // And the connection stays failed.
+        assert!(client.start_direct().is_err());
+        assert!(client.encrypt(b"x").is_err());
+    }
+}
+
 #[test]
 fn decrypted_data_comes_in_one_block_per_record() {
     // The session keeps views into these blocks: none may be larger than a
