@@ -276,7 +276,7 @@ fn merged_psh_frames_carry_every_byte_once_in_order_then_fin() {
         .map(|_| c.open_stream(now, &dest()).unwrap())
         .collect();
     let mut sent: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
-    let mut finished = BTreeMap::new();
+    let mut finished = std::collections::BTreeSet::new();
     let mut wire = BytesMut::new();
     let mut first = true;
     let mut x = 12345u32;
@@ -284,14 +284,14 @@ fn merged_psh_frames_carry_every_byte_once_in_order_then_fin() {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let id = ids[(x >> 8) as usize % ids.len()];
         let n = [1, 7, 700, 4096, 16_377, 20_000, 40_000][(x >> 16) as usize % 7];
-        if !finished.contains_key(&id.0) {
+        if !finished.contains(&id.0) {
             let p = payload(n, round as u8);
             if let Ok(k) = c.write(id, &p) {
                 sent.entry(id.0).or_default().extend_from_slice(&p[..k]);
             }
             if round > 300 && x % 5 == 0 {
                 c.finish(id).unwrap();
-                finished.insert(id.0, ());
+                finished.insert(id.0);
             }
         }
         if x % 3 == 0 {
@@ -306,7 +306,7 @@ fn merged_psh_frames_carry_every_byte_once_in_order_then_fin() {
         }
     }
     for id in &ids {
-        if !finished.contains_key(&id.0) {
+        if !finished.contains(&id.0) {
             c.finish(*id).unwrap();
         }
     }

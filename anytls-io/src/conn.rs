@@ -560,10 +560,14 @@ where
         bytes += pulled.bytes;
         *shaping = may_shape;
         if let Some(d) = &mut direct {
-            debug_assert!(
-                pulled.shaped_at.is_none(),
-                "shaped after may_shape() said no"
-            );
+            if pulled.shaped_at.is_some() {
+                // Cannot happen (`may_shape` is false for good once false);
+                // were it wrong, a shaped transmit would share records: end
+                // the connection rather than send a wrong shape.
+                return Err(io::Error::other(
+                    "a shaped transmit after the padding phase",
+                ));
+            }
             tls.seal_direct(d, false)?;
             continue;
         }
