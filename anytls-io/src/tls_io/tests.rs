@@ -314,6 +314,13 @@ fn server_cfg(id: &Identity) -> Arc<ServerConfig> {
     Arc::new(tls::server_config(id, &[]).unwrap())
 }
 
+/// A server that sends data with its last handshake flight (half-RTT).
+fn half_rtt_server_cfg(id: &Identity) -> Arc<ServerConfig> {
+    let mut scfg = tls::server_config(id, &[]).unwrap();
+    scfg.send_half_rtt_data = true;
+    Arc::new(scfg)
+}
+
 fn server_cfg_tls12(id: &Identity) -> Arc<ServerConfig> {
     Arc::new(
         ServerConfig::builder_with_provider(tls::provider())
@@ -966,9 +973,7 @@ fn tls12_against_buffered_rustls_with_data_in_the_last_flight() {
 #[test]
 fn half_rtt_data_from_server() {
     let id = identity();
-    let mut scfg = tls::server_config(id, &[]).unwrap();
-    scfg.send_half_rtt_data = true;
-    let (mut client, mut server) = pair(BYTEWISE, &client_cfg(id), &Arc::new(scfg));
+    let (mut client, mut server) = pair(BYTEWISE, &client_cfg(id), &half_rtt_server_cfg(id));
     let (c, s) = run2(
         async {
             client.handshake().await?;
@@ -2130,14 +2135,9 @@ fn review_key_update_request_before_the_clients_switch_is_answered() {
     // KeyUpdate(update_requested) and queues its answer; the switch that
     // follows loses it.
     let id = identity();
-    let mut scfg = tls::server_config(id, &[]).unwrap();
-    scfg.send_half_rtt_data = true;
     let (a, b) = pipe(WIDE);
     let mut client = tls_client(&client_cfg(id), a);
-    let mut peer = Peer {
-        conn: rustls::ServerConnection::new(Arc::new(scfg)).unwrap(),
-        io: b,
-    };
+    let mut peer = peer_server(&half_rtt_server_cfg(id), b);
     let (c, p) = run2(
         async {
             client.handshake().await?;
@@ -2175,14 +2175,9 @@ fn review_switch_does_not_wait_for_a_read_to_end_on_a_record_boundary() {
     // data record: the client's handshake is over, yet its records stay
     // with rustls until some read happens to end on a record boundary.
     let id = identity();
-    let mut scfg = tls::server_config(id, &[]).unwrap();
-    scfg.send_half_rtt_data = true;
     let (a, b) = pipe(WIDE);
     let mut client = tls_client(&client_cfg(id), a);
-    let mut peer = Peer {
-        conn: rustls::ServerConnection::new(Arc::new(scfg)).unwrap(),
-        io: b,
-    };
+    let mut peer = peer_server(&half_rtt_server_cfg(id), b);
     let (c, p) = run2(client.handshake(), async {
         pump_quietly(&mut peer).await?;
         peer.conn.writer().write_all(b"half")?;
