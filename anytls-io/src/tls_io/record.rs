@@ -340,11 +340,18 @@ impl Records {
             return Ok(false);
         }
         if self.update_requested || self.tx.seq + BATCH_RECORDS >= self.tx_limit {
-            self.update_requested = false;
-            self.seal_inner(&[KEY_UPDATE, 0, 0, 1, 0], &[HANDSHAKE], out, len)?;
-            self.tx = Direction::new(self.kernel.update_tx().map_err(from_rustls)?)?;
+            self.send_key_update(out, len)?;
         }
         Ok(true)
+    }
+
+    /// Seals our KeyUpdate under the current key, then moves to the next
+    /// one. update_not_requested: the peer's keys are its own business.
+    fn send_key_update(&mut self, out: &mut Vec<u8>, len: &mut usize) -> io::Result<()> {
+        self.update_requested = false;
+        self.seal_inner(&[KEY_UPDATE, 0, 0, 1, 0], &[HANDSHAKE], out, len)?;
+        self.tx = Direction::new(self.kernel.update_tx().map_err(from_rustls)?)?;
+        Ok(())
     }
 
     /// Seals the application data record whose `plain` bytes of plaintext
@@ -414,10 +421,7 @@ impl Records {
         // Our KeyUpdate takes the last sequence number the key may seal
         // (as rustls's): at most `tx_limit` records under one key.
         if self.update_requested || (self.tx.seq > 0 && self.tx.seq + 1 >= self.tx_limit) {
-            self.update_requested = false;
-            // update_not_requested: the peer's keys are its own business.
-            self.seal_inner(&[KEY_UPDATE, 0, 0, 1, 0], &[HANDSHAKE], out, len)?;
-            self.tx = Direction::new(self.kernel.update_tx().map_err(from_rustls)?)?;
+            self.send_key_update(out, len)?;
         }
         debug_assert!(piece.len() <= MAX_PLAINTEXT);
         self.seal_inner(piece, &[typ], out, len)
