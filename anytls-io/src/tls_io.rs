@@ -407,18 +407,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
         if let Some(kind) = self.failed {
             return Err(io::Error::new(kind, "TLS connection failed"));
         }
-        if matches!(self.tls, Tls::Records(_)) {
-            if self.close_notify_sent && matches!(job, Job::Data(_)) {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "TLS connection closed for sending",
-                ));
-            }
-            return self
-                .process_records(job)
-                .inspect_err(|e| self.failed = Some(e.kind()));
-        }
         loop {
+            if matches!(self.tls, Tls::Records(_)) {
+                if self.close_notify_sent && matches!(job, Job::Data(_)) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "TLS connection closed for sending",
+                    ));
+                }
+                return self
+                    .process_records(job)
+                    .inspect_err(|e| self.failed = Some(e.kind()));
+            }
             // While the records may still come to `record.rs`, rustls is shown
             // one complete record at a time (and an incomplete last one, which
             // it only looks at): it must not read past the handshake's last
@@ -475,9 +475,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsIo<IO> {
                         // rustls is done with what it was shown: the records
                         // come here now, or it gets the next one.
                         if self.take_over_records()? {
-                            return self
-                                .process_records(job)
-                                .inspect_err(|e| self.failed = Some(e.kind()));
+                            continue;
                         }
                         if let Some(n) = self.next_record().filter(|_| self.feed_records()) {
                             self.shown += n;
