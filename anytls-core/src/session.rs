@@ -342,6 +342,21 @@ struct ShapedWrite {
     records: VecDeque<Record>,
 }
 
+impl ShapedWrite {
+    /// Appends the next record of the plan; false when none is left.
+    fn put_next<B: TransmitBuf + ?Sized>(&mut self, buf: &mut Counted<'_, B>) -> bool {
+        let Some(rec) = self.records.pop_front() else {
+            return false;
+        };
+        let mut payload = &self.data[self.offset..];
+        let mut shaped = BytesMut::with_capacity(rec.len());
+        rec.encode(&mut payload, &mut shaped);
+        buf.put(&shaped);
+        self.offset += rec.payload;
+        true
+    }
+}
+
 fn stream_mut(
     streams: &mut BTreeMap<StreamId, Stream>,
     id: StreamId,
@@ -898,12 +913,7 @@ impl<R: SessionRole> Session<R> {
             }
         }
         if let Some(cur) = &mut self.current {
-            if let Some(rec) = cur.records.pop_front() {
-                let mut payload = &cur.data[cur.offset..];
-                let mut shaped = BytesMut::with_capacity(rec.len());
-                rec.encode(&mut payload, &mut shaped);
-                buf.put(&shaped);
-                cur.offset += rec.payload;
+            if cur.put_next(buf) {
                 return true;
             }
             self.current = None;
@@ -956,13 +966,7 @@ impl<R: SessionRole> Session<R> {
             offset: 0,
             records: plan.into(),
         };
-        if let Some(rec) = cur.records.pop_front() {
-            let mut payload = &cur.data[..];
-            let mut shaped = BytesMut::with_capacity(rec.len());
-            rec.encode(&mut payload, &mut shaped);
-            buf.put(&shaped);
-            cur.offset = rec.payload;
-        }
+        cur.put_next(buf);
         self.current = Some(cur);
         true
     }
