@@ -6,7 +6,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use anytls_core::pool::{PoolConfig, PoolConfigError, PoolStats};
@@ -18,7 +18,7 @@ use anytls_core::{
 use bytes::{Bytes, BytesMut};
 
 use crate::budget::IoBudget;
-use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive};
+use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive, read_chunks};
 use crate::dial::{DialOptions, Dialer};
 use crate::explain::{self, Reporter};
 use crate::runtime::{Notify, Runtime, timeout};
@@ -564,8 +564,26 @@ impl ClientEnd {
 }
 
 impl StreamEnd for ClientEnd {
-    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        self.op(|ep, h| ep.read(Instant::now(), h), false, cx)
+    fn poll_read_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_bytes: usize,
+        max_count: usize,
+        sink: &mut dyn FnMut(Bytes),
+    ) -> Poll<io::Result<bool>> {
+        let now = Instant::now();
+        let bytes = ready!(self.op(
+            |ep, h| {
+                let read = |first| match first || ep.readable_len(h) > 0 {
+                    true => ep.read(now, h),
+                    false => Ok(None),
+                };
+                read_chunks(read, max_bytes, max_count, sink)
+            },
+            false,
+            cx,
+        ))?;
+        Poll::Ready(Ok(bytes > 0))
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {

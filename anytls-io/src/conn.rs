@@ -618,11 +618,47 @@ fn fail(link: &impl Link, e: &io::Error) {
     link.with(|m| m.handle_transport_error(Instant::now(), TransportError::from_io(e)));
 }
 
+/// Reads a batch of chunks (see [`StreamEnd::poll_read_chunks`]) with
+/// `read(first)`: the first read's result is the batch's (`None`: EOF, or
+/// its error); later ones are made only while `more()` says data is there,
+/// so they neither consume an EOF nor fail. Returns the bytes handed out
+/// (0 at EOF).
+pub(crate) fn read_chunks(
+    mut read: impl FnMut(bool) -> Result<Option<Bytes>, StreamError>,
+    max_bytes: usize,
+    max_count: usize,
+    sink: &mut dyn FnMut(Bytes),
+) -> Result<usize, StreamError> {
+    let (mut bytes, mut count) = (0, 0);
+    while count < max_count && (count == 0 || bytes < max_bytes) {
+        match read(count == 0) {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len();
+                count += 1;
+                sink(chunk);
+            }
+            Ok(None) if count == 0 => return Ok(0),
+            Err(e) if count == 0 => return Err(e),
+            _ => break,
+        }
+    }
+    Ok(bytes)
+}
+
 /// The stream operations of one AnyTLS stream, on whichever state machine
 /// carries it (a server session or the client endpoint).
 pub(crate) trait StreamEnd: Send + Sync {
-    /// Next chunk of stream data; `None` at EOF.
-    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>>;
+    /// The next chunk of stream data to `sink`, then, under the same lock,
+    /// the chunks already there after it while fewer than `max_count`
+    /// chunks and `max_bytes` bytes were handed out. `Ready(Ok(true))`: at
+    /// least one chunk; `Ready(Ok(false))`: EOF.
+    fn poll_read_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_bytes: usize,
+        max_count: usize,
+        sink: &mut dyn FnMut(Bytes),
+    ) -> Poll<io::Result<bool>>;
     /// Queues a prefix of `data` (what fits now), advancing `data` past it;
     /// `Ready(Ok(n))` with `n > 0`, or `Pending` until there is room.
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>>;
@@ -654,10 +690,26 @@ impl ServerEnd {
 }
 
 impl StreamEnd for ServerEnd {
-    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+    fn poll_read_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_bytes: usize,
+        max_count: usize,
+        sink: &mut dyn FnMut(Bytes),
+    ) -> Poll<io::Result<bool>> {
         let mut g = self.conn.lock();
         let was_reading = g.session.wants_read();
-        let res = g.session.read(Instant::now(), self.id);
+        let (now, id) = (Instant::now(), self.id);
+        let session = &mut g.session;
+        let res = read_chunks(
+            |first| match first || session.readable_len(id) > 0 {
+                true => session.read(now, id),
+                false => Ok(None),
+            },
+            max_bytes,
+            max_count,
+            sink,
+        );
         if !was_reading {
             // Paused input may have resumed and been processed: let the
             // driver act on its output.
@@ -665,11 +717,11 @@ impl StreamEnd for ServerEnd {
             g.kick();
         }
         match res {
-            Ok(chunk) => {
-                if let (Some(a), Some(c)) = (&self.account, &chunk) {
-                    a.received(c.len());
+            Ok(bytes) => {
+                if let Some(a) = &self.account {
+                    a.received(bytes);
                 }
-                Poll::Ready(Ok(chunk))
+                Poll::Ready(Ok(bytes > 0))
             }
             Err(StreamError::Blocked) => {
                 g.read_wakers.insert(self.id, cx.waker().clone());
@@ -781,17 +833,32 @@ impl AnyTlsStream {
 
     /// Next chunk of stream data; `None` at EOF.
     pub fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        let mut chunk = None;
+        ready!(self.poll_read_chunks(cx, usize::MAX, 1, &mut |b| chunk = Some(b)))?;
+        Poll::Ready(Ok(chunk))
+    }
+
+    /// The next chunks of stream data to `sink`, all taken at once (one
+    /// lock of the session): the next one, then those already there while
+    /// fewer than `max_count` chunks and `max_bytes` bytes were handed out.
+    /// `Ready(Ok(false))` at EOF.
+    pub(crate) fn poll_read_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_bytes: usize,
+        max_count: usize,
+        sink: &mut dyn FnMut(Bytes),
+    ) -> Poll<io::Result<bool>> {
         if !self.pending.is_empty() {
-            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+            sink(std::mem::take(&mut self.pending));
+            return Poll::Ready(Ok(true));
         }
         if self.eof || self.finished {
-            return Poll::Ready(Ok(None));
+            return Poll::Ready(Ok(false));
         }
-        let chunk = ready!(self.end.poll_read_chunk(cx))?;
-        if chunk.is_none() {
-            self.eof = true;
-        }
-        Poll::Ready(Ok(chunk))
+        let any = ready!(self.end.poll_read_chunks(cx, max_bytes, max_count, sink))?;
+        self.eof = !any;
+        Poll::Ready(Ok(any))
     }
 
     /// Queues as much of `buf` as fits (copied once into the core's queue).
@@ -932,5 +999,79 @@ impl tokio::io::AsyncWrite for AnyTlsStream {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().finish();
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream's receive queue as the core shows it: `read` pops a chunk,
+    /// `None` at EOF once `fin`; any read after EOF is an error (a finished
+    /// stream is forgotten once its EOF was read).
+    struct Queue {
+        chunks: VecDeque<Bytes>,
+        fin: bool,
+        eof_read: bool,
+    }
+
+    impl Queue {
+        fn new(sizes: &[usize], fin: bool) -> Queue {
+            Queue {
+                chunks: sizes
+                    .iter()
+                    .map(|&n| Bytes::from(vec![n as u8; n]))
+                    .collect(),
+                fin,
+                eof_read: false,
+            }
+        }
+
+        fn batch(&mut self, max_bytes: usize, max_count: usize) -> Result<Vec<usize>, StreamError> {
+            let mut got = Vec::new();
+            let read = |first: bool| {
+                if !first && self.chunks.is_empty() {
+                    return Ok(None); // `readable_len` is 0: no read.
+                }
+                assert!(!self.eof_read, "read after EOF");
+                match self.chunks.pop_front() {
+                    Some(c) => Ok(Some(c)),
+                    None if self.fin => {
+                        self.eof_read = true;
+                        Ok(None)
+                    }
+                    None => Err(StreamError::Blocked),
+                }
+            };
+            let bytes = read_chunks(read, max_bytes, max_count, &mut |c| got.push(c.len()))?;
+            assert_eq!(bytes, got.iter().sum::<usize>());
+            Ok(got)
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_there_within_its_limits() {
+        let mut q = Queue::new(&[10, 20, 30, 40, 50], true);
+        assert_eq!(q.batch(usize::MAX, 2).unwrap(), [10, 20], "count limit");
+        assert_eq!(
+            q.batch(35, 16).unwrap(),
+            [30, 40],
+            "bytes: stops once reached"
+        );
+        assert_eq!(q.batch(1, 16).unwrap(), [50], "the first chunk always goes");
+        assert_eq!(q.batch(usize::MAX, 16).unwrap(), Vec::<usize>::new(), "EOF");
+        assert!(q.eof_read);
+    }
+
+    #[test]
+    fn a_batch_never_reads_past_the_data_into_eof_or_blocked() {
+        let mut q = Queue::new(&[5, 6], true);
+        assert_eq!(q.batch(usize::MAX, 16).unwrap(), [5, 6]);
+        assert!(!q.eof_read, "EOF is left for the next batch");
+        assert_eq!(q.batch(usize::MAX, 16).unwrap(), Vec::<usize>::new());
+        let mut q = Queue::new(&[], false);
+        assert!(matches!(q.batch(usize::MAX, 16), Err(StreamError::Blocked)));
+        let mut q = Queue::new(&[7], false);
+        assert_eq!(q.batch(usize::MAX, 16).unwrap(), [7]);
     }
 }

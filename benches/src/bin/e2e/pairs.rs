@@ -28,6 +28,7 @@ impl Cell {
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct Col {
     pub head: &'static str,
     /// Followed by a column with the ratio to the peer's own pair.
@@ -147,6 +148,23 @@ pub fn print_throughput(paths: &[PathRun], s: &Settings) {
         );
     }
 }
+
+/// [`THROUGHPUT_COLS`], then the CPU per GiB of everything else on the
+/// machine and the throughput ceiling it sets.
+pub const MANY_COLS: [Col; 6] = [
+    THROUGHPUT_COLS[0],
+    THROUGHPUT_COLS[1],
+    THROUGHPUT_COLS[2],
+    THROUGHPUT_COLS[3],
+    Col {
+        head: "others s/GiB",
+        compare: false,
+    },
+    Col {
+        head: "ceiling MiB/s",
+        compare: false,
+    },
+];
 
 /// Throughput and the CPU per GiB of the client, the server and both.
 pub const THROUGHPUT_COLS: [Col; 4] = [

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::pairs::{self, Cell, Row};
 use super::{
     Ctx, MIB, Pairing, Proc, Res, Route, STEP, Settings, child_threads, cpu_now, cpu_since,
-    download, fetch, median_f, open_and, threads_desc, verdict,
+    download, fetch, machine_busy_ticks, median_f, open_and, s_per_gib, threads_desc, verdict,
 };
 
 /// Peaks of anytls-go in the same test (the performance issue): ours must
@@ -67,6 +67,9 @@ pub struct ParallelRun {
     pub mibps: f64,
     /// CPU seconds per GiB of the client and the server process.
     pub cpu: [Option<f64>; 2],
+    /// CPU seconds per GiB of the whole machine (all processes, kernel
+    /// included).
+    pub machine: Option<f64>,
     pub client: Peak,
     pub server: Peak,
 }
@@ -110,6 +113,7 @@ pub async fn parallel_run(
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pids = [client.pid()?, server.pid()?];
     let cpu0 = cpu_now(pids.map(Some));
+    let busy0 = machine_busy_ticks();
     let reset = pids.map(reset_hwm);
     let start = pids.map(|p| status_kib(p, "VmRSS:").unwrap_or(0));
     let n = mib * MIB;
@@ -141,6 +145,9 @@ pub async fn parallel_run(
     .await;
     let wall = t0.elapsed();
     let cpu = cpu_since(pids.map(Some), cpu0, count as u64 * n);
+    let machine = busy0
+        .zip(machine_busy_ticks())
+        .map(|(a, b)| s_per_gib(b.saturating_sub(a), count as u64 * n));
     stop.store(true, Ordering::Relaxed);
     let sampled = sampling.join().map_err(|_| "the RSS sampler panicked")?;
     // Dropping the set aborts whatever is left after a failure.
@@ -172,6 +179,7 @@ pub async fn parallel_run(
         wall,
         mibps: (count as u64 * mib) as f64 / wall.as_secs_f64().max(1e-9),
         cpu,
+        machine,
         client: peak(0),
         server: peak(1),
     })
@@ -247,6 +255,8 @@ fn combine(mut runs: Vec<ParallelRun>) -> Option<ParallelRun> {
         let v: Vec<f64> = runs.iter().filter_map(|r| r.cpu[i]).collect();
         (!v.is_empty()).then(|| median_f(&v))
     });
+    let machine: Vec<f64> = runs.iter().filter_map(|r| r.machine).collect();
+    let machine = (!machine.is_empty()).then(|| median_f(&machine));
     let max_peak = |f: fn(&ParallelRun) -> &Peak| runs.iter().map(|r| f(r).peak_kib).max();
     let (client_peak, server_peak) = (max_peak(|r| &r.client)?, max_peak(|r| &r.server)?);
     let (client_start, server_start) = (runs[0].client.start_kib, runs[0].server.start_kib);
@@ -254,6 +264,7 @@ fn combine(mut runs: Vec<ParallelRun>) -> Option<ParallelRun> {
     let k = runs.len() / 2;
     let mut r = runs.swap_remove(k);
     r.cpu = cpu;
+    r.machine = machine;
     r.client.peak_kib = client_peak;
     r.server.peak_kib = server_peak;
     r.client.start_kib = client_start;
@@ -261,14 +272,19 @@ fn combine(mut runs: Vec<ParallelRun>) -> Option<ParallelRun> {
     Some(r)
 }
 
-/// The many-stream case as a pairing table: MiB/s and CPU per GiB.
+/// The many-stream case as a pairing table: MiB/s, CPU per GiB of the
+/// client, the server and everything else, and the ceiling that everything
+/// else sets.
 pub fn print_many(par: &[Result<ParallelRun, String>], s: &Settings) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let rows: Vec<Row> = par
         .iter()
         .flatten()
         .map(|r| {
             let [c, v] = r.cpu;
             let sum = c.zip(v).map(|(a, b)| a + b);
+            let others = r.machine.zip(sum).map(|(m, b)| (m - b).max(0.0));
+            let ceiling = others.filter(|o| *o > 0.0).map(|o| cpus / o * 1024.0);
             Row {
                 pair: r.label.clone(),
                 peer: r.peer.clone(),
@@ -277,6 +293,8 @@ pub fn print_many(par: &[Result<ParallelRun, String>], s: &Settings) {
                     Cell::num(c, 2),
                     Cell::num(v, 2),
                     Cell::num(sum, 2),
+                    Cell::num(others, 2),
+                    Cell::num(ceiling, 0),
                 ],
             }
         })
@@ -284,13 +302,17 @@ pub fn print_many(par: &[Result<ParallelRun, String>], s: &Settings) {
     pairs::print_table(
         &format!(
             "many streams: {} downloads of {} MiB at once through one client, median of {} \
-             (runtime threads per process: {}); CPU s/GiB per process",
+             (runtime threads per process: {}); CPU s/GiB per process\n  \
+             others: the whole machine's CPU per GiB less the client's and the server's (the \
+             bench's target and downloaders, their kernel work, anything else running);\n  \
+             ceiling: MiB/s with every CPU busy if the client and the server cost nothing \
+             (CPUs / others)",
             s.parallel,
             s.parallel_mib,
             s.parallel_reps,
             threads_desc(child_threads())
         ),
-        &pairs::THROUGHPUT_COLS,
+        &pairs::MANY_COLS,
         &rows,
     );
 }
