@@ -231,8 +231,8 @@ pub use frame::{Command, Frame, FrameDecoder, FrameHeader, FrameLimits, StreamId
 pub use padding::{PaddingScheme, Record, Shaper};
 pub use pool::{Checkout, CloseReason, Pool, PoolAction, PoolConfig, PoolConfigError, PoolStats};
 pub use session::{
-    ClientSession, Event, ServerSession, Session, SessionRole, SessionSeq, SessionStats, Transmit,
-    TransmitBuf,
+    ClientSession, Event, MAX_PSH_DATA, ServerSession, Session, SessionRole, SessionSeq,
+    SessionStats, Transmit, TransmitBuf,
 };
 pub use settings::StringMap;
 pub use timer::TimerTable;

@@ -56,6 +56,20 @@ pub const ALERT_NO_SETTINGS: &str = "client did not send its settings";
 /// peer (a Go peer writes each PSH payload to its socket in one write).
 const CHUNK: usize = 2 * 16 * 1024 - HEADER_LEN;
 
+/// Stream data per PSH frame at most (32 761 bytes). A writer that queues
+/// stream data in multiples of it gets only full frames: a socket relay
+/// reading 64 KiB at a time would otherwise send frames of 32 761, 32 761
+/// and 14 bytes, and a Go peer makes one socket write per frame (three
+/// instead of two per 64 KiB).
+pub const MAX_PSH_DATA: usize = CHUNK;
+
+/// Whether writes are queued in whole frames' worth (see `write_room`):
+/// only when both send buffers hold at least a frame's data, or a write
+/// could never be taken.
+fn whole_frames(limits: &SessionLimits) -> bool {
+    limits.stream_send_buffer.min(limits.session_send_buffer) >= CHUNK
+}
+
 /// Received stream data shorter than this is copied out of the owner's read
 /// block instead of being kept as a view into it (see `on_psh`).
 const MIN_SHARED_CHUNK: usize = 4 * 1024;
@@ -735,6 +749,16 @@ impl<R: SessionRole> Session<R> {
             stream.write_blocked = true;
             return Err(StreamError::Blocked);
         }
+        if len > room && len >= CHUNK && whole_frames(&self.limits) {
+            // A write that does not fit is taken in whole frames' worth (see
+            // `MAX_PSH_DATA`): cut at the room left, it would go out as a
+            // full frame and a small one.
+            if room < CHUNK {
+                stream.write_blocked = true;
+                return Err(StreamError::Blocked);
+            }
+            return Ok(room / CHUNK * CHUNK);
+        }
         Ok(room.min(len))
     }
 
@@ -1033,8 +1057,10 @@ impl<R: SessionRole> Session<R> {
             return;
         }
         let cap = self.limits.stream_send_buffer;
+        // Room for a whole frame, when writes wait for that (`write_room`).
+        let need = if whole_frames(&self.limits) { CHUNK } else { 1 };
         for (id, s) in &mut self.streams {
-            if s.write_blocked && s.send.len() < cap {
+            if s.write_blocked && s.send.len() + need <= cap {
                 s.write_blocked = false;
                 self.events.push_back(Event::StreamWritable { id: *id });
             }

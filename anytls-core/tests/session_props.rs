@@ -53,8 +53,9 @@ use anytls_core::frame::{MAX_FRAME_DATA, encode_frame};
 use anytls_core::session::SessionRole;
 use anytls_core::settings::ClientSettings;
 use anytls_core::{
-    ClientConfig, Command, Event, Frame, FrameDecoder, FrameLimits, PaddingScheme, ServerConfig,
-    Session, SessionError, SessionLimits, SessionSeq, SocksAddr, StreamError, StreamId,
+    ClientConfig, Command, Event, Frame, FrameDecoder, FrameLimits, MAX_PSH_DATA, PaddingScheme,
+    ServerConfig, Session, SessionError, SessionLimits, SessionSeq, SocksAddr, StreamError,
+    StreamId,
 };
 use bytes::{Bytes, BytesMut};
 use common::*;
@@ -675,10 +676,16 @@ impl Sim {
             let Some(b) = d.backlog.front().cloned() else {
                 return;
             };
-            // What fits under both send caps (when the test knows the queues).
+            // What fits under both send caps (when the test knows the queues):
+            // a write that does not fit whole is taken in whole frames' worth
+            // (`MAX_PSH_DATA`) when both caps hold a frame.
             let room = knows.then(|| {
                 let (per, total) = self.queues(client);
-                cap.saturating_sub(per[&id]).min(scap.saturating_sub(total))
+                let room = cap.saturating_sub(per[&id]).min(scap.saturating_sub(total));
+                match b.len() > room && b.len() >= MAX_PSH_DATA && cap.min(scap) >= MAX_PSH_DATA {
+                    true => room / MAX_PSH_DATA * MAX_PSH_DATA,
+                    false => room,
+                }
             });
             let r = on_side!(self.p, client, |s| s.write(id, &b));
             let d = dir(self.streams.get_mut(&id).unwrap(), client);

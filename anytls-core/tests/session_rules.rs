@@ -16,9 +16,9 @@ use anytls_core::frame::encode_frame;
 use anytls_core::padding::DEFAULT_SCHEME;
 use anytls_core::session::{Client, ClientSession, Server, SessionRole};
 use anytls_core::{
-    AddrError, ClientConfig, Command, Event, Frame, Host, PaddingScheme, PasswordHash,
-    ProtocolError, ServerConfig, Session, SessionError, SessionSeq, SocksAddr, StreamError,
-    StreamId, UserId,
+    AddrError, ClientConfig, Command, Event, Frame, Host, MAX_PSH_DATA, PaddingScheme,
+    PasswordHash, ProtocolError, ServerConfig, Session, SessionError, SessionSeq, SocksAddr,
+    StreamError, StreamId, UserId,
 };
 use bytes::{Bytes, BytesMut};
 use common::*;
@@ -1719,15 +1719,17 @@ fn writer_is_blocked_at_the_send_cap_then_writable() {
 fn a_huge_write_takes_only_what_fits_then_blocks_until_drained() {
     let mut c = Solo::opened_client();
     let cap = client_config().limits.stream_send_buffer;
+    // What fits, in whole frames' worth (see `whole_frames_are_queued_...`).
+    let fits = cap / MAX_PSH_DATA * MAX_PSH_DATA;
     let id = StreamId(1);
     // 100 MiB in one call: the stream takes its send cap and says so.
     let huge = vec![9u8; 100 << 20];
-    assert_eq!(c.s.write(id, &huge), Ok(cap));
-    assert_eq!(c.s.write(id, &huge[cap..]), Err(StreamError::Blocked));
+    assert_eq!(c.s.write(id, &huge), Ok(fits));
+    assert_eq!(c.s.write(id, &huge[fits..]), Err(StreamError::Blocked));
     // The same without a copy: nothing fits, nothing is taken.
-    let mut rest = Bytes::from(huge).slice(cap..);
+    let mut rest = Bytes::from(huge).slice(fits..);
     assert_eq!(c.s.write_bytes(id, &mut rest), Err(StreamError::Blocked));
-    assert_eq!(rest.len(), (100 << 20) - cap);
+    assert_eq!(rest.len(), (100 << 20) - fits);
     assert_eq!(c.s.poll_event(), None, "no StreamWritable before a drain");
     // Transmits drain the queue, then StreamWritable comes.
     c.pump();
@@ -1735,12 +1737,50 @@ fn a_huge_write_takes_only_what_fits_then_blocks_until_drained() {
         .filter(|f| f.cmd == Command::Psh && f.stream_id == id)
         .map(|f| f.data.len())
         .sum();
-    assert_eq!(sent, cap);
+    assert_eq!(sent, fits);
     assert_eq!(c.take_events(), vec![Event::StreamWritable { id }]);
     // Room again: the next cap's worth, taken as a view of `rest`.
-    assert_eq!(c.s.write_bytes(id, &mut rest), Ok(cap));
-    assert_eq!(rest.len(), (100 << 20) - 2 * cap);
-    assert_eq!(c.s.write(id, b"x"), Err(StreamError::Blocked));
+    assert_eq!(c.s.write_bytes(id, &mut rest), Ok(fits));
+    assert_eq!(rest.len(), (100 << 20) - 2 * fits);
+    assert_eq!(c.s.write(id, &[1; MAX_PSH_DATA]), Err(StreamError::Blocked));
+}
+
+/// A write that does not fit whole is taken in whole frames' worth, so it
+/// goes out in full frames (a Go peer writes each PSH payload to its socket
+/// on its own): cut at the room left, 64 KiB would be frames of 32 761,
+/// 32 761 and 14 bytes. Writes that fit, and writes smaller than a frame,
+/// take what fits as before; `StreamWritable` waits for room for a frame.
+#[test]
+fn whole_frames_are_queued_when_a_write_does_not_fit() {
+    let mut c = Solo::opened_client();
+    let cap = client_config().limits.stream_send_buffer;
+    assert!(
+        cap >= 2 * MAX_PSH_DATA,
+        "the test needs room for two frames"
+    );
+    let id = StreamId(1);
+    // A first write that fits is taken whole, leaving a frame and 1000.
+    let first = cap - MAX_PSH_DATA - 1000;
+    assert_eq!(c.s.write(id, &vec![1; first]), Ok(first));
+    // 64 KiB do not fit: one frame's worth.
+    assert_eq!(c.s.write(id, &[2; 64 * 1024]), Ok(MAX_PSH_DATA));
+    // Less than a frame left: a frame's worth waits; a smaller write fits.
+    assert_eq!(c.s.write(id, &[3; 64 * 1024]), Err(StreamError::Blocked));
+    assert_eq!(c.s.write(id, &[4; 100]), Ok(100));
+    c.pump();
+    assert_eq!(c.take_events(), vec![Event::StreamWritable { id }]);
+    let sizes: Vec<usize> = (c.frames().iter())
+        .filter(|f| f.cmd == Command::Psh)
+        .map(|f| f.data.len())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), first + MAX_PSH_DATA + 100);
+    assert!(sizes.iter().all(|&n| n <= MAX_PSH_DATA));
+
+    // Caps smaller than a frame: writes take what fits, as ever.
+    let mut cfg = client_config();
+    cfg.limits.stream_send_buffer = 1000;
+    let mut small = Solo::client(cfg, PaddingScheme::default_scheme(), true);
+    assert_eq!(small.s.write(id, &[5; 64 * 1024]), Ok(1000));
 }
 
 /// `StreamReadable` is edge-triggered: raised when a stream goes from nothing

@@ -11,6 +11,8 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
+use anytls_core::MAX_PSH_DATA;
+
 use crate::budget::{self, IoBudget, Sizer};
 use crate::conn::AnyTlsStream;
 
@@ -296,6 +298,17 @@ impl Blocks {
     }
 }
 
+/// How much of a `block`-sized read block to read into: a multiple of the
+/// PSH frame's data once a block holds one, so a full read becomes full
+/// frames (64 KiB would go out as 32 761 + 32 761 + 14, and a Go peer
+/// writes each frame to its socket on its own).
+fn whole_frames(block: usize) -> usize {
+    match block / MAX_PSH_DATA {
+        0 => block,
+        frames => frames * MAX_PSH_DATA,
+    }
+}
+
 /// Data on its way into an AnyTLS stream: read from the socket into blocks
 /// that go to the session's send queue as they are, without another copy.
 struct BytesHalf {
@@ -342,14 +355,14 @@ impl BytesHalf {
                 self.blocks.clear();
                 return Poll::Ready(Ok(()));
             }
-            let size = self.read_size;
-            let mut block = self.blocks.take(size);
+            let mut block = self.blocks.take(self.read_size);
+            let size = whole_frames(self.read_size);
             match Pin::new(&mut *from).poll_read(cx, &mut block[..size]) {
                 Poll::Ready(Ok(0)) => self.read_done = true,
                 Poll::Ready(Ok(n)) => {
                     if n == size {
                         // The read filled what it was offered: read more at once.
-                        if size >= budget::REGULAR {
+                        if self.read_size >= budget::REGULAR {
                             self.sizer.busy();
                         }
                         self.read_size = (self.read_size * 2).min(self.sizer.max());
@@ -417,6 +430,14 @@ mod tests {
         let mut block = blocks.take(size);
         block[..n].fill(byte);
         blocks.chunk(block, n)
+    }
+
+    #[test]
+    fn full_reads_are_whole_frames() {
+        assert_eq!(whole_frames(8 * 1024), 8 * 1024);
+        assert_eq!(whole_frames(16 * 1024), 16 * 1024);
+        assert_eq!(whole_frames(32 * 1024), MAX_PSH_DATA);
+        assert_eq!(whole_frames(64 * 1024), 2 * MAX_PSH_DATA);
     }
 
     #[test]
