@@ -559,9 +559,10 @@ impl ClientEndpoint {
         }
     }
 
-    /// Queues as much of `data` as fits (copied once); returns how much.
-    /// `Err(Blocked)` when nothing fits or the stream has no session yet:
-    /// [`ClientEvent::StreamWritable`] follows.
+    /// Queues as much of `data` as fits (copied once; bulk writes in whole
+    /// frames, see [`Session::write`](crate::Session::write)); returns how
+    /// much. `Err(Blocked)` when nothing fits or the stream has no session
+    /// yet: [`ClientEvent::StreamWritable`] follows.
     pub fn write(&mut self, stream: StreamHandle, data: &[u8]) -> Result<usize, StreamError> {
         self.with_session(stream, |s, id| s.write(id, data))
     }

@@ -64,10 +64,10 @@ const CHUNK: usize = 2 * 16 * 1024 - HEADER_LEN;
 pub const MAX_PSH_DATA: usize = CHUNK;
 
 /// Whether writes are queued in whole frames' worth (see `write_room`):
-/// only when both send buffers hold at least a frame's data, or a write
-/// could never be taken.
+/// only when a stream's send buffer holds at least a frame's data, or a
+/// write could never be taken.
 fn whole_frames(limits: &SessionLimits) -> bool {
-    limits.stream_send_buffer.min(limits.session_send_buffer) >= CHUNK
+    limits.stream_send_buffer >= CHUNK
 }
 
 /// Received stream data shorter than this is copied out of the owner's read
@@ -703,6 +703,12 @@ impl<R: SessionRole> Session<R> {
     /// Queues as much of `data` as fits under the stream's and the session's
     /// send caps (copied once); returns how much it took. `Err(Blocked)` when
     /// nothing fits: `Event::StreamWritable` follows when there is room.
+    ///
+    /// Bulk writes are taken in whole frames: when a write of at least
+    /// [`MAX_PSH_DATA`] bytes does not fit under the stream's cap, the stream
+    /// takes a multiple of `MAX_PSH_DATA` (`Blocked` while less than that
+    /// fits), so the data goes out in full frames rather than a full frame
+    /// and a small one (a Go peer writes each frame to its socket on its own).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         let room = self.write_room(id, data.len())?;
         self.queue_send(id, Bytes::copy_from_slice(&data[..room]));
@@ -710,8 +716,8 @@ impl<R: SessionRole> Session<R> {
     }
 
     /// Like [`write`](Self::write), without copying: takes the longest
-    /// prefix of `data` that fits (a view, shared with the caller's buffer)
-    /// and advances `data` past it.
+    /// prefix of `data` that [`write`](Self::write) would take (a view,
+    /// shared with the caller's buffer) and advances `data` past it.
     pub fn write_bytes(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, StreamError> {
         let room = self.write_room(id, data.len())?;
         let head = data.split_to(room);
@@ -736,23 +742,26 @@ impl<R: SessionRole> Session<R> {
             stream.write_blocked = true;
             return Err(StreamError::Blocked);
         }
-        let room = self
+        let stream_room = self
             .limits
             .stream_send_buffer
-            .saturating_sub(stream.send.len())
-            .min(
-                self.limits
-                    .session_send_buffer
-                    .saturating_sub(self.send_total),
-            );
+            .saturating_sub(stream.send.len());
+        let session_room = self
+            .limits
+            .session_send_buffer
+            .saturating_sub(self.send_total);
+        let room = stream_room.min(session_room);
         if room == 0 {
             stream.write_blocked = true;
             return Err(StreamError::Blocked);
         }
-        if len > room && len >= CHUNK && whole_frames(&self.limits) {
-            // A write that does not fit is taken in whole frames' worth (see
-            // `MAX_PSH_DATA`): cut at the room left, it would go out as a
-            // full frame and a small one.
+        if len > room && len >= CHUNK && stream_room <= session_room && whole_frames(&self.limits) {
+            // The stream's own cap cuts the write: take whole frames' worth
+            // (see `MAX_PSH_DATA`), or wait for room for one (its queue
+            // drains; `signal_writable` waits for the same). Where the
+            // session's cap, shared with the other streams, is what cuts,
+            // the write takes what fits: waiting for a frame's worth there
+            // would let smaller writers of other streams go first for good.
             if room < CHUNK {
                 stream.write_blocked = true;
                 return Err(StreamError::Blocked);

@@ -103,6 +103,12 @@ fn limits(which: u8) -> SessionLimits {
             l.control_queue = MIN_CONTROL_QUEUE;
             l.max_streams = 16;
         }
+        3 => {
+            // Whole-frame writes (stream cap over a frame's data) under a
+            // session cap shared by the streams, between one and two frames.
+            l.stream_send_buffer = 40_000;
+            l.session_send_buffer = 48_000;
+        }
         _ => {
             l.stream_recv_buffer = 16 * 1024;
             l.session_recv_buffer = 6000;
@@ -292,7 +298,7 @@ fn setup() -> impl Strategy<Value = Setup> {
     (
         any::<u64>(),
         any::<bool>(),
-        0..3u8,
+        0..4u8,
         prop_oneof![10..200u64, 200..3000u64],
         (max_piece(), 0..50u64),
         (max_piece(), 0..50u64),
@@ -677,12 +683,14 @@ impl Sim {
                 return;
             };
             // What fits under both send caps (when the test knows the queues):
-            // a write that does not fit whole is taken in whole frames' worth
-            // (`MAX_PSH_DATA`) when both caps hold a frame.
+            // a write that the stream's own cap cuts is taken in whole frames'
+            // worth (`MAX_PSH_DATA`) when that cap holds a frame.
             let room = knows.then(|| {
                 let (per, total) = self.queues(client);
-                let room = cap.saturating_sub(per[&id]).min(scap.saturating_sub(total));
-                match b.len() > room && b.len() >= MAX_PSH_DATA && cap.min(scap) >= MAX_PSH_DATA {
+                let (own, shared) = (cap.saturating_sub(per[&id]), scap.saturating_sub(total));
+                let room = own.min(shared);
+                let whole = cap >= MAX_PSH_DATA && own <= shared;
+                match b.len() > room && b.len() >= MAX_PSH_DATA && whole {
                     true => room / MAX_PSH_DATA * MAX_PSH_DATA,
                     false => room,
                 }

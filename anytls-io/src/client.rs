@@ -572,7 +572,7 @@ impl StreamEnd for ClientEnd {
         sink: &mut dyn FnMut(Bytes),
     ) -> Poll<io::Result<bool>> {
         let now = Instant::now();
-        let bytes = ready!(self.op(
+        let (count, _) = ready!(self.op(
             |ep, h| {
                 let read = |first| match first || ep.readable_len(h) > 0 {
                     true => ep.read(now, h),
@@ -583,7 +583,7 @@ impl StreamEnd for ClientEnd {
             false,
             cx,
         ))?;
-        Poll::Ready(Ok(bytes > 0))
+        Poll::Ready(Ok(count > 0))
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {

@@ -620,29 +620,30 @@ fn fail(link: &impl Link, e: &io::Error) {
 
 /// Reads a batch of chunks (see [`StreamEnd::poll_read_chunks`]) with
 /// `read(first)`: the first read's result is the batch's (`None`: EOF, or
-/// its error); later ones are made only while `more()` says data is there,
-/// so they neither consume an EOF nor fail. Returns the bytes handed out
-/// (0 at EOF).
+/// its error); the later ones (`first == false`) must return `None` unless
+/// data is there, so they neither consume an EOF nor fail. Returns the
+/// chunks and the bytes handed out (no chunk: EOF).
 pub(crate) fn read_chunks(
     mut read: impl FnMut(bool) -> Result<Option<Bytes>, StreamError>,
     max_bytes: usize,
     max_count: usize,
     sink: &mut dyn FnMut(Bytes),
-) -> Result<usize, StreamError> {
+) -> Result<(usize, usize), StreamError> {
+    debug_assert!(max_count > 0, "a batch of no chunks would read as EOF");
     let (mut bytes, mut count) = (0, 0);
-    while count < max_count && (count == 0 || bytes < max_bytes) {
+    while count < max_count.max(1) && (count == 0 || bytes < max_bytes) {
         match read(count == 0) {
             Ok(Some(chunk)) => {
                 bytes += chunk.len();
                 count += 1;
                 sink(chunk);
             }
-            Ok(None) if count == 0 => return Ok(0),
+            Ok(None) if count == 0 => return Ok((0, 0)),
             Err(e) if count == 0 => return Err(e),
             _ => break,
         }
     }
-    Ok(bytes)
+    Ok((count, bytes))
 }
 
 /// The stream operations of one AnyTLS stream, on whichever state machine
@@ -659,8 +660,9 @@ pub(crate) trait StreamEnd: Send + Sync {
         max_count: usize,
         sink: &mut dyn FnMut(Bytes),
     ) -> Poll<io::Result<bool>>;
-    /// Queues a prefix of `data` (what fits now), advancing `data` past it;
-    /// `Ready(Ok(n))` with `n > 0`, or `Pending` until there is room.
+    /// Queues a prefix of `data` (what the session takes now: see the
+    /// core's `Session::write`), advancing `data` past it; `Ready(Ok(n))`
+    /// with `n > 0`, or `Pending` until there is room.
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>>;
     /// Sends FIN and lets the stream go.
     fn finish(&mut self);
@@ -717,11 +719,11 @@ impl StreamEnd for ServerEnd {
             g.kick();
         }
         match res {
-            Ok(bytes) => {
+            Ok((count, bytes)) => {
                 if let Some(a) = &self.account {
                     a.received(bytes);
                 }
-                Poll::Ready(Ok(bytes > 0))
+                Poll::Ready(Ok(count > 0))
             }
             Err(StreamError::Blocked) => {
                 g.read_wakers.insert(self.id, cx.waker().clone());
@@ -1043,8 +1045,9 @@ mod tests {
                     None => Err(StreamError::Blocked),
                 }
             };
-            let bytes = read_chunks(read, max_bytes, max_count, &mut |c| got.push(c.len()))?;
-            assert_eq!(bytes, got.iter().sum::<usize>());
+            let (count, bytes) =
+                read_chunks(read, max_bytes, max_count, &mut |c| got.push(c.len()))?;
+            assert_eq!((count, bytes), (got.len(), got.iter().sum::<usize>()));
             Ok(got)
         }
     }
@@ -1073,5 +1076,8 @@ mod tests {
         assert!(matches!(q.batch(usize::MAX, 16), Err(StreamError::Blocked)));
         let mut q = Queue::new(&[7], false);
         assert_eq!(q.batch(usize::MAX, 16).unwrap(), [7]);
+        // An empty chunk is a chunk, not EOF.
+        let mut q = Queue::new(&[0, 5], false);
+        assert_eq!(q.batch(usize::MAX, 16).unwrap(), [0, 5]);
     }
 }
