@@ -233,7 +233,8 @@ const SPARE_BLOCKS: usize = 4;
 /// Blocks for socket reads that are reused once the session has let go of
 /// them: a busy relay neither allocates nor zeroes a block per read (both
 /// were ~6 % of a server's CPU during a download: memset, page faults,
-/// malloc). Safe by construction: a block is written only when
+/// malloc). Only relays holding a large-I/O slot of the [`IoBudget`] keep
+/// blocks (at most one free one each); the others allocate per read. Safe by construction: a block is written only when
 /// [`Bytes::try_into_mut`] proves no chunk of it is alive.
 struct Blocks {
     /// Whole blocks (initialised), oldest first; each may still be shared
@@ -248,19 +249,29 @@ impl Blocks {
         }
     }
 
-    /// A block of `size` bytes that nobody else holds.
+    /// A block of `size` bytes that nobody else holds. Other free blocks
+    /// are let go: a relay keeps at most one block beyond those the session
+    /// still holds chunks of.
     fn take(&mut self, size: usize) -> BytesMut {
+        let mut found = None;
         for _ in 0..self.spare.len() {
             let Some(b) = self.spare.pop_front() else {
                 break;
             };
-            if b.len() != size {
-                continue; // Sized for other reads: let it go.
+            if b.len() != size || (found.is_some() && b.is_unique()) {
+                continue; // Sized for other reads, or a second free one.
+            }
+            if found.is_some() {
+                self.spare.push_back(b);
+                continue;
             }
             match b.try_into_mut() {
-                Ok(block) => return block,
+                Ok(block) => found = Some(block),
                 Err(b) => self.spare.push_back(b),
             }
+        }
+        if let Some(block) = found {
+            return block;
         }
         if self.spare.len() >= SPARE_BLOCKS {
             // All in use: stop tracking the newest (its chunk frees it); the
@@ -371,6 +382,12 @@ impl BytesHalf {
                         self.read_size = MIN_BUF;
                     }
                     self.chunk = self.blocks.chunk(block, n);
+                    if self.sizer.max() <= budget::REGULAR {
+                        // Only the few relays with a large-I/O slot keep a
+                        // block for reuse: a hundred busy streams would
+                        // otherwise hold a spare block each.
+                        self.blocks.clear();
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
@@ -502,6 +519,22 @@ mod tests {
             [at, live.as_ptr()],
             "the next read's block and the live one"
         );
+    }
+
+    #[test]
+    fn a_relay_keeps_one_free_block_at_most() {
+        let mut blocks = Blocks::new();
+        let chunks: Vec<Bytes> = (0..SPARE_BLOCKS as u8)
+            .map(|i| read(&mut blocks, 64, 64, i))
+            .collect();
+        assert_eq!(blocks.spare.len(), SPARE_BLOCKS);
+        let live = chunks[SPARE_BLOCKS - 1].clone();
+        drop(chunks);
+        // All but one are free again: one is reused, the other free ones go.
+        let block = blocks.take(64);
+        let kept: Vec<*const u8> = blocks.spare.iter().map(|b| b.as_ptr()).collect();
+        assert_eq!(kept, [live.as_ptr()], "only the one a chunk still holds");
+        assert_ne!(block.as_ptr(), live.as_ptr());
     }
 
     #[test]
