@@ -1017,6 +1017,13 @@ impl<R: SessionRole> Session<R> {
                 continue;
             };
             let room = (budget - (out.len - start)).clamp(1, CHUNK);
+            if room < CHUNK && s.send.len() > room && out.len > start && budget >= CHUNK {
+                // The rest of this transmit would cut the stream's data to a
+                // short frame: it goes first in the next transmit instead,
+                // as a full one (see `MAX_PSH_DATA`).
+                self.ready.push_front(id);
+                break;
+            }
             // One frame of up to `room` bytes, from as many queued chunks as
             // it takes: the bytes are copied into the transmit anyway, and a
             // Go receiver writes each frame's payload to its socket on its

@@ -1776,6 +1776,29 @@ fn whole_frames_are_queued_when_a_write_does_not_fit() {
     assert_eq!(sizes.iter().sum::<usize>(), first + MAX_PSH_DATA + 100);
     assert!(sizes.iter().all(|&n| n <= MAX_PSH_DATA));
 
+    // Two busy streams: a transmit that holds the other stream's data does
+    // not cut a bulk stream's frame short; it goes whole in the next one.
+    let mut c = Solo::opened_client();
+    c.pump();
+    c.frames();
+    assert_eq!(c.s.open_stream(c.now, &dest()), Ok(StreamId(2)));
+    c.pump();
+    c.frames();
+    c.take_events();
+    assert_eq!(c.s.write(StreamId(1), &[6; 100]), Ok(100));
+    assert_eq!(c.s.write(StreamId(2), &[7; 50_000]), Ok(50_000));
+    assert_eq!(c.s.write(StreamId(1), &[8; 100]), Ok(100));
+    c.pump();
+    let sizes: Vec<(u32, usize)> = (c.frames().iter())
+        .filter(|f| f.cmd == Command::Psh)
+        .map(|f| (f.stream_id.0, f.data.len()))
+        .collect();
+    assert_eq!(
+        sizes,
+        [(1, 200), (2, MAX_PSH_DATA), (2, 50_000 - MAX_PSH_DATA)],
+        "no short frame before the full one"
+    );
+
     // Caps smaller than a frame: writes take what fits, as ever.
     let mut cfg = client_config();
     cfg.limits.stream_send_buffer = 1000;
