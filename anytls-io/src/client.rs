@@ -574,11 +574,15 @@ impl StreamEnd for ClientEnd {
         let now = Instant::now();
         let (count, _) = ready!(self.op(
             |ep, h| {
-                let read = |first| match first || ep.readable_len(h) > 0 {
-                    true => ep.read(now, h),
-                    false => Ok(None),
-                };
-                read_chunks(read, max_bytes, max_count, sink)
+                let read = |ep: &mut ClientEndpoint| ep.read(now, h);
+                read_chunks(
+                    ep,
+                    read,
+                    |ep| ep.readable_len(h),
+                    max_bytes,
+                    max_count,
+                    sink,
+                )
             },
             false,
             cx,

@@ -618,13 +618,15 @@ fn fail(link: &impl Link, e: &io::Error) {
     link.with(|m| m.handle_transport_error(Instant::now(), TransportError::from_io(e)));
 }
 
-/// Reads a batch of chunks (see [`StreamEnd::poll_read_chunks`]) with
-/// `read(first)`: the first read's result is the batch's (`None`: EOF, or
-/// its error); the later ones (`first == false`) must return `None` unless
-/// data is there, so they neither consume an EOF nor fail. Returns the
-/// chunks and the bytes handed out (no chunk: EOF).
-pub(crate) fn read_chunks(
-    mut read: impl FnMut(bool) -> Result<Option<Bytes>, StreamError>,
+/// Reads a batch of chunks (see [`StreamEnd::poll_read_chunks`]) from
+/// `state` with `read`: the first read's result is the batch's (`None`:
+/// EOF, or its error); later reads are made only while `readable` says data
+/// is there, so they neither consume an EOF nor fail. Returns the chunks
+/// and the bytes handed out (no chunk: EOF).
+pub(crate) fn read_chunks<S: ?Sized>(
+    state: &mut S,
+    mut read: impl FnMut(&mut S) -> Result<Option<Bytes>, StreamError>,
+    readable: impl Fn(&S) -> usize,
     max_bytes: usize,
     max_count: usize,
     sink: &mut dyn FnMut(Bytes),
@@ -632,7 +634,10 @@ pub(crate) fn read_chunks(
     debug_assert!(max_count > 0, "a batch of no chunks would read as EOF");
     let (mut bytes, mut count) = (0, 0);
     while count < max_count.max(1) && (count == 0 || bytes < max_bytes) {
-        match read(count == 0) {
+        if count > 0 && readable(state) == 0 {
+            break;
+        }
+        match read(state) {
             Ok(Some(chunk)) => {
                 bytes += chunk.len();
                 count += 1;
@@ -702,12 +707,10 @@ impl StreamEnd for ServerEnd {
         let mut g = self.conn.lock();
         let was_reading = g.session.wants_read();
         let (now, id) = (Instant::now(), self.id);
-        let session = &mut g.session;
         let res = read_chunks(
-            |first| match first || session.readable_len(id) > 0 {
-                true => session.read(now, id),
-                false => Ok(None),
-            },
+            &mut g.session,
+            |s| s.read(now, id),
+            |s| s.readable_len(id),
             max_bytes,
             max_count,
             sink,
@@ -1031,22 +1034,22 @@ mod tests {
 
         fn batch(&mut self, max_bytes: usize, max_count: usize) -> Result<Vec<usize>, StreamError> {
             let mut got = Vec::new();
-            let read = |first: bool| {
-                if !first && self.chunks.is_empty() {
-                    return Ok(None); // `readable_len` is 0: no read.
-                }
-                assert!(!self.eof_read, "read after EOF");
-                match self.chunks.pop_front() {
+            let read = |q: &mut Queue| {
+                assert!(!q.eof_read, "read after EOF");
+                match q.chunks.pop_front() {
                     Some(c) => Ok(Some(c)),
-                    None if self.fin => {
-                        self.eof_read = true;
+                    None if q.fin => {
+                        q.eof_read = true;
                         Ok(None)
                     }
                     None => Err(StreamError::Blocked),
                 }
             };
+            let readable = |q: &Queue| q.chunks.len();
             let (count, bytes) =
-                read_chunks(read, max_bytes, max_count, &mut |c| got.push(c.len()))?;
+                read_chunks(self, read, readable, max_bytes, max_count, &mut |c| {
+                    got.push(c.len())
+                })?;
             assert_eq!((count, bytes), (got.len(), got.iter().sum::<usize>()));
             Ok(got)
         }

@@ -226,16 +226,16 @@ impl ChunkHalf {
 /// Read blocks a relay direction keeps track of, at most: with many busy
 /// streams the session holds a few chunks of each (up to the stream's send
 /// cap) while the next read is made. Blocks in the session's queue cost
-/// nothing extra; free ones beyond the next read's are let go whenever the
-/// socket has nothing to read.
+/// nothing extra; of the free ones, only the one the next read uses is kept.
 const SPARE_BLOCKS: usize = 4;
 
 /// Blocks for socket reads that are reused once the session has let go of
 /// them: a busy relay neither allocates nor zeroes a block per read (both
 /// were ~6 % of a server's CPU during a download: memset, page faults,
 /// malloc). Only relays holding a large-I/O slot of the [`IoBudget`] keep
-/// blocks (at most one free one each); the others allocate per read. Safe by construction: a block is written only when
-/// [`Bytes::try_into_mut`] proves no chunk of it is alive.
+/// blocks (at most one free one each); the others allocate per read. Safe
+/// by construction: a block is written only when [`Bytes::try_into_mut`]
+/// proves no chunk of it is alive.
 struct Blocks {
     /// Whole blocks (initialised), oldest first; each may still be shared
     /// with a chunk in the session's send queue.
@@ -249,29 +249,17 @@ impl Blocks {
         }
     }
 
-    /// A block of `size` bytes that nobody else holds. Other free blocks
-    /// are let go: a relay keeps at most one block beyond those the session
-    /// still holds chunks of.
+    /// A block of `size` bytes that nobody else holds. Blocks sized for
+    /// other reads, and the other free ones, are let go.
     fn take(&mut self, size: usize) -> BytesMut {
-        let mut found = None;
-        for _ in 0..self.spare.len() {
-            let Some(b) = self.spare.pop_front() else {
-                break;
-            };
-            if b.len() != size || (found.is_some() && b.is_unique()) {
-                continue; // Sized for other reads, or a second free one.
+        self.spare.retain(|b| b.len() == size);
+        if let Some(i) = self.spare.iter().position(Bytes::is_unique) {
+            let free = self.spare.remove(i);
+            self.let_free_go();
+            // Unique, and nobody else can clone it: this cannot fail.
+            if let Some(Ok(block)) = free.map(Bytes::try_into_mut) {
+                return block;
             }
-            if found.is_some() {
-                self.spare.push_back(b);
-                continue;
-            }
-            match b.try_into_mut() {
-                Ok(block) => found = Some(block),
-                Err(b) => self.spare.push_back(b),
-            }
-        }
-        if let Some(block) = found {
-            return block;
         }
         if self.spare.len() >= SPARE_BLOCKS {
             // All in use: stop tracking the newest (its chunk frees it); the
@@ -279,6 +267,11 @@ impl Blocks {
             self.spare.pop_back();
         }
         BytesMut::zeroed(size)
+    }
+
+    /// Stops tracking the blocks no chunk holds (they are freed).
+    fn let_free_go(&mut self) {
+        self.spare.retain(|b| !b.is_unique());
     }
 
     /// `block` (from [`take`](Self::take)) received `n` bytes: the chunk to
@@ -298,7 +291,7 @@ impl Blocks {
     /// The socket has nothing to read: keep `block` for the next read and
     /// the blocks still in the session's queue; free ones go.
     fn park(&mut self, block: BytesMut) {
-        self.spare.retain(|b| !b.is_unique());
+        self.let_free_go();
         self.spare.push_front(block.freeze());
         self.spare.truncate(SPARE_BLOCKS);
     }
