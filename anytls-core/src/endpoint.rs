@@ -367,6 +367,13 @@ impl ClientEndpoint {
         self.is_live(conn).then_some(conn)
     }
 
+    /// The connection a stream is on or waits for: unlike
+    /// [`stream_session`](Self::stream_session), also while that connection
+    /// is being dialled (its [`Action::Dial`] names it).
+    pub fn stream_connection(&self, stream: StreamHandle) -> Option<SessionSeq> {
+        self.streams.get(&stream).map(|e| e.conn)
+    }
+
     /// The stream's id on its session, once it has one.
     pub fn stream_id(&self, stream: StreamHandle) -> Option<StreamId> {
         self.streams.get(&stream)?.id
@@ -451,6 +458,27 @@ impl ClientEndpoint {
         now: Instant,
         dest: &SocksAddr,
     ) -> Result<StreamHandle, StreamError> {
+        self.open_stream_preferring(now, dest, |_| true)
+    }
+
+    /// The idle session [`open_stream`](Self::open_stream) would put a
+    /// stream on now, if any (see [`Pool::next_reuse`](crate::pool::Pool::next_reuse)).
+    pub fn next_reuse(&self) -> Option<SessionSeq> {
+        self.pool.next_reuse()
+    }
+
+    /// [`open_stream`](Self::open_stream) preferring, among the sessions
+    /// that could take the stream, the newest one `prefer` accepts (else the
+    /// newest, as `open_stream`; a dial only when none can take it). For an
+    /// event loop that drives its sessions on several threads: give the
+    /// stream a session on the caller's thread when there is one. See
+    /// [`Pool::checkout_preferring`](crate::pool::Pool::checkout_preferring).
+    pub fn open_stream_preferring(
+        &mut self,
+        now: Instant,
+        dest: &SocksAddr,
+        prefer: impl Fn(SessionSeq) -> bool,
+    ) -> Result<StreamHandle, StreamError> {
         let now = self.advance(now);
         if self.closed {
             return Err(StreamError::SessionClosed);
@@ -463,7 +491,7 @@ impl ClientEndpoint {
         // Each turn either succeeds, dials, or takes a session out of the
         // pool for good, so this ends.
         loop {
-            match self.pool.checkout(now) {
+            match self.pool.checkout_preferring(now, &prefer) {
                 Checkout::Reuse(conn) => {
                     let opened = match self.conns.get_mut(&conn) {
                         Some(Conn::Live(s)) => Some(s.open_stream(now, dest)),

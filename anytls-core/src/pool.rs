@@ -301,6 +301,18 @@ struct Entry {
     retire: bool,
 }
 
+/// The newest session (the highest sequence number) that `pick` accepts.
+fn newest(
+    entries: &BTreeMap<SessionSeq, Entry>,
+    pick: impl Fn(SessionSeq, &Entry) -> bool,
+) -> Option<SessionSeq> {
+    entries
+        .iter()
+        .rev()
+        .find(|(seq, e)| pick(**seq, e))
+        .map(|(seq, _)| *seq)
+}
+
 /// The pool policy. See the [module docs](self).
 #[derive(Debug)]
 pub struct Pool {
@@ -371,30 +383,58 @@ impl Pool {
         seq
     }
 
+    /// The idle session [`checkout`](Self::checkout) would reuse now, if
+    /// any (it changes nothing). A thread-per-core embedder can start a new
+    /// local connection where that session is driven.
+    pub fn next_reuse(&self) -> Option<SessionSeq> {
+        if self.cfg.disable_reuse || self.closed {
+            return None;
+        }
+        newest(&self.entries, |_, e| matches!(e.state, State::Idle { .. }))
+    }
+
     /// A session for a new stream: the newest idle one, else a new dial.
     pub fn checkout(&mut self, now: Instant) -> Checkout {
+        self.checkout_preferring(now, |_| true)
+    }
+
+    /// [`checkout`](Self::checkout) with a preference among the sessions
+    /// that can take the stream: the newest one that `prefer` accepts, else
+    /// the newest one (a dial only when there is none at all). For embedders
+    /// that run sessions on several threads: a stream on its caller's
+    /// thread's session avoids cross-thread wake-ups. Which sessions stay in
+    /// the pool, and when, does not change.
+    pub fn checkout_preferring(
+        &mut self,
+        now: Instant,
+        prefer: impl Fn(SessionSeq) -> bool,
+    ) -> Checkout {
         self.advance(now);
         if !self.cfg.disable_reuse && !self.closed {
-            let idle = self
-                .entries
-                .iter_mut()
-                .rev()
-                .find(|(_, e)| matches!(e.state, State::Idle { .. }));
-            if let Some((seq, e)) = idle {
-                e.state = State::Busy { streams: 1 };
+            let is_idle = |e: &Entry| matches!(e.state, State::Idle { .. });
+            let idle = newest(&self.entries, |seq, e| is_idle(e) && prefer(seq))
+                .or_else(|| newest(&self.entries, |_, e| is_idle(e)));
+            if let Some(seq) = idle {
+                if let Some(e) = self.entries.get_mut(&seq) {
+                    e.state = State::Busy { streams: 1 };
+                }
                 self.stats.reused += 1;
-                return Checkout::Reuse(*seq);
+                return Checkout::Reuse(seq);
             }
             let max = self.cfg.max_streams_per_session;
-            let shared = self.entries.iter_mut().rev().find(|(_, e)| {
+            let has_room = |e: &Entry| {
                 matches!(e.state, State::Busy { streams } if streams < max) && !e.retire
-            });
-            if let Some((seq, e)) = shared {
+            };
+            let shared = newest(&self.entries, |seq, e| has_room(e) && prefer(seq))
+                .or_else(|| newest(&self.entries, |_, e| has_room(e)));
+            if let Some((seq, e)) =
+                shared.and_then(|seq| self.entries.get_mut(&seq).map(|e| (seq, e)))
+            {
                 if let State::Busy { streams } = &mut e.state {
                     *streams += 1;
                 }
                 self.stats.reused += 1;
-                return Checkout::Reuse(*seq);
+                return Checkout::Reuse(seq);
             }
         }
         Checkout::Dial(self.new_seq(false))

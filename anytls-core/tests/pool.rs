@@ -398,3 +398,67 @@ fn shutdown_closes_everything() {
     s.pool.checkin(s.now, busy);
     assert!(matches!(s.pool.checkout(s.now), Checkout::Dial(_)));
 }
+
+/// `checkout_preferring` takes the newest session the preference accepts,
+/// else the newest, and dials only when none can take the stream;
+/// `next_reuse` names what a plain checkout would take, changing nothing.
+#[test]
+fn a_preferred_session_goes_first_else_the_newest() {
+    let mut sim = Sim::new(PoolConfig::default());
+    let (a, b, c) = (sim.checkout(), sim.checkout(), sim.checkout());
+    assert!(a < b && b < c);
+    assert_eq!(sim.pool.next_reuse(), None, "all busy");
+    for s in [a, b, c] {
+        sim.pool.checkin(sim.now, s);
+    }
+    assert_eq!(sim.pool.next_reuse(), Some(c));
+    assert_eq!(sim.pool.next_reuse(), Some(c), "a look changes nothing");
+    // The preference wins over "newest".
+    assert_eq!(
+        sim.pool.checkout_preferring(sim.now, |s| s == a),
+        Checkout::Reuse(a)
+    );
+    // Among several preferred sessions, the newest of them.
+    assert_eq!(
+        sim.pool.checkout_preferring(sim.now, |s| s != c),
+        Checkout::Reuse(b)
+    );
+    assert_eq!(sim.pool.next_reuse(), Some(c));
+    // Nothing preferred is free: the newest free one, not a dial.
+    assert_eq!(
+        sim.pool.checkout_preferring(sim.now, |s| s == a),
+        Checkout::Reuse(c)
+    );
+    assert_eq!(sim.pool.next_reuse(), None);
+    assert!(matches!(
+        sim.pool.checkout_preferring(sim.now, |_| true),
+        Checkout::Dial(_)
+    ));
+    assert_eq!(sim.pool.stats().reused, 3);
+}
+
+/// With several streams per session, the preference also picks among the
+/// busy sessions that have room.
+#[test]
+fn a_preferred_shared_session_goes_first() {
+    let mut sim = Sim::new(config(|c| c.max_streams_per_session = 2));
+    let a = sim.checkout();
+    // Shared: the second stream goes onto `a`.
+    assert_eq!(sim.checkout(), a);
+    let b = match sim.pool.checkout(sim.now) {
+        Checkout::Dial(s) => s,
+        other => panic!("{other:?}"),
+    };
+    sim.pool.established(sim.now, b);
+    sim.pool.checkin(sim.now, a);
+    // `a` has room again (one stream), `b` has one stream: both shareable.
+    assert_eq!(
+        sim.pool.checkout_preferring(sim.now, |s| s == a),
+        Checkout::Reuse(a)
+    );
+    assert_eq!(
+        sim.pool.checkout_preferring(sim.now, |s| s == a),
+        Checkout::Reuse(b),
+        "a is full: the newest with room"
+    );
+}

@@ -149,6 +149,9 @@ struct Shared {
     drivers: HashMap<SessionSeq, Waker>,
     /// Connections the endpoint closed, with why (until their driver ends).
     closed: HashMap<SessionSeq, SessionError>,
+    /// The executor each live session's driver runs on, on a runtime with
+    /// several ([`Runtime::executor`]): new streams prefer their caller's.
+    executors: HashMap<SessionSeq, usize>,
     /// Dials the endpoint asked for, for the endpoint task to start.
     dials: Vec<SessionSeq>,
     /// The deadline the endpoint task sleeps until (`None`: no timer).
@@ -368,6 +371,7 @@ impl<R: Runtime> Client<R> {
             open_wakers: HashMap::new(),
             drivers: HashMap::new(),
             closed: HashMap::new(),
+            executors: HashMap::new(),
             dials: Vec::new(),
             armed: None,
             reporter: Arc::new(Reporter::default()),
@@ -411,17 +415,36 @@ impl<R: Runtime> Client<R> {
     pub async fn connect(&self, dest: impl Into<SocksAddr>) -> io::Result<AnyTlsStream> {
         let dest = dest.into();
         let inner = &self.inner;
-        let h = {
+        let (h, dial) = {
             let mut g = inner.lock();
-            let h = g.ep.open_stream(Instant::now(), &dest);
+            let h = match R::executor() {
+                // A session driven on this thread, if one is free.
+                Some(here) => {
+                    let Shared { ep, executors, .. } = &mut *g;
+                    ep.open_stream_preferring(Instant::now(), &dest, |c| {
+                        executors.get(&c) == Some(&here)
+                    })
+                }
+                None => g.ep.open_stream(Instant::now(), &dest),
+            };
             g.after(&inner.kick);
             let h = h?;
             // On an idle session the SYN is queued now: its driver sends it.
-            if let Some(conn) = g.ep.stream_session(h) {
+            let conn = g.ep.stream_session(h);
+            if let Some(conn) = conn {
                 g.wake_driver(conn);
             }
-            h
+            // A session dialled for this stream is started here rather than
+            // by the endpoint task: its driver then runs where the caller
+            // does (with a thread-per-core runtime, the thread of the local
+            // connection that asked, so the relay and the driver share it).
+            let waits_for = g.ep.stream_connection(h);
+            let at = waits_for.and_then(|c| g.dials.iter().position(|&d| d == c));
+            (h, at.map(|i| g.dials.swap_remove(i)))
         };
+        if let Some(conn) = dial {
+            R::spawn(dial_session::<R>(inner.clone(), conn));
+        }
         let end = ClientEnd {
             inner: inner.clone(),
             h,
@@ -471,6 +494,14 @@ impl<R: Runtime> Client<R> {
             // Dropping the end releases the stream.
             Err(e) => Err(e),
         }
+    }
+
+    /// The executor ([`Runtime::executor`]) that drives the idle session a
+    /// new stream would get now, if that is known.
+    pub(crate) fn next_executor(&self) -> Option<usize> {
+        R::executor()?;
+        let g = self.inner.lock();
+        g.ep.next_reuse().and_then(|c| g.executors.get(&c).copied())
     }
 
     /// Pool statistics.
@@ -689,7 +720,7 @@ impl Machine for ConnView<'_> {
 
 /// Dials a connection the endpoint asked for (with the configured dialer, or
 /// TCP through the runtime) and drives it until it ends.
-async fn dial<R: Runtime>(inner: Arc<Inner>, conn: SessionSeq) {
+async fn dial_session<R: Runtime>(inner: Arc<Inner>, conn: SessionSeq) {
     match inner.cfg.dialer.clone() {
         Some(dialer) => {
             let server = inner.cfg.server.clone();
@@ -737,6 +768,9 @@ async fn connect_and_drive<R: Runtime, IO>(
         match tls {
             Ok(tls) => {
                 g.ep.handle_connected(Instant::now(), conn);
+                if let Some(at) = R::executor() {
+                    g.executors.insert(conn, at);
+                }
                 g.after(&inner.kick);
                 tls
             }
@@ -762,6 +796,7 @@ async fn connect_and_drive<R: Runtime, IO>(
     let mut g = inner.lock();
     g.drivers.remove(&conn);
     g.closed.remove(&conn);
+    g.executors.remove(&conn);
     drop(g);
     if let DriveEnd::Closed(SessionError::PeerEof) = end {
         tracing::debug!(seq = conn.0, "server closed the session");
@@ -789,7 +824,7 @@ async fn endpoint_task<R: Runtime>(weak: Weak<Inner>, kick: Arc<Notify>) {
             (g.armed, dials, g.ep.is_closed())
         };
         for conn in dials {
-            R::spawn(dial::<R>(inner.clone(), conn));
+            R::spawn_balanced(dial_session::<R>(inner.clone(), conn));
         }
         if closed && deadline.is_none() {
             return;

@@ -30,6 +30,48 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     where
         F: Future<Output = ()> + Send + 'static;
 
+    /// Runs the task of a newly accepted connection: `serve(tcp)`, detached.
+    ///
+    /// The server and the local proxy call this for every accepted socket,
+    /// and everything the connection's task spawns (its session driver, its
+    /// streams' relays, their outbound sockets) is spawned from within it.
+    /// By default it is [`spawn`](Self::spawn). A runtime made of several
+    /// single-threaded executors (thread per core) moves the socket to the
+    /// least busy one instead, so that a connection and all its tasks stay on
+    /// one thread: no cross-thread wakeups on the data path.
+    ///
+    /// `near`: the executor (see [`executor`](Self::executor)) the
+    /// connection will work with, if known (the local proxy: where the
+    /// session it will most likely get is driven); else the least busy.
+    fn spawn_connection<S, F>(tcp: Self::Tcp, near: Option<usize>, serve: S)
+    where
+        S: FnOnce(Self::Tcp) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let _ = near;
+        Self::spawn(serve(tcp))
+    }
+
+    /// Runs a task that makes and carries a connection of its own (a client
+    /// session: its dial, handshake and driver), detached. By default it is
+    /// [`spawn`](Self::spawn); a thread-per-core runtime starts it on its
+    /// least busy thread, as [`spawn_connection`](Self::spawn_connection)
+    /// does with accepted sockets.
+    fn spawn_balanced<F>(fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        Self::spawn(fut)
+    }
+
+    /// Which of the runtime's single-threaded executors runs the caller
+    /// (thread per core), or `None` (the default: one shared executor). The
+    /// client gives a new stream a session driven on the caller's executor
+    /// when one is free.
+    fn executor() -> Option<usize> {
+        None
+    }
+
     /// A timer that fires at `deadline`.
     fn timer(deadline: Instant) -> Self::Timer;
 

@@ -615,16 +615,11 @@ impl<R: Runtime> Server<R> {
             let guard = ConnectionSlot::take(&open_connections);
             // One configuration per connection, taken here.
             let live = self.state.current();
-            R::spawn(serve_connection(
-                guard,
-                tcp,
-                peer,
-                live,
-                self.cfg.io_budget.clone(),
-                handler.clone(),
-                self.active.clone(),
-                self.state.clone(),
-            ));
+            let (budget, handler) = (self.cfg.io_budget.clone(), handler.clone());
+            let (active, state) = (self.active.clone(), self.state.clone());
+            R::spawn_connection(tcp, None, move |tcp| {
+                serve_connection(guard, tcp, peer, live, budget, handler, active, state)
+            });
         }
         drop(self.listener);
         #[cfg(feature = "acme")]

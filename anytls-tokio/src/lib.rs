@@ -195,7 +195,11 @@ pub use anytls_io::{
     relay_tcp_with, relay_uot, stats, tls,
 };
 
-/// The tokio runtime, for `anytls-io`.
+mod per_core;
+pub use per_core::ThreadPerCore;
+
+/// The tokio runtime, for `anytls-io`. Accepted connections run where
+/// [`ThreadPerCore`] puts them when the accepting thread belongs to one.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Tokio;
 
@@ -209,6 +213,25 @@ impl anytls_io::Runtime for Tokio {
         F: Future<Output = ()> + Send + 'static,
     {
         tokio::spawn(fut);
+    }
+
+    fn spawn_connection<S, F>(tcp: Self::Tcp, near: Option<usize>, serve: S)
+    where
+        S: FnOnce(Self::Tcp) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        per_core::spawn_connection(tcp, near, serve)
+    }
+
+    fn executor() -> Option<usize> {
+        per_core::executor()
+    }
+
+    fn spawn_balanced<F>(fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        per_core::spawn_balanced(fut)
     }
 
     fn timer(deadline: Instant) -> Self::Timer {
@@ -354,20 +377,73 @@ impl<T: tokio::io::AsyncWrite + Unpin> futures_io::AsyncWrite for TokioIo<T> {
     }
 }
 
-/// The tokio runtime the `anytls` program runs on: `threads` workers (1: a
-/// current-thread runtime, everything on the calling thread), or one per core
-/// when `None`; I/O and timers enabled.
-pub fn runtime(threads: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
-    let mut b = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
+/// The runtime the `anytls` program runs on: `threads` threads (one per
+/// core when `None`), shared as `mode` says; I/O and timers enabled. One
+/// thread is a current-thread runtime in either mode.
+pub fn runtime(threads: Option<usize>, mode: RuntimeMode) -> io::Result<AppRuntime> {
+    Ok(match (mode, threads) {
+        (RuntimeMode::PerCore, _) => {
+            let n = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            AppRuntime::PerCore(ThreadPerCore::new(n)?)
         }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    b.enable_all().build()
+        (RuntimeMode::WorkStealing, Some(1)) => AppRuntime::WorkStealing(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        ),
+        (RuntimeMode::WorkStealing, n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = n {
+                b.worker_threads(n.max(1));
+            }
+            AppRuntime::WorkStealing(b.enable_all().build()?)
+        }
+    })
+}
+
+/// How a program's connections share its threads (see [`runtime`]). The
+/// `anytls` program runs `server` per core and `client` and `demo` on the
+/// work-stealing pool unless told otherwise (`--runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum RuntimeMode {
+    /// Every accepted connection (with its session and its streams) stays on
+    /// one single-threaded runtime ([`ThreadPerCore`]): no cross-thread
+    /// wakeups, the cheapest per byte for a server. A client's local
+    /// connections start where the session they will get is driven, and its
+    /// sessions where the connection that asked for them runs.
+    PerCore,
+    /// tokio's shared work-stealing pool: one connection's tasks may run on
+    /// any thread.
+    WorkStealing,
+}
+
+/// A [`ThreadPerCore`] or a tokio runtime, as [`runtime`] made it.
+#[derive(Debug)]
+pub enum AppRuntime {
+    /// Connections pinned to threads.
+    PerCore(ThreadPerCore),
+    /// A tokio runtime (current-thread for one thread, else work-stealing).
+    WorkStealing(tokio::runtime::Runtime),
+}
+
+impl AppRuntime {
+    /// Runs `fut` to completion on the calling thread.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        match self {
+            AppRuntime::PerCore(rt) => rt.block_on(fut),
+            AppRuntime::WorkStealing(rt) => rt.block_on(fut),
+        }
+    }
+
+    /// Stops the runtime, waiting at most `grace` for the tasks it drops.
+    pub fn shutdown_timeout(self, grace: std::time::Duration) {
+        match self {
+            AppRuntime::PerCore(rt) => rt.shutdown_timeout(grace),
+            AppRuntime::WorkStealing(rt) => rt.shutdown_timeout(grace),
+        }
+    }
 }
 
 /// An AnyTLS client on tokio. See [`anytls_io::Client`].

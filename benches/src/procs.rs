@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anytls_tokio::tls::Identity;
-use anytls_tokio::{Server, ServerConfig};
+use anytls_tokio::{AppRuntime, RuntimeMode, Server, ServerConfig};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::timeout;
@@ -21,21 +21,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The result type of the bench binaries.
 pub type Res<T> = Result<T, BoxError>;
 
-/// A multi-threaded tokio runtime; on failure prints why (as `prog`) and
-/// exits with `code`.
-pub fn runtime(prog: &str, code: i32) -> tokio::runtime::Runtime {
-    runtime_with_threads(prog, code, None)
-}
-
-/// A tokio runtime with `threads` workers (1: a current-thread runtime;
-/// `None`: tokio's default, one per core); on failure prints why (as
-/// `prog`) and exits with `code`.
-pub fn runtime_with_threads(
-    prog: &str,
-    code: i32,
-    threads: Option<usize>,
-) -> tokio::runtime::Runtime {
-    match anytls_tokio::runtime(threads) {
+/// The runtime of a bench process, as `anytls_tokio::runtime` makes it
+/// (`threads`: `None` for one per core); on failure prints why (as `prog`)
+/// and exits with `code`. Child roles run as the `anytls` program would
+/// (servers per core, clients on the work-stealing pool), parents that
+/// drive the load on the work-stealing pool.
+pub fn runtime(prog: &str, code: i32, threads: Option<usize>, mode: RuntimeMode) -> AppRuntime {
+    match anytls_tokio::runtime(threads, mode) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{prog}: cannot start the runtime: {e}");
@@ -160,6 +152,10 @@ pub struct ChildArgs {
     /// Worker threads of this child's runtime (the parent's `--threads`).
     #[arg(long, hide = true)]
     pub child_threads: Option<usize>,
+    /// How this child's connections share its threads (the parent's
+    /// `--runtime`; else the `anytls` program's default for the role).
+    #[arg(long, hide = true, value_enum)]
+    pub child_runtime: Option<RuntimeMode>,
     /// Listen on this address and serve until killed, without the control
     /// channel on stdin/stdout: to run a role as a stand-alone program (for
     /// e2e, our own binary as a `--compare-*` peer).

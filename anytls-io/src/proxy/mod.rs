@@ -310,7 +310,9 @@ pub async fn serve_proxy<R: Runtime>(
         };
         let client = client.clone();
         let cfg = cfg.clone();
-        R::spawn(async move {
+        // Where the session it will most likely get runs (thread per core).
+        let near = client.next_executor();
+        R::spawn_connection(tcp, near, move |tcp| async move {
             if let Err(e) = serve_connection::<R>(tcp, peer, listen_ip, &cfg, &client).await {
                 tracing::debug!(%peer, "proxy connection: {e}");
             }

@@ -13,7 +13,7 @@ use anytls_tokio::config::{
 };
 use anytls_tokio::proxy::{Protocols, ProxyConfig, ProxyUser, serve_proxy};
 use anytls_tokio::tls::{CertificateProblem, check_server_certificate, hex32, parse_pin};
-use anytls_tokio::{Client, Server, ServerTls, Verification};
+use anytls_tokio::{Client, RuntimeMode, Server, ServerTls, Verification};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -36,6 +36,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// How connections share the threads: `per-core` (every accepted
+    /// connection, with its session and its streams, stays on one
+    /// single-threaded runtime: no cross-thread wakeups) or `work-stealing`
+    /// (tokio's shared pool: one connection's tasks may run on any thread)
+    /// [default: per-core for `server`, work-stealing for `client` and `demo`].
+    #[arg(long, global = true, value_name = "MODE")]
+    runtime: Option<RuntimeMode>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -271,7 +278,13 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match anytls_tokio::runtime(cli.threads.map(usize::from)) {
+    let rt = match anytls_tokio::runtime(
+        cli.threads.map(usize::from),
+        cli.runtime.unwrap_or(match cli.cmd {
+            Cmd::Server(_) => RuntimeMode::PerCore,
+            Cmd::Client(_) | Cmd::Demo(_) => RuntimeMode::WorkStealing,
+        }),
+    ) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("anytls: cannot start the runtime: {e}");

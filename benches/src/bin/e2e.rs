@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use anytls_tokio::socks5::{serve_socks5, socks5_connect};
 use anytls_tokio::tls::{self, Identity, Verification, hex32, parse_pin};
-use anytls_tokio::{Client, ClientConfig};
+use anytls_tokio::{Client, ClientConfig, RuntimeMode};
 use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -85,6 +85,9 @@ const TARGET_KIB_PER_SESSION: f64 = 12.0;
 /// The `--threads` of the parent, for its children.
 static CHILD_THREADS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
 
+/// The `--runtime` of the parent, for its children.
+static CHILD_RUNTIME: std::sync::OnceLock<RuntimeMode> = std::sync::OnceLock::new();
+
 /// The `--threads` of the parent, for its children (`None`: the default).
 fn child_threads() -> Option<usize> {
     CHILD_THREADS.get().copied().flatten()
@@ -117,6 +120,11 @@ struct Cli {
     /// current-thread runtime [default: tokio's, one per core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// How the connections of every process the bench starts share its
+    /// threads (as the `anytls` program's `--runtime`) [default: as the
+    /// program: our server per core, everything else work-stealing].
+    #[arg(long, value_enum, value_name = "MODE")]
+    runtime: Option<RuntimeMode>,
     /// MiB moved each way per throughput run [default: 512; --quick: 8].
     #[arg(long, value_name = "MIB")]
     mib: Option<u64>,
@@ -212,7 +220,18 @@ fn main() {
         let _ = CHILD_THREADS.set(cli.threads.map(usize::from));
         None
     };
-    let rt = procs::runtime_with_threads("e2e", 1, threads);
+    let mode = match cli.role {
+        // Our server as the `anytls` program runs it; the references as before.
+        Some(Role::Server) => cli.child.child_runtime.unwrap_or(RuntimeMode::PerCore),
+        Some(_) => cli.child.child_runtime.unwrap_or(RuntimeMode::WorkStealing),
+        None => {
+            if let Some(mode) = cli.runtime {
+                let _ = CHILD_RUNTIME.set(mode);
+            }
+            RuntimeMode::WorkStealing
+        }
+    };
+    let rt = procs::runtime("e2e", 1, threads, mode);
     let res = rt.block_on(async {
         match cli.role {
             Some(Role::Server) => {
@@ -663,6 +682,10 @@ impl Proc {
     ) -> Res<(Proc, SocketAddr)> {
         if let Some(n) = threads {
             args.extend(["--child-threads".into(), n.to_string().into()]);
+        }
+        if let Some(&mode) = CHILD_RUNTIME.get() {
+            let mode = clap::ValueEnum::to_possible_value(&mode).expect("not skipped");
+            args.extend(["--child-runtime".into(), mode.get_name().into()]);
         }
         let mut child = procs::spawn_self(args)?;
         let stdin = child.stdin.take();

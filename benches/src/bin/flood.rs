@@ -93,7 +93,15 @@ enum Role {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = procs::runtime("flood", 1);
+    let rt = procs::runtime(
+        "flood",
+        1,
+        None,
+        match cli.role {
+            Some(Role::Server) => anytls_tokio::RuntimeMode::PerCore,
+            _ => anytls_tokio::RuntimeMode::WorkStealing,
+        },
+    );
     let res = rt.block_on(async {
         match cli.role {
             Some(Role::Server) => procs::role_server(&cli.child, PASSWORD).await,

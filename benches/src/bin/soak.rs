@@ -138,7 +138,17 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = anytls_benches::procs::runtime("soak", 2);
+    let rt = anytls_benches::procs::runtime(
+        "soak",
+        2,
+        None,
+        // Both roles per core: the server as the program runs it, the
+        // client on its opt-in mode (session affinity, moved sockets).
+        match cli.role {
+            Some(_) => anytls_tokio::RuntimeMode::PerCore,
+            None => anytls_tokio::RuntimeMode::WorkStealing,
+        },
+    );
     let res = rt.block_on(async {
         match cli.role {
             Some(Role::Server) => server::run(&cli).await.map(|()| true),
