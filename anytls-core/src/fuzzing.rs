@@ -870,25 +870,31 @@ impl PoolDriver {
         }
     }
 
-    fn checkout(&mut self, at: Instant) {
-        self.advance(at);
-        let c = self.pool.checkout(at);
+    /// A checkout; with `prefer`, `checkout_preferring` with the sessions
+    /// whose sequence number is `prefer` modulo 3 preferred.
+    fn checkout(&mut self, at: Instant, prefer: Option<u8>) {
         let reuse = !self.cfg.disable_reuse && !self.shut;
+        let newest = |live: &std::collections::BTreeMap<SessionSeq, PoolSess>,
+                      f: &dyn Fn(SessionSeq, &PoolSess) -> bool| {
+            live.iter().rev().find(|(q, s)| f(**q, s)).map(|(q, _)| *q)
+        };
+        // The hint looks at the sessions as they are, before the clock.
+        let hint = newest(&self.live, &|_, s| s.idle()).filter(|_| reuse);
+        assert_eq!(self.pool.next_reuse(), hint, "next_reuse");
+        self.advance(at);
+        let preferred = |q: SessionSeq| prefer.is_none_or(|k| q.0 % 3 == u64::from(k % 3));
+        let c = match prefer {
+            None => self.pool.checkout(at),
+            Some(_) => self.pool.checkout_preferring(at, preferred),
+        };
         let max = self.cfg.max_streams_per_session;
-        let newest_idle = self
-            .live
-            .iter()
-            .rev()
-            .find(|(_, s)| s.idle())
-            .map(|(q, _)| *q);
-        let newest_shared = self
-            .live
-            .iter()
-            .rev()
-            .find(
-                |(_, s)| matches!(s, PoolSess::Open { streams, .. } if (1..max).contains(streams)),
-            )
-            .map(|(q, _)| *q);
+        let idle = |_: SessionSeq, s: &PoolSess| s.idle();
+        let shared = |_: SessionSeq, s: &PoolSess| matches!(s, PoolSess::Open { streams, .. } if (1..max).contains(streams));
+        // The newest preferred one, else the newest.
+        let newest_idle = newest(&self.live, &|q, s| idle(q, s) && preferred(q))
+            .or_else(|| newest(&self.live, &idle));
+        let newest_shared = newest(&self.live, &|q, s| shared(q, s) && preferred(q))
+            .or_else(|| newest(&self.live, &shared));
         match c {
             crate::pool::Checkout::Reuse(seq) => {
                 assert!(reuse, "{c:?} without reuse");
@@ -1069,7 +1075,8 @@ impl PoolDriver {
 /// followed by draining every action. Asserted throughout: the pool accepts
 /// exactly what `validate` accepts; gauges and counters match the owner's own
 /// account; actions name only live sessions and closed ones never return;
-/// checkouts reuse the newest idle session; the idle sweep, lifetime, ensure
+/// checkouts reuse the newest idle session (with a preference, the newest
+/// preferred one first), and `next_reuse` names it beforehand; the idle sweep, lifetime, ensure
 /// (no overshoot, no dials while backing off) and heartbeat rules hold; after
 /// `handle_timeout` the deadline is in the future and at most one check
 /// interval away.
@@ -1132,7 +1139,11 @@ pub fn pool(data: &[u8], epoch: Instant) {
         let at = clock.checked_sub(stale).unwrap_or(clock);
         stale = Duration::ZERO;
         match r.u8() % 16 {
-            0..=2 => d.checkout(at),
+            0 | 1 => d.checkout(at, None),
+            2 => {
+                let k = r.u8();
+                d.checkout(at, Some(k))
+            }
             3 | 4 => {
                 let i = r.u8();
                 if let Some(seq) = d.pick(i, |s| matches!(s, PoolSess::Dialing { .. })) {

@@ -383,9 +383,12 @@ impl Pool {
         seq
     }
 
-    /// The idle session [`checkout`](Self::checkout) would reuse now, if
-    /// any (it changes nothing). A thread-per-core embedder can start a new
-    /// local connection where that session is driven.
+    /// The idle session [`checkout`](Self::checkout) would reuse, if any (it
+    /// changes nothing). A thread-per-core embedder can start a new local
+    /// connection where that session is driven. A hint: it does not look at
+    /// the clock (a session whose idle time ran out may be named, and be
+    /// closed at the next `checkout`), nor at busy sessions that could take
+    /// one more stream (`max_streams_per_session > 1`).
     pub fn next_reuse(&self) -> Option<SessionSeq> {
         if self.cfg.disable_reuse || self.closed {
             return None;
@@ -402,8 +405,12 @@ impl Pool {
     /// that can take the stream: the newest one that `prefer` accepts, else
     /// the newest one (a dial only when there is none at all). For embedders
     /// that run sessions on several threads: a stream on its caller's
-    /// thread's session avoids cross-thread wake-ups. Which sessions stay in
-    /// the pool, and when, does not change.
+    /// thread's session avoids cross-thread wake-ups. The pool's rules do
+    /// not change, but their outcome can: with plain `checkout` the newest
+    /// idle sessions are the ones reused and the older ones are the ones
+    /// whose idle time runs out; a preference can keep reusing an older one
+    /// (about one warm session per preferred group outlives
+    /// `idle_session_timeout` while it is used).
     pub fn checkout_preferring(
         &mut self,
         now: Instant,

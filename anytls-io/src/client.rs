@@ -152,7 +152,8 @@ struct Shared {
     /// The executor each live session's driver runs on, on a runtime with
     /// several ([`Runtime::executor`]): new streams prefer their caller's.
     executors: HashMap<SessionSeq, usize>,
-    /// Dials the endpoint asked for, for the endpoint task to start.
+    /// Dials the endpoint asked for, for the endpoint task to start (on a
+    /// runtime with several executors, `connect` starts its stream's own).
     dials: Vec<SessionSeq>,
     /// The deadline the endpoint task sleeps until (`None`: no timer).
     armed: Option<Instant>,
@@ -199,10 +200,17 @@ impl Shared {
                 }
                 ClientEvent::StreamConnected(h) => wake(&mut self.open_wakers, h),
                 // `connect` waits for the server's first word on a new session.
-                ClientEvent::PeerVersion { .. } => {
-                    for (_, w) in self.open_wakers.drain() {
-                        w.wake();
-                    }
+                // Only that session's streams: with many sessions opening
+                // at once, waking every waiting `connect` was quadratic.
+                ClientEvent::PeerVersion { conn, .. } => {
+                    let ep = &self.ep;
+                    self.open_wakers.retain(|h, w| {
+                        if ep.stream_connection(*h) == Some(*conn) {
+                            w.wake_by_ref();
+                            return false;
+                        }
+                        true
+                    });
                 }
                 ClientEvent::SessionUnanswered { reason, .. } => {
                     let d = explain::unanswered(&self.server, self.answer_wait, reason);
@@ -286,7 +294,8 @@ impl Drop for Owner {
 ///
 /// The protocol and the pool live in the core's
 /// [`ClientEndpoint`](anytls_core::ClientEndpoint); this type moves bytes:
-/// one task per TLS connection, one task for the endpoint's timer and dials.
+/// one task per TLS connection, one task for the endpoint's timer and the
+/// pool's own dials.
 pub struct Client<R> {
     // Dropped first: when the last handle goes, the owner can still reach
     // the client to close it.
@@ -434,11 +443,13 @@ impl<R: Runtime> Client<R> {
             if let Some(conn) = conn {
                 g.wake_driver(conn);
             }
-            // A session dialled for this stream is started here rather than
-            // by the endpoint task: its driver then runs where the caller
-            // does (with a thread-per-core runtime, the thread of the local
-            // connection that asked, so the relay and the driver share it).
-            let waits_for = g.ep.stream_connection(h);
+            // On a runtime with several executors, a session dialled for
+            // this stream is started here rather than by the endpoint task:
+            // its driver then runs where the caller does (the thread of the
+            // local connection that asked), so the relay and the driver
+            // share a thread. Elsewhere the endpoint task starts it, as every
+            // other dial (the caller may not even be in a runtime context).
+            let waits_for = R::executor().and_then(|_| g.ep.stream_connection(h));
             let at = waits_for.and_then(|c| g.dials.iter().position(|&d| d == c));
             (h, at.map(|i| g.dials.swap_remove(i)))
         };

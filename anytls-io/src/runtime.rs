@@ -52,11 +52,11 @@ pub trait Runtime: Send + Sync + Sized + 'static {
         Self::spawn(serve(tcp))
     }
 
-    /// Runs a task that makes and carries a connection of its own (a client
-    /// session: its dial, handshake and driver), detached. By default it is
-    /// [`spawn`](Self::spawn); a thread-per-core runtime starts it on its
-    /// least busy thread, as [`spawn_connection`](Self::spawn_connection)
-    /// does with accepted sockets.
+    /// Runs a task that makes and carries a connection of its own, detached:
+    /// a client session the pool dials by itself (pre-warmed, replaced); a
+    /// session dialled for a stream starts where the stream was asked for.
+    /// By default it is [`spawn`](Self::spawn); a thread-per-core runtime
+    /// starts it on its least busy thread.
     fn spawn_balanced<F>(fut: F)
     where
         F: Future<Output = ()> + Send + 'static,

@@ -51,9 +51,21 @@ pub fn run<C: TestRuntime, S: TestRuntime, F: Future>(fut: F) -> F::Output {
     }
 }
 
+/// Runs a test future inside a two-thread [`anytls_tokio::ThreadPerCore`]:
+/// the client's and the server's connections are pinned to its threads and
+/// moved between them (the `anytls` server's default runtime, the client's
+/// `--runtime per-core`).
+pub fn run_per_core<F: Future>(fut: F) -> F::Output {
+    let rt = anytls_tokio::ThreadPerCore::new(2).expect("thread-per-core runtime");
+    let out = rt.block_on(fut);
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    out
+}
+
 /// Instantiates generic test functions `async fn f<C, S>()` for every client
 /// and server runtime pair: `tokio_tokio`, `smol_smol`, `smol_client_tokio_server`
-/// and `tokio_client_smol_server` (modules of `#[test]`s).
+/// and `tokio_client_smol_server`, and tokio for both on a thread-per-core
+/// runtime, `tokio_per_core` (modules of `#[test]`s).
 #[macro_export]
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -61,6 +73,14 @@ macro_rules! suite {
         $crate::suite!(@pair smol_smol, $crate::Smol, $crate::Smol; $($name),*);
         $crate::suite!(@pair smol_client_tokio_server, $crate::Smol, $crate::Tokio; $($name),*);
         $crate::suite!(@pair tokio_client_smol_server, $crate::Tokio, $crate::Smol; $($name),*);
+        mod tokio_per_core {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::run_per_core(super::$name::<$crate::Tokio, $crate::Tokio>())
+                }
+            )*
+        }
     };
     (@pair $module:ident, $c:ty, $s:ty; $($name:ident),*) => {
         mod $module {

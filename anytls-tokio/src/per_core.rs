@@ -10,8 +10,12 @@
 //! [`Tokio::spawn_connection`](crate::Tokio) (called by the server and the
 //! local proxy for every accepted socket) consults the runtime of the calling
 //! thread: inside a [`ThreadPerCore`] it moves the socket to the thread with
-//! the fewest live connections (ties in turn); anywhere else it is
-//! `tokio::spawn`.
+//! the fewest live connections (ties in turn), or, for the local proxy, to
+//! the thread that drives the idle session the connection will most likely
+//! get (`near`, unless that thread is already well ahead); anywhere else it
+//! is `tokio::spawn`. A client on a `ThreadPerCore` gives a new stream a
+//! session driven on the caller's thread when one is free, and starts the
+//! session dialled for a stream on the caller's thread.
 //!
 //! ```
 //! # fn main() -> std::io::Result<()> {
@@ -29,7 +33,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -42,8 +46,13 @@ use crate::TokioIo;
 /// [`block_on`](Self::block_on), the others on threads of their own), with
 /// every accepted connection pinned to one of them. See the
 /// [module docs](self).
+///
+/// Drop it (or call [`shutdown_timeout`](Self::shutdown_timeout)) outside
+/// async code: it joins its threads.
 pub struct ThreadPerCore {
-    home: Runtime,
+    /// The first runtime, run by `block_on` on the caller's thread (`None`
+    /// once shut down).
+    home: Option<Runtime>,
     shared: Arc<Shared>,
     workers: Vec<Worker>,
 }
@@ -56,11 +65,20 @@ struct Worker {
 /// What every thread of a [`ThreadPerCore`] knows.
 struct Shared {
     handles: Vec<Handle>,
-    /// Live connections per thread.
+    /// Live accepted connections per thread.
     load: Vec<AtomicUsize>,
+    /// Whether each thread still runs its runtime (a thread that ended gets
+    /// nothing more: its runtime would drop every task at once).
+    alive: Vec<AtomicBool>,
     /// Where the search for the least busy thread starts: ties go in turn.
     next: AtomicUsize,
 }
+
+/// How many connections more than the least busy thread a thread may have
+/// and still get one that asked for it (`near`): a burst of local
+/// connections all near the same idle session is spread once it is this far
+/// ahead (only one of them gets that session anyway).
+const NEAR_SLACK: usize = 2;
 
 thread_local! {
     /// The [`ThreadPerCore`] this thread belongs to, and which of its threads
@@ -76,6 +94,32 @@ impl std::fmt::Debug for ThreadPerCore {
     }
 }
 
+/// Sets this thread's [`HOME`] until dropped, then puts back what was there
+/// (also when the future of a `block_on` panics).
+struct HomeGuard(Option<(Arc<Shared>, usize)>);
+
+impl HomeGuard {
+    fn set(home: Option<(Arc<Shared>, usize)>) -> HomeGuard {
+        HomeGuard(HOME.with(|h| h.replace(home)))
+    }
+}
+
+impl Drop for HomeGuard {
+    fn drop(&mut self) {
+        let before = self.0.take();
+        HOME.with(|h| *h.borrow_mut() = before);
+    }
+}
+
+/// Marks a worker thread dead when it ends, however it ends.
+struct AliveGuard(Arc<Shared>, usize);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive[self.1].store(false, Ordering::Relaxed);
+    }
+}
+
 impl ThreadPerCore {
     /// `threads` single-threaded runtimes (at least one), I/O and timers
     /// enabled; all but the first get a thread of their own now
@@ -88,37 +132,41 @@ impl ThreadPerCore {
         let shared = Arc::new(Shared {
             handles: runtimes.iter().map(|rt| rt.handle().clone()).collect(),
             load: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            alive: (0..threads).map(|_| AtomicBool::new(true)).collect(),
             next: AtomicUsize::new(0),
         });
         let home = runtimes.remove(0);
-        let mut workers = Vec::with_capacity(threads - 1);
+        let mut pool = ThreadPerCore {
+            home: Some(home),
+            shared: shared.clone(),
+            workers: Vec::with_capacity(threads - 1),
+        };
         for (i, rt) in runtimes.into_iter().enumerate() {
             let index = i + 1;
             let (stop, stopped) = oneshot::channel::<Duration>();
-            let shared = shared.clone();
+            let mine = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("anytls-worker-{index}"))
                 .spawn(move || {
-                    HOME.with(|h| *h.borrow_mut() = Some((shared, index)));
+                    let _alive = AliveGuard(mine.clone(), index);
+                    let _home = HomeGuard::set(Some((mine, index)));
                     // A dropped sender stops the thread too.
                     let grace = rt.block_on(stopped).unwrap_or(Duration::ZERO);
                     rt.shutdown_timeout(grace);
-                    HOME.with(|h| h.borrow_mut().take());
                 });
             match thread {
-                Ok(t) => workers.push(Worker {
+                Ok(t) => pool.workers.push(Worker {
                     stop: Some(stop),
                     thread: Some(t),
                 }),
-                // The workers made so far stop when `workers` is dropped.
-                Err(e) => return Err(e),
+                Err(e) => {
+                    shared.alive[index].store(false, Ordering::Relaxed);
+                    // The threads made so far stop with `pool`.
+                    return Err(e);
+                }
             }
         }
-        Ok(ThreadPerCore {
-            home,
-            shared,
-            workers,
-        })
+        Ok(pool)
     }
 
     /// How many threads (runtimes) serve connections.
@@ -129,19 +177,26 @@ impl ThreadPerCore {
     /// Runs `fut` to completion on the calling thread (the first runtime);
     /// what it spawns runs there, accepted connections on all threads.
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        let before = HOME.with(|h| h.replace(Some((self.shared.clone(), 0))));
-        let out = self.home.block_on(fut);
-        HOME.with(|h| *h.borrow_mut() = before);
-        out
+        let _home = HomeGuard::set(Some((self.shared.clone(), 0)));
+        match &self.home {
+            Some(rt) => rt.block_on(fut),
+            // Only `shutdown_timeout` (by value) and `drop` take it.
+            None => unreachable!("a ThreadPerCore is used after its shutdown"),
+        }
     }
 
-    /// Stops every runtime, waiting at most `grace` on each for the tasks
-    /// it is dropping (see tokio's `Runtime::shutdown_timeout`).
+    /// Stops every runtime: first the other threads' (together, each
+    /// waiting at most `grace` for the tasks it drops, as tokio's
+    /// `Runtime::shutdown_timeout`), then the calling thread's (at most
+    /// `grace` again).
     pub fn shutdown_timeout(mut self, grace: Duration) {
-        self.stop(grace);
+        self.stop_workers(grace);
+        if let Some(rt) = self.home.take() {
+            rt.shutdown_timeout(grace);
+        }
     }
 
-    fn stop(&mut self, grace: Duration) {
+    fn stop_workers(&mut self, grace: Duration) {
         for w in &mut self.workers {
             if let Some(stop) = w.stop.take() {
                 let _ = stop.send(grace);
@@ -157,23 +212,46 @@ impl ThreadPerCore {
 
 impl Drop for ThreadPerCore {
     fn drop(&mut self) {
-        self.stop(Duration::ZERO);
+        self.stop_workers(Duration::ZERO);
+        // Without waiting for blocking tasks (a hung name lookup), and
+        // allowed in async code, unlike dropping a runtime.
+        if let Some(rt) = self.home.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
 impl Shared {
-    /// The thread with the fewest live connections; ties in turn.
+    /// The live thread with the fewest connections; ties in turn.
     fn pick(&self) -> usize {
         let n = self.handles.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..n)
             .map(|k| (start + k) % n)
+            .filter(|&i| self.alive[i].load(Ordering::Relaxed))
             .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
             .unwrap_or(0)
     }
+
+    /// Thread `near` while it lives and is not [`NEAR_SLACK`] connections
+    /// ahead of the least busy; else the least busy.
+    fn pick_near(&self, near: Option<usize>) -> usize {
+        let least = self.pick();
+        match near {
+            Some(i)
+                if i < self.handles.len()
+                    && self.alive[i].load(Ordering::Relaxed)
+                    && self.load[i].load(Ordering::Relaxed)
+                        <= self.load[least].load(Ordering::Relaxed) + NEAR_SLACK =>
+            {
+                i
+            }
+            _ => least,
+        }
+    }
 }
 
-/// One live connection on thread `.1`, until dropped.
+/// One live accepted connection on thread `.1`, until dropped.
 struct Load(Arc<Shared>, usize);
 
 impl Load {
@@ -195,49 +273,39 @@ pub(crate) fn executor() -> Option<usize> {
     HOME.with(|h| h.borrow().as_ref().map(|(_, i)| *i))
 }
 
-/// Where a new connection's task goes: `None` outside a [`ThreadPerCore`]
-/// (a plain `tokio::spawn`), else thread `near` if it has one, else the
-/// least busy thread; counted as busier until the returned [`Load`] is
-/// dropped; and whether that is this thread.
-fn place(near: Option<usize>) -> Option<(Arc<Shared>, usize, Load, bool)> {
-    let (shared, here) = HOME.with(|h| h.borrow().clone())?;
-    let to = match near {
-        Some(i) if i < shared.handles.len() => i,
-        _ => shared.pick(),
-    };
-    let load = Load::new(&shared, to);
-    Some((shared, to, load, to == here))
-}
-
 /// [`Tokio::spawn_balanced`](crate::Tokio): on the least busy thread of the
-/// caller's [`ThreadPerCore`], or `tokio::spawn` outside one.
+/// caller's [`ThreadPerCore`], or `tokio::spawn` outside one. (Only accepted
+/// connections count as load: a session follows the connections that use
+/// it.)
 pub(crate) fn spawn_balanced<F>(fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let Some((shared, to, load, _)) = place(None) else {
-        tokio::spawn(fut);
-        return;
-    };
-    shared.handles[to].spawn(async move {
-        let _load = load;
-        fut.await
-    });
+    match HOME.with(|h| h.borrow().clone()) {
+        Some((shared, _)) => {
+            shared.handles[shared.pick()].spawn(fut);
+        }
+        None => {
+            tokio::spawn(fut);
+        }
+    }
 }
 
 /// [`Tokio::spawn_connection`](crate::Tokio): pinned to thread `near` or
-/// the least busy thread of the caller's [`ThreadPerCore`], or
-/// `tokio::spawn` outside one.
+/// the least busy thread of the caller's [`ThreadPerCore`] (see
+/// [`Shared::pick_near`]), or `tokio::spawn` outside one.
 pub(crate) fn spawn_connection<S, F>(tcp: crate::TokioTcp, near: Option<usize>, serve: S)
 where
     S: FnOnce(crate::TokioTcp) -> F + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let Some((shared, to, load, here)) = place(near) else {
+    let Some((shared, here)) = HOME.with(|h| h.borrow().clone()) else {
         tokio::spawn(serve(tcp));
         return;
     };
-    if here {
+    let to = shared.pick_near(near);
+    let load = Load::new(&shared, to);
+    if to == here {
         tokio::spawn(async move {
             let _load = load;
             serve(tcp).await
@@ -313,7 +381,84 @@ mod tests {
         assert_eq!(threads.len(), 3, "{seen:?}");
         assert!(threads.contains("anytls-worker-1"), "{threads:?}");
         assert!(threads.contains("anytls-worker-2"), "{threads:?}");
+        // Ended connections no longer count.
+        let load = |rt: &ThreadPerCore| -> usize {
+            rt.shared
+                .load
+                .iter()
+                .map(|l| l.load(Ordering::Relaxed))
+                .sum()
+        };
+        for _ in 0..200 {
+            if load(&rt) == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(load(&rt), 0);
         rt.shutdown_timeout(Duration::from_millis(100));
+    }
+
+    /// Tasks spawned balanced go to the threads in turn while none has
+    /// connections.
+    #[test]
+    fn balanced_tasks_take_turns() {
+        let rt = ThreadPerCore::new(3).unwrap();
+        let mut names = rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(3);
+            for _ in 0..3 {
+                let tx = tx.clone();
+                spawn_balanced(async move {
+                    let name = std::thread::current().name().map(str::to_owned);
+                    let _ = tx.send((name, executor())).await;
+                });
+            }
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                let one = tokio::time::timeout(Duration::from_secs(10), rx.recv());
+                got.push(one.await.unwrap().unwrap());
+            }
+            got
+        });
+        names.sort_by_key(|n| n.1);
+        let executors: Vec<_> = names.iter().map(|n| n.1).collect();
+        assert_eq!(executors, [Some(0), Some(1), Some(2)]);
+        assert_eq!(names[2].0.as_deref(), Some("anytls-worker-2"));
+    }
+
+    /// Shutting down drops the connections moved to other threads (their
+    /// sockets close) within the grace time, and a panic in `block_on`
+    /// leaves the thread as it was.
+    #[test]
+    fn shutdown_closes_moved_connections_and_a_panic_restores_the_thread() {
+        use std::io::Read;
+        let rt = ThreadPerCore::new(2).unwrap();
+        let client = rt.block_on(async {
+            let (c, tcp) = socket_pair().await;
+            let (tx, rx) = oneshot::channel();
+            // Near thread 1: moved there; waits for ever.
+            spawn_connection(TokioIo(tcp), Some(1), move |mut tcp| async move {
+                use tokio::io::AsyncReadExt;
+                let _ = tx.send(executor());
+                let mut b = [0u8; 1];
+                let _ = tcp.0.read(&mut b).await;
+            });
+            assert_eq!(rx.await.unwrap(), Some(1));
+            c.into_std().unwrap()
+        });
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(async { panic!("a failing future") })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(executor(), None, "the thread's HOME was restored");
+        rt.shutdown_timeout(Duration::from_millis(100));
+        let mut client = client;
+        client.set_nonblocking(false).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 0, "closed by the shutdown");
     }
 
     /// A connected client socket and its accepted end, on 127.0.0.1.
@@ -395,7 +540,16 @@ mod tests {
             assert_ne!(first.0, first.1);
             // Both idle now; whichever is newest, each thread gets its own,
             // in either order.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let both_idle = || async {
+                for _ in 0..500 {
+                    if client.stats().idle == 2 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("sessions not back in the pool: {:?}", client.stats());
+            };
+            both_idle().await;
             for order in [[0, 1], [1, 0], [0, 0], [1, 1]] {
                 for i in order {
                     let got = tokio::time::timeout(limit, on(i, None))
@@ -404,7 +558,7 @@ mod tests {
                         .unwrap();
                     let want = if i == 0 { &first.0 } else { &first.1 };
                     assert_eq!(&got, want, "thread {i}, order {order:?}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    both_idle().await;
                 }
             }
             assert_eq!(client.stats().dials, 2);
