@@ -1,33 +1,4 @@
-//! Thread per core: several single-threaded tokio runtimes, each accepted
-//! connection pinned to one of them.
-//!
-//! With tokio's work-stealing runtime a connection's tasks (the session
-//! driver, each stream's relay) wake each other across worker threads: every
-//! chunk of a bulk transfer costs futex calls, eventfd writes and context
-//! switches. Here a connection and everything it spawns run on the thread it
-//! was given, and different connections use different cores.
-//!
-//! [`Tokio::spawn_connection`](crate::Tokio) (called by the server and the
-//! local proxy for every accepted socket) consults the runtime of the calling
-//! thread: inside a [`ThreadPerCore`] it moves the socket to the thread with
-//! the fewest live connections (ties in turn), or, for the local proxy, to
-//! the thread that drives the idle session the connection will most likely
-//! get (`near`, unless that thread is already well ahead); anywhere else it
-//! is `tokio::spawn`. A client on a `ThreadPerCore` gives a new stream a
-//! session driven on the caller's thread when one is free, and starts the
-//! session dialled for a stream on the caller's thread.
-//!
-//! ```
-//! # fn main() -> std::io::Result<()> {
-//! let rt = anytls_tokio::ThreadPerCore::new(2)?;
-//! let answer = rt.block_on(async {
-//!     // Serve here: `Server::bind(..).await?.serve().await`, a local proxy...
-//!     40 + 2
-//! });
-//! assert_eq!(answer, 42);
-//! # Ok(())
-//! # }
-//! ```
+//! Thread per core: [`ThreadPerCore`].
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -42,10 +13,37 @@ use tokio::sync::oneshot;
 
 use crate::TokioIo;
 
-/// Several single-threaded tokio runtimes (one on the thread that calls
-/// [`block_on`](Self::block_on), the others on threads of their own), with
-/// every accepted connection pinned to one of them. See the
-/// [module docs](self).
+/// Thread per core: several single-threaded tokio runtimes (one on the
+/// thread that calls [`block_on`](Self::block_on), the others on threads of
+/// their own), each accepted connection pinned to one of them.
+///
+/// With tokio's work-stealing runtime a connection's tasks (the session
+/// driver, each stream's relay) wake each other across worker threads: every
+/// chunk of a bulk transfer costs futex calls, eventfd writes and context
+/// switches. Here a connection and everything it spawns run on the thread it
+/// was given, and different connections use different cores.
+///
+/// [`Tokio::spawn_connection`](crate::Tokio) (called by the server and the
+/// local proxy for every accepted socket) consults the runtime of the calling
+/// thread: inside a [`ThreadPerCore`] it moves the socket to the thread with
+/// the fewest live connections (ties in turn), or, for the local proxy, to
+/// the thread that drives the idle session the connection will most likely
+/// get (`near`, unless that thread is already well ahead); anywhere else it
+/// is `tokio::spawn`. A client on a `ThreadPerCore` gives a new stream a
+/// session driven on the caller's thread when one is free, and starts the
+/// session dialled for a stream on the caller's thread.
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// let rt = anytls_tokio::ThreadPerCore::new(2)?;
+/// let answer = rt.block_on(async {
+///     // Serve here: `Server::bind(..).await?.serve().await`, a local proxy...
+///     40 + 2
+/// });
+/// assert_eq!(answer, 42);
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// Drop it (or call [`shutdown_timeout`](Self::shutdown_timeout)) outside
 /// async code: it joins its threads.
