@@ -434,10 +434,12 @@ impl Pool {
             };
             let shared = newest(&self.entries, |seq, e| has_room(e) && prefer(seq))
                 .or_else(|| newest(&self.entries, |_, e| has_room(e)));
-            if let Some((seq, e)) =
-                shared.and_then(|seq| self.entries.get_mut(&seq).map(|e| (seq, e)))
-            {
-                if let State::Busy { streams } = &mut e.state {
+            if let Some(seq) = shared {
+                if let Some(Entry {
+                    state: State::Busy { streams },
+                    ..
+                }) = self.entries.get_mut(&seq)
+                {
                     *streams += 1;
                 }
                 self.stats.reused += 1;

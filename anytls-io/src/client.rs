@@ -424,9 +424,10 @@ impl<R: Runtime> Client<R> {
     pub async fn connect(&self, dest: impl Into<SocksAddr>) -> io::Result<AnyTlsStream> {
         let dest = dest.into();
         let inner = &self.inner;
+        let here = R::executor();
         let (h, dial) = {
             let mut g = inner.lock();
-            let h = match R::executor() {
+            let h = match here {
                 // A session driven on this thread, if one is free.
                 Some(here) => {
                     let Shared { ep, executors, .. } = &mut *g;
@@ -449,7 +450,7 @@ impl<R: Runtime> Client<R> {
             // local connection that asked), so the relay and the driver
             // share a thread. Elsewhere the endpoint task starts it, as every
             // other dial (the caller may not even be in a runtime context).
-            let waits_for = R::executor().and_then(|_| g.ep.stream_connection(h));
+            let waits_for = here.and_then(|_| g.ep.stream_connection(h));
             let at = waits_for.and_then(|c| g.dials.iter().position(|&d| d == c));
             (h, at.map(|i| g.dials.swap_remove(i)))
         };
