@@ -791,6 +791,41 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The reference tunnel (TCP > TLS > TCP to the target, no AnyTLS, one
+    /// TLS connection per stream): its server, its client and the client's
+    /// listening address.
+    async fn tunnel(&self, threads: Option<usize>) -> Res<(Proc, Proc, SocketAddr)> {
+        let (server, server_addr) = Proc::role(
+            "tunnel server",
+            os(&[
+                &"--role",
+                &"tunnel-server",
+                &"--cert",
+                &self.cert,
+                &"--key",
+                &self.key,
+                &"--server",
+                &self.target.to_string(),
+            ]),
+            threads,
+        )
+        .await?;
+        let (client, addr) = Proc::role(
+            "tunnel client",
+            os(&[
+                &"--role",
+                &"tunnel-client",
+                &"--server",
+                &server_addr.to_string(),
+                &"--pin",
+                &hex32(&self.pin),
+            ]),
+            threads,
+        )
+        .await?;
+        Ok((server, client, addr))
+    }
+
     /// Our server process on `threads` runtime workers.
     async fn our_server(&self, threads: Option<usize>) -> Res<(Proc, SocketAddr)> {
         Proc::role(
@@ -1074,6 +1109,7 @@ impl<'a> Pairing<'a> {
 }
 
 /// How the measuring application reaches the target on one path.
+#[derive(Clone)]
 enum Route {
     Tls(SocketAddr, TlsConnector),
     Tcp(SocketAddr),
@@ -1521,34 +1557,7 @@ async fn run_all(cli: &Cli, s: &Settings, peers: &[Peer], dir: &Path, started: I
     .await?;
     let (our_server, our_server_addr) = ctx.our_server(threads).await?;
     let (mut our_client, our_socks) = ctx.our_client(our_server_addr, true, threads).await?;
-    let (tunnel_server, tunnel_server_addr) = Proc::role(
-        "tunnel server",
-        os(&[
-            &"--role",
-            &"tunnel-server",
-            &"--cert",
-            &ctx.cert,
-            &"--key",
-            &ctx.key,
-            &"--server",
-            &target.to_string(),
-        ]),
-        threads,
-    )
-    .await?;
-    let (tunnel_client, tunnel_addr) = Proc::role(
-        "tunnel client",
-        os(&[
-            &"--role",
-            &"tunnel-client",
-            &"--server",
-            &tunnel_server_addr.to_string(),
-            &"--pin",
-            &hex32(&pin),
-        ]),
-        threads,
-    )
-    .await?;
+    let (tunnel_server, tunnel_client, tunnel_addr) = ctx.tunnel(threads).await?;
 
     let connector = TlsConnector::from(Arc::new(tls::client_config(&Verification::Pin(pin), &[])?));
     let suite = {

@@ -3,7 +3,6 @@
 //! aggregate MiB/s, the CPU time of both processes per GiB and their peak RSS
 //! during the run.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,8 +12,8 @@ use tokio::task::JoinSet;
 
 use super::pairs::{self, Cell, Row};
 use super::{
-    Ctx, MIB, Pairing, Proc, Res, Route, STEP, Settings, child_threads, cpu_now, cpu_since,
-    download, fetch, machine_busy_ticks, median_f, open_and, s_per_gib, threads_desc, verdict,
+    Ctx, MIB, Pairing, Proc, Res, Route, SMALL, STEP, Settings, child_threads, cpu_now, cpu_since,
+    download, machine_busy_ticks, median_f, open_and, s_per_gib, threads_desc, verdict,
 };
 
 /// Peaks of anytls-go in the same test (the performance issue): ours must
@@ -97,19 +96,28 @@ fn sampler(
     })
 }
 
-/// `count` downloads of `mib` MiB each, all at once, through the SOCKS5
-/// listener `socks` of `client`, which talks to `server`; every byte checked.
+/// `count` downloads of `mib` MiB each, all at once, by `route` (the SOCKS5
+/// listener of `client`, or the reference tunnel's), through `client` and
+/// `server`; every byte checked.
 pub async fn parallel_run(
     label: &str,
     client: &Proc,
-    socks: SocketAddr,
+    route: &Route,
     server: &Proc,
     ctx: &Ctx,
     count: usize,
     mib: u64,
 ) -> Res<ParallelRun> {
     // One request first, so the TLS and relay code is paged in on both sides.
-    fetch(socks, ctx.target, &ctx.pat).await?;
+    let pat = ctx.pat.clone();
+    tokio::time::timeout(
+        STEP,
+        open_and(route, ctx.target, move |s| async move {
+            download(s, &pat, SMALL).await
+        }),
+    )
+    .await
+    .map_err(|_| "small request timed out")??;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pids = [client.pid()?, server.pid()?];
     let cpu0 = cpu_now(pids.map(Some));
@@ -125,9 +133,9 @@ pub async fn parallel_run(
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..count {
-        let (pat, target) = (ctx.pat.clone(), ctx.target);
+        let (pat, target, route) = (ctx.pat.clone(), ctx.target, route.clone());
         set.spawn(async move {
-            open_and(&Route::Socks(socks), target, move |s| async move {
+            open_and(&route, target, move |s| async move {
                 download(s, &pat, n).await
             })
             .await
@@ -185,45 +193,68 @@ pub async fn parallel_run(
     })
 }
 
-/// The parallel downloads for every pairing: fresh processes per pairing,
-/// all started first, then `s.parallel_reps` runs of each, interleaved.
+/// Label of the reference tunnel's row.
+pub const TUNNEL_LABEL: &str = "TLS tunnel, no AnyTLS";
+
+/// One set of processes the parallel downloads run through.
+struct Subject {
+    label: String,
+    peer: Option<String>,
+    client: Proc,
+    route: Route,
+    server: Proc,
+}
+
+/// The parallel downloads for every pairing, then for the reference tunnel
+/// (TCP > TLS > TCP, one TLS connection per download, no AnyTLS and no
+/// SOCKS5: what this topology allows any tunnel on the machine): fresh
+/// processes for each, all started first, then `s.parallel_reps` runs of
+/// each, interleaved.
 pub async fn parallel_pairings(
     pairings: &[Pairing<'_>],
     ctx: &Ctx,
     s: &Settings,
 ) -> Vec<Result<ParallelRun, String>> {
     let (count, mib) = (s.parallel, s.parallel_mib);
-    let mut running = Vec::new();
-    let mut runs: Vec<Result<Vec<ParallelRun>, String>> = Vec::new();
+    let mut subjects: Vec<Result<Subject, String>> = Vec::new();
     for p in pairings {
-        let r = p.start(ctx, child_threads()).await;
-        runs.push(match &r {
-            Ok(_) => Ok(Vec::new()),
+        subjects.push(match p.start(ctx, child_threads()).await {
+            Ok(procs) => Ok(Subject {
+                label: p.label(),
+                peer: p.peer().map(|x| x.name.clone()),
+                client: procs.client,
+                route: Route::Socks(procs.socks),
+                server: procs.server,
+            }),
             Err(e) => Err(format!("parallel downloads, {}: {e}", p.label())),
         });
-        running.push(r);
     }
+    subjects.push(match ctx.tunnel(child_threads()).await {
+        Ok((server, client, addr)) => Ok(Subject {
+            label: TUNNEL_LABEL.into(),
+            peer: None,
+            client,
+            route: Route::Tcp(addr),
+            server,
+        }),
+        Err(e) => Err(format!("parallel downloads, {TUNNEL_LABEL}: {e}")),
+    });
+    let mut runs: Vec<Result<Vec<ParallelRun>, String>> = subjects
+        .iter()
+        .map(|x| x.as_ref().map(|_| Vec::new()).map_err(Clone::clone))
+        .collect();
     for rep in 0..s.parallel_reps {
-        for (i, p) in pairings.iter().enumerate() {
-            let (Ok(procs), Ok(_)) = (&running[i], &runs[i]) else {
+        for (subject, slot) in subjects.iter().zip(runs.iter_mut()) {
+            let (Ok(x), Ok(_)) = (subject, &*slot) else {
                 continue;
             };
-            let label = p.label();
             eprintln!(
-                "parallel downloads: {count} x {mib} MiB, {label}, run {}/{} ...",
+                "parallel downloads: {count} x {mib} MiB, {}, run {}/{} ...",
+                x.label,
                 rep + 1,
                 s.parallel_reps
             );
-            let r = parallel_run(
-                &label,
-                &procs.client,
-                procs.socks,
-                &procs.server,
-                ctx,
-                count,
-                mib,
-            )
-            .await;
+            let r = parallel_run(&x.label, &x.client, &x.route, &x.server, ctx, count, mib).await;
             if let Ok(r) = &r {
                 let cpu = |c: Option<f64>| c.map_or("-".into(), |x| format!("{x:.2}"));
                 eprintln!(
@@ -233,12 +264,12 @@ pub async fn parallel_pairings(
                     cpu(r.cpu[1])
                 );
             }
-            match (r, &mut runs[i]) {
+            match (r, slot) {
                 (Ok(mut r), Ok(v)) => {
-                    r.peer = p.peer().map(|x| x.name.clone());
+                    r.peer = x.peer.clone();
                     v.push(r);
                 }
-                (Err(e), slot) => *slot = Err(format!("parallel downloads, {label}: {e}")),
+                (Err(e), slot) => *slot = Err(format!("parallel downloads, {}: {e}", x.label)),
                 (Ok(_), Err(_)) => {}
             }
         }
@@ -306,7 +337,10 @@ pub fn print_many(par: &[Result<ParallelRun, String>], s: &Settings) {
              others: the whole machine's CPU per GiB less the client's and the server's (the \
              bench's target and downloaders, their kernel work, anything else running);\n  \
              ceiling: MiB/s with every CPU busy if the client and the server cost nothing \
-             (CPUs / others)",
+             (CPUs / others);\n  \
+             {TUNNEL_LABEL}: the same downloads through a TCP > TLS > TCP tunnel (rustls, \
+             one TLS connection per download, no SOCKS5): what any tunnel of this topology \
+             gets on this machine",
             s.parallel,
             s.parallel_mib,
             s.parallel_reps,
