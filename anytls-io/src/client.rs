@@ -17,6 +17,7 @@ use anytls_core::{
 };
 use bytes::{Bytes, BytesMut};
 
+use crate::beside::{Companions, run_beside};
 use crate::budget::IoBudget;
 use crate::conn::{AnyTlsStream, DriveEnd, Link, Machine, StreamEnd, drive, read_chunks};
 use crate::dial::{DialOptions, Dialer};
@@ -152,6 +153,9 @@ struct Shared {
     /// The executor each live session's driver runs on, on a runtime with
     /// several ([`Runtime::executor`]): new streams prefer their caller's.
     executors: HashMap<SessionSeq, usize>,
+    /// The companions of each of those drivers (see `beside.rs`): local
+    /// connections relaying over the session move there.
+    companions: HashMap<SessionSeq, Arc<Companions>>,
     /// Dials the endpoint asked for, for the endpoint task to start (on a
     /// runtime with several executors, `connect` starts its stream's own).
     dials: Vec<SessionSeq>,
@@ -381,6 +385,7 @@ impl<R: Runtime> Client<R> {
             drivers: HashMap::new(),
             closed: HashMap::new(),
             executors: HashMap::new(),
+            companions: HashMap::new(),
             dials: Vec::new(),
             armed: None,
             reporter: Arc::new(Reporter::default()),
@@ -653,6 +658,14 @@ impl StreamEnd for ClientEnd {
             _ => Poll::Ready(Err(end_error(&g.ep, self.h))),
         }
     }
+    fn companions(&self, here: usize) -> Option<Arc<Companions>> {
+        let g = self.inner.lock();
+        let conn = g.ep.stream_session(self.h)?;
+        if g.executors.get(&conn) != Some(&here) {
+            return None;
+        }
+        g.companions.get(&conn).cloned()
+    }
 }
 
 impl Drop for ClientEnd {
@@ -782,6 +795,7 @@ async fn connect_and_drive<R: Runtime, IO>(
                 g.ep.handle_connected(Instant::now(), conn);
                 if let Some(at) = R::executor() {
                     g.executors.insert(conn, at);
+                    g.companions.insert(conn, Companions::new());
                 }
                 g.after(&inner.kick);
                 tls
@@ -803,13 +817,22 @@ async fn connect_and_drive<R: Runtime, IO>(
         inner: inner.clone(),
         conn,
     };
+    let companions = inner.lock().companions.get(&conn).cloned();
     // Boxed: the driver's state is allocated at its exact size.
-    let end = Box::pin(drive::<R, _>(link, Box::new(tls), |_| {})).await;
-    let mut g = inner.lock();
-    g.drivers.remove(&conn);
-    g.closed.remove(&conn);
-    g.executors.remove(&conn);
-    drop(g);
+    let driver = Box::pin(async {
+        let end = drive::<R, _>(link, Box::new(tls), |_| {}).await;
+        let mut g = inner.lock();
+        g.drivers.remove(&conn);
+        g.closed.remove(&conn);
+        g.executors.remove(&conn);
+        g.companions.remove(&conn);
+        end
+    });
+    // The local connections that moved beside it end with their streams.
+    let end = match &companions {
+        Some(c) => run_beside(driver, c).await,
+        None => driver.await,
+    };
     if let DriveEnd::Closed(SessionError::PeerEof) = end {
         tracing::debug!(seq = conn.0, "server closed the session");
     }

@@ -27,6 +27,7 @@ use anytls_core::{
 use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
+use crate::beside::Companions;
 use crate::runtime::{Runtime, timeout};
 use crate::stats::StreamGuard;
 use crate::tls_io::TlsIo;
@@ -673,6 +674,12 @@ pub(crate) trait StreamEnd: Send + Sync {
     fn finish(&mut self);
     /// See [`AnyTlsStream::established`].
     fn poll_established(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// The companions of the session's driver (see `beside.rs`), if it runs
+    /// on executor `here`.
+    fn companions(&self, here: usize) -> Option<Arc<Companions>> {
+        let _ = here;
+        None
+    }
 }
 
 /// A server session's stream.
@@ -816,6 +823,12 @@ impl AnyTlsStream {
     /// The stream id within its session.
     pub fn id(&self) -> StreamId {
         self.id
+    }
+
+    /// The companions of the session's driver if it runs on executor
+    /// `here` (see `beside.rs`).
+    pub(crate) fn companions(&self, here: Option<usize>) -> Option<Arc<Companions>> {
+        self.end.companions(here?)
     }
 
     /// Waits for the server's verdict on this (client) stream: `Ok` once the

@@ -29,6 +29,7 @@
 
 #[cfg(feature = "acme")]
 pub mod acme;
+mod beside;
 mod budget;
 mod client;
 mod client_udp;
@@ -50,6 +51,7 @@ mod uot;
 pub use anytls_core as core;
 pub use anytls_core::pool::{PoolConfig, PoolStats};
 pub use anytls_core::{Host, SocksAddr};
+pub use beside::{beside_counts, movable};
 pub use budget::IoBudget;
 pub use client::{Client, ClientConfig, ClientError};
 pub use client_udp::{AnyTlsUdp, AnyTlsUdpReceiver, AnyTlsUdpSender};

@@ -16,6 +16,7 @@ use anytls_core::{
 };
 use futures_lite::AsyncWriteExt;
 
+use crate::beside::{Companions, adopt_or_spawn, run_beside};
 use crate::budget::IoBudget;
 use crate::conn::{AnyTlsStream, Conn, DriveEnd, drive};
 use crate::relay::{relay, relay_stream_with};
@@ -743,14 +744,18 @@ async fn serve_connection<R, H, F>(
     // The user's counters, looked up once (by whichever of the stream task
     // and the observer below needs them first).
     let account: Arc<OnceLock<Arc<UserCounters>>> = Arc::default();
+    // On a thread-per-core runtime the streams' handlers run in this task,
+    // beside the driver (see `beside.rs`); elsewhere each is a task.
+    let companions = R::executor().map(|_| Companions::new());
     {
+        let beside = companions.clone();
         let conn = conn.clone();
         let users = core.users.clone();
         let budget = io_budget.clone();
         let stats = stats.clone();
         let account = account.clone();
         // Ends when the session does (next_incoming returns None).
-        R::spawn(async move {
+        let incoming = async move {
             // Streams exist only after authentication: the session knows its
             // user by the time the first one arrives.
             let mut user: Option<Arc<str>> = None;
@@ -774,16 +779,17 @@ async fn serve_connection<R, H, F>(
                     account: Some(counters.stream_opened()),
                     _runtime: PhantomData,
                 };
-                R::spawn(handler(req));
+                adopt_or_spawn::<R>(beside.as_deref(), Box::pin(handler(req)));
             }
-        });
+        };
+        adopt_or_spawn::<R>(companions.as_deref(), Box::pin(incoming));
     }
     let users = core.users.clone();
     // The user's open session, from authentication until the driver ends.
     let mut session = None;
     let slot = &mut session;
     let this = conn.clone();
-    let end = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| match ev {
+    let driver = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| match ev {
         Event::Authenticated { user: id } => {
             let name = users.user_name(*id).unwrap_or("");
             tracing::debug!(%peer, user = name, "authenticated");
@@ -799,8 +805,11 @@ async fn serve_connection<R, H, F>(
         }
         Event::AuthRejected { .. } => stats.auth_failed(peer.ip(), Instant::now()),
         _ => {}
-    }))
-    .await;
+    }));
+    let end = match &companions {
+        Some(c) => run_beside(driver, c).await,
+        None => driver.await,
+    };
     drop(session);
     active.fetch_sub(1, Ordering::Relaxed);
     match end {

@@ -681,15 +681,17 @@ where
     let (dest, early) = timeout::<R, _>(cfg.handshake_timeout, accept_handshake(&mut local))
         .await
         .ok_or(Socks5Error::Timeout)??;
-    connect_and_relay(&mut local, dest, &early, connect).await
+    connect_and_relay(&mut local, dest, &early, connect, R::executor()).await
 }
 
 /// CONNECT after the request: open the stream, reply, relay.
+/// `here`: the executor this runs on ([`Runtime::executor`]).
 async fn connect_and_relay<S, F, Fut>(
     local: &mut S,
     dest: SocksAddr,
     early: &[u8],
     connect: F,
+    here: Option<usize>,
 ) -> Result<(), Socks5Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -705,7 +707,7 @@ where
             wire::encode_reply(reply, None)
         }
     };
-    proxy::tunnel(local, early, connect(dest.clone()), reply).await?;
+    proxy::tunnel(local, early, connect(dest.clone()), reply, here).await?;
     Ok(())
 }
 
@@ -753,9 +755,13 @@ pub(crate) async fn serve_connection<R: Runtime>(
     match req.command {
         wire::CMD_CONNECT => {
             let wait = cfg.verdict_wait;
-            connect_and_relay(&mut local, req.dest, &early, |dest| {
-                proxy::open_stream(client, dest, wait)
-            })
+            connect_and_relay(
+                &mut local,
+                req.dest,
+                &early,
+                |dest| proxy::open_stream(client, dest, wait),
+                R::executor(),
+            )
             .await
         }
         wire::CMD_UDP_ASSOCIATE if cfg.udp_associate => {

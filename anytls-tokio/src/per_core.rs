@@ -303,11 +303,13 @@ where
     };
     let to = shared.pick_near(near);
     let load = Load::new(&shared, to);
+    // Movable: a local proxy connection moves beside its session's driver
+    // (see `anytls_io::movable`), its load count with it.
     if to == here {
-        tokio::spawn(async move {
+        tokio::spawn(anytls_io::movable(async move {
             let _load = load;
             serve(tcp).await
-        });
+        }));
         return;
     }
     // The socket leaves this thread's reactor and joins the other's.
@@ -318,13 +320,13 @@ where
             return;
         }
     };
-    shared.handles[to].spawn(async move {
+    shared.handles[to].spawn(anytls_io::movable(async move {
         let _load = load;
         match tokio::net::TcpStream::from_std(std) {
             Ok(tcp) => serve(TokioIo(tcp)).await,
             Err(e) => tracing::warn!("cannot register an accepted connection: {e}"),
         }
-    });
+    }));
 }
 
 #[cfg(test)]
@@ -483,23 +485,33 @@ mod tests {
         assert_eq!(got, (Some("anytls-worker-2".to_owned()), Some(2)));
     }
 
+    /// A server on 127.0.0.1 with password "pw" and a self-signed
+    /// certificate, and a client configuration that pins it.
+    #[cfg(feature = "self-signed")]
+    async fn pinned_server() -> (crate::Server, crate::ClientConfig) {
+        use crate::{ClientConfig, Identity, Server, ServerConfig, Verification};
+        let identity = Identity::self_signed(&["localhost".into()]).unwrap();
+        let pin = identity.leaf_sha256().unwrap();
+        let server = Server::bind("127.0.0.1:0", ServerConfig::new("pw", identity))
+            .await
+            .unwrap();
+        let mut cfg = ClientConfig::new(server.local_addr().unwrap().to_string(), "pw");
+        cfg.verification = Verification::Pin(pin);
+        (server, cfg)
+    }
+
     /// A client on a `ThreadPerCore` gives a new stream the session driven
     /// on the caller's thread, not the newest idle one; sessions dialled for
     /// a stream are driven where the stream was asked for.
     #[cfg(feature = "self-signed")]
     #[test]
     fn a_client_stream_gets_the_session_of_its_thread() {
-        use crate::{Client, ClientConfig, Identity, Server, ServerConfig, Verification};
+        use crate::Client;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let rt = ThreadPerCore::new(2).unwrap();
         rt.block_on(async {
-            let identity = Identity::self_signed(&["localhost".into()]).unwrap();
-            let pin = identity.leaf_sha256().unwrap();
-            let server = Server::bind("127.0.0.1:0", ServerConfig::new("pw", identity))
-                .await
-                .unwrap();
-            let addr = server.local_addr().unwrap();
+            let (server, cfg) = pinned_server().await;
             // Every stream is answered with the client's address of its
             // session: which session it got.
             tokio::spawn(server.serve_with(Duration::from_secs(1), |req| async move {
@@ -507,8 +519,6 @@ mod tests {
                 let mut s = req.accept();
                 let _ = s.write_all(peer.as_bytes()).await;
             }));
-            let mut cfg = ClientConfig::new(addr.to_string(), "pw");
-            cfg.verification = Verification::Pin(pin);
             let client = Client::new(cfg).unwrap();
             let dest = crate::SocksAddr::domain("example.test", 80);
             let home = HOME.with(|h| h.borrow().clone()).unwrap().0;
@@ -560,6 +570,74 @@ mod tests {
                 }
             }
             assert_eq!(client.stats().dials, 2);
+        });
+        rt.shutdown_timeout(Duration::from_millis(100));
+    }
+
+    /// On a `ThreadPerCore` the server runs each stream's handler beside its
+    /// session's driver, and the local proxy's connections move beside
+    /// theirs (`anytls_io::movable`); every byte arrives, in order.
+    #[cfg(feature = "self-signed")]
+    #[test]
+    fn streams_run_beside_their_sessions() {
+        use crate::Client;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const STREAMS: usize = 8;
+        const BYTES: usize = 1 << 20;
+        let byte = |i: usize| (i % 251) as u8;
+        let rt = ThreadPerCore::new(2).unwrap();
+        rt.block_on(async {
+            let (server, cfg) = pinned_server().await;
+            // Each stream asks for a length and gets that many bytes.
+            tokio::spawn(
+                server.serve_with(Duration::from_secs(1), move |req| async move {
+                    let mut s = req.accept();
+                    let mut len = [0u8; 8];
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let data: Vec<u8> = (0..u64::from_be_bytes(len) as usize).map(byte).collect();
+                    let _ = s.write_all(&data).await;
+                }),
+            );
+            let client = Client::new(cfg).unwrap();
+            let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let proxy = local.local_addr().unwrap();
+            let config = crate::proxy::ProxyConfig::default();
+            tokio::spawn(crate::proxy::serve_proxy(local, client, config));
+            let (adopted, moved) = anytls_io::beside_counts();
+            let streams = (0..STREAMS).map(|_| {
+                tokio::spawn(async move {
+                    let dest = crate::SocksAddr::domain("example.test", 80);
+                    let mut s = crate::socks5::socks5_connect(proxy, dest).await.unwrap();
+                    s.write_all(&(BYTES as u64).to_be_bytes()).await.unwrap();
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).await.unwrap();
+                    got
+                })
+            });
+            let all = tokio::time::timeout(Duration::from_secs(20), async {
+                let mut all = Vec::new();
+                for s in streams.collect::<Vec<_>>() {
+                    all.push(s.await.unwrap());
+                }
+                all
+            })
+            .await
+            .unwrap();
+            for got in all {
+                assert_eq!(got.len(), BYTES);
+                assert!(got.iter().enumerate().all(|(i, b)| *b == byte(i)));
+            }
+            let (adopted_now, moved_now) = anytls_io::beside_counts();
+            // Every local connection moved (each dialled its own session on
+            // its own thread); the server adopted their handlers too.
+            assert!(moved_now - moved >= STREAMS, "{moved} -> {moved_now}");
+            assert!(
+                adopted_now - adopted >= 2 * STREAMS,
+                "{adopted} -> {adopted_now}"
+            );
         });
         rt.shutdown_timeout(Duration::from_millis(100));
     }

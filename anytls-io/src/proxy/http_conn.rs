@@ -239,15 +239,15 @@ async fn handle_request<R: Runtime>(
             let early = std::mem::take(buf);
             let connect = open_stream(client, dest, cfg.verdict_wait);
             let mut refused_tunnel = false;
-            let r = tunnel(local, &early, connect, |r| match r {
+            let reply = |r: Result<(), &io::Error>| match r {
                 Ok(()) => http::CONNECT_ESTABLISHED.to_vec(),
                 Err(e) => {
                     refused_tunnel = true;
                     let e = gateway_error(e);
                     http::error_response(e.status, &e.msg, true)
                 }
-            })
-            .await;
+            };
+            let r = tunnel(local, &early, connect, reply, R::executor()).await;
             if refused_tunnel {
                 // So that the client reads the error before the close.
                 linger_close::<R>(local).await;

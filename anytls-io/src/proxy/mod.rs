@@ -123,6 +123,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use subtle::ConstantTimeEq;
 
 use crate::AnyTlsStream;
+use crate::beside::move_beside;
 use crate::client::Client;
 use crate::relay::relay_stream;
 use crate::runtime::{Runtime, sleep_until, timeout};
@@ -400,12 +401,15 @@ pub(crate) async fn open_stream<R: Runtime>(
 
 /// A tunnel: waits for `connect` (the AnyTLS stream), answers with
 /// `reply(Ok)` or `reply(Err)`, sends the `early` bytes (those after the
-/// request) first, then relays until either side ends.
+/// request) first, then relays until either side ends. `here`: the executor
+/// this runs on ([`Runtime::executor`]); if the stream's session is driven
+/// there, the task moves beside its driver for the relay (see `beside.rs`).
 pub(crate) async fn tunnel<S, F>(
     local: &mut S,
     early: &[u8],
     connect: F,
     reply: impl FnOnce(Result<(), &io::Error>) -> Vec<u8>,
+    here: Option<usize>,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -423,6 +427,7 @@ where
         remote.write_all(early).await?;
     }
     local.write_all(&reply(Ok(()))).await?;
+    move_beside(remote.companions(here)).await;
     // Until either side ends (see "Closing" in the module docs).
     relay_stream(&mut remote, local).await?;
     Ok(())
@@ -517,15 +522,15 @@ async fn serve_socks4<R: Runtime>(
     }
     tracing::debug!(%peer, dest = %req.dest, "socks4 CONNECT");
     let connect = open_stream(client, req.dest, cfg.verdict_wait);
-    tunnel(&mut local, &buf[used..], connect, |r| {
+    let reply = |r: Result<(), &io::Error>| {
         socks4::encode_reply(if r.is_ok() {
             socks4::GRANTED
         } else {
             socks4::REJECTED
         })
         .to_vec()
-    })
-    .await
+    };
+    tunnel(&mut local, &buf[used..], connect, reply, R::executor()).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,581 @@
+//! Stream work run inside its session's driver task, beside the driver.
+//!
+//! On a thread-per-core runtime a stream's relay and its session's driver
+//! share a thread but are two tasks. Each hand-over between them (the driver
+//! decrypted data for the relay; the relay queued data for the driver) goes
+//! through the single-threaded scheduler's FIFO run queue, behind every other
+//! ready task on the thread. With a hundred busy connections on a thread the
+//! data waits a whole round and has left the CPU caches by the time it is
+//! copied on (measured: the copy of decrypted records and the socket writes
+//! of a client cost about twice as much as on tokio's work-stealing pool,
+//! whose LIFO slot runs the woken task next).
+//!
+//! [`run_beside`] polls a session's driver together with its
+//! [`Companions`], the stream futures handed to it, in one task: a companion
+//! woken during the task's poll (by the driver) is polled in the same poll,
+//! and so is the driver when a companion wakes it. Hand-overs cost a flag,
+//! not a trip through the run queue, and the data is still warm.
+//!
+//! Companions get there two ways:
+//! - The server adopts each incoming stream's handler as it arrives.
+//! - The local proxy's connection task moves itself, once its stream is
+//!   open, with [`move_beside`]. This works for a task spawned through
+//!   [`movable`] (the tokio adapter's thread-per-core runtime wraps every
+//!   connection task in it): the wrapper hands its boxed future over to the
+//!   companions and ends; the future goes on where it stopped, polled by the
+//!   driver's task from then on.
+//!
+//! A panicking companion is dropped (as a panicking task would be), without
+//! taking its session or the other streams with it.
+
+use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::{Pin, pin};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+
+use crate::runtime::Runtime;
+
+/// A future run beside a driver.
+pub(crate) type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Rounds of one poll of [`run_beside`] before it lets other tasks run.
+const ROUNDS: usize = 32;
+
+/// Futures adopted beside a driver, and tasks that moved there, so far.
+static ADOPTED: AtomicUsize = AtomicUsize::new(0);
+static MOVED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many futures this process ran beside a session's driver so far, and
+/// how many of them were connection tasks that moved there (see
+/// [`movable`]); for tests and diagnostics.
+#[doc(hidden)]
+pub fn beside_counts() -> (usize, usize) {
+    (ADOPTED.load(Relaxed), MOVED.load(Relaxed))
+}
+
+/// The futures handed to a session's driver task, waiting to be polled.
+pub(crate) struct Companions {
+    inbox: Mutex<Inbox>,
+}
+
+struct Inbox {
+    new: Vec<Job>,
+    /// Wakes the driver's task for new arrivals.
+    waker: Option<Waker>,
+    /// The driver ended: nothing more is taken.
+    closed: bool,
+}
+
+impl Companions {
+    pub(crate) fn new() -> Arc<Companions> {
+        Arc::new(Companions {
+            inbox: Mutex::new(Inbox {
+                new: Vec::new(),
+                waker: None,
+                closed: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `job` to the driver's task. Gives it back once the driver has
+    /// ended (the caller runs it some other way).
+    pub(crate) fn adopt(&self, job: Job) -> Result<(), Job> {
+        let mut g = self.lock();
+        if g.closed {
+            return Err(job);
+        }
+        g.new.push(job);
+        ADOPTED.fetch_add(1, Relaxed);
+        let waker = g.waker.clone();
+        drop(g);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn take_new(&self, to: &mut Vec<Job>) {
+        to.append(&mut self.lock().new);
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+    }
+}
+
+/// Runs `job` beside a driver if `companions` are given and it still runs,
+/// else as a task of its own.
+pub(crate) fn adopt_or_spawn<R: Runtime>(companions: Option<&Companions>, job: Job) {
+    let job = match companions {
+        Some(c) => match c.adopt(job) {
+            Ok(()) => return,
+            Err(job) => job,
+        },
+        None => job,
+    };
+    R::spawn(job);
+}
+
+/// What one poll of [`run_beside`] shares with the wakers it hands out.
+struct Poller {
+    /// Inside the poll: a wake needs no task wake-up (the poll goes round
+    /// again while any flag is set).
+    polling: AtomicBool,
+    /// Some flag was set since the round started.
+    any: AtomicBool,
+    /// The flag of the future being polled (its address; 0: none).
+    current: AtomicUsize,
+    /// A future woke itself while polled: it yields (a budget ran out), so
+    /// it is polled again after other tasks ran, not in this poll.
+    yielded: AtomicBool,
+    /// The task's own waker, for wakes from outside its poll.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Poller {
+    /// Polls `fut` with `flag`'s waker, as the current future.
+    fn poll_as<T>(
+        &self,
+        flag: &Arc<Flag>,
+        waker: &Waker,
+        fut: impl FnOnce(&mut Context<'_>) -> T,
+    ) -> T {
+        self.current.store(Arc::as_ptr(flag) as usize, SeqCst);
+        let out = fut(&mut Context::from_waker(waker));
+        self.current.store(0, SeqCst);
+        out
+    }
+}
+
+/// The waker of one future polled by [`run_beside`]: sets its flag.
+struct Flag {
+    ready: AtomicBool,
+    poller: Arc<Poller>,
+}
+
+impl Flag {
+    fn new(poller: &Arc<Poller>) -> (Arc<Flag>, Waker) {
+        let flag = Arc::new(Flag {
+            ready: AtomicBool::new(true),
+            poller: poller.clone(),
+        });
+        let waker = Waker::from(flag.clone());
+        (flag, waker)
+    }
+
+    fn take(&self) -> bool {
+        self.ready.swap(false, SeqCst)
+    }
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, SeqCst);
+        let p = &self.poller;
+        if p.current.load(SeqCst) == Arc::as_ptr(self) as usize {
+            p.yielded.store(true, SeqCst);
+        } else {
+            p.any.store(true, SeqCst);
+        }
+        if !p.polling.load(SeqCst) {
+            let task = p.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(w) = task {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Polls `driver` and the `companions` handed to it, in one task, until the
+/// driver has ended and every companion with it; returns the driver's
+/// output. The driver is polled first in each round, then every companion
+/// whose waker was woken; rounds go on while any was.
+pub(crate) async fn run_beside<F: Future>(driver: F, companions: &Companions) -> F::Output {
+    let poller = Arc::new(Poller {
+        polling: AtomicBool::new(false),
+        any: AtomicBool::new(false),
+        current: AtomicUsize::new(0),
+        yielded: AtomicBool::new(false),
+        task: Mutex::new(None),
+    });
+    let (driver_flag, driver_waker) = Flag::new(&poller);
+    let (inbox_flag, inbox_waker) = Flag::new(&poller);
+    companions.lock().waker = Some(inbox_waker);
+    let mut driver = pin!(driver);
+    let mut output = None;
+    let mut jobs: Vec<(Job, Arc<Flag>, Waker)> = Vec::new();
+    let mut arrived = Vec::new();
+    poll_fn(|cx| {
+        {
+            let mut task = poller.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        // Nothing polled here moves itself again.
+        let _not_movable = MovableScope::enter(false);
+        poller.polling.store(true, SeqCst);
+        for _ in 0..ROUNDS {
+            poller.any.store(false, SeqCst);
+            if output.is_none() && driver_flag.take() {
+                let polled =
+                    poller.poll_as(&driver_flag, &driver_waker, |cx| driver.as_mut().poll(cx));
+                if let Poll::Ready(v) = polled {
+                    output = Some(v);
+                    companions.close();
+                    // Whatever arrived before the close still runs.
+                    inbox_flag.ready.store(true, SeqCst);
+                }
+            }
+            if inbox_flag.take() {
+                companions.take_new(&mut arrived);
+                for job in arrived.drain(..) {
+                    let (flag, waker) = Flag::new(&poller);
+                    jobs.push((job, flag, waker));
+                }
+            }
+            let mut i = 0;
+            while i < jobs.len() {
+                let polled = {
+                    let (job, flag, waker) = &mut jobs[i];
+                    if !flag.take() {
+                        i += 1;
+                        continue;
+                    }
+                    poller.poll_as(flag, waker, |cx| {
+                        catch_unwind(AssertUnwindSafe(|| job.as_mut().poll(cx)))
+                    })
+                };
+                match polled {
+                    Ok(Poll::Pending) => i += 1,
+                    Ok(Poll::Ready(())) => drop(jobs.swap_remove(i)),
+                    Err(_) => {
+                        tracing::error!("a stream's task panicked; its session goes on");
+                        drop(jobs.swap_remove(i));
+                    }
+                }
+            }
+            if output.is_some() && jobs.is_empty() && !inbox_flag.ready.load(SeqCst) {
+                poller.polling.store(false, SeqCst);
+                return Poll::Ready(output.take());
+            }
+            if !poller.any.load(SeqCst) {
+                poller.polling.store(false, SeqCst);
+                // A wake between the check and the store saw `polling` set
+                // and woke nobody: go round again.
+                if !poller.any.load(SeqCst) {
+                    if poller.yielded.swap(false, SeqCst) {
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                }
+                poller.polling.store(true, SeqCst);
+            }
+        }
+        poller.polling.store(false, SeqCst);
+        poller.yielded.store(false, SeqCst);
+        // Let other tasks run; come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+    .expect("run_beside returns the driver's output")
+}
+
+thread_local! {
+    /// Inside the poll of a [`movable`] task (directly, not beside a driver).
+    static MOVABLE: Cell<bool> = const { Cell::new(false) };
+    /// Where the task being polled asked to move.
+    static MOVE_TO: RefCell<Option<Arc<Companions>>> = const { RefCell::new(None) };
+}
+
+/// Sets [`MOVABLE`] for a scope; restores it on the way out (panics too).
+struct MovableScope(bool);
+
+impl MovableScope {
+    fn enter(movable: bool) -> MovableScope {
+        MovableScope(MOVABLE.with(|m| m.replace(movable)))
+    }
+}
+
+impl Drop for MovableScope {
+    fn drop(&mut self) {
+        MOVABLE.with(|m| m.set(self.0));
+    }
+}
+
+/// Wraps a connection task so that it can move next to the driver of the
+/// AnyTLS session it ends up relaying over (when that driver runs on the
+/// same thread of a thread-per-core runtime): from then on the stream's
+/// relay and the session's driver are polled by one task, and the data
+/// they hand each other is still in the CPU caches when it is copied on.
+///
+/// For implementers of [`Runtime`](crate::Runtime) whose
+/// [`executor`](crate::Runtime::executor) is `Some`: wrap the future of
+/// [`spawn_connection`](crate::Runtime::spawn_connection) in it, with
+/// whatever must live as long as the connection (a load count) inside.
+/// Elsewhere it changes nothing.
+pub fn movable<F>(fut: F) -> impl Future<Output = ()> + Send + 'static
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut job: Option<Job> = Some(Box::pin(fut));
+    poll_fn(move |cx| {
+        let Some(j) = job.as_mut() else {
+            return Poll::Ready(());
+        };
+        let polled = {
+            let _scope = MovableScope::enter(true);
+            j.as_mut().poll(cx)
+        };
+        let to = MOVE_TO.with(|m| m.borrow_mut().take());
+        match (polled, to) {
+            (Poll::Ready(()), _) => {
+                job = None;
+                Poll::Ready(())
+            }
+            (Poll::Pending, Some(to)) => match job.take().map(|j| to.adopt(j)) {
+                Some(Ok(())) => {
+                    MOVED.fetch_add(1, Relaxed);
+                    Poll::Ready(())
+                }
+                // The driver ended meanwhile: go on here (the future woke
+                // this task).
+                Some(Err(j)) => {
+                    job = Some(j);
+                    Poll::Pending
+                }
+                None => Poll::Ready(()),
+            },
+            (Poll::Pending, None) => Poll::Pending,
+        }
+    })
+}
+
+/// Moves the calling task beside the driver of `to`'s session, if the task
+/// was spawned through [`movable`] and `to` is `Some`; otherwise (or if the
+/// driver has ended) returns at once and the task stays where it is.
+pub(crate) async fn move_beside(to: Option<Arc<Companions>>) {
+    let mut asked = false;
+    poll_fn(|cx| {
+        if asked {
+            return Poll::Ready(());
+        }
+        match &to {
+            Some(c) if MOVABLE.with(Cell::get) => {
+                MOVE_TO.with(|m| *m.borrow_mut() = Some(c.clone()));
+                asked = true;
+                // Polled again right away if it does not move.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    /// A one-value mailbox between futures: `put` wakes the taker.
+    #[derive(Default)]
+    struct Mailbox {
+        value: Option<u32>,
+        waker: Option<Waker>,
+    }
+
+    type Shared = Arc<Mutex<Mailbox>>;
+
+    fn put(m: &Shared, v: u32) {
+        let mut g = m.lock().unwrap();
+        g.value = Some(v);
+        if let Some(w) = g.waker.take() {
+            w.wake();
+        }
+    }
+
+    async fn take(m: &Shared) -> u32 {
+        poll_fn(|cx| {
+            let mut g = m.lock().unwrap();
+            match g.value.take() {
+                Some(v) => Poll::Ready(v),
+                None => {
+                    g.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    fn poll_once<F: Future>(f: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(waker))
+    }
+
+    /// The driver hands a value to a companion and gets the answer back,
+    /// all within one poll of the task: no wake-up of the task in between.
+    #[test]
+    fn hand_overs_happen_within_one_poll() {
+        let companions = Companions::new();
+        let (to_job, to_driver): (Shared, Shared) = Default::default();
+        let (a, b) = (to_job.clone(), to_driver.clone());
+        companions
+            .adopt(Box::pin(async move {
+                let v = take(&a).await;
+                put(&b, v + 1);
+            }))
+            .map_err(|_| ())
+            .unwrap();
+        let driver = async {
+            put(&to_job, 41);
+            take(&to_driver).await
+        };
+        let (count, waker) = counting();
+        let mut run = pin!(run_beside(driver, &companions));
+        assert_eq!(poll_once(run.as_mut(), &waker), Poll::Ready(42));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    /// The driver's end waits for its companions; a job handed over after
+    /// the end is given back.
+    #[test]
+    fn the_end_waits_for_companions_and_closes_the_inbox() {
+        let companions = Companions::new();
+        let gate: Shared = Default::default();
+        let g = gate.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        companions
+            .adopt(Box::pin(async move {
+                take(&g).await;
+                d.store(true, SeqCst);
+            }))
+            .map_err(|_| ())
+            .unwrap();
+        let (count, waker) = counting();
+        let mut run = pin!(run_beside(async { 7 }, &companions));
+        assert_eq!(poll_once(run.as_mut(), &waker), Poll::Pending);
+        assert!(companions.adopt(Box::pin(async {})).is_err());
+        // A wake from outside the poll wakes the task.
+        put(&gate, 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll_once(run.as_mut(), &waker), Poll::Ready(7));
+        assert!(done.load(SeqCst));
+    }
+
+    /// A panicking companion is dropped; the driver and the others go on.
+    #[test]
+    fn a_panicking_companion_takes_nobody_with_it() {
+        let companions = Companions::new();
+        let gate: Shared = Default::default();
+        let g = gate.clone();
+        let other = Arc::new(AtomicBool::new(false));
+        let o = other.clone();
+        let _ = companions.adopt(Box::pin(async { panic!("boom") }));
+        let _ = companions.adopt(Box::pin(async move {
+            take(&g).await;
+            o.store(true, SeqCst);
+        }));
+        let driver = async {
+            put(&gate, 1);
+            3
+        };
+        let (_, waker) = counting();
+        let mut run = pin!(run_beside(driver, &companions));
+        assert_eq!(poll_once(run.as_mut(), &waker), Poll::Ready(3));
+        assert!(other.load(SeqCst));
+    }
+
+    /// A future that wakes itself and returns `Pending` (it yields: a budget
+    /// ran out) is polled once per poll of the task, which is woken to come
+    /// back, rather than polled round and round.
+    #[test]
+    fn a_yielding_future_is_polled_again_later() {
+        let companions = Companions::new();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let p = polls.clone();
+        let _ = companions.adopt(Box::pin(poll_fn(move |cx| {
+            if p.fetch_add(1, SeqCst) == 2 {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })));
+        let (count, waker) = counting();
+        let mut run = pin!(run_beside(async {}, &companions));
+        for round in 1..=2 {
+            assert_eq!(poll_once(run.as_mut(), &waker), Poll::Pending);
+            assert_eq!(polls.load(SeqCst), round);
+            assert_eq!(count.0.load(Ordering::SeqCst), round);
+        }
+        assert_eq!(poll_once(run.as_mut(), &waker), Poll::Ready(()));
+    }
+
+    /// A movable task that asks to move ends its own poll and goes on beside
+    /// the driver; one that is not movable (or has nowhere to go) stays.
+    #[test]
+    fn a_movable_task_moves_and_goes_on() {
+        let companions = Companions::new();
+        let steps = Arc::new(AtomicUsize::new(0));
+        let (s, c) = (steps.clone(), companions.clone());
+        let task = movable(async move {
+            s.fetch_add(1, SeqCst);
+            move_beside(Some(c)).await;
+            s.fetch_add(1, SeqCst);
+        });
+        let (_, waker) = counting();
+        let mut task = pin!(task);
+        assert_eq!(poll_once(task.as_mut(), &waker), Poll::Ready(()));
+        assert_eq!(steps.load(SeqCst), 1, "it stopped where it asked to move");
+        let mut run = pin!(run_beside(async {}, &companions));
+        assert_eq!(poll_once(run.as_mut(), &waker), Poll::Ready(()));
+        assert_eq!(steps.load(SeqCst), 2, "and went on beside the driver");
+
+        // Not movable: it stays and goes on at once.
+        let c = Companions::new();
+        let mut stay = pin!(async {
+            move_beside(Some(c.clone())).await;
+            5
+        });
+        assert_eq!(poll_once(stay.as_mut(), &waker), Poll::Ready(5));
+        // Movable, but the driver has ended: it stays, and goes on when
+        // polled again (it woke its task).
+        let ended = Companions::new();
+        ended.close();
+        let (count, waker) = counting();
+        let e = ended.clone();
+        let mut task = pin!(movable(async move { move_beside(Some(e)).await }));
+        assert_eq!(poll_once(task.as_mut(), &waker), Poll::Pending);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll_once(task.as_mut(), &waker), Poll::Ready(()));
+    }
+}
