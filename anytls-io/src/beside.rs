@@ -106,8 +106,27 @@ impl Companions {
         to.append(&mut self.lock().new);
     }
 
-    fn close(&self) {
-        self.lock().closed = true;
+    /// Takes no more jobs. `drop_all`: also drops the ones not taken yet
+    /// and the driver's waker (the driver's task is going away).
+    fn close(&self, drop_all: bool) {
+        let mut g = self.lock();
+        g.closed = true;
+        if drop_all {
+            let (jobs, waker) = (std::mem::take(&mut g.new), g.waker.take());
+            drop(g);
+            drop((jobs, waker));
+        }
+    }
+}
+
+/// Closes the companions when [`run_beside`] ends or is dropped (its task
+/// aborted): nothing waits there for a poll that will not come, and the
+/// companions keep no waker of a task that is gone.
+struct CloseOnDrop<'a>(&'a Companions);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close(true);
     }
 }
 
@@ -213,6 +232,7 @@ pub(crate) async fn run_beside<F: Future>(driver: F, companions: &Companions) ->
     let (driver_flag, driver_waker) = Flag::new(&poller);
     let (inbox_flag, inbox_waker) = Flag::new(&poller);
     companions.lock().waker = Some(inbox_waker);
+    let _close = CloseOnDrop(companions);
     let mut driver = pin!(driver);
     let mut output = None;
     let mut jobs: Vec<(Job, Arc<Flag>, Waker)> = Vec::new();
@@ -234,7 +254,7 @@ pub(crate) async fn run_beside<F: Future>(driver: F, companions: &Companions) ->
                     poller.poll_as(&driver_flag, &driver_waker, |cx| driver.as_mut().poll(cx));
                 if let Poll::Ready(v) = polled {
                     output = Some(v);
-                    companions.close();
+                    companions.close(false);
                     // Whatever arrived before the close still runs.
                     inbox_flag.ready.store(true, SeqCst);
                 }
@@ -492,6 +512,33 @@ mod tests {
         assert!(done.load(SeqCst));
     }
 
+    /// Dropping the driver's task (an abort) closes its companions: a later
+    /// job is given back, and the jobs and the waker it held are let go.
+    #[test]
+    fn an_aborted_driver_lets_its_companions_go() {
+        let companions = Companions::new();
+        let held = Arc::new(());
+        let h = held.clone();
+        let _ = companions.adopt(Box::pin(async move {
+            let _h = h;
+            std::future::pending::<()>().await;
+        }));
+        let (_, waker) = counting();
+        {
+            let mut run = pin!(run_beside(std::future::pending::<()>(), &companions));
+            assert_eq!(poll_once(run.as_mut(), &waker), Poll::Pending);
+            let h = held.clone();
+            // Adopted after the poll: still in the inbox when the task goes.
+            let _ = companions.adopt(Box::pin(async move {
+                let _h = h;
+            }));
+            assert_eq!(Arc::strong_count(&held), 3);
+        }
+        assert_eq!(Arc::strong_count(&held), 1);
+        assert!(companions.adopt(Box::pin(async {})).is_err());
+        assert!(companions.lock().waker.is_none());
+    }
+
     /// A panicking companion is dropped; the driver and the others go on.
     #[test]
     fn a_panicking_companion_takes_nobody_with_it() {
@@ -570,7 +617,7 @@ mod tests {
         // Movable, but the driver has ended: it stays, and goes on when
         // polled again (it woke its task).
         let ended = Companions::new();
-        ended.close();
+        ended.close(false);
         let (count, waker) = counting();
         let e = ended.clone();
         let mut task = pin!(movable(async move { move_beside(Some(e)).await }));

@@ -33,6 +33,13 @@ use crate::TokioIo;
 /// session driven on the caller's thread when one is free, and starts the
 /// session dialled for a stream on the caller's thread.
 ///
+/// On a thread, a stream's work runs in its session's task, beside the
+/// driver: the server runs each stream's handler there, and a local proxy
+/// connection moves there once its stream is open (see
+/// [`anytls_io::movable`]). What the relay and the driver hand each other
+/// is then taken on within the same poll, still in the CPU caches, instead
+/// of waiting behind every other ready task in the thread's run queue.
+///
 /// ```
 /// # fn main() -> std::io::Result<()> {
 /// let rt = anytls_tokio::ThreadPerCore::new(2)?;
