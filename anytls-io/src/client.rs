@@ -818,9 +818,11 @@ async fn connect_and_drive<R: Runtime, IO>(
         conn,
     };
     let companions = inner.lock().companions.get(&conn).cloned();
-    // Boxed: the driver's state is allocated at its exact size.
+    // Boxed: the driver's state is allocated at its exact size (the TLS
+    // state boxed first: the block keeps room for what it captures).
+    let tls = Box::new(tls);
     let driver = Box::pin(async {
-        let end = drive::<R, _>(link, Box::new(tls), |_| {}).await;
+        let end = drive::<R, _>(link, tls, |_| {}).await;
         let mut g = inner.lock();
         g.drivers.remove(&conn);
         g.closed.remove(&conn);

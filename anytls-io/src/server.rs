@@ -664,7 +664,7 @@ impl Drop for ConnectionSlot {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<R, H, F>(
-    _slot: ConnectionSlot,
+    connection: ConnectionSlot,
     tcp: R::Tcp,
     peer: SocketAddr,
     live: Arc<Live>,
@@ -779,17 +779,30 @@ async fn serve_connection<R, H, F>(
                     account: Some(counters.stream_opened()),
                     _runtime: PhantomData,
                 };
-                adopt_or_spawn::<R>(beside.as_deref(), Box::pin(handler(req)));
+                match &beside {
+                    Some(c) => adopt_or_spawn::<R>(c, Box::pin(handler(req))),
+                    None => R::spawn(handler(req)),
+                }
             }
         };
-        adopt_or_spawn::<R>(companions.as_deref(), Box::pin(incoming));
+        match &companions {
+            Some(c) => adopt_or_spawn::<R>(c, Box::pin(incoming)),
+            None => R::spawn(incoming),
+        }
     }
     let users = core.users.clone();
-    // The user's open session, from authentication until the driver ends.
-    let mut session = None;
-    let slot = &mut session;
     let this = conn.clone();
-    let driver = Box::pin(drive::<R, _>(conn, Box::new(tls), move |ev| match ev {
+    // The session ends when the driver does, even while stream handlers
+    // beside it still finish (their own outbound sockets are not this
+    // connection): the session's counters and, unless a fallback takes the
+    // connection over, its connection slot go then.
+    // The TLS state boxed first: the block keeps room for what it captures.
+    let tls = Box::new(tls);
+    let driver = Box::pin(async move {
+        // The user's open session, from authentication until the driver ends.
+        let mut session = None;
+        let slot = &mut session;
+        let end = drive::<R, _>(conn, tls, move |ev| match ev {
         Event::Authenticated { user: id } => {
             let name = users.user_name(*id).unwrap_or("");
             tracing::debug!(%peer, user = name, "authenticated");
@@ -805,13 +818,20 @@ async fn serve_connection<R, H, F>(
         }
         Event::AuthRejected { .. } => stats.auth_failed(peer.ip(), Instant::now()),
         _ => {}
-    }));
-    let end = match &companions {
+    })
+        .await;
+        drop(session);
+        active.fetch_sub(1, Ordering::Relaxed);
+        let slot = match end {
+            DriveEnd::Closed(_) => None,
+            DriveEnd::Fallback { .. } => Some(connection),
+        };
+        (end, slot)
+    });
+    let (end, _connection) = match &companions {
         Some(c) => run_beside(driver, c).await,
         None => driver.await,
     };
-    drop(session);
-    active.fetch_sub(1, Ordering::Relaxed);
     match end {
         DriveEnd::Closed(reason) => tracing::debug!(%peer, "session ended: {reason}"),
         DriveEnd::Fallback { mut tls, replay } => match fallback {

@@ -77,7 +77,14 @@ struct Shared {
     alive: Vec<AtomicBool>,
     /// Where the search for the least busy thread starts: ties go in turn.
     next: AtomicUsize,
+    /// Thread `i` is executor `base + i` ([`executor`]): unique in the
+    /// process, so that a client shared by two `ThreadPerCore`s never takes
+    /// a thread of one for a thread of the other.
+    base: usize,
 }
+
+/// The executor number the next `ThreadPerCore`'s first thread gets.
+static NEXT_EXECUTOR: AtomicUsize = AtomicUsize::new(0);
 
 /// How many connections more than the least busy thread a thread may have
 /// and still get one that asked for it (`near`): a burst of local
@@ -138,6 +145,7 @@ impl ThreadPerCore {
             handles: runtimes.iter().map(|rt| rt.handle().clone()).collect(),
             load: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
             alive: (0..threads).map(|_| AtomicBool::new(true)).collect(),
+            base: NEXT_EXECUTOR.fetch_add(threads, Ordering::Relaxed),
             next: AtomicUsize::new(0),
         });
         let home = runtimes.remove(0);
@@ -238,11 +246,12 @@ impl Shared {
             .unwrap_or(0)
     }
 
-    /// Thread `near` while it lives and is not [`NEAR_SLACK`] connections
-    /// ahead of the least busy; else the least busy.
+    /// The thread of executor `near` while it lives and is not
+    /// [`NEAR_SLACK`] connections ahead of the least busy; else the least
+    /// busy.
     fn pick_near(&self, near: Option<usize>) -> usize {
         let least = self.pick();
-        match near {
+        match near.and_then(|e| e.checked_sub(self.base)) {
             Some(i)
                 if i < self.handles.len()
                     && self.alive[i].load(Ordering::Relaxed)
@@ -275,7 +284,7 @@ impl Drop for Load {
 /// [`Tokio::executor`](crate::Tokio): the caller's thread of its
 /// [`ThreadPerCore`], if it has one.
 pub(crate) fn executor() -> Option<usize> {
-    HOME.with(|h| h.borrow().as_ref().map(|(_, i)| *i))
+    HOME.with(|h| h.borrow().as_ref().map(|(s, i)| s.base + *i))
 }
 
 /// [`Tokio::spawn_balanced`](crate::Tokio): on the least busy thread of the
@@ -429,7 +438,8 @@ mod tests {
         });
         names.sort_by_key(|n| n.1);
         let executors: Vec<_> = names.iter().map(|n| n.1).collect();
-        assert_eq!(executors, [Some(0), Some(1), Some(2)]);
+        let b = rt.shared.base;
+        assert_eq!(executors, [Some(b), Some(b + 1), Some(b + 2)]);
         assert_eq!(names[2].0.as_deref(), Some("anytls-worker-2"));
     }
 
@@ -440,17 +450,18 @@ mod tests {
     fn shutdown_closes_moved_connections_and_a_panic_restores_the_thread() {
         use std::io::Read;
         let rt = ThreadPerCore::new(2).unwrap();
+        let one = rt.shared.base + 1;
         let client = rt.block_on(async {
             let (c, tcp) = socket_pair().await;
             let (tx, rx) = oneshot::channel();
             // Near thread 1: moved there; waits for ever.
-            spawn_connection(TokioIo(tcp), Some(1), move |mut tcp| async move {
+            spawn_connection(TokioIo(tcp), Some(one), move |mut tcp| async move {
                 use tokio::io::AsyncReadExt;
                 let _ = tx.send(executor());
                 let mut b = [0u8; 1];
                 let _ = tcp.0.read(&mut b).await;
             });
-            assert_eq!(rx.await.unwrap(), Some(1));
+            assert_eq!(rx.await.unwrap(), Some(one));
             c.into_std().unwrap()
         });
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -477,19 +488,24 @@ mod tests {
         (c, listener.accept().await.unwrap().0)
     }
 
-    /// A connection with a `near` thread goes there, whatever the load.
+    /// A connection with a `near` thread goes there, whatever the load;
+    /// a `near` of another `ThreadPerCore` (executor numbers are unique in
+    /// the process) is no thread here.
     #[test]
     fn a_connection_goes_near_its_session() {
         let rt = ThreadPerCore::new(3).unwrap();
+        let other = ThreadPerCore::new(3).unwrap();
+        let (two, elsewhere) = (rt.shared.base + 2, other.shared.base + 2);
+        assert_ne!(two, elsewhere);
         let got = rt.block_on(async {
             let (_c, tcp) = socket_pair().await;
             let (tx, rx) = oneshot::channel();
-            spawn_connection(TokioIo(tcp), Some(2), move |_tcp| async move {
+            spawn_connection(TokioIo(tcp), Some(two), move |_tcp| async move {
                 let _ = tx.send((std::thread::current().name().map(str::to_owned), executor()));
             });
             rx.await.unwrap()
         });
-        assert_eq!(got, (Some("anytls-worker-2".to_owned()), Some(2)));
+        assert_eq!(got, (Some("anytls-worker-2".to_owned()), Some(two)));
     }
 
     /// A server on 127.0.0.1 with password "pw" and a self-signed
@@ -614,10 +630,15 @@ mod tests {
             let config = crate::proxy::ProxyConfig::default();
             tokio::spawn(crate::proxy::serve_proxy(local, client, config));
             let (adopted, moved) = anytls_io::beside_counts();
+            // All streams open before any is done: each gets a session of
+            // its own, dialled on its thread (none is back in the pool).
+            let all_open = Arc::new(tokio::sync::Barrier::new(STREAMS));
             let streams = (0..STREAMS).map(|_| {
+                let all_open = all_open.clone();
                 tokio::spawn(async move {
                     let dest = crate::SocksAddr::domain("example.test", 80);
                     let mut s = crate::socks5::socks5_connect(proxy, dest).await.unwrap();
+                    all_open.wait().await;
                     s.write_all(&(BYTES as u64).to_be_bytes()).await.unwrap();
                     let mut got = Vec::new();
                     s.read_to_end(&mut got).await.unwrap();
@@ -645,6 +666,43 @@ mod tests {
                 adopted_now - adopted >= 2 * STREAMS,
                 "{adopted} -> {adopted_now}"
             );
+        });
+        rt.shutdown_timeout(Duration::from_millis(100));
+    }
+
+    /// On a `ThreadPerCore` a server session ends (it stops counting as
+    /// active, its connection slot goes) when its connection does, though a
+    /// stream handler beside its driver still runs.
+    #[cfg(feature = "self-signed")]
+    #[test]
+    fn a_session_ends_with_its_connection_while_a_handler_lingers() {
+        use crate::Client;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let rt = ThreadPerCore::new(1).unwrap();
+        rt.block_on(async {
+            let (server, cfg) = pinned_server().await;
+            let handle = server.shutdown_handle();
+            tokio::spawn(server.serve_with(Duration::from_secs(1), |req| async move {
+                let mut s = req.accept();
+                let _ = s.write_all(b"x").await;
+                drop(s);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }));
+            let client = Client::new(cfg).unwrap();
+            let dest = crate::SocksAddr::domain("example.test", 80);
+            let mut s = client.connect(dest).await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(handle.active_sessions(), 1);
+            client.close();
+            for _ in 0..200 {
+                if handle.active_sessions() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the session still counts: {}", handle.active_sessions());
         });
         rt.shutdown_timeout(Duration::from_millis(100));
     }
