@@ -832,7 +832,8 @@ async fn connect_and_drive<R: Runtime, IO>(
     });
     // The local connections that moved beside it end with their streams.
     let end = match &companions {
-        Some(c) => run_beside(driver, c).await,
+        // Boxed: elsewhere the task keeps no room for its state.
+        Some(c) => Box::pin(run_beside(driver, c)).await,
         None => driver.await,
     };
     if let DriveEnd::Closed(SessionError::PeerEof) = end {

@@ -829,7 +829,8 @@ async fn serve_connection<R, H, F>(
         (end, slot)
     });
     let (end, _connection) = match &companions {
-        Some(c) => run_beside(driver, c).await,
+        // Boxed: elsewhere the task keeps no room for its state.
+        Some(c) => Box::pin(run_beside(driver, c)).await,
         None => driver.await,
     };
     match end {
