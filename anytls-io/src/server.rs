@@ -803,22 +803,22 @@ async fn serve_connection<R, H, F>(
         let mut session = None;
         let slot = &mut session;
         let end = drive::<R, _>(conn, tls, move |ev| match ev {
-        Event::Authenticated { user: id } => {
-            let name = users.user_name(*id).unwrap_or("");
-            tracing::debug!(%peer, user = name, "authenticated");
-            let counters = account.get_or_init(|| stats.user(name));
-            *slot = Some(counters.session_opened());
-            // Accepted before a reload that revoked this user, and
-            // authenticated after its sweep: the sweep missed it.
-            let now = state.current();
-            if !Arc::ptr_eq(&now, &live) && !now.keeps(&live, name) {
-                tracing::info!(%peer, user = name, "reload: user removed or password changed: closing their session");
-                this.close();
+            Event::Authenticated { user: id } => {
+                let name = users.user_name(*id).unwrap_or("");
+                tracing::debug!(%peer, user = name, "authenticated");
+                let counters = account.get_or_init(|| stats.user(name));
+                *slot = Some(counters.session_opened());
+                // Accepted before a reload that revoked this user, and
+                // authenticated after its sweep: the sweep missed it.
+                let now = state.current();
+                if !Arc::ptr_eq(&now, &live) && !now.keeps(&live, name) {
+                    log_revoked(peer, name);
+                    this.close();
+                }
             }
-        }
-        Event::AuthRejected { .. } => stats.auth_failed(peer.ip(), Instant::now()),
-        _ => {}
-    })
+            Event::AuthRejected { .. } => stats.auth_failed(peer.ip(), Instant::now()),
+            _ => {}
+        })
         .await;
         drop(session);
         active.fetch_sub(1, Ordering::Relaxed);
@@ -856,6 +856,11 @@ async fn serve_connection<R, H, F>(
             }
         },
     }
+}
+
+/// A session of a user that a reload revoked while it authenticated.
+fn log_revoked(peer: SocketAddr, user: &str) {
+    tracing::info!(%peer, user, "reload: user removed or password changed: closing their session");
 }
 
 impl From<TlsError> for io::Error {
