@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, lock};
 
 /// A future run beside a driver.
 pub(crate) type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -91,7 +91,7 @@ impl Companions {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inbox> {
-        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inbox)
     }
 
     /// Hands `job` to the driver's task. Gives it back once the driver has
@@ -213,10 +213,6 @@ impl Wake for Flag {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A companion in its slot.

@@ -138,6 +138,13 @@ pub enum ClientError {
     BadServer(String),
 }
 
+/// Where a session's driver runs: its executor and its companions (see
+/// `beside.rs`).
+struct Driven {
+    executor: usize,
+    companions: Arc<Companions>,
+}
+
 /// What the driver tasks, the stream handles and the endpoint task share:
 /// the core's client endpoint and the wakers of whoever waits on it.
 struct Shared {
@@ -150,12 +157,10 @@ struct Shared {
     drivers: HashMap<SessionSeq, Waker>,
     /// Connections the endpoint closed, with why (until their driver ends).
     closed: HashMap<SessionSeq, SessionError>,
-    /// The executor each live session's driver runs on, on a runtime with
-    /// several ([`Runtime::executor`]): new streams prefer their caller's.
-    executors: HashMap<SessionSeq, usize>,
-    /// The companions of each of those drivers (see `beside.rs`): local
-    /// connections relaying over the session move there.
-    companions: HashMap<SessionSeq, Arc<Companions>>,
+    /// Where each live session's driver runs, on a runtime with several
+    /// executors ([`Runtime::executor`]): new streams prefer their caller's,
+    /// and local connections relaying over it move beside it.
+    executors: HashMap<SessionSeq, Driven>,
     /// Dials the endpoint asked for, for the endpoint task to start (on a
     /// runtime with several executors, `connect` starts its stream's own).
     dials: Vec<SessionSeq>,
@@ -385,7 +390,6 @@ impl<R: Runtime> Client<R> {
             drivers: HashMap::new(),
             closed: HashMap::new(),
             executors: HashMap::new(),
-            companions: HashMap::new(),
             dials: Vec::new(),
             armed: None,
             reporter: Arc::new(Reporter::default()),
@@ -437,7 +441,7 @@ impl<R: Runtime> Client<R> {
                 Some(here) => {
                     let Shared { ep, executors, .. } = &mut *g;
                     ep.open_stream_preferring(Instant::now(), &dest, |c| {
-                        executors.get(&c) == Some(&here)
+                        executors.get(&c).is_some_and(|d| d.executor == here)
                     })
                 }
                 None => g.ep.open_stream(Instant::now(), &dest),
@@ -518,7 +522,9 @@ impl<R: Runtime> Client<R> {
     pub(crate) fn next_executor(&self) -> Option<usize> {
         R::executor()?;
         let g = self.inner.lock();
-        g.ep.next_reuse().and_then(|c| g.executors.get(&c).copied())
+        g.ep.next_reuse()
+            .and_then(|c| g.executors.get(&c))
+            .map(|d| d.executor)
     }
 
     /// Pool statistics.
@@ -660,11 +666,8 @@ impl StreamEnd for ClientEnd {
     }
     fn companions(&self, here: usize) -> Option<Arc<Companions>> {
         let g = self.inner.lock();
-        let conn = g.ep.stream_session(self.h)?;
-        if g.executors.get(&conn) != Some(&here) {
-            return None;
-        }
-        g.companions.get(&conn).cloned()
+        let d = g.executors.get(&g.ep.stream_session(self.h)?)?;
+        (d.executor == here).then(|| d.companions.clone())
     }
 }
 
@@ -788,17 +791,22 @@ async fn connect_and_drive<R: Runtime, IO>(
                 "connect/TLS handshake timed out",
             ))
         });
-    let tls = {
+    let (tls, companions) = {
         let mut g = inner.lock();
         match tls {
             Ok(tls) => {
                 g.ep.handle_connected(Instant::now(), conn);
-                if let Some(at) = R::executor() {
-                    g.executors.insert(conn, at);
-                    g.companions.insert(conn, Companions::new());
-                }
+                let companions = R::executor().map(|executor| {
+                    let companions = Companions::new();
+                    let driven = Driven {
+                        executor,
+                        companions: companions.clone(),
+                    };
+                    g.executors.insert(conn, driven);
+                    companions
+                });
                 g.after(&inner.kick);
-                tls
+                (tls, companions)
             }
             Err(e) => {
                 tracing::debug!(seq = conn.0, "dial failed: {e}");
@@ -817,7 +825,6 @@ async fn connect_and_drive<R: Runtime, IO>(
         inner: inner.clone(),
         conn,
     };
-    let companions = inner.lock().companions.get(&conn).cloned();
     // Boxed: the driver's state is allocated at its exact size (the TLS
     // state boxed first: the block keeps room for what it captures).
     let tls = Box::new(tls);
@@ -827,7 +834,6 @@ async fn connect_and_drive<R: Runtime, IO>(
         g.drivers.remove(&conn);
         g.closed.remove(&conn);
         g.executors.remove(&conn);
-        g.companions.remove(&conn);
         end
     });
     // The local connections that moved beside it end with their streams.
